@@ -1,0 +1,47 @@
+"""The `research-r1` command: one subcommand per job.
+
+Each job lives in a module that exposes `configure_<job>(parser)` to declare its arguments and
+`run_<job>(args)` to do the work (`<job>` is the subcommand with `-` as `_`). Modules keep heavy imports (torch, faiss) inside their functions so
+that `research-r1 --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from research_r1.errors import InputError
+
+# subcommand -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "prepare-data": ("research_r1.data", "Write train/eval parquet splits with prompts."),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="research-r1", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        job = name.replace("-", "_")
+        getattr(module, f"configure_{job}")(sub)
+        sub.set_defaults(_run=getattr(module, f"run_{job}"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args._run(args) or 0
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
