@@ -1,8 +1,8 @@
 """The `research-r1` command: one subcommand per job.
 
 Each job lives in a module that exposes `configure_<job>(parser)` to declare its arguments and
-`run_<job>(args)` to do the work (`<job>` is the subcommand with `-` as `_`). Modules keep heavy imports (torch, faiss) inside their functions so
-that `research-r1 --help` stays instant.
+`run_<job>(args)` to do the work (`<job>` is the subcommand with `-` as `_`). Modules keep heavy
+imports (torch, faiss) inside their functions so that `research-r1 --help` stays instant.
 """
 
 from __future__ import annotations
