@@ -1,0 +1,464 @@
+"""Hub I/O: name artefacts by local path or `hf://` URI, fetch them, push results.
+
+Corpora, FAISS indexes, parquet splits and checkpoints are named either by a local path or by a
+Hub URI in the form HfFileSystem writes: `hf://datasets/ORG/NAME[@REV]/path`, `hf://ORG/NAME/...`
+for models, `hf://spaces/ORG/NAME/...`. huggingface_hub does the work (cache, revisions, LFS,
+offline mode); this module only turns names into calls and the client's exceptions into
+`InputError` messages a user can act on. Tokens never appear in messages or logs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+from research_r1.errors import InputError
+
+if TYPE_CHECKING:
+    from datasets import Dataset, DatasetDict
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+REPO_TYPES = ("model", "dataset", "space")
+# Canonical user access tokens are "hf_" followed by 34 letters and digits.
+_TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{30,}")
+_CHUNK_BYTES = 16 * 1024 * 1024
+_RETRY_STATUS = (408, 429, 500, 502, 503, 504)
+
+
+@dataclass(frozen=True)
+class HubLocation:
+    """Where an artefact lives on the Hub. `path` is "" for the whole repo; `revision` None
+    means the default branch."""
+
+    repo_id: str
+    repo_type: str
+    path: str = ""
+    revision: str | None = None
+
+    @property
+    def uri(self) -> str:
+        prefix = "" if self.repo_type == "model" else f"{self.repo_type}s/"
+        revision = f"@{self.revision}" if self.revision else ""
+        path = f"/{self.path}" if self.path else ""
+        return f"hf://{prefix}{self.repo_id}{revision}{path}"
+
+    def describe(self) -> str:
+        """`'path' in dataset repo 'org/name' at revision 'main'`, for messages."""
+        where = f"{self.repo_type} repo '{self.repo_id}' at revision '{self.revision or 'main'}'"
+        return f"'{self.path}' in {where}" if self.path else where
+
+
+def is_hub_uri(value: object) -> bool:
+    return isinstance(value, str) and value.startswith("hf://")
+
+
+def parse_uri(uri: str) -> HubLocation:
+    """Parse `hf://[datasets/|spaces/]ORG/NAME[@REV][/path]` with huggingface_hub's own parser."""
+    from huggingface_hub.errors import HfUriError
+    from huggingface_hub.utils import parse_hf_uri
+
+    expected = "expected hf://[datasets/|spaces/]ORG/NAME[@REVISION][/path]"
+    if not is_hub_uri(uri):
+        raise InputError(f"not a Hub URI: {uri!r} ({expected})")
+    try:
+        parsed = parse_hf_uri(uri)
+    except HfUriError as error:
+        raise InputError(f"malformed Hub URI {uri!r}: {error.msg} ({expected})") from error
+    if parsed.type not in REPO_TYPES:
+        raise InputError(f"unsupported Hub URI {uri!r}: {parsed.type} repos are not handled")
+    return HubLocation(parsed.id, parsed.type, parsed.path_in_repo.strip("/"), parsed.revision)
+
+
+def resolve(
+    uri_or_path: str | os.PathLike,
+    allow_patterns: Sequence[str] | None = None,
+    token: str | bool | None = None,
+) -> Path:
+    """A local path for an artefact: local paths are checked and returned as they are; Hub URIs
+    are downloaded through the Hub cache (pinned to the URI's revision) and served from it.
+
+    A URI naming a file returns the cached file; one naming a folder or a whole repo returns the
+    cached folder, restricted to `allow_patterns` (relative to that folder) when given. With
+    HF_HUB_OFFLINE=1 only the cache is used.
+    """
+    if not is_hub_uri(uri_or_path):
+        path = Path(uri_or_path).expanduser()
+        if not path.exists():
+            raise InputError(f"{path} does not exist")
+        return path
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    location = parse_uri(str(uri_or_path))
+    with hub_errors(location):
+        if location.path:
+            try:
+                return _download_file(location, token)
+            except EntryNotFoundError as error:
+                # Not a file, so maybe a folder; offline, an uncached file looks the same.
+                if isinstance(error, LocalEntryNotFoundError) and not _offline():
+                    raise
+        return _download_folder(location, allow_patterns, token)
+
+
+def resolve_split(
+    uri_or_dir: str | os.PathLike,
+    parts_glob: str = "part_*",
+    name: str = "e5_Flat.index",
+    token: str | bool | None = None,
+    out_dir: str | os.PathLike | None = None,
+) -> Path:
+    """Fetch a file published in parts (Search-R1's flat index: `part_aa`, `part_ab`) and return
+    the reassembled file, written next to the parts unless `out_dir` is given."""
+    folder = resolve(uri_or_dir, allow_patterns=[parts_glob], token=token)
+    if not folder.is_dir():
+        raise InputError(f"{uri_or_dir} must name a folder holding {parts_glob} files")
+    out = Path(out_dir or folder) / name
+    parts = [path for path in folder.glob(parts_glob) if path != out]
+    if not parts:
+        if out.exists():
+            return out
+        raise InputError(f"no files matching {parts_glob!r} in {uri_or_dir} ({folder})")
+    return reassemble(parts, out)
+
+
+def reassemble(parts: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
+    """Concatenate `parts` in name order into `out`, streaming in chunks and writing atomically.
+
+    Skipped when `out` already has the parts' total size and is newer than every part, so a
+    60 GB index is only rebuilt when its parts change.
+    """
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    paths = sorted((Path(part) for part in parts), key=lambda path: path.name)
+    if not paths:
+        raise InputError(f"no parts given to reassemble into {out}")
+    for path in paths:
+        if not path.is_file():
+            raise InputError(f"part {path} does not exist")
+    stats = [path.stat() for path in paths]
+    total = sum(stat.st_size for stat in stats)
+    if out.exists():
+        done = out.stat()
+        if done.st_size == total and done.st_mtime >= max(stat.st_mtime for stat in stats):
+            return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        with (
+            tmp.open("wb") as sink,
+            tqdm(total=total, unit="B", unit_scale=True, desc=f"reassembling {out.name}") as bar,
+        ):
+            for path in paths:
+                with path.open("rb") as source:
+                    while chunk := source.read(_CHUNK_BYTES):
+                        sink.write(chunk)
+                        bar.update(len(chunk))
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def create_repo(
+    repo_id: str,
+    repo_type: str = "model",
+    private: bool = False,
+    token: str | bool | None = None,
+    space_sdk: str = "gradio",
+) -> str:
+    """Create the repo unless it exists; return its URL. `space_sdk` applies to Spaces only."""
+    from huggingface_hub import HfApi
+
+    _check_repo_type(repo_type)
+    with hub_errors(HubLocation(repo_id, repo_type)):
+        url = HfApi(token=token).create_repo(
+            repo_id,
+            repo_type=repo_type,
+            private=private,
+            exist_ok=True,
+            space_sdk=space_sdk if repo_type == "space" else None,
+        )
+    return str(url)
+
+
+def upload_folder(
+    folder: str | os.PathLike,
+    repo_id: str,
+    repo_type: str = "model",
+    path_in_repo: str = "",
+    revision: str | None = None,
+    commit_message: str | None = None,
+    allow_patterns: Sequence[str] | None = None,
+    ignore_patterns: Sequence[str] | None = None,
+    token: str | bool | None = None,
+) -> str:
+    """Upload a local folder in one commit; return the commit sha (usable as a revision)."""
+    from huggingface_hub import HfApi
+
+    _check_repo_type(repo_type)
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder} is not a folder to upload")
+    with hub_errors(HubLocation(repo_id, repo_type, path_in_repo, revision)):
+        info = HfApi(token=token).upload_folder(
+            folder_path=folder,
+            repo_id=repo_id,
+            repo_type=repo_type,
+            path_in_repo=path_in_repo or None,
+            revision=revision,
+            commit_message=commit_message,
+            allow_patterns=list(allow_patterns) if allow_patterns else None,
+            ignore_patterns=list(ignore_patterns) if ignore_patterns else None,
+        )
+    return info.oid
+
+
+def upload_file(
+    path_or_bytes: str | os.PathLike | bytes,
+    path_in_repo: str,
+    repo_id: str,
+    repo_type: str = "model",
+    revision: str | None = None,
+    commit_message: str | None = None,
+    token: str | bool | None = None,
+) -> str:
+    """Upload one file (a local path or bytes) in one commit; return the commit sha."""
+    from huggingface_hub import HfApi
+
+    _check_repo_type(repo_type)
+    source = path_or_bytes if isinstance(path_or_bytes, bytes) else Path(path_or_bytes)
+    if isinstance(source, Path) and not source.is_file():
+        raise InputError(f"{source} is not a file to upload")
+    with hub_errors(HubLocation(repo_id, repo_type, path_in_repo, revision)):
+        info = HfApi(token=token).upload_file(
+            path_or_fileobj=source if isinstance(source, bytes) else str(source),
+            path_in_repo=path_in_repo,
+            repo_id=repo_id,
+            repo_type=repo_type,
+            revision=revision,
+            commit_message=commit_message,
+        )
+    return info.oid
+
+
+def push_dataset(
+    dataset_or_dict: Dataset | DatasetDict,
+    repo_id: str,
+    config_name: str = "default",
+    split: str | None = None,
+    private: bool = False,
+    token: str | bool | None = None,
+    commit_message: str | None = None,
+) -> str:
+    """Push a `Dataset` (as `split`, "train" by default) or a `DatasetDict` as parquet under
+    `config_name`, so `datasets.load_dataset(repo_id, config_name, split=...)` loads it back.
+    Returns the commit sha."""
+    from datasets import Dataset
+
+    if split is not None and not isinstance(dataset_or_dict, Dataset):
+        raise InputError(f"split={split!r} only applies to a single Dataset, not a DatasetDict")
+    extra = {"split": split} if split is not None else {}
+    with hub_errors(HubLocation(repo_id, "dataset")):
+        info = dataset_or_dict.push_to_hub(
+            repo_id,
+            config_name=config_name,
+            private=private,
+            token=token,
+            commit_message=commit_message,
+            **extra,
+        )
+    return info.oid
+
+
+def retry(
+    fn: Callable[[], T], *, attempts: int = 3, backoff_s: float = 2.0, what: str = "push"
+) -> T:
+    """Run `fn`, retrying network errors, HTTP 5xx and 429 with exponential backoff
+    (`backoff_s`, then twice that, ...). Other errors and the last failure are re-raised.
+
+    Each failure is logged with its message scrubbed of tokens (never with a traceback, which
+    could hold one).
+    """
+    if attempts < 1:
+        raise InputError(f"retry attempts must be at least 1, got {attempts}")
+    attempt = 1
+    while True:
+        try:
+            return fn()
+        except Exception as error:
+            message = scrub(f"{type(error).__name__}: {error}")
+            if attempt >= attempts or not _is_transient(error):
+                logger.error("%s failed (attempt %d/%d): %s", what, attempt, attempts, message)
+                raise
+            delay = backoff_s * 2 ** (attempt - 1)
+            logger.warning(
+                "%s failed (attempt %d/%d), retrying in %.1fs: %s",
+                what,
+                attempt,
+                attempts,
+                delay,
+                message,
+            )
+            time.sleep(delay)
+            attempt += 1
+
+
+def scrub(text: str) -> str:
+    """`text` with Hub tokens (any canonical `hf_...` token, and the configured one) masked."""
+    from huggingface_hub import get_token
+
+    text = _TOKEN_PATTERN.sub("hf_***", text)
+    token = get_token()
+    return text.replace(token, "hf_***") if token else text
+
+
+@contextmanager
+def hub_errors(location: HubLocation) -> Iterator[None]:
+    """Turn huggingface_hub's exceptions about `location` into InputErrors that say what to fix.
+
+    Transient failures (network, HTTP 5xx, 429) pass through untouched so `retry` can act.
+    """
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    endpoint = _endpoint()
+    repo = f"{location.repo_type} repo '{location.repo_id}'"
+    try:
+        yield
+    except GatedRepoError as error:
+        raise InputError(
+            f"{repo} on {endpoint} is gated: accept its terms on the Hub, then pass a token "
+            "(HF_TOKEN or `hf auth login`) from an account that has access"
+        ) from error
+    except RepositoryNotFoundError as error:
+        raise InputError(
+            f"{repo} not found on {endpoint}: check the repo id and type "
+            "(hf://datasets/..., hf://spaces/..., hf://ORG/NAME for models); a private repo "
+            "needs a token (HF_TOKEN or `hf auth login`) with access to it"
+        ) from error
+    except RevisionNotFoundError as error:
+        raise InputError(
+            f"revision '{location.revision or 'main'}' not found in {repo} on {endpoint}: "
+            "use an existing branch, tag or commit sha"
+        ) from error
+    except LocalEntryNotFoundError as error:
+        if _offline():
+            raise _not_cached_offline(location) from error
+        raise InputError(
+            f"could not reach {endpoint} for {location.uri} and it is not in the Hub cache: "
+            "check the network or HF_ENDPOINT"
+        ) from error
+    except EntryNotFoundError as error:
+        raise InputError(f"no file or folder {location.describe()} on {endpoint}") from error
+    except OfflineModeIsEnabled as error:
+        raise InputError(
+            f"offline mode is on (HF_HUB_OFFLINE=1): cannot reach {endpoint} for {location.uri}"
+        ) from error
+    except HFValidationError as error:
+        raise InputError(f"invalid Hub name for {location.uri}: {scrub(str(error))}") from error
+    except HfHubHTTPError as error:
+        status = error.response.status_code if error.response is not None else None
+        if status in (401, 403):
+            raise InputError(
+                f"{endpoint} answered HTTP {status} for {repo}: the token is missing, invalid or "
+                "lacks access; set HF_TOKEN or run `hf auth login` (uploads need write access)"
+            ) from error
+        raise
+
+
+def _download_file(location: HubLocation, token: str | bool | None) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    return Path(
+        hf_hub_download(
+            location.repo_id,
+            location.path,
+            repo_type=location.repo_type,
+            revision=location.revision,
+            token=token,
+            local_files_only=_offline(),
+        )
+    )
+
+
+def _download_folder(
+    location: HubLocation, allow_patterns: Sequence[str] | None, token: str | bool | None
+) -> Path:
+    from huggingface_hub import snapshot_download
+
+    patterns = list(allow_patterns) if allow_patterns else ["*"]
+    if location.path:
+        patterns = [f"{location.path}/{pattern}" for pattern in patterns]
+    snapshot = Path(
+        snapshot_download(
+            location.repo_id,
+            repo_type=location.repo_type,
+            revision=location.revision,
+            allow_patterns=patterns,
+            token=token,
+            local_files_only=_offline(),
+        )
+    )
+    folder = snapshot / location.path
+    if not folder.is_dir():
+        if _offline():
+            raise _not_cached_offline(location)
+        raise InputError(f"no file or folder {location.describe()} on {_endpoint()}")
+    return folder
+
+
+def _not_cached_offline(location: HubLocation) -> InputError:
+    return InputError(
+        f"{location.uri} is not in the Hub cache and offline mode is on (HF_HUB_OFFLINE=1): "
+        "download it once while online, or unset HF_HUB_OFFLINE"
+    )
+
+
+def _endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+def _offline() -> bool:
+    """HF_HUB_OFFLINE as huggingface_hub read it at import, or as set since then."""
+    from huggingface_hub import constants
+
+    value = os.environ.get("HF_HUB_OFFLINE", "")
+    return constants.HF_HUB_OFFLINE or value.upper() in constants.ENV_VARS_TRUE_VALUES
+
+
+def _is_transient(error: BaseException) -> bool:
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    if isinstance(error, HfHubHTTPError):
+        response = error.response
+        return response is not None and response.status_code in _RETRY_STATUS
+    if isinstance(error, OfflineModeIsEnabled):
+        return False
+    return isinstance(error, (httpx2.TransportError, ConnectionError, TimeoutError))
+
+
+def _check_repo_type(repo_type: str) -> None:
+    if repo_type not in REPO_TYPES:
+        raise InputError(f"repo_type must be one of {', '.join(REPO_TYPES)}, got {repo_type!r}")

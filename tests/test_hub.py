@@ -1,0 +1,346 @@
+"""research_r1.hub against the loopback Hub: real huggingface_hub and datasets calls, no network."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+
+import datasets
+import httpx2
+import pytest
+from huggingface_hub import HfApi, HfFileSystem
+from huggingface_hub.errors import HfHubHTTPError
+
+from research_r1.errors import InputError
+from research_r1.hub import (
+    HubLocation,
+    create_repo,
+    is_hub_uri,
+    parse_uri,
+    push_dataset,
+    reassemble,
+    resolve,
+    resolve_split,
+    retry,
+    upload_file,
+    upload_folder,
+)
+
+
+def _random_bytes(n: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def _http_error(status: int, message: str) -> HfHubHTTPError:
+    request = httpx2.Request("POST", "http://127.0.0.1/api/models/org/name/commit/main")
+    return HfHubHTTPError(message, response=httpx2.Response(status, request=request))
+
+
+def test_parse_uri_reads_every_repo_type_and_revision() -> None:
+    assert parse_uri("hf://datasets/org/corpus@v1/index/part_aa") == HubLocation(
+        "org/corpus", "dataset", "index/part_aa", "v1"
+    )
+    assert parse_uri("hf://org/model") == HubLocation("org/model", "model", "", None)
+    assert parse_uri("hf://spaces/org/demo/app.py") == HubLocation("org/demo", "space", "app.py")
+    sha = "a" * 40
+    location = parse_uri(f"hf://datasets/org/qa@{sha}/nq/train.parquet")
+    assert (location.revision, location.path) == (sha, "nq/train.parquet")
+    assert location.uri == f"hf://datasets/org/qa@{sha}/nq/train.parquet"
+    assert parse_uri("hf://org/model/config.json").uri == "hf://org/model/config.json"
+    assert is_hub_uri("hf://org/model")
+    assert not is_hub_uri("/data/org/model")
+    assert not is_hub_uri(None)
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("hf://", "malformed Hub URI 'hf://'"),
+        ("hf://datasets/onlyname", "malformed Hub URI 'hf://datasets/onlyname'"),
+        ("hf://org/name@/file", "malformed Hub URI 'hf://org/name@/file'"),
+        ("hf://buckets/org/bucket/file", "bucket repos are not handled"),
+        ("/local/path", "not a Hub URI: '/local/path'"),
+    ],
+)
+def test_parse_uri_rejects_malformed_uris(uri: str, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        parse_uri(uri)
+
+
+def test_resolve_returns_local_paths_and_names_missing_ones(tmp_path) -> None:
+    present = tmp_path / "corpus.jsonl"
+    present.write_text("{}\n")
+    assert resolve(present) == present
+    assert resolve(str(present)) == present
+    with pytest.raises(InputError, match=f"{tmp_path / 'absent.jsonl'} does not exist"):
+        resolve(tmp_path / "absent.jsonl")
+
+
+def test_create_upload_and_download_files_and_folders(hub, tmp_path) -> None:
+    repo_id = hub.new_repo_id("artefacts")
+    url = create_repo(repo_id, "dataset", token=hub.token)
+    assert url == f"{hub.endpoint}/datasets/{repo_id}"
+    assert create_repo(repo_id, "dataset", token=hub.token) == url
+
+    folder = tmp_path / "upload"
+    (folder / "corpus").mkdir(parents=True)
+    (folder / "index").mkdir()
+    (folder / "corpus" / "shard-0.jsonl").write_text('{"id": "0", "contents": "a"}\n')
+    (folder / "corpus" / "shard-1.jsonl").write_text('{"id": "1", "contents": "b"}\n')
+    vectors = _random_bytes(4096, seed=0)
+    (folder / "index" / "vectors.bin").write_bytes(vectors)
+    (folder / "notes.txt").write_text("notes")
+    commit = upload_folder(folder, repo_id, "dataset", token=hub.token)
+    assert len(commit) == 40
+    # The 4 KiB binary went through the LFS batch and storage endpoints.
+    assert f"PUT /lfs-storage/{hashlib.sha256(vectors).hexdigest()}" in hub.requests
+    upload_file(b"extra", "extra/readme.txt", repo_id, "dataset", token=hub.token)
+
+    downloaded = resolve(f"hf://datasets/{repo_id}/index/vectors.bin", token=hub.token)
+    assert downloaded.read_bytes() == vectors
+
+    shards = resolve(f"hf://datasets/{repo_id}/corpus", allow_patterns=["*-1.jsonl"])
+    assert shards.is_dir() and shards.name == "corpus"
+    assert sorted(path.name for path in shards.iterdir()) == ["shard-1.jsonl"]
+    assert (shards / "shard-1.jsonl").read_text() == '{"id": "1", "contents": "b"}\n'
+
+    root = resolve(f"hf://datasets/{repo_id}", allow_patterns=["*.txt"])
+    assert (root / "notes.txt").read_text() == "notes"
+    assert (root / "extra" / "readme.txt").read_text() == "extra"
+    assert not (root / "corpus" / "shard-0.jsonl").exists()
+
+    filesystem = HfFileSystem(token=hub.token)
+    assert filesystem.read_bytes(f"hf://datasets/{repo_id}/index/vectors.bin") == vectors
+    assert sorted(filesystem.ls(f"datasets/{repo_id}/corpus", detail=False)) == [
+        f"datasets/{repo_id}/corpus/shard-0.jsonl",
+        f"datasets/{repo_id}/corpus/shard-1.jsonl",
+    ]
+
+
+def test_space_files_resolve(hub) -> None:
+    repo_id = hub.new_repo_id("demo")
+    assert create_repo(repo_id, "space", token=hub.token) == f"{hub.endpoint}/spaces/{repo_id}"
+    upload_file(b"import gradio\n", "app.py", repo_id, "space", token=hub.token)
+    assert resolve(f"hf://spaces/{repo_id}/app.py").read_bytes() == b"import gradio\n"
+    with pytest.raises(InputError, match="repo_type must be one of model, dataset, space"):
+        create_repo(repo_id, "bucket", token=hub.token)
+
+
+def test_old_revisions_keep_their_bytes(hub) -> None:
+    repo_id = hub.new_repo_id("checkpoints")
+    create_repo(repo_id, token=hub.token)
+    old_weights, new_weights = _random_bytes(2000, seed=1), _random_bytes(2000, seed=2)
+    first = upload_file(b"step 100", "step.txt", repo_id, token=hub.token)
+    upload_file(old_weights, "weights.bin", repo_id, token=hub.token)
+    HfApi(token=hub.token).create_tag(repo_id, tag="v1")
+    upload_file(b"step 200", "step.txt", repo_id, token=hub.token)
+    upload_file(new_weights, "weights.bin", repo_id, token=hub.token)
+
+    assert resolve(f"hf://{repo_id}/step.txt").read_bytes() == b"step 200"
+    assert resolve(f"hf://{repo_id}/weights.bin").read_bytes() == new_weights
+    assert resolve(f"hf://{repo_id}@v1/step.txt").read_bytes() == b"step 100"
+    assert resolve(f"hf://{repo_id}@v1/weights.bin").read_bytes() == old_weights
+    assert resolve(f"hf://{repo_id}@{first}/step.txt").read_bytes() == b"step 100"
+    with pytest.raises(
+        InputError, match=f"no file or folder 'weights.bin' in model repo '{repo_id}'"
+    ):
+        resolve(f"hf://{repo_id}@{first}/weights.bin")
+
+
+def test_split_index_is_resolved_and_reassembled_byte_exact(hub, tmp_path) -> None:
+    repo_id = hub.new_repo_id("wiki-e5-index")
+    create_repo(repo_id, "dataset", token=hub.token)
+    parts = {"part_aa": _random_bytes(3000, 3), "part_ab": _random_bytes(1500, 4), "part_ac": b"!"}
+    folder = tmp_path / "flat"
+    folder.mkdir()
+    for name, data in parts.items():
+        (folder / name).write_bytes(data)
+    (folder / "LICENSE").write_text("cc-by-sa")
+    upload_folder(folder, repo_id, "dataset", path_in_repo="flat", token=hub.token)
+
+    index = resolve_split(f"hf://datasets/{repo_id}/flat")
+    assert index.name == "e5_Flat.index"
+    assert index.read_bytes() == parts["part_aa"] + parts["part_ab"] + parts["part_ac"]
+    assert not (index.parent / "LICENSE").exists()
+    written = index.stat()
+    assert resolve_split(f"hf://datasets/{repo_id}/flat") == index
+    assert index.stat().st_mtime_ns == written.st_mtime_ns  # complete and newer: not rewritten
+
+    elsewhere = resolve_split(f"hf://datasets/{repo_id}/flat", out_dir=tmp_path / "out")
+    assert elsewhere == tmp_path / "out" / "e5_Flat.index"
+    assert elsewhere.read_bytes() == index.read_bytes()
+
+
+def test_resolve_split_reads_local_folders(tmp_path) -> None:
+    (tmp_path / "part_ab").write_bytes(b"world")
+    (tmp_path / "part_aa").write_bytes(b"hello ")
+    assert resolve_split(tmp_path, name="joined.bin").read_bytes() == b"hello world"
+    with pytest.raises(InputError, match=r"no files matching 'shard_\*'"):
+        resolve_split(tmp_path, parts_glob="shard_*")
+
+
+def test_reassemble_sorts_parts_and_rebuilds_stale_output(tmp_path) -> None:
+    first, second = tmp_path / "part_aa", tmp_path / "part_ab"
+    first.write_bytes(b"abc")
+    second.write_bytes(b"def")
+    out = tmp_path / "joined"
+    assert reassemble([second, first], out).read_bytes() == b"abcdef"
+
+    out.write_bytes(b"XXXXXX")  # same size, newer than the parts: taken as done
+    assert reassemble([first, second], out).read_bytes() == b"XXXXXX"
+    os.utime(second, ns=(out.stat().st_mtime_ns + 10**9,) * 2)  # a part changed since
+    assert reassemble([first, second], out).read_bytes() == b"abcdef"
+    out.write_bytes(b"abc")  # truncated: rebuilt
+    assert reassemble([first, second], out).read_bytes() == b"abcdef"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["joined", "part_aa", "part_ab"]
+
+    with pytest.raises(InputError, match=f"part {tmp_path / 'part_zz'} does not exist"):
+        reassemble([first, tmp_path / "part_zz"], tmp_path / "other")
+    with pytest.raises(InputError, match="no parts given"):
+        reassemble([], out)
+
+
+def test_missing_repo_file_and_revision_are_named(hub) -> None:
+    repo_id = hub.new_repo_id("qa")
+    create_repo(repo_id, "dataset", token=hub.token)
+    upload_file(b"q", "nq/test.jsonl", repo_id, "dataset", token=hub.token)
+
+    with pytest.raises(InputError) as missing_repo:
+        resolve("hf://datasets/loopback-user/no-such-repo/nq/test.jsonl", token=hub.token)
+    message = str(missing_repo.value)
+    assert "dataset repo 'loopback-user/no-such-repo' not found on http://127.0.0.1:" in message
+    assert "a private repo needs a token" in message
+
+    with pytest.raises(InputError) as missing_file:
+        resolve(f"hf://datasets/{repo_id}/nq/train.jsonl")
+    assert str(missing_file.value) == (
+        f"no file or folder 'nq/train.jsonl' in dataset repo '{repo_id}' at revision 'main' "
+        f"on {hub.endpoint}"
+    )
+
+    with pytest.raises(InputError, match=f"revision 'v9' not found in dataset repo '{repo_id}'"):
+        resolve(f"hf://datasets/{repo_id}@v9/nq/test.jsonl")
+    with pytest.raises(InputError, match=f"revision 'v9' not found in dataset repo '{repo_id}'"):
+        resolve(f"hf://datasets/{repo_id}@v9/nq")
+
+
+def test_bad_or_missing_token_gives_a_clear_error_without_the_token(hub) -> None:
+    bad_token = "hf_" + "Wrong" * 6 + "Toke"
+    repo_id = hub.new_repo_id("private-ckpt")
+    create_repo(repo_id, private=True, token=hub.token)
+    upload_file(b"secret", "weights.txt", repo_id, token=hub.token)
+
+    with pytest.raises(InputError) as refused_read:
+        resolve(f"hf://{repo_id}/weights.txt", token=bad_token)
+    with pytest.raises(InputError) as refused_write:
+        create_repo(hub.new_repo_id("never"), token=bad_token)
+    for refused in (refused_read, refused_write):
+        message = str(refused.value)
+        assert "answered HTTP 401" in message and "the token is missing, invalid" in message
+        assert bad_token not in message and hub.token not in message
+
+    with pytest.raises(InputError, match=f"model repo '{repo_id}' not found .* private repo needs"):
+        resolve(f"hf://{repo_id}/weights.txt")
+    assert resolve(f"hf://{repo_id}/weights.txt", token=hub.token).read_bytes() == b"secret"
+
+
+def test_offline_mode_serves_cached_files_and_names_uncached_ones(hub, monkeypatch) -> None:
+    repo_id = hub.new_repo_id("offline")
+    create_repo(repo_id, "dataset", token=hub.token)
+    upload_file(b"cached", "cached.txt", repo_id, "dataset", token=hub.token)
+    upload_file(b"never fetched", "uncached.txt", repo_id, "dataset", token=hub.token)
+    online = resolve(f"hf://datasets/{repo_id}/cached.txt")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert resolve(f"hf://datasets/{repo_id}/cached.txt") == online
+    assert online.read_bytes() == b"cached"
+    for uri in (f"hf://datasets/{repo_id}/uncached.txt", f"hf://datasets/{repo_id}/folder"):
+        with pytest.raises(InputError) as uncached:
+            resolve(uri)
+        assert str(uncached.value).startswith(
+            f"{uri} is not in the Hub cache and offline mode is on (HF_HUB_OFFLINE=1)"
+        )
+    assert not any("uncached.txt" in line for line in hub.requests)
+
+
+def test_retry_backs_off_on_transient_errors_then_reraises(caplog, hub) -> None:
+    calls: list[int] = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise _http_error(503, f"service unavailable for token {hub.token}")
+        return "pushed"
+
+    with caplog.at_level(logging.WARNING, logger="research_r1.hub"):
+        assert retry(flaky, attempts=3, backoff_s=0, what="checkpoint push") == "pushed"
+    assert len(calls) == 3
+    assert [record.levelname for record in caplog.records] == ["WARNING", "WARNING"]
+    assert "checkpoint push failed (attempt 1/3), retrying in 0.0s" in caplog.text
+
+    caplog.clear()
+    calls.clear()
+
+    def down() -> None:
+        calls.append(1)
+        raise _http_error(429, f"rate limited, Authorization: Bearer {hub.token}")
+
+    with caplog.at_level(logging.WARNING, logger="research_r1.hub"), pytest.raises(HfHubHTTPError):
+        retry(down, attempts=3, backoff_s=0)
+    assert len(calls) == 3
+    assert [record.levelname for record in caplog.records] == ["WARNING", "WARNING", "ERROR"]
+    assert "push failed (attempt 3/3)" in caplog.text
+    assert hub.token not in caplog.text and "Bearer hf_***" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "error", [_http_error(401, "unauthorized"), ValueError("bad config"), InputError("bad repo")]
+)
+def test_retry_does_not_repeat_permanent_errors(error: Exception) -> None:
+    calls: list[int] = []
+
+    def fails() -> None:
+        calls.append(1)
+        raise error
+
+    with pytest.raises(type(error)):
+        retry(fails, attempts=3, backoff_s=0)
+    assert len(calls) == 1
+
+
+def test_retry_recovers_a_push_from_a_server_error(hub) -> None:
+    repo_id = hub.new_repo_id("flaky-push")
+    create_repo(repo_id, token=hub.token)
+    hub.inject_failure(f"/api/models/{repo_id}/commit/", status=500, times=1)
+
+    def push() -> str:
+        return upload_file(b"checkpoint", "ckpt/state.txt", repo_id, token=hub.token)
+
+    commit = retry(push, attempts=2, backoff_s=0, what="checkpoint push")
+    assert resolve(f"hf://{repo_id}@{commit}/ckpt/state.txt").read_bytes() == b"checkpoint"
+    commits = [line for line in hub.requests if line.endswith(f"{repo_id}/commit/main")]
+    assert len(commits) == 2
+
+
+def test_pushed_dataset_loads_back_by_config_and_split(hub) -> None:
+    repo_id = hub.new_repo_id("flashrag-mini")
+    nq = datasets.Dataset.from_dict(
+        {"id": ["q0", "q1"], "question": ["who?", "when?"], "golden_answers": [["a"], ["b", "c"]]}
+    )
+    hotpot = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict({"question": ["x", "y", "z"]}),
+            "dev": datasets.Dataset.from_dict({"question": ["w"]}),
+        }
+    )
+    assert len(push_dataset(nq, repo_id, config_name="nq", split="test", token=hub.token)) == 40
+    push_dataset(hotpot, repo_id, config_name="hotpotqa", token=hub.token)
+
+    loaded = datasets.load_dataset(repo_id, "nq", split="test")
+    assert loaded.to_dict() == nq.to_dict()
+    assert datasets.load_dataset(repo_id, "hotpotqa", split="train")["question"] == ["x", "y", "z"]
+    assert datasets.load_dataset(repo_id, "hotpotqa", split="dev")["question"] == ["w"]
+    with pytest.raises(InputError, match="only applies to a single Dataset"):
+        push_dataset(hotpot, repo_id, config_name="hotpotqa", split="train", token=hub.token)
