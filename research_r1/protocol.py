@@ -142,9 +142,11 @@ def extract_boxed(text: str) -> str | None:
 def extract_answer(completion: str, protocol: Protocol) -> str | None:
     """The final answer in a completion (never the prompt): the last `<answer>` block.
 
-    For ReSearch the answer is the `\\boxed{}` inside it; an answer without one is no answer.
+    The invalid-step notice we insert mentions `<answer> and </answer>`; it is not the model's
+    answer, so it is removed first. For ReSearch the answer is the `\\boxed{}` inside the block;
+    an answer without one is no answer.
     """
-    answers = _ANSWER.findall(completion)
+    answers = _ANSWER.findall(completion.replace(protocol.invalid_notice.strip(), ""))
     if not answers:
         return None
     answer = answers[-1].strip()
@@ -264,7 +266,10 @@ def load_template(name_or_path: str | Path) -> Template:
             f"template {str(name_or_path)!r} is neither a built-in ({', '.join(TEMPLATES)}) "
             "nor a YAML file"
         )
-    spec: Any = yaml.safe_load(path.read_text())
+    try:
+        spec: Any = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise InputError(f"{path}: not valid YAML: {error}") from None
     if not isinstance(spec, dict):
         raise InputError(f"{path}: a template file must be a YAML mapping")
     unknown = set(spec) - _TEMPLATE_KEYS
@@ -279,6 +284,13 @@ def load_template(name_or_path: str | Path) -> Template:
         raise InputError(f"{path}: field 'system' must be a string")
     if not isinstance(spec.get("chat", True), bool):
         raise InputError(f"{path}: field 'chat' must be true or false")
+    if not isinstance(spec.get("name", path.stem), str):
+        raise InputError(f"{path}: field 'name' must be a string")
+    if spec.get("system") and not spec.get("chat", True):
+        raise InputError(
+            f"{path}: field 'system' needs a chat template (chat: true); for plain text, put the "
+            "system text in 'user'"
+        )
     try:
         protocol = get_protocol(spec["protocol"])
     except InputError as error:

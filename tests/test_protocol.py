@@ -1,0 +1,394 @@
+"""The tag protocols: turn parsing, answers, observations and prompt templates."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from research_r1.errors import InputError
+from research_r1.protocol import (
+    PROTOCOLS,
+    RESEARCH,
+    SEARCH_R1,
+    SEARCH_R1_INVALID_NOTICE,
+    TEMPLATES,
+    Action,
+    extract_answer,
+    extract_boxed,
+    format_observation,
+    format_passages,
+    get_protocol,
+    load_template,
+    parse_turn,
+    render_prompt,
+    split_contents,
+)
+from research_r1.retrieval import Passage
+
+# ---------------------------------------------------------------------------------------------
+# Protocols as data
+
+
+def test_protocol_tags_and_stop_strings() -> None:
+    assert SEARCH_R1.stop_strings == ("</search>", "</answer>")
+    assert RESEARCH.stop_strings == ("</search>", "</answer>")
+    assert SEARCH_R1.tags == (
+        "<think>",
+        "</think>",
+        "<search>",
+        "</search>",
+        "<information>",
+        "</information>",
+        "<answer>",
+        "</answer>",
+    )
+    assert RESEARCH.tags[4:6] == ("<result>", "</result>")
+    assert (SEARCH_R1.boxed_answer, RESEARCH.boxed_answer) == (False, True)
+
+
+def test_get_protocol() -> None:
+    assert get_protocol("search_r1") is SEARCH_R1
+    assert get_protocol("research") is RESEARCH
+    assert sorted(PROTOCOLS) == ["research", "search_r1"]
+    with pytest.raises(InputError, match=r"unknown protocol 'nope'.*\['research', 'search_r1'\]"):
+        get_protocol("nope")
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing one turn
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "<think>need facts</think><search> capital of France </search>",
+            Action("search", "capital of France"),
+        ),
+        ("<think>done</think><answer> Paris </answer>", Action("answer", "Paris")),
+        ("<search>multi\nline query</search>", Action("search", "multi\nline query")),
+        ("I am not sure what to do.", Action("invalid")),
+        ("", Action("invalid")),
+        ("<search>   </search>", Action("invalid")),  # empty query: never sent to the retriever
+        ("<search>unclosed query", Action("invalid")),
+        ("<search>q1</search><answer>a</answer>", Action("search", "q1")),  # first action wins
+        ("<answer>a</answer><search>q1</search>", Action("answer", "a")),
+        ("<search>q1</search> and <search>q2</search>", Action("search", "q1")),
+        ("<answer>Paris</answer> I hope that helps!", Action("answer", "Paris")),  # text after
+        ("<search>open <answer>Paris</answer>", Action("answer", "Paris")),  # unclosed search
+        ("<answer></answer>", Action("answer", "")),  # an empty answer still ends the episode
+        ("<search>q</answer>", Action("invalid")),  # mismatched closing tag
+    ],
+)
+def test_parse_turn(text: str, expected: Action) -> None:
+    assert parse_turn(text) == expected
+
+
+# ---------------------------------------------------------------------------------------------
+# Answers
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("\\boxed{Paris}", "Paris"),
+        ("The answer is \\[ \\boxed{ Paris } \\]", "Paris"),
+        ("\\boxed{a} then \\boxed{b}", "b"),  # the last box
+        ("\\boxed{\\{a\\}}", "\\{a\\}"),  # nested braces balanced
+        ("\\boxed{f(x) = {1, 2}}", "f(x) = {1, 2}"),
+        ("\\boxed{}", ""),
+        ("\\boxed{unclosed", None),
+        ("\\boxed{a} \\boxed{unclosed", None),  # the last box decides
+        ("no box here", None),
+        ("\\boxed Paris", None),
+    ],
+)
+def test_extract_boxed(text: str, expected: str | None) -> None:
+    assert extract_boxed(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("completion", "search_r1", "research"),
+    [
+        ("<think>x</think><answer> Paris </answer>", "Paris", None),
+        (
+            "<answer>The answer is \\[ \\boxed{Paris} \\]</answer>",
+            "The answer is \\[ \\boxed{Paris} \\]",
+            "Paris",
+        ),
+        ("<answer>Lyon</answer> no, <answer>\\boxed{Paris}</answer>", "\\boxed{Paris}", "Paris"),
+        ("<answer>\\boxed{Lyon}</answer><answer>Paris</answer>", "Paris", None),  # last only
+        ("<think>no answer yet</think>", None, None),
+        ("<answer>unclosed", None, None),
+        ("<answer>a\nb</answer>", "a\nb", None),
+        ("<answer>x <answer>Paris</answer>", "x <answer>Paris", None),  # nested: as upstream
+        ("<answer></answer>", "", None),
+    ],
+)
+def test_extract_answer(completion: str, search_r1: str | None, research: str | None) -> None:
+    assert extract_answer(completion, SEARCH_R1) == search_r1
+    assert extract_answer(completion, RESEARCH) == research
+
+
+# ---------------------------------------------------------------------------------------------
+# Observations
+
+PASSAGES = [
+    Passage(id="1", title="Paris", text="Paris is the capital of France.", score=2.5),
+    Passage(id="7", title="Eiffel Tower", text="A tower in Paris.\nBuilt in 1889.", score=1.0),
+]
+
+
+def test_format_passages_exact() -> None:
+    assert format_passages(PASSAGES) == (
+        "Doc 1(Title: Paris) Paris is the capital of France.\n"
+        "Doc 2(Title: Eiffel Tower) A tower in Paris.\nBuilt in 1889."
+    )
+    assert format_passages([]) == ""
+
+
+def test_format_observation_exact() -> None:
+    body = format_passages(PASSAGES)
+    assert format_observation(PASSAGES, SEARCH_R1) == f"\n\n<information>{body}</information>\n\n"
+    assert format_observation(PASSAGES, RESEARCH) == f" <result>\n{body}\n</result>"
+    # A message (e.g. a retrieval error) goes in the same tags, stripped.
+    assert format_observation("  no results \n", SEARCH_R1) == (
+        "\n\n<information>no results</information>\n\n"
+    )
+    assert format_observation("no results", RESEARCH) == " <result>\nno results\n</result>"
+    assert format_observation([], SEARCH_R1) == "\n\n<information></information>\n\n"
+
+
+@pytest.mark.parametrize(
+    ("contents", "title", "text"),
+    [
+        ('"Paris"\nParis is the capital of France.', "Paris", "Paris is the capital of France."),
+        ("Paris\nline one\nline two", "Paris", "line one\nline two"),
+        ('  "Paris"  \ntext', "Paris", "text"),
+        ("Only a title", "Only a title", ""),
+        ('"Title"\n', "Title", ""),
+        ('"Say "hi""\ntext', 'Say "hi', "text"),  # every surrounding quote goes
+    ],
+)
+def test_split_contents(contents: str, title: str, text: str) -> None:
+    assert split_contents(contents) == (title, text)
+
+
+_DOC = re.compile(r"^Doc (\d+)\(Title: (.*?)\) (.*)$", re.MULTILINE)
+
+
+@pytest.mark.parametrize("protocol", [SEARCH_R1, RESEARCH])
+def test_observation_round_trip(protocol) -> None:
+    """Corpus rows -> passages -> observation -> parsed back: the same titles and texts."""
+    rows = ['"Paris"\nParis is the capital of France.', '"Lyon"\nLyon is on the Rhône.']
+    passages = [
+        Passage(id=str(i), title=title, text=text, score=0.0)
+        for i, (title, text) in enumerate(split_contents(row) for row in rows)
+    ]
+    observation = format_observation(passages, protocol)
+    inner = re.search(
+        re.escape(protocol.observation_open) + r"(.*)" + re.escape(protocol.observation_close),
+        observation,
+        re.DOTALL,
+    )
+    assert inner is not None
+    parsed = [(int(n), t, x) for n, t, x in _DOC.findall(inner.group(1))]
+    assert parsed == [
+        (1, "Paris", "Paris is the capital of France."),
+        (2, "Lyon", "Lyon is on the Rhône."),
+    ]
+
+
+def test_invalid_notice() -> None:
+    assert SEARCH_R1.invalid_notice == SEARCH_R1_INVALID_NOTICE
+    assert SEARCH_R1_INVALID_NOTICE.startswith("\nMy previous action is invalid.")
+    assert SEARCH_R1_INVALID_NOTICE.endswith("Let me try again.\n")
+    assert RESEARCH.invalid_notice == SEARCH_R1_INVALID_NOTICE
+
+
+# ---------------------------------------------------------------------------------------------
+# Templates
+
+
+def test_search_r1_template_exact() -> None:
+    template = TEMPLATES["search_r1"]
+    assert (template.name, template.protocol, template.chat, template.system) == (
+        "search_r1",
+        SEARCH_R1,
+        True,
+        None,
+    )
+    question = "Who wrote Hamlet?"
+    messages = template.prompt(f"  {question} \n")
+    assert isinstance(messages, list) and len(messages) == 1
+    assert messages[0]["role"] == "user"
+    content = messages[0]["content"]
+    assert content.startswith(
+        "Answer the given question. You must conduct reasoning inside <think>"
+    )
+    assert content.endswith(f"Question: {question}\n")
+    assert content.count(question) == 1
+    # The example answer the reward must never count lives in the prompt.
+    assert "<answer> Beijing </answer>" in content
+    for tag in ("<think>", "<search>", "<information>", "<answer>"):
+        assert tag in content
+
+
+def test_research_base_template_is_plain_text() -> None:
+    template = TEMPLATES["research_base"]
+    assert (template.protocol, template.chat) == (RESEARCH, False)
+    prompt = template.prompt("Who wrote Hamlet?")
+    assert isinstance(prompt, str)
+    assert prompt.startswith("A conversation between User and Assistant.")
+    assert prompt.endswith(" User: Who wrote Hamlet?. Assistant:")
+    assert "<result>" in prompt and "\\boxed{" in prompt and "<information>" not in prompt
+    assert prompt.count("Who wrote Hamlet?") == 1
+
+
+def test_research_instruct_template_is_system_and_user() -> None:
+    template = TEMPLATES["research_instruct"]
+    messages = template.prompt(" Who wrote Hamlet? ")
+    assert [m["role"] for m in messages] == ["system", "user"]
+    assert messages[1] == {"role": "user", "content": "Who wrote Hamlet?"}
+    assert messages[0]["content"] == template.system
+    assert messages[0]["content"].startswith("You are a helpful assistant")
+    assert "<result>" in messages[0]["content"] and "Who wrote" not in messages[0]["content"]
+
+
+def _chat_tokenizer() -> PreTrainedTokenizerFast:
+    """A word-level tokenizer built in memory, with a minimal chat template (no downloads)."""
+    model = Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
+    model.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=model, unk_token="[UNK]")
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    )
+    return tokenizer
+
+
+def test_render_prompt_with_chat_template() -> None:
+    tokenizer = _chat_tokenizer()
+    messages = TEMPLATES["research_instruct"].prompt("Q?")
+    assert render_prompt(messages, tokenizer) == (
+        f"<|system|>{TEMPLATES['research_instruct'].system}\n<|user|>Q?\n<|assistant|>"
+    )
+    user = TEMPLATES["search_r1"].prompt("Q?")[0]["content"]
+    assert render_prompt(TEMPLATES["search_r1"].prompt("Q?"), tokenizer) == (
+        f"<|user|>{user}\n<|assistant|>"
+    )
+
+
+def test_render_prompt_without_chat_template() -> None:
+    messages = TEMPLATES["research_instruct"].prompt("Q?")
+    expected = f"{TEMPLATES['research_instruct'].system}\n\nQ?"
+    assert render_prompt(messages) == expected
+    tokenizer = _chat_tokenizer()
+    tokenizer.chat_template = None
+    assert render_prompt(messages, tokenizer) == expected
+    # Search-R1 prompts a base model with the user text alone.
+    search_r1 = TEMPLATES["search_r1"].prompt("Q?")
+    assert render_prompt(search_r1) == search_r1[0]["content"]
+    # Plain text passes through untouched, with or without a chat template.
+    plain = TEMPLATES["research_base"].prompt("Q?")
+    assert render_prompt(plain) == plain
+    assert render_prompt(plain, _chat_tokenizer()) == plain
+
+
+# ---------------------------------------------------------------------------------------------
+# User templates from YAML
+
+
+def _write(tmp_path: Path, text: str, name: str = "mine.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_load_template_builtin() -> None:
+    for name, template in TEMPLATES.items():
+        assert load_template(name) is template
+
+
+def test_load_template_from_yaml(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        "protocol: research\nsystem: Be brief.\nuser: 'Q: {question}'\n",
+        name="brief.yaml",
+    )
+    template = load_template(path)
+    assert (template.name, template.protocol, template.system, template.chat) == (
+        "brief",
+        RESEARCH,
+        "Be brief.",
+        True,
+    )
+    assert template.prompt("Who?") == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Q: Who?"},
+    ]
+    plain = load_template(
+        _write(
+            tmp_path, "name: plain\nprotocol: search_r1\nchat: false\nuser: 'Q: {question} A:'\n"
+        )
+    )
+    assert (plain.name, plain.protocol, plain.chat, plain.system) == (
+        "plain",
+        SEARCH_R1,
+        False,
+        None,
+    )
+    assert plain.prompt("Who?") == "Q: Who? A:"
+    assert load_template(str(path)) == template  # a str path works too
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("- a\n- b\n", "a template file must be a YAML mapping"),
+        (
+            "protocol: research\nuser: '{question}'\ncolour: red\n",
+            r"unknown template keys \['colour'\]",
+        ),
+        ("user: '{question}'\n", "field 'protocol' is required and must be a string"),
+        ("protocol: research\n", "field 'user' is required and must be a string"),
+        ("protocol: research\nuser: 3\n", "field 'user' is required and must be a string"),
+        (
+            "protocol: research\nuser: 'no placeholder'\n",
+            r"field 'user' must contain the placeholder \{question\}",
+        ),
+        (
+            "protocol: research\nuser: '{question}'\nsystem: [a]\n",
+            "field 'system' must be a string",
+        ),
+        (
+            "protocol: research\nuser: '{question}'\nchat: maybe\n",
+            "field 'chat' must be true or false",
+        ),
+        ("protocol: nope\nuser: '{question}'\n", "field 'protocol': unknown protocol 'nope'"),
+        ("protocol: research\nuser: '{question}\n", "not valid YAML"),
+        ("protocol: research\nuser: '{question}'\nname: 5\n", "field 'name' must be a string"),
+        (
+            "protocol: research\nuser: '{question}'\nsystem: Be brief.\nchat: false\n",
+            "field 'system' needs a chat template",
+        ),
+    ],
+)
+def test_load_template_errors_name_file_and_field(tmp_path: Path, text: str, message: str) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(InputError, match=re.escape(str(path)) + ": " + message):
+        load_template(path)
+
+
+def test_load_template_unknown_name(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.yaml"
+    with pytest.raises(
+        InputError, match=r"neither a built-in \(search_r1, research_base, research_instruct\)"
+    ):
+        load_template(missing)
+    with pytest.raises(InputError, match="'no_such_template' is neither a built-in"):
+        load_template("no_such_template")
