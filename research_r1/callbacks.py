@@ -1,0 +1,116 @@
+"""Trainer callbacks: the reward curve as a PNG, and checkpoints pushed to the Hub.
+
+A push runs in a background thread, is retried (`research_r1.hub.retry`), and a push that still
+fails is logged and dropped: losing a checkpoint upload must never stop hours of training.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from research_r1 import hub
+
+logger = logging.getLogger(__name__)
+
+CURVE_FILE = "reward_curve.png"
+
+
+def plot_reward_curve(log_history: list[dict[str, Any]], path: str | Path) -> Path | None:
+    """Reward (and each reward function's mean) against step; None when nothing was logged."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    parts = {k for row in log_history for k in row if re.fullmatch(r"rewards/.+/mean", k)}
+    keys = ["reward", *sorted(parts)]
+    series = {
+        key: [(row["step"], row[key]) for row in log_history if row.get(key) is not None]
+        for key in keys
+    }
+    if not series["reward"]:
+        return None
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for key, points in series.items():
+        if points:
+            steps, values = zip(*points, strict=True)
+            axis.plot(steps, values, label=key, linewidth=2 if key == "reward" else 1)
+    axis.set_xlabel("step")
+    axis.set_ylabel("mean reward")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return Path(path)
+
+
+class RewardPlotCallback(TrainerCallback):
+    """Redraws `reward_curve.png` in the run's folder at every save and at the end."""
+
+    def __init__(self, output_dir: str | Path) -> None:
+        self.path = Path(output_dir) / CURVE_FILE
+
+    def _draw(self, state) -> None:
+        if state.is_world_process_zero:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            plot_reward_curve(state.log_history, self.path)
+
+    def on_save(self, args, state, control, **kwargs):
+        self._draw(state)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._draw(state)
+
+
+class HubPushCallback(TrainerCallback):
+    """Uploads each saved checkpoint to `repo_id` (folder `last-checkpoint`) in the background."""
+
+    def __init__(self, repo_id: str | None, token: str | None = None, private: bool | None = None):
+        if not repo_id:
+            raise ValueError("hub_model_id: required with push_to_hub")
+        self.repo_id, self.token, self.private = repo_id, token, bool(private)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-push")
+        self.pending: list[Future] = []
+        self.failures = 0
+
+    def _push(self, folder: Path, step: int) -> None:
+        try:
+            hub.retry(
+                lambda: hub.create_repo(self.repo_id, private=self.private, token=self.token),
+                what=f"create {self.repo_id}",
+            )
+            hub.retry(
+                lambda: hub.upload_folder(
+                    folder,
+                    self.repo_id,
+                    path_in_repo="last-checkpoint",
+                    commit_message=f"Checkpoint at step {step}",
+                    token=self.token,
+                ),
+                what=f"push checkpoint {step}",
+            )
+            logger.info("pushed checkpoint %d to %s", step, self.repo_id)
+        except Exception as error:
+            self.failures += 1
+            logger.error("giving up on pushing checkpoint %d: %s", step, hub.scrub(str(error)))
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            self.pending.append(self.executor.submit(self._push, folder, state.global_step))
+
+    def wait(self) -> None:
+        """Block until every queued push has finished (or given up)."""
+        for future in self.pending:
+            future.result()
+        self.pending.clear()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.wait()

@@ -1,0 +1,133 @@
+"""What a finished run puts on the Hub: the model with a card that says how it was made.
+
+The card records the recipe, base model, training data, rewards and, when `eval_results.json`
+sits in the run's folder ({"dataset": {"exact_match": 0.43, ...}}), the results as `model-index`
+entries so the Hub shows them on the model page and in leaderboards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import yaml
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from research_r1 import hub
+
+logger = logging.getLogger(__name__)
+
+EVAL_RESULTS_FILE = "eval_results.json"
+
+_CARD = """---
+{{ card_data }}
+---
+
+# {{ model_name }}
+
+A search agent trained from `{{ base_model }}` with GRPO and a multi-turn search rollout by
+research_r1 (the Search-R1 / ReSearch methods): it reasons in
+`<think>`, searches with `<search>`, reads the passages inserted in
+`<{{ observation_tag }}>`, and answers in `<answer>`. Inserted tokens were masked out of the loss.
+
+- Base model: `{{ base_model }}`
+- Training data: `{{ dataset }}` (prompt template `{{ template }}`)
+- Rewards: {{ rewards }}
+- Retriever: `{{ retriever }}`
+
+{% if results_table %}## Results (exact match)
+
+{{ results_table }}
+{% endif %}
+## Recipe
+
+```yaml
+{{ recipe }}
+```
+"""
+
+
+def read_eval_results(output_dir: str | Path) -> dict[str, dict[str, float]]:
+    path = Path(output_dir) / EVAL_RESULTS_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def model_card(
+    *,
+    model_name: str,
+    base_model: str,
+    dataset: str,
+    template: str,
+    observation_tag: str,
+    rewards: list[str],
+    retriever: str,
+    recipe: dict[str, Any],
+    eval_results: dict[str, dict[str, float]],
+) -> ModelCard:
+    results = [
+        EvalResult(
+            task_type="question-answering",
+            dataset_type=name,
+            dataset_name=name,
+            metric_type=metric,
+            metric_value=value,
+        )
+        for name, metrics in sorted(eval_results.items())
+        for metric, value in sorted(metrics.items())
+    ]
+    table = ""
+    if eval_results:
+        table = "| dataset | " + " | ".join(sorted(next(iter(eval_results.values())))) + " |\n"
+        table += "|---" * (1 + len(next(iter(eval_results.values())))) + "|\n"
+        for name, metrics in sorted(eval_results.items()):
+            table += f"| {name} | " + " | ".join(f"{v:.3f}" for _, v in sorted(metrics.items()))
+            table += " |\n"
+    data = ModelCardData(
+        base_model=base_model,
+        library_name="peft" if recipe.get("use_peft") else "transformers",
+        tags=["research_r1", "grpo", "search-agent", "trl"],
+        model_name=model_name,
+        eval_results=results or None,
+    )
+    return ModelCard.from_template(
+        data,
+        template_str=_CARD,
+        model_name=model_name,
+        base_model=base_model,
+        dataset=dataset,
+        template=template,
+        observation_tag=observation_tag.strip("<>"),
+        rewards=", ".join(f"`{r}`" for r in rewards),
+        retriever=retriever,
+        recipe=yaml.safe_dump(recipe, sort_keys=False).strip(),
+        results_table=table.strip(),
+    )
+
+
+def push_model(output_dir: str | Path, repo_id: str, card: ModelCard, token: str | None) -> bool:
+    """Write the card into the run folder and upload it (checkpoints excluded), retried.
+
+    Returns whether the push succeeded; a failure is logged, never raised, so a finished run is
+    never lost to a flaky network. The folder stays on disk for a later manual upload.
+    """
+    folder = Path(output_dir)
+    card.save(folder / "README.md")
+    try:
+        hub.retry(lambda: hub.create_repo(repo_id, token=token), what=f"create {repo_id}")
+        hub.retry(
+            lambda: hub.upload_folder(
+                folder,
+                repo_id,
+                commit_message="Final model",
+                ignore_patterns=["checkpoint-*/**", "checkpoint-*"],
+                token=token,
+            ),
+            what=f"push {repo_id}",
+        )
+    except Exception as error:
+        logger.error("could not push %s to %s: %s", folder, repo_id, hub.scrub(str(error)))
+        return False
+    logger.info("pushed the final model to %s", repo_id)
+    return True
