@@ -1,0 +1,482 @@
+"""The search rollout: exact token accounting, turn and budget rules, batching, failures, and the
+transformers backend's sampling log-probabilities."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from itertools import groupby
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from research_r1.generation import Generation, TransformersGenerator
+from research_r1.protocol import RESEARCH, SEARCH_R1, format_observation
+from research_r1.retrieval import Passage
+from research_r1.rollout import (
+    FINAL_TURN_NOTICE,
+    Episode,
+    RolloutConfig,
+    episodes_to_trl,
+    run_episodes,
+    run_rollout,
+)
+from research_r1.tiny import build_tiny_model
+
+EOS = "<|endoftext|>"
+CLOSE = "</information>\n\n"  # what follows the passages in a Search-R1 observation
+
+
+def passages_for(query: str, k: int) -> list[Passage]:
+    return [
+        Passage(f"{query}#{i}", f"title {query}", f"fact {i} about {query}", 1.0 / (i + 1))
+        for i in range(k)
+    ]
+
+
+class RecordingRetriever:
+    """Deterministic passages per query; remembers every call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[str], int]] = []
+
+    def search(self, queries: Sequence[str], k: int) -> list[list[Passage]]:
+        self.calls.append((list(queries), k))
+        return [passages_for(query, k) for query in queries]
+
+
+class DeadRetriever:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def search(self, queries: Sequence[str], k: int) -> list[list[Passage]]:
+        self.calls += 1
+        raise ConnectionError("connection refused")
+
+
+def scripted_logprob(position: int) -> float:
+    """The log-prob the scripted policy reports for the `position`-th id of a turn."""
+    return -(position + 1) / 8
+
+
+class ScriptedPolicy:
+    """A `Generator` test double that plays fixed turns per prompt.
+
+    `scripts[prompt]` lists the text of each turn; a turn is cut at its budget ("length"), and
+    otherwise ends with "eos" when its text ends with EOS, "stop" when it ends with a stop string,
+    else "length". Prompts are told apart by their ids, so they must not prefix one another.
+    """
+
+    def __init__(self, tokenizer, scripts: dict[str, list[str]]) -> None:
+        self.tokenizer = tokenizer
+        self.scripts = {tuple(self.encode(prompt)): turns for prompt, turns in scripts.items()}
+        self.turns: dict[tuple[int, ...], int] = defaultdict(int)
+        self.calls: list[tuple[list[list[int]], list[int]]] = []
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def generate(self, contexts, max_new_tokens, stop) -> list[Generation]:
+        self.calls.append(([list(c) for c in contexts], list(max_new_tokens)))
+        generations = []
+        for context, budget in zip(contexts, max_new_tokens, strict=True):
+            prompt = next(p for p in self.scripts if tuple(context[: len(p)]) == p)
+            text = self.scripts[prompt][self.turns[prompt]]
+            self.turns[prompt] += 1
+            ids = self.encode(text)
+            finish = (
+                "eos" if text.endswith(EOS) else "stop" if text.endswith(tuple(stop)) else "length"
+            )
+            if len(ids) > budget:
+                ids, finish = ids[:budget], "length"
+            logprobs = [scripted_logprob(j) for j in range(len(ids))]
+            generations.append(Generation(ids, logprobs, finish))
+        return generations
+
+
+TEXTS = [
+    "Question: who wrote hamlet?\n",
+    "<think> I need to search </think>\n<search> hamlet author </search>",
+    "<think> found it </think>\n<answer> shakespeare </answer>",
+    "Doc 1(Title: title) fact 0 about hamlet author paris one two three four five six",
+    SEARCH_R1.invalid_notice,
+    FINAL_TURN_NOTICE,
+    "Search failed: connection refused",
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Other test processes share the two cores; one thread is faster than two fighting."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("tiny"), TEXTS, SEARCH_R1.tags, seed=0)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_dir):
+    return AutoTokenizer.from_pretrained(tiny_dir)
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+def play(tokenizer, scripts, retriever=None, protocol=SEARCH_R1, **limits):
+    """Run the scripted prompts as one batch; returns the episodes and the policy."""
+    policy = ScriptedPolicy(tokenizer, scripts)
+    episodes = run_rollout(
+        [encode(tokenizer, prompt) for prompt in scripts],
+        generator=policy,
+        tokenizer=tokenizer,
+        retriever=retriever or RecordingRetriever(),
+        protocol=protocol,
+        config=RolloutConfig(**{"k": 2, **limits}),
+    )
+    return episodes, policy
+
+
+def observation_ids(tokenizer, query: str, k: int = 2) -> list[int]:
+    """The ids inserted after a Search-R1 search: passages, then the closing tag kept whole."""
+    observation = format_observation(passages_for(query, k), SEARCH_R1)
+    return encode(tokenizer, observation.removesuffix(CLOSE)) + encode(tokenizer, CLOSE)
+
+
+def transcript(tokenizer, episode: Episode) -> str:
+    return tokenizer.decode(episode.prompt_ids + episode.completion_ids, skip_special_tokens=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scripted policy: exact accounting and the episode rules
+
+
+def test_exact_ids_mask_and_logprobs_of_a_search_then_answer(tokenizer):
+    prompt = "Question: who wrote hamlet?\n"
+    turn1 = "<think> I need to search </think>\n<search> hamlet author </search>"
+    turn2 = "<think> found it </think>\n<answer> shakespeare </answer>"
+    retriever = RecordingRetriever()
+    [episode], _ = play(tokenizer, {prompt: [turn1, turn2]}, retriever)
+
+    observation = format_observation(passages_for("hamlet author", 2), SEARCH_R1)
+    assert observation == (
+        "\n\n<information>Doc 1(Title: title hamlet author) fact 0 about hamlet author\n"
+        "Doc 2(Title: title hamlet author) fact 1 about hamlet author</information>\n\n"
+    )
+    sampled1, sampled2 = encode(tokenizer, turn1), encode(tokenizer, turn2)
+    inserted = observation_ids(tokenizer, "hamlet author")
+    eos = tokenizer.eos_token_id
+    assert episode.prompt_ids == encode(tokenizer, prompt)
+    assert episode.completion_ids == sampled1 + inserted + sampled2 + [eos]
+    assert episode.env_mask == [1] * len(sampled1) + [0] * len(inserted) + [1] * len(sampled2) + [0]
+    assert episode.logprobs == (
+        [scripted_logprob(j) for j in range(len(sampled1))]
+        + [0.0] * len(inserted)
+        + [scripted_logprob(j) for j in range(len(sampled2))]
+        + [0.0]
+    )
+    assert transcript(tokenizer, episode) == prompt + turn1 + observation + turn2 + EOS
+    assert (episode.num_searches, episode.queries) == (1, ["hamlet author"])
+    assert episode.retrieved_ids == [["hamlet author#0", "hamlet author#1"]]
+    assert (episode.answered, episode.truncated, episode.retrieval_errors) == (True, False, 0)
+    assert episode.invalid_steps == 0
+    assert retriever.calls == [(["hamlet author"], 2)]
+
+
+def test_mixed_batch_makes_one_retrieval_call_per_turn(tokenizer):
+    scripts = {
+        "Question A\n": ["<answer> paris </answer>"],
+        "Question B\n": [
+            "<search> b one </search>",
+            "<search> b two </search>",
+            "<answer> b </answer>",
+        ],
+        "Question C\n": ["<search> c one </search>", "<answer> c </answer>"],
+    }
+    retriever = RecordingRetriever()
+    (a, b, c), policy = play(tokenizer, scripts, retriever)
+
+    assert retriever.calls == [(["b one", "c one"], 2), (["b two"], 2)]
+    assert [len(contexts) for contexts, _ in policy.calls] == [3, 2, 1]
+    # Each turn continues from the prompt and everything so far, inserted ids included.
+    assert policy.calls[1][0] == [
+        b.prompt_ids
+        + encode(tokenizer, "<search> b one </search>")
+        + observation_ids(tokenizer, "b one"),
+        c.prompt_ids
+        + encode(tokenizer, "<search> c one </search>")
+        + observation_ids(tokenizer, "c one"),
+    ]
+    assert [e.num_searches for e in (a, b, c)] == [0, 2, 1]
+    assert [e.queries for e in (a, b, c)] == [[], ["b one", "b two"], ["c one"]]
+    assert all(e.answered and not e.truncated for e in (a, b, c))
+    assert transcript(tokenizer, a) == "Question A\n<answer> paris </answer>" + EOS
+    expected_b = (
+        "Question B\n<search> b one </search>"
+        + format_observation(passages_for("b one", 2), SEARCH_R1)
+        + "<search> b two </search>"
+        + format_observation(passages_for("b two", 2), SEARCH_R1)
+        + "<answer> b </answer>"
+        + EOS
+    )
+    assert transcript(tokenizer, b) == expected_b
+
+
+def test_turn_limit_refuses_the_last_search_and_warns_before_the_last_turn(tokenizer):
+    turns = ["<search> a </search>", "<search> b </search>", "<search> c </search>"]
+    retriever = RecordingRetriever()
+    [episode], policy = play(tokenizer, {"Question D\n": turns}, retriever, max_turns=2)
+
+    assert retriever.calls == [(["a"], 2), (["b"], 2)]
+    assert len(policy.calls) == 3
+    assert transcript(tokenizer, episode) == (
+        "Question D\n<search> a </search>"
+        + format_observation(passages_for("a", 2), SEARCH_R1)
+        + "<search> b </search>"
+        + format_observation(passages_for("b", 2), SEARCH_R1)
+        + FINAL_TURN_NOTICE
+        + "<search> c </search>"
+        + EOS
+    )
+    assert (episode.num_searches, episode.queries) == (2, ["a", "b"])
+    assert (episode.answered, episode.truncated) == (False, False)
+    assert episode.env_mask[-1] == 0 and episode.completion_ids[-1] == tokenizer.eos_token_id
+
+
+def test_no_search_at_all_with_zero_turns(tokenizer):
+    retriever = RecordingRetriever()
+    [episode], policy = play(
+        tokenizer, {"Question E\n": ["<search> a </search>"]}, retriever, max_turns=0
+    )
+    assert retriever.calls == [] and len(policy.calls) == 1
+    assert transcript(tokenizer, episode) == "Question E\n<search> a </search>" + EOS
+    assert (episode.num_searches, episode.answered, episode.truncated) == (0, False, False)
+
+
+def test_invalid_steps_get_the_notice_and_go_on(tokenizer):
+    scripts = {
+        "Question F\n": ["hmm </search>", "<answer> f </answer>"],
+        "Question G\n": ["one two three four five six", "<answer> g </answer>"],
+    }
+    assert len(encode(tokenizer, "<answer> g </answer>")) <= 5
+    assert len(encode(tokenizer, "hmm </search>")) <= 5
+    (f, g), _ = play(tokenizer, scripts, max_new_tokens=5)
+
+    notice = SEARCH_R1.invalid_notice
+    assert transcript(tokenizer, f) == (
+        "Question F\nhmm </search>" + notice + "<answer> f </answer>" + EOS
+    )
+    cut = tokenizer.decode(encode(tokenizer, "one two three four five six")[:5])
+    assert transcript(tokenizer, g) == "Question G\n" + cut + notice + "<answer> g </answer>" + EOS
+    for episode in (f, g):
+        assert (episode.invalid_steps, episode.num_searches, episode.answered) == (1, 0, True)
+        assert episode.env_mask.count(0) == len(encode(tokenizer, notice)) + 1  # notice, EOS
+
+
+def test_eos_sampled_by_the_model_ends_the_episode_as_sampled(tokenizer):
+    scripts = {
+        "Question H\n": ["<think> no idea </think>" + EOS],
+        "Question I\n": ["<answer> i </answer>" + EOS],
+    }
+    (h, i), _ = play(tokenizer, scripts)
+    eos = tokenizer.eos_token_id
+    for episode in (h, i):
+        assert episode.completion_ids[-1] == eos and episode.completion_ids.count(eos) == 1
+        assert set(episode.env_mask) == {1} and not episode.truncated
+        assert episode.logprobs[-1] == scripted_logprob(len(episode.completion_ids) - 1)
+    assert (h.answered, i.answered) == (False, True)
+
+
+def test_completion_budget_cuts_and_marks_truncated_without_eos(tokenizer):
+    turns = ["<search> hamlet author </search>", "<answer> x </answer>"]
+    [episode], policy = play(
+        tokenizer, {"Question J\n": turns}, max_completion_tokens=20, max_observation_tokens=100
+    )
+    assert len(episode.completion_ids) == len(episode.env_mask) == len(episode.logprobs) == 20
+    assert episode.truncated and not episode.answered
+    assert episode.completion_ids[-1] != tokenizer.eos_token_id
+    assert len(policy.calls) == 1  # the observation used up the budget: no second turn
+
+
+def test_every_turn_budget_shrinks_to_what_is_left(tokenizer):
+    turns = ["<search> a </search>", "<search> b </search>", "<answer> x </answer>"]
+    limits = dict(max_new_tokens=8, max_completion_tokens=60, max_observation_tokens=100)
+    [episode], policy = play(tokenizer, {"Question K\n": turns}, **limits)
+    prompt_length = len(episode.prompt_ids)
+    for contexts, budgets in policy.calls:
+        so_far = len(contexts[0]) - prompt_length
+        assert budgets == [min(8, 60 - so_far - 1)]
+    assert len(episode.completion_ids) <= 60
+
+
+def test_last_turn_cut_by_its_token_budget_is_truncated(tokenizer):
+    [episode], _ = play(
+        tokenizer, {"Question L\n": ["one two three four five six"]}, max_turns=0, max_new_tokens=3
+    )
+    assert episode.completion_ids == encode(tokenizer, "one two three four five six")[:3]
+    assert episode.truncated and episode.env_mask == [1, 1, 1]
+
+
+def test_long_observation_is_cut_keeping_its_closing_tag(tokenizer):
+    turns = ["<search> hamlet author </search>", "<answer> x </answer>"]
+    [episode], _ = play(tokenizer, {"Question M\n": turns}, k=3, max_observation_tokens=12)
+    inserted = [
+        token
+        for token, mask in zip(episode.completion_ids, episode.env_mask, strict=True)
+        if not mask
+    ]
+    observation = inserted[:-1]  # the final EOS is inserted too
+    assert len(observation) == 12
+    text = tokenizer.decode(observation)
+    assert text.startswith("\n\n<information>Doc 1(Title:") and text.endswith(CLOSE)
+    assert "Doc 3" not in text
+
+
+def test_failed_search_becomes_an_observation_and_the_episode_goes_on(tokenizer):
+    turns = ["<search> a </search>", "<answer> x </answer>"]
+    dead = DeadRetriever()
+    [episode], _ = play(tokenizer, {"Question N\n": turns}, dead, protocol=RESEARCH)
+    assert dead.calls == 1
+    assert transcript(tokenizer, episode) == (
+        "Question N\n<search> a </search> <result>\nSearch failed: connection refused\n</result>"
+        "<answer> x </answer>" + EOS
+    )
+    assert (episode.retrieval_errors, episode.num_searches, episode.queries) == (1, 1, ["a"])
+    assert episode.retrieved_ids == [[]] and episode.answered
+
+
+def test_trl_dict_and_batched_runner(tokenizer):
+    scripts = {
+        "Question O\n": ["<answer> o </answer>"],
+        "Question P\n": ["<search> p </search>", "<answer> p </answer>"],
+        "Question Q\n": ["<think> q </think>" + EOS],
+    }
+    retriever = RecordingRetriever()
+    policy = ScriptedPolicy(tokenizer, scripts)
+    episodes = run_episodes(
+        policy,
+        tokenizer,
+        retriever,
+        list(scripts),
+        protocol=SEARCH_R1,
+        config=RolloutConfig(k=2),
+        batch_size=2,
+        show_progress=False,
+    )
+    assert [len(contexts) for contexts, _ in policy.calls] == [2, 1, 1]  # batches of 2 prompts
+    expected, _ = play(tokenizer, scripts)
+    assert episodes == expected
+    trl = episodes_to_trl(episodes)
+    assert trl["prompt_ids"] == [e.prompt_ids for e in episodes]
+    assert trl["completion_ids"] == [e.completion_ids for e in episodes]
+    assert trl["env_mask"] == [e.env_mask for e in episodes]
+    assert trl["logprobs"] == [e.logprobs for e in episodes]
+    assert trl["num_searches"] == [0, 1, 0]
+    assert trl["queries"] == [[], ["p"], []]
+    assert trl["retrieved_ids"] == [[], [["p#0", "p#1"]], []]
+    assert trl["answered"] == [True, True, False]
+    assert trl["truncated"] == [False, False, False]
+    assert trl["retrieval_errors"] == [0, 0, 0]
+
+
+def test_bad_settings_are_rejected():
+    from research_r1.errors import InputError
+
+    with pytest.raises(InputError, match="max_new_tokens must be >= 1"):
+        RolloutConfig(max_new_tokens=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The transformers backend, sampling from the tiny model
+
+
+@pytest.fixture(scope="module")
+def model(tiny_dir, tokenizer):
+    """The tiny model, pushed to write tags and EOS often so every turn ending occurs."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
+    bias = torch.zeros(model.config.vocab_size)
+    for token in ("<search>", "</search>", "<answer>", "</answer>", EOS):
+        bias[tokenizer.convert_tokens_to_ids(token)] = 4.0
+    model.lm_head.bias = torch.nn.Parameter(bias)
+    return model
+
+
+def reference_logprobs(model, context: list[int], sampled: list[int], temperature: float):
+    """log_softmax(logits / T) at the sampled ids, from one forward pass over the sequence."""
+    with torch.no_grad():
+        logits = model(torch.tensor([context + sampled])).logits[0, len(context) - 1 : -1]
+    scores = (logits / temperature).log_softmax(-1)
+    return scores.gather(1, torch.tensor(sampled)[:, None]).squeeze(1)
+
+
+def test_transformers_backend_returns_sampling_logprobs_and_honours_stops(model, tokenizer):
+    from transformers import GenerationConfig
+
+    torch.manual_seed(0)
+    config = GenerationConfig(do_sample=True, temperature=0.7, top_k=0, top_p=1.0)
+    generator = TransformersGenerator(model, tokenizer, config, batch_size=4)
+    contexts = [encode(tokenizer, f"Question {i}\n")[: 2 + i % 3] for i in range(10)]
+    budgets = [12, 20, 0, 5, 20, 16, 20, 3, 20, 20]
+    generations = generator.generate(contexts, budgets, SEARCH_R1.stop_strings)
+
+    finishes = [g.finish for g in generations]
+    assert {"stop", "eos", "length"} <= set(finishes)
+    assert generations[2] == Generation([], [], "length")
+    for context, budget, generation in zip(contexts, budgets, generations, strict=True):
+        ids = generation.token_ids
+        assert len(ids) <= budget and len(generation.logprobs) == len(ids)
+        has_stop = [
+            any(s in tokenizer.decode(ids[:n]) for s in SEARCH_R1.stop_strings)
+            for n in range(len(ids) + 1)
+        ]
+        eos_at = [n for n, token in enumerate(ids) if token == tokenizer.eos_token_id]
+        if generation.finish == "stop":
+            assert has_stop[-1] and not has_stop[-2] and not eos_at
+        elif generation.finish == "eos":
+            assert eos_at == [len(ids) - 1] and not any(has_stop)
+        else:
+            assert len(ids) == budget and not any(has_stop) and not eos_at
+        if ids:
+            expected = reference_logprobs(model, list(context), ids, 0.7)
+            assert torch.allclose(torch.tensor(generation.logprobs), expected, atol=1e-4)
+
+
+def test_transformers_episodes_have_consistent_masks_and_logprobs(model, tokenizer):
+    torch.manual_seed(1)
+    retriever = RecordingRetriever()
+    prompts = [f"Question {i}\n" for i in range(6)]
+    config = RolloutConfig(k=1, max_turns=2, max_new_tokens=10, max_completion_tokens=60)
+    episodes = run_episodes(
+        model,
+        tokenizer,
+        retriever,
+        prompts,
+        protocol=SEARCH_R1,
+        config=config,
+        batch_size=6,
+        do_sample=True,
+        temperature=0.7,
+        show_progress=False,
+    )
+    assert len(retriever.calls) <= 2 and sum(e.num_searches for e in episodes) > 0
+    assert any(0 in e.env_mask for e in episodes) and any(e.answered for e in episodes)
+    eos = tokenizer.eos_token_id
+    for episode in episodes:
+        ids, mask, logprobs = episode.completion_ids, episode.env_mask, episode.logprobs
+        assert len(ids) == len(mask) == len(logprobs) <= 60
+        assert episode.truncated == (ids[-1] != eos)
+        assert all(lp == 0.0 for lp, m in zip(logprobs, mask, strict=True) if not m)
+        sampled = [n for n, m in enumerate(mask) if m]
+        full = reference_logprobs(model, episode.prompt_ids, ids, 0.7)
+        assert torch.allclose(torch.tensor(logprobs)[sampled], full[sampled], atol=1e-4)
+        # Each run of sampled ids is one turn: a stop string can only complete at its end.
+        for is_sampled, run in groupby(zip(ids, mask, strict=True), key=lambda pair: pair[1]):
+            if is_sampled:
+                turn = [token for token, _ in run]
+                assert not any(s in tokenizer.decode(turn[:-1]) for s in SEARCH_R1.stop_strings)
