@@ -1,0 +1,373 @@
+"""prepare-data: QA sets from jsonl, parquet (FlashRAG and Search-R1 layouts) and the Hub."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import datasets
+import pytest
+
+from research_r1.cli import main
+from research_r1.data import COLUMNS, prepare
+from research_r1.errors import InputError
+from research_r1.protocol import SEARCH_R1_PROMPT, load_template
+
+SEARCH_R1 = load_template("search_r1")
+ROWS = [
+    {
+        "id": "1",
+        "question": "who wrote hamlet?",
+        "golden_answers": ["Shakespeare"],
+        "metadata": {"type": "person"},
+    },
+    {"id": "2", "question": "capital of france?", "golden_answers": ["Paris", "paris"]},
+    {"question": "  tallest mountain? ", "golden_answers": ["Everest"]},
+]
+
+
+def write_jsonl(path: Path, rows: list[dict | str]) -> Path:
+    """Rows as JSON lines; a str row is written as the raw line (for malformed input)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [row if isinstance(row, str) else json.dumps(row) for row in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def read_split(path: Path) -> list[dict]:
+    return datasets.Dataset.from_parquet(str(path)).to_list()
+
+
+def test_prepare_data_writes_checked_rows_with_prompts(tmp_path: Path) -> None:
+    source = write_jsonl(tmp_path / "nq" / "train.jsonl", ROWS)
+    out = tmp_path / "out"
+
+    assert main(["prepare-data", "--datasets", str(source), "--out", str(out)]) == 0
+
+    table = datasets.Dataset.from_parquet(str(out / "train.parquet"))
+    assert table.column_names == list(COLUMNS)
+    rows = table.to_list()
+    assert [row["id"] for row in rows] == ["nq-train-1", "nq-train-2", "nq-train-3"]
+    assert [row["question"] for row in rows] == [
+        "who wrote hamlet?",
+        "capital of france?",
+        "tallest mountain?",
+    ]
+    assert [row["golden_answers"] for row in rows] == [
+        ["Shakespeare"],
+        ["Paris", "paris"],
+        ["Everest"],
+    ]
+    assert {row["data_source"] for row in rows} == {"nq"}
+    assert {row["template"] for row in rows} == {"search_r1"}
+    assert rows[0]["prompt"] == [
+        {"role": "user", "content": SEARCH_R1_PROMPT.replace("{question}", "who wrote hamlet?")}
+    ]
+    assert [row["prompt"] for row in rows] == [SEARCH_R1.prompt(row["question"]) for row in rows]
+
+
+def test_ids_are_stable_and_plain_text_templates_give_text_prompts(tmp_path: Path) -> None:
+    source = write_jsonl(tmp_path / "set.jsonl", ROWS)
+    template = load_template("research_base")
+
+    first, _ = prepare([str(source)], "test", template)
+    again, _ = prepare([str(source)], "test", template)
+
+    assert first["id"][:] == again["id"][:] == ["set-test-1", "set-test-2", "set-test-3"]
+    assert first["prompt"][:] == [template.prompt(q) for q in first["question"]]
+    assert first["prompt"][0].endswith(" User: who wrote hamlet?. Assistant:")
+
+
+def test_sources_with_the_same_original_ids_merge_without_collisions(tmp_path: Path) -> None:
+    nq = write_jsonl(tmp_path / "nq.jsonl", ROWS[:2])
+    hotpot = write_jsonl(tmp_path / "hotpotqa.jsonl", ROWS[:2])
+
+    merged, summaries = prepare([str(nq), str(hotpot)], "train", SEARCH_R1)
+
+    assert merged["id"][:] == ["nq-train-1", "nq-train-2", "hotpotqa-train-1", "hotpotqa-train-2"]
+    assert merged["data_source"][:] == ["nq", "nq", "hotpotqa", "hotpotqa"]
+    assert [(s.source.name, s.rows) for s in summaries] == [("nq", 2), ("hotpotqa", 2)]
+
+
+def test_the_same_file_twice_collides_unless_renamed(tmp_path: Path) -> None:
+    source = str(write_jsonl(tmp_path / "qa.jsonl", ROWS[:2]))
+
+    with pytest.raises(InputError, match=r"2 ids occur more than once: 'qa-train-1' \(2 times\)"):
+        prepare([source, source], "train", SEARCH_R1)
+
+    merged, _ = prepare([f"a={source}", f"b={source}"], "train", SEARCH_R1)
+    assert merged["id"][:] == ["a-train-1", "a-train-2", "b-train-1", "b-train-2"]
+
+
+def test_search_r1_parquet_layout_is_read_back(tmp_path: Path) -> None:
+    def row(source: str, index: int, question: str, answers: list[str]) -> dict:
+        return {
+            "data_source": source,
+            "prompt": SEARCH_R1.prompt(question),
+            "ability": "fact-reasoning",
+            "reward_model": {"style": "rule", "ground_truth": {"target": answers}},
+            "extra_info": {"split": "train", "index": index},
+        }
+
+    # Search-R1 numbers rows per source: both sources have an index 0.
+    path = tmp_path / "search_r1" / "train.parquet"
+    path.parent.mkdir()
+    datasets.Dataset.from_list(
+        [
+            row("nq", 0, "who wrote hamlet?", ["Shakespeare"]),
+            row("hotpotqa", 0, "Question: which is older?", ["Oxford", "oxford university"]),
+            row("nq", 1, "capital of france?", ["Paris"]),
+        ]
+    ).to_parquet(str(path))
+    with_column = tmp_path / "with_question.parquet"
+    datasets.Dataset.from_list(
+        [{**row("popqa", 7, "ignored", ["x"]), "question": "what is popqa?"}]
+    ).to_parquet(str(with_column))
+
+    merged, summaries = prepare([str(path), str(with_column)], "train", SEARCH_R1)
+
+    assert merged.to_list() == [
+        {
+            "id": id_,
+            "question": question,
+            "golden_answers": answers,
+            "data_source": source,
+            "prompt": SEARCH_R1.prompt(question),
+            "template": "search_r1",
+        }
+        for id_, question, answers, source in [
+            ("nq-train-0", "who wrote hamlet?", ["Shakespeare"], "nq"),
+            ("hotpotqa-train-0", "which is older?", ["Oxford", "oxford university"], "hotpotqa"),
+            ("nq-train-1", "capital of france?", ["Paris"], "nq"),
+            ("popqa-train-7", "what is popqa?", ["x"], "popqa"),
+        ]
+    ]
+    assert [s.source.name for s in summaries] == ["search_r1", "with_question"]
+
+
+GOOD = {"question": "q?", "golden_answers": ["a"]}
+BAD_ROWS = [
+    ({"id": "x", "golden_answers": ["a"]}, "field 'question' is missing"),
+    ({"question": " ", "golden_answers": ["a"]}, "field 'question' is empty"),
+    ({"question": 3, "golden_answers": ["a"]}, "field 'question' must be a string"),
+    ({"question": "q?"}, "field 'golden_answers' is missing"),
+    ({"question": "q?", "golden_answers": []}, "field 'golden_answers' is an empty list"),
+    (
+        {"question": "q?", "golden_answers": [1984]},
+        "field 'golden_answers' must be a list of strings",
+    ),
+    (
+        {"question": "q?", "golden_answers": {"a": 1}},
+        "field 'golden_answers' must be a list of strings",
+    ),
+    (
+        {"question": "q?", "golden_answers": ["a", " "]},
+        "field 'golden_answers' holds an empty answer",
+    ),
+    (
+        {"id": [1], "question": "q?", "golden_answers": ["a"]},
+        "field 'id' must be a string or an integer",
+    ),
+    ('{"question": "q?", "golden_answers": ["a"]', "not valid JSON (Expecting ',' delimiter)"),
+    ('["q?", ["a"]]', "not a JSON object"),
+]
+
+
+@pytest.mark.parametrize(("bad", "problem"), BAD_ROWS, ids=[p for _, p in BAD_ROWS])
+def test_a_bad_row_names_the_file_row_and_field(
+    tmp_path: Path, bad: dict | str, problem: str
+) -> None:
+    path = write_jsonl(tmp_path / "qa.jsonl", [GOOD, GOOD, bad, GOOD])
+
+    with pytest.raises(InputError) as error:
+        prepare([str(path)], "train", SEARCH_R1)
+
+    assert str(error.value) == f"{path}: row 3: {problem} (1 row bad in all; --skip-bad skips them)"
+
+
+def test_skip_bad_skips_and_counts_each_reason(tmp_path: Path) -> None:
+    rows = [
+        GOOD,
+        *(bad for bad, _ in BAD_ROWS),
+        "",
+        {"question": "last?", "golden_answers": "Paris"},
+    ]
+    rows.insert(5, BAD_ROWS[0][0])  # a second row missing its question
+    path = write_jsonl(tmp_path / "qa.jsonl", rows)
+
+    merged, summaries = prepare([str(path)], "train", SEARCH_R1, skip_bad=True)
+
+    # The blank line is ignored, not counted; row numbers still count it (ids below).
+    expected = Counter(problem for _, problem in BAD_ROWS)
+    expected["field 'question' is missing"] += 1
+    assert summaries[0].skipped == expected
+    assert summaries[0].rows == 2
+    # A bare string answer is taken as a one-answer list.
+    assert merged.select_columns(["id", "question", "golden_answers"]).to_list() == [
+        {"id": "qa-train-1", "question": "q?", "golden_answers": ["a"]},
+        {"id": f"qa-train-{len(rows)}", "question": "last?", "golden_answers": ["Paris"]},
+    ]
+
+
+def test_a_source_without_usable_rows_is_refused(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "qa.jsonl", [{"question": "q?"}])
+
+    with pytest.raises(InputError, match=r"qa.jsonl: no usable rows"):
+        prepare([str(path)], "train", SEARCH_R1, skip_bad=True)
+
+
+def test_max_rows_draws_a_seeded_sample_in_order(tmp_path: Path) -> None:
+    rows = [{"id": str(i), "question": f"q{i}?", "golden_answers": [str(i)]} for i in range(20)]
+    path = write_jsonl(tmp_path / "qa.jsonl", rows)
+
+    first, summaries = prepare([str(path)], "train", SEARCH_R1, max_rows=5, seed=3)
+    again, _ = prepare([str(path)], "train", SEARCH_R1, max_rows=5, seed=3)
+
+    numbers = [int(id_.rsplit("-", 1)[1]) for id_ in first["id"]]
+    assert len(numbers) == 5 and numbers == sorted(numbers)
+    assert first["id"][:] == again["id"][:]
+    assert summaries[0].rows == 5
+    assert [f"q{n}?" for n in numbers] == first["question"][:]
+
+
+def test_a_local_source_directory_and_name_aliases(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "flashrag" / "2wikimultihopqa" / "dev.jsonl", ROWS[:1])
+    write_jsonl(tmp_path / "flashrag" / "nq" / "dev.jsonl", ROWS[1:2])
+
+    merged, _ = prepare(["2wiki", "nq"], "dev", SEARCH_R1, source=str(tmp_path / "flashrag"))
+
+    assert merged["id"][:] == ["2wikimultihopqa-dev-1", "nq-dev-2"]
+    with pytest.raises(InputError, match=r"no popqa/dev.jsonl or popqa/dev.parquet"):
+        prepare(["popqa"], "dev", SEARCH_R1, source=str(tmp_path / "flashrag"))
+
+
+def test_cli_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = write_jsonl(tmp_path / "nq.jsonl", ROWS)
+    bad = write_jsonl(tmp_path / "bad.jsonl", [GOOD, {"question": "q?", "golden_answers": []}])
+    out = tmp_path / "out"
+
+    code = main(
+        [
+            "prepare-data",
+            "--datasets",
+            f"{good},{bad}",
+            "--split",
+            "test",
+            "--template",
+            "research_instruct",
+            "--out",
+            str(out),
+            "--skip-bad",
+        ]
+    )
+
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert f"nq: 3 rows from {good}" in printed
+    assert f"bad: 1 row from {bad}\n  skipped 1: field 'golden_answers' is an empty list" in printed
+    assert f"wrote 4 rows to {out / 'test.parquet'}" in printed
+    rows = read_split(out / "test.parquet")
+    assert [row["id"] for row in rows] == ["nq-test-1", "nq-test-2", "nq-test-3", "bad-test-1"]
+    assert rows[0]["prompt"][0]["role"] == "system"
+    assert {row["template"] for row in rows} == {"research_instruct"}
+
+    code = main(["prepare-data", "--datasets", str(bad), "--out", str(tmp_path / "none")])
+
+    assert code == 2
+    # Progress bars share stderr: the error is its last line.
+    assert capsys.readouterr().err.endswith(
+        f"\nerror: {bad}: row 2: field 'golden_answers' is an empty list "
+        "(1 row bad in all; --skip-bad skips them)\n"
+    )
+    assert not (tmp_path / "none").exists()
+
+
+def test_cli_refuses_a_missing_file_and_an_unknown_template(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "missing.jsonl"
+    assert main(["prepare-data", "--datasets", str(missing), "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"error: dataset {str(missing)!r}: no such file {missing}\n"
+
+    source = write_jsonl(tmp_path / "qa.jsonl", ROWS)
+    argv = ["prepare-data", "--datasets", str(source), "--out", str(tmp_path), "--template", "nope"]
+    assert main(argv) == 2
+    assert "template 'nope' is neither a built-in" in capsys.readouterr().err
+
+
+def test_hub_dataset_config_is_loaded_and_the_split_pushed(
+    tmp_path: Path, hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from research_r1.hub import push_dataset
+
+    repo = hub.new_repo_id("flashrag")
+    push_dataset(datasets.Dataset.from_list(ROWS[:2]), repo, config_name="nq", token=hub.token)
+    monkeypatch.setenv("HF_TOKEN", hub.token)
+    target = hub.new_repo_id("prepared")
+    out = tmp_path / "out"
+
+    code = main(
+        [
+            "prepare-data",
+            "--datasets",
+            "nq",
+            "--source",
+            repo,
+            "--split",
+            "train",
+            "--out",
+            str(out),
+            "--push-to-hub",
+            target,
+        ]
+    )
+
+    assert code == 0
+    written = read_split(out / "train.parquet")
+    assert [row["id"] for row in written] == ["nq-train-1", "nq-train-2"]
+    pushed = datasets.load_dataset(target, split="train")
+    assert pushed.to_list() == written
+
+
+def test_hub_file_uri_and_missing_hub_config(
+    tmp_path: Path, hub, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from research_r1.hub import create_repo, push_dataset, upload_file
+
+    repo = hub.new_repo_id("qa-files")
+    create_repo(repo, "dataset", token=hub.token)
+    upload_file(
+        write_jsonl(tmp_path / "train.jsonl", ROWS),
+        "nq/train.jsonl",
+        repo,
+        "dataset",
+        token=hub.token,
+    )
+
+    merged, summaries = prepare([f"hf://datasets/{repo}/nq/train.jsonl"], "train", SEARCH_R1)
+
+    assert merged["id"][:] == ["nq-train-1", "nq-train-2", "nq-train-3"]
+    assert summaries[0].source.name == "nq"
+
+    configs = hub.new_repo_id("configs")
+    push_dataset(datasets.Dataset.from_list(ROWS[1:]), configs, config_name="nq", token=hub.token)
+    argv = ["prepare-data", "--datasets", "popqa", "--source", configs, "--out", str(tmp_path)]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: {configs} (config 'popqa', split 'train'): cannot load: "
+        "BuilderConfig 'popqa' not found. Available: ['nq']"
+    )
+    with pytest.raises(InputError) as error:
+        prepare(["nq"], "dev", SEARCH_R1, source=f"hf://datasets/{configs}@main")
+    assert str(error.value) == (
+        f"{configs}@main (config 'nq', split 'dev'): cannot load: "
+        "Unknown split \"dev\". Should be one of ['train']."
+    )
+    absent = hub.new_repo_id("absent")
+    with pytest.raises(InputError) as error:
+        prepare(["nq"], "dev", SEARCH_R1, source=absent)
+    assert str(error.value) == (
+        f"{absent} (config 'nq', split 'dev'): cannot load: "
+        f"Dataset '{absent}' doesn't exist on the Hub or cannot be accessed."
+    )
