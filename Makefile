@@ -26,3 +26,6 @@ lint: install
 format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+demo: install
+	$(VENV)/bin/research-r1 demo --out outputs/demo

@@ -16,6 +16,7 @@ from research_r1.errors import InputError
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "prepare-data": ("research_r1.data", "Write train/eval parquet splits with prompts."),
+    "serve-retriever": ("research_r1.retrieval.server", "Serve a retriever over HTTP."),
 }
 
 

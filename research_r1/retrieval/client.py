@@ -1,0 +1,167 @@
+"""`RemoteRetriever`: a `Retriever` that asks a retrieval server over HTTP.
+
+It speaks both public APIs, so it works against this package's server and against the original
+Search-R1 (`api="search_r1"`, `POST /retrieve`) and ReSearch (`api="research"`,
+`POST /batch_search`) servers alike. Scores are always requested: Search-R1's server crashes
+without them, and a `Passage` carries one.
+
+Training must not die because the server restarted: connection errors and 5xx answers are
+retried with exponential backoff; a 4xx answer (bad request, bad token) is not, since repeating
+it cannot help. Either way the final error names the url, the attempts and the last cause.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from time import sleep
+from typing import Any
+
+import httpx
+
+from research_r1.errors import InputError
+from research_r1.protocol import split_contents
+from research_r1.retrieval import Passage
+
+logger = logging.getLogger(__name__)
+
+ENDPOINTS = {"search_r1": "/retrieve", "research": "/batch_search"}
+
+
+class RetrievalError(RuntimeError):
+    """The retrieval server gave no usable answer."""
+
+
+class RemoteRetriever:
+    """Search through a server; holds one connection pool for all calls (close it when done)."""
+
+    def __init__(
+        self,
+        url: str,
+        api: str = "search_r1",
+        token: str | None = None,
+        timeout_s: float = 30.0,
+        retries: int = 3,
+        backoff_s: float = 0.5,
+    ) -> None:
+        if api not in ENDPOINTS:
+            raise InputError(f"retriever api {api!r} is not one of {sorted(ENDPOINTS)}")
+        if retries < 0 or timeout_s <= 0 or backoff_s < 0:
+            raise InputError(
+                f"remote retriever needs retries >= 0, timeout_s > 0, backoff_s >= 0; got "
+                f"retries={retries}, timeout_s={timeout_s}, backoff_s={backoff_s}"
+            )
+        self.api = api
+        self.url = _endpoint_url(url, ENDPOINTS[api])
+        self.retries = retries
+        self.backoff_s = backoff_s
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(timeout=timeout_s, headers=headers)
+
+    def search(self, queries: Sequence[str], k: int) -> list[list[Passage]]:
+        if not queries:
+            return []
+        if self.api == "search_r1":
+            body = self._post({"queries": list(queries), "topk": k, "return_scores": True})
+            parse = _parse_search_r1
+        else:
+            body = self._post({"query": list(queries), "top_n": k, "return_score": True})
+            parse = _parse_research
+        try:
+            results = parse(body)
+        except (KeyError, IndexError, TypeError, ValueError) as error:
+            raise RetrievalError(
+                f"{self.url} answered in an unexpected shape for api={self.api!r}: "
+                f"{type(error).__name__}: {error}"
+            ) from error
+        if len(results) != len(queries):
+            raise RetrievalError(
+                f"{self.url} returned {len(results)} result lists for {len(queries)} queries"
+            )
+        return results
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> RemoteRetriever:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _post(self, payload: dict[str, Any]) -> Any:
+        """POST with retries; the decoded JSON of the first successful answer."""
+        attempts = self.retries + 1
+        for attempt in range(1, attempts + 1):
+            try:
+                response = self._http.post(self.url, json=payload)
+            except httpx.TransportError as error:
+                cause = f"{type(error).__name__}: {error}"
+            else:
+                if response.is_success:
+                    try:
+                        return response.json()
+                    except ValueError as error:
+                        raise RetrievalError(f"{self.url} answered with invalid JSON") from error
+                cause = f"HTTP {response.status_code}: {_detail(response)}"
+                if response.status_code < 500:
+                    raise RetrievalError(f"{self.url} refused the request: {cause}")
+            if attempt < attempts:
+                delay = self.backoff_s * 2 ** (attempt - 1)
+                logger.warning(
+                    "retrieval at %s failed (%s); retry %d of %d in %.2f s",
+                    self.url,
+                    cause,
+                    attempt,
+                    self.retries,
+                    delay,
+                )
+                sleep(delay)
+        raise RetrievalError(
+            f"retrieval at {self.url} failed after {attempts} attempts; last cause: {cause}"
+        )
+
+
+def _endpoint_url(url: str, path: str) -> str:
+    """The endpoint for a base url; a url already ending in the endpoint (as Search-R1 configs
+    write it, `http://host:port/retrieve`) is taken as is."""
+    url = url.rstrip("/")
+    return url if url.endswith(path) else url + path
+
+
+def _detail(response: httpx.Response) -> str:
+    """The server's error message; FastAPI validation errors become `field: message` pairs."""
+    try:
+        detail = response.json()["detail"]
+    except (ValueError, KeyError, TypeError):
+        return response.text[:500]
+    if isinstance(detail, list):
+        return "; ".join(
+            ".".join(str(part) for part in error.get("loc", ())) + f": {error.get('msg', '')}"
+            for error in detail
+        )
+    return str(detail)
+
+
+def _passage(document: dict[str, Any], score: float) -> Passage:
+    title, text = split_contents(document["contents"])
+    return Passage(id=str(document["id"]), title=title, text=text, score=float(score))
+
+
+def _parse_search_r1(body: Any) -> list[list[Passage]]:
+    """`{"result": [[{"document": {...}, "score": s}, ...] per query]}`."""
+    return [
+        [_passage(entry["document"], entry["score"]) for entry in entries]
+        for entries in body["result"]
+    ]
+
+
+def _parse_research(body: Any) -> list[list[Passage]]:
+    """`[documents per query, scores per query]`, the JSON of ReSearch's (docs, scores) tuple."""
+    documents, scores = body
+    if len(documents) != len(scores):
+        raise ValueError(f"{len(documents)} document lists but {len(scores)} score lists")
+    return [
+        [_passage(document, score) for document, score in zip(docs, row, strict=True)]
+        for docs, row in zip(documents, scores, strict=True)
+    ]

@@ -1,0 +1,445 @@
+"""The retrieval HTTP server: any `Retriever` behind the Search-R1 and ReSearch APIs at once.
+
+Training sends many small concurrent requests (one per rollout turn). A dense index answers a
+batch of queries almost as fast as one query, so the server gathers concurrent requests into one
+`retriever.search` call (micro-batching) and splits the results back. Endpoints:
+
+- `POST /retrieve` (Search-R1): `{"queries": [str], "topk": int, "return_scores": bool}` →
+  `{"result": [[{"document": {"id", "contents"}, "score": float}, ...] per query]}`, or lists of
+  plain `{"id", "contents"}` documents when `return_scores` is false.
+- `POST /batch_search` (ReSearch): `{"query": [str], "top_n": int, "return_score": bool}` →
+  `[[{"id", "contents"}, ...] per query]`, or `[documents, scores]` when `return_score` is true.
+- `POST /search` (ReSearch): `{"query": str, "top_n": int, "return_score": bool}` → one list.
+- `GET /health`, and `GET /metrics` (JSON: counters, queue depth, latency quantiles).
+
+`contents` is rebuilt Search-R1 style, `"Title"` on the first line and the text after it.
+Heavy imports (fastapi, uvicorn) stay inside functions so `research-r1 --help` stays fast. No
+`from __future__ import annotations` here: FastAPI reads the endpoints' annotations at run time,
+and the request models are built per app from its limits.
+"""
+
+import argparse
+import asyncio
+import logging
+import math
+import os
+import secrets
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, Any
+
+from research_r1.errors import InputError
+from research_r1.retrieval import Passage, Retriever
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+logger = logging.getLogger(__name__)
+
+LATENCY_WINDOW = 10_000  # requests kept for the latency quantiles in /metrics
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Batching knobs and request limits of one server.
+
+    With `batching=False` every request is its own search call; calls still run one at a time,
+    so the two modes differ only in batching.
+    """
+
+    batching: bool = True
+    max_batch_queries: int = 256  # queries gathered into one search call
+    max_wait_ms: float = 5.0  # how long the first request of a batch waits for company
+    max_queue: int = 4096  # queries waiting for the retriever before new requests get 503
+    max_queries_per_request: int = 512
+    max_query_chars: int = 4096
+    max_k: int = 100
+    default_k: int = 3  # Search-R1's paper setting, used when a request names no k
+    token: str | None = field(default=None, repr=False)  # bearer token; repr=False: never logged
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_batch_queries",
+            "max_queue",
+            "max_queries_per_request",
+            "max_query_chars",
+            "max_k",
+        ):
+            if getattr(self, name) < 1:
+                raise InputError(f"server setting {name} must be >= 1, got {getattr(self, name)}")
+        if self.max_wait_ms < 0:
+            raise InputError(f"server setting max_wait_ms must be >= 0, got {self.max_wait_ms}")
+        if not 1 <= self.default_k <= self.max_k:
+            raise InputError(
+                f"server setting default_k must be in [1, max_k={self.max_k}], got {self.default_k}"
+            )
+        if self.max_queries_per_request > self.max_queue:
+            raise InputError(
+                f"server setting max_queries_per_request ({self.max_queries_per_request}) must not "
+                f"exceed max_queue ({self.max_queue}), or such requests could never be served"
+            )
+        if self.token is not None and not self.token:
+            raise InputError("server setting token must not be empty")
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest body a valid request can have (JSON may spend 12 bytes on one char)."""
+        return self.max_queries_per_request * (12 * self.max_query_chars + 16) + 1024
+
+
+class QueueFull(Exception):
+    """Too many queries are already waiting; the request is refused rather than queued."""
+
+
+class ServerStats:
+    """Counters behind `/metrics`; touched only from the event loop, so no lock."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.queries = 0
+        self.batches = 0
+        self.batched_queries = 0
+        self.rejected = 0
+        self.failed = 0
+        self.latencies_s: deque[float] = deque(maxlen=LATENCY_WINDOW)
+
+    def snapshot(self, queue_depth: int, batching: bool) -> dict[str, Any]:
+        ordered = sorted(self.latencies_s)
+        return {
+            "batching": batching,
+            "requests": self.requests,
+            "queries": self.queries,
+            "batches": self.batches,
+            "mean_batch_queries": self.batched_queries / self.batches if self.batches else 0.0,
+            "queue_depth": queue_depth,
+            "rejected": self.rejected,
+            "failed": self.failed,
+            "latency_ms": {
+                name: _quantile(ordered, q) * 1000.0
+                for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0))
+            },
+        }
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    """Nearest-rank quantile of a sorted list (0.0 for an empty one)."""
+    if not ordered:
+        return 0.0
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+@dataclass
+class _Pending:
+    queries: list[str]
+    k: int
+    future: asyncio.Future[list[list[Passage]]]
+
+
+class MicroBatcher:
+    """Gathers concurrent requests into few `retriever.search` calls, run one at a time in a
+    worker thread so the event loop keeps accepting (and batching) requests meanwhile.
+
+    A batch takes whole requests in arrival order until `max_batch_queries` is reached or the
+    first request has waited `max_wait_ms`; requests with different k go to separate calls, so
+    every request gets exactly what a search of its own would return.
+    """
+
+    def __init__(self, retriever: Retriever, settings: ServerSettings, stats: ServerStats) -> None:
+        self._retriever = retriever
+        self._settings = settings
+        self._stats = stats
+        self._pending: deque[_Pending] = deque()
+        self._arrived = asyncio.Event()
+        self.waiting_queries = 0
+
+    async def search(self, queries: list[str], k: int) -> list[list[Passage]]:
+        if self.waiting_queries + len(queries) > self._settings.max_queue:
+            raise QueueFull(
+                f"retrieval queue is full ({self.waiting_queries} queries waiting, "
+                f"max_queue={self._settings.max_queue}); retry later"
+            )
+        future: asyncio.Future[list[list[Passage]]] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(queries, k, future))
+        self.waiting_queries += len(queries)
+        self._arrived.set()
+        return await future
+
+    async def run(self) -> None:
+        """Serve pending requests until cancelled, one gathered batch at a time."""
+        while True:
+            while not self._pending:
+                self._arrived.clear()
+                await self._arrived.wait()
+            await self._dispatch(await self._gather())
+
+    def _take(self) -> _Pending:
+        item = self._pending.popleft()
+        self.waiting_queries -= len(item.queries)
+        return item
+
+    async def _gather(self) -> list[_Pending]:
+        batch = [self._take()]
+        if not self._settings.batching:
+            return batch
+        size = len(batch[0].queries)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settings.max_wait_ms / 1000.0
+        while size < self._settings.max_batch_queries:
+            if self._pending:
+                if size + len(self._pending[0].queries) > self._settings.max_batch_queries:
+                    break
+                batch.append(self._take())
+                size += len(batch[-1].queries)
+                continue
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except asyncio.TimeoutError:
+                break
+        return batch
+
+    async def _dispatch(self, batch: list[_Pending]) -> None:
+        by_k: dict[int, list[_Pending]] = {}
+        for item in batch:
+            by_k.setdefault(item.k, []).append(item)
+        for k, items in by_k.items():
+            queries = [query for item in items for query in item.queries]
+            try:
+                results = await asyncio.to_thread(self._retriever.search, queries, k)
+                if len(results) != len(queries):
+                    raise RuntimeError(
+                        f"retriever returned {len(results)} result lists for {len(queries)} queries"
+                    )
+            except Exception as error:
+                for item in items:
+                    if not item.future.done():
+                        item.future.set_exception(error)
+                continue
+            self._stats.batches += 1
+            self._stats.batched_queries += len(queries)
+            start = 0
+            for item in items:
+                end = start + len(item.queries)
+                if not item.future.done():
+                    item.future.set_result(results[start:end])
+                start = end
+
+
+def _document(passage: Passage) -> dict[str, str]:
+    """A passage as a corpus row, `contents` rebuilt the way Search-R1's corpus stores it."""
+    return {"id": passage.id, "contents": f'"{passage.title}"\n{passage.text}'}
+
+
+def _not_blank(query: str) -> str:
+    if not query.strip():
+        raise ValueError("query must not be empty or blank")
+    return query
+
+
+def _request_models(settings: ServerSettings) -> tuple[type, type, type]:
+    """Pydantic request bodies whose constraints are this server's limits."""
+    from pydantic import AfterValidator, BaseModel, Field, StringConstraints
+
+    query_type = Annotated[
+        str, StringConstraints(max_length=settings.max_query_chars), AfterValidator(_not_blank)
+    ]
+    queries_type = Annotated[
+        list[query_type], Field(min_length=1, max_length=settings.max_queries_per_request)
+    ]
+    k_type = Annotated[int, Field(ge=1, le=settings.max_k)]
+
+    class RetrieveRequest(BaseModel):
+        queries: queries_type
+        topk: k_type = settings.default_k
+        return_scores: bool = False
+
+    class BatchSearchRequest(BaseModel):
+        query: queries_type
+        top_n: k_type = settings.default_k
+        return_score: bool = False
+
+    class SearchRequest(BaseModel):
+        query: query_type
+        top_n: k_type = settings.default_k
+        return_score: bool = False
+
+    return RetrieveRequest, BatchSearchRequest, SearchRequest
+
+
+def create_app(retriever: Retriever, settings: ServerSettings | None = None) -> "FastAPI":
+    """The server as an ASGI app, so tests and benchmarks can run it in-process."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI, HTTPException, Request
+    from fastapi.responses import JSONResponse
+
+    settings = settings or ServerSettings()
+    stats = ServerStats()
+    RetrieveRequest, BatchSearchRequest, SearchRequest = _request_models(settings)
+    expected_auth = f"Bearer {settings.token}".encode() if settings.token else None
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.batcher = MicroBatcher(retriever, settings, stats)
+        worker = asyncio.create_task(app.state.batcher.run())
+        yield
+        worker.cancel()
+
+    app = FastAPI(title="research_r1 retriever", lifespan=lifespan)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Any) -> Any:
+        """Refuse unauthenticated and oversized requests before their body is read."""
+        if expected_auth is not None:
+            given = request.headers.get("authorization", "").encode()
+            if not secrets.compare_digest(given, expected_auth):
+                return JSONResponse(
+                    {"detail": "missing or wrong bearer token in the Authorization header"},
+                    status_code=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > settings.max_body_bytes:
+            return JSONResponse(
+                {"detail": f"request body of {length} bytes exceeds {settings.max_body_bytes}"},
+                status_code=413,
+            )
+        return await call_next(request)
+
+    async def run_search(request: Request, queries: list[str], k: int) -> list[list[Passage]]:
+        started = time.perf_counter()
+        try:
+            results = await request.app.state.batcher.search(queries, k)
+        except QueueFull as error:
+            stats.rejected += 1
+            raise HTTPException(503, str(error), headers={"Retry-After": "1"}) from error
+        except Exception as error:
+            stats.failed += 1
+            logger.exception("retriever failed on %d queries", len(queries))
+            raise HTTPException(500, f"retriever failed: {error}") from error
+        stats.requests += 1
+        stats.queries += len(queries)
+        stats.latencies_s.append(time.perf_counter() - started)
+        return results
+
+    @app.post("/retrieve")
+    async def retrieve(body: RetrieveRequest, request: Request) -> JSONResponse:
+        results = await run_search(request, body.queries, body.topk)
+        if body.return_scores:
+            result: list[list[Any]] = [
+                [{"document": _document(p), "score": float(p.score)} for p in passages]
+                for passages in results
+            ]
+        else:
+            result = [[_document(p) for p in passages] for passages in results]
+        return JSONResponse({"result": result})
+
+    @app.post("/batch_search")
+    async def batch_search(body: BatchSearchRequest, request: Request) -> JSONResponse:
+        results = await run_search(request, body.query, body.top_n)
+        documents = [[_document(p) for p in passages] for passages in results]
+        if body.return_score:
+            scores = [[float(p.score) for p in passages] for passages in results]
+            return JSONResponse([documents, scores])
+        return JSONResponse(documents)
+
+    @app.post("/search")
+    async def search_one(body: SearchRequest, request: Request) -> JSONResponse:
+        (passages,) = await run_search(request, [body.query], body.top_n)
+        documents = [_document(p) for p in passages]
+        if body.return_score:
+            return JSONResponse([documents, [float(p.score) for p in passages]])
+        return JSONResponse(documents)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/metrics")
+    async def metrics(request: Request) -> dict[str, Any]:
+        return stats.snapshot(request.app.state.batcher.waiting_queries, settings.batching)
+
+    return app
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI: research-r1 serve-retriever
+
+# ServerSettings field -> its flag's help
+_LIMIT_FLAGS = {
+    "max_batch_queries": "most queries gathered into one search call",
+    "max_wait_ms": "how long the first request of a batch waits for more",
+    "max_queue": "queries allowed to wait for the retriever; beyond, requests get 503",
+    "max_queries_per_request": "most queries in one request (422 beyond)",
+    "max_query_chars": "longest query in characters (422 beyond)",
+    "max_k": "largest topk / top_n a request may ask for (422 beyond)",
+    "default_k": "k for requests that name none",
+}
+
+
+def configure_serve_retriever(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", required=True, help="retriever YAML (type: bm25|dense|hybrid|remote, ...)"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument(
+        "--token-env",
+        metavar="VAR",
+        help="environment variable holding a bearer token every request must send",
+    )
+    parser.add_argument(
+        "--no-batching",
+        action="store_true",
+        help="run each request as its own search call (for comparison with micro-batching)",
+    )
+    defaults = ServerSettings()
+    for name, help_text in _LIMIT_FLAGS.items():
+        default = getattr(defaults, name)
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=type(default),
+            default=default,
+            help=f"{help_text} (default: {default})",
+        )
+
+
+def _read_token(var: str | None) -> str | None:
+    if var is None:
+        return None
+    token = os.environ.get(var, "")
+    if not token:
+        raise InputError(f"--token-env {var}: environment variable {var} is unset or empty")
+    return token
+
+
+def run_serve_retriever(args: argparse.Namespace) -> int:
+    token = _read_token(args.token_env)
+    settings = ServerSettings(
+        batching=not args.no_batching,
+        token=token,
+        **{name: getattr(args, name) for name in _LIMIT_FLAGS},
+    )
+    import uvicorn
+
+    from research_r1.retrieval.config import load_retriever
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    retriever = load_retriever(args.config)
+    if token is None and args.host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning("serving on %s without a token: anyone reaching it can query", args.host)
+    logger.info(
+        "serving %s on http://%s:%d (batching %s, auth %s)",
+        args.config,
+        args.host,
+        args.port,
+        "on" if settings.batching else "off",
+        "bearer token" if token else "none",
+    )
+    uvicorn.run(create_app(retriever, settings), host=args.host, port=args.port)
+    return 0

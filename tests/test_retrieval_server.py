@@ -1,0 +1,465 @@
+"""The retrieval server and client over real HTTP on 127.0.0.1, with an in-test retriever."""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from research_r1 import cli
+from research_r1.errors import InputError
+from research_r1.retrieval import Passage
+from research_r1.retrieval import client as client_module
+from research_r1.retrieval.client import RemoteRetriever, RetrievalError
+from research_r1.retrieval.server import ServerSettings, create_app, run_serve_retriever
+
+CORPUS = [
+    ("p1", "Paris", "Paris is the capital of France."),
+    ("p2", "Berlin", "Berlin is the capital of Germany."),
+    ("p3", "Eiffel Tower", "The Eiffel Tower stands in Paris."),
+    ("p4", "Rhine", "The Rhine flows through Germany."),
+]
+
+
+def words(text: str) -> set[str]:
+    return set(re.findall(r"\w+", text.lower()))
+
+
+class OverlapRetriever:
+    """Ranks CORPUS by the number of distinct words shared with the query (ties by id), and
+    records every call; with a `gate` each call blocks until the test opens it."""
+
+    def __init__(self, gate: threading.Event | None = None, error: str | None = None) -> None:
+        self.calls: list[tuple[list[str], int]] = []
+        self.entered = threading.Event()
+        self.gate = gate
+        self.error = error
+
+    def search(self, queries: Sequence[str], k: int) -> list[list[Passage]]:
+        self.calls.append((list(queries), k))
+        self.entered.set()
+        if self.gate is not None:
+            self.gate.wait(timeout=30)
+        if self.error is not None:
+            raise RuntimeError(self.error)
+        return [self._rank(query)[:k] for query in queries]
+
+    def _rank(self, query: str) -> list[Passage]:
+        passages = [
+            Passage(pid, title, text, float(len(words(query) & words(f"{title} {text}"))))
+            for pid, title, text in CORPUS
+        ]
+        return sorted(passages, key=lambda p: (-p.score, p.id))
+
+
+class LiveServer:
+    """An app served by uvicorn in a background thread."""
+
+    def __init__(self, app: FastAPI, port: int = 0) -> None:
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self) -> LiveServer:
+        self.thread.start()
+        wait_until(lambda: self.server.started or not self.thread.is_alive())
+        assert self.server.started, "uvicorn did not start"
+        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+    def __enter__(self) -> LiveServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@pytest.fixture(scope="module")
+def http() -> Iterator[httpx.Client]:
+    """One client for the raw HTTP calls: building one costs more than a test's requests."""
+    with httpx.Client(timeout=30) as client:
+        yield client
+
+
+@contextmanager
+def serving(retriever: Any, **settings: Any) -> Iterator[str]:
+    """The url of `retriever` served with these settings, for the duration of the block."""
+    with LiveServer(create_app(retriever, ServerSettings(**settings))) as server:
+        yield server.url
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+PARIS = {"id": "p1", "contents": '"Paris"\nParis is the capital of France.'}
+BERLIN = {"id": "p2", "contents": '"Berlin"\nBerlin is the capital of Germany.'}
+TOWER = {"id": "p3", "contents": '"Eiffel Tower"\nThe Eiffel Tower stands in Paris.'}
+RHINE = {"id": "p4", "contents": '"Rhine"\nThe Rhine flows through Germany.'}
+QUERIES = ["capital of France", "Eiffel Tower Paris"]
+
+
+def test_search_r1_api_exact_json(http: httpx.Client) -> None:
+    with serving(OverlapRetriever()) as url:
+        scored = http.post(
+            f"{url}/retrieve", json={"queries": QUERIES, "topk": 2, "return_scores": True}
+        )
+        plain = http.post(f"{url}/retrieve", json={"queries": QUERIES, "topk": 2})
+    assert scored.status_code == 200
+    assert scored.json() == {
+        "result": [
+            [{"document": PARIS, "score": 3.0}, {"document": BERLIN, "score": 2.0}],
+            [{"document": TOWER, "score": 3.0}, {"document": PARIS, "score": 1.0}],
+        ]
+    }
+    assert plain.status_code == 200
+    assert plain.json() == {"result": [[PARIS, BERLIN], [TOWER, PARIS]]}
+
+
+def test_research_api_exact_json(http: httpx.Client) -> None:
+    with serving(OverlapRetriever()) as url:
+        batch = http.post(f"{url}/batch_search", json={"query": QUERIES, "top_n": 2})
+        batch_scored = http.post(
+            f"{url}/batch_search", json={"query": QUERIES, "top_n": 1, "return_score": True}
+        )
+        one = http.post(f"{url}/search", json={"query": "capital of France", "top_n": 2})
+        one_scored = http.post(
+            f"{url}/search", json={"query": "Eiffel Tower Paris", "top_n": 1, "return_score": True}
+        )
+    assert batch.json() == [[PARIS, BERLIN], [TOWER, PARIS]]
+    assert batch_scored.json() == [[[PARIS], [TOWER]], [[3.0], [3.0]]]
+    assert one.json() == [PARIS, BERLIN]
+    assert one_scored.json() == [[TOWER], [3.0]]
+
+
+def test_default_k_applies_when_the_request_names_none(http: httpx.Client) -> None:
+    with serving(OverlapRetriever(), default_k=1) as url:
+        response = http.post(f"{url}/retrieve", json={"queries": ["capital of France"]})
+    assert response.json() == {"result": [[PARIS]]}
+
+
+def test_client_returns_the_same_passages_in_both_api_modes() -> None:
+    retriever = OverlapRetriever()
+    expected = retriever.search(QUERIES, 3)
+    with serving(retriever) as url:
+        with RemoteRetriever(url) as search_r1, RemoteRetriever(url, api="research") as research:
+            assert search_r1.search(QUERIES, 3) == expected
+            assert research.search(QUERIES, 3) == expected
+            assert search_r1.search([], 3) == []
+        # Search-R1 configs write the full endpoint url; that works too
+        with RemoteRetriever(f"{url}/retrieve/") as full_url:
+            assert full_url.url == f"{url}/retrieve"
+            assert full_url.search(QUERIES[:1], 1) == [[expected[0][0]]]
+    assert expected[0][0] == Passage("p1", "Paris", "Paris is the capital of France.", 3.0)
+
+
+def post_concurrently(http: httpx.Client, url: str, bodies: list[dict[str, Any]]) -> list[Any]:
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        responses = list(pool.map(lambda body: http.post(f"{url}/retrieve", json=body), bodies))
+    assert [r.status_code for r in responses] == [200] * len(bodies)
+    return [r.json() for r in responses]
+
+
+def test_micro_batching_gathers_concurrent_requests_with_unbatched_results(
+    http: httpx.Client,
+) -> None:
+    queries = ["capital of France", "Eiffel Tower", "Rhine Germany", "Berlin", "Paris"] * 2
+    bodies = [{"queries": [q], "topk": 2, "return_scores": True} for q in queries[:8]]
+
+    unbatched = OverlapRetriever()
+    with serving(unbatched, batching=False) as url:
+        alone = post_concurrently(http, url, bodies)
+        metrics = http.get(f"{url}/metrics").json()
+    assert sorted(len(q) for q, _ in unbatched.calls) == [1] * 8
+    assert metrics["batches"] == 8 and metrics["mean_batch_queries"] == 1.0
+
+    # the batch is full exactly when all 8 requests are in, long before max_wait_ms runs out
+    batched = OverlapRetriever()
+    with serving(batched, max_batch_queries=8, max_wait_ms=10_000) as url:
+        together = post_concurrently(http, url, bodies)
+        metrics = http.get(f"{url}/metrics").json()
+    assert len(batched.calls) == 1
+    assert sorted(batched.calls[0][0]) == sorted(queries[:8])
+    assert metrics["batches"] == 1 and metrics["mean_batch_queries"] == 8.0
+    assert together == alone
+
+
+def test_a_batch_with_different_k_makes_one_call_per_k(http: httpx.Client) -> None:
+    bodies = [{"queries": ["capital of France", "Rhine"], "topk": 1}] * 2 + [
+        {"queries": ["Eiffel Tower"], "topk": 3}
+    ] * 2
+    retriever = OverlapRetriever()
+    with serving(retriever, max_batch_queries=6, max_wait_ms=10_000) as url:
+        responses = post_concurrently(http, url, bodies)
+    assert sorted((len(queries), k) for queries, k in retriever.calls) == [(2, 3), (4, 1)]
+    assert responses == [
+        {"result": [[PARIS], [RHINE]]},
+        {"result": [[PARIS], [RHINE]]},
+        {"result": [[TOWER, PARIS, BERLIN]]},
+        {"result": [[TOWER, PARIS, BERLIN]]},
+    ]
+
+
+@pytest.fixture(scope="module")
+def strict_server() -> Iterator[tuple[str, OverlapRetriever]]:
+    """A server with small limits, shared by the validation cases (none reaches the retriever)."""
+    retriever = OverlapRetriever()
+    with serving(retriever, max_queries_per_request=3, max_query_chars=20, max_k=5) as url:
+        yield url, retriever
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "loc"),
+    [
+        ("/retrieve", {"queries": [], "topk": 1}, "body.queries"),
+        ("/retrieve", {"queries": ["a", "b", "c", "d"], "topk": 1}, "body.queries"),
+        ("/retrieve", {"queries": ["ok", "x" * 21], "topk": 1}, "body.queries.1"),
+        ("/retrieve", {"queries": ["ok", ""], "topk": 1}, "body.queries.1"),
+        ("/retrieve", {"queries": [" \n "], "topk": 1}, "body.queries.0"),
+        ("/retrieve", {"queries": ["ok"], "topk": 0}, "body.topk"),
+        ("/retrieve", {"queries": ["ok"], "topk": 6}, "body.topk"),
+        ("/retrieve", {"topk": 1}, "body.queries"),
+        ("/batch_search", {"query": [], "top_n": 1}, "body.query"),
+        ("/batch_search", {"query": [""], "top_n": 1}, "body.query.0"),
+        ("/batch_search", {"query": ["ok"], "top_n": 6}, "body.top_n"),
+        ("/search", {"query": "", "top_n": 1}, "body.query"),
+        ("/search", {"query": "x" * 21, "top_n": 1}, "body.query"),
+        ("/search", {"query": "ok", "top_n": 0}, "body.top_n"),
+    ],
+)
+def test_invalid_requests_get_422_naming_the_field(
+    http: httpx.Client, strict_server: tuple[str, OverlapRetriever], path: str, body: dict, loc: str
+) -> None:
+    url, retriever = strict_server
+    response = http.post(url + path, json=body)
+    assert response.status_code == 422
+    assert [".".join(map(str, error["loc"])) for error in response.json()["detail"]] == [loc]
+    assert retriever.calls == []
+
+
+def test_client_reports_a_bad_request_without_retrying(monkeypatch: pytest.MonkeyPatch) -> None:
+    delays: list[float] = []
+    monkeypatch.setattr(client_module, "sleep", delays.append)
+    with (
+        serving(OverlapRetriever(), max_k=5) as url,
+        RemoteRetriever(url) as remote,
+        pytest.raises(RetrievalError) as error,
+    ):
+        remote.search(["", "capital"], 9)
+    message = str(error.value)
+    assert message.startswith(f"{url}/retrieve refused the request: HTTP 422: ")
+    assert "body.queries.0: Value error, query must not be empty or blank" in message
+    assert "body.topk: Input should be less than or equal to 5" in message
+    assert delays == []
+
+
+def test_full_queue_gets_503_and_the_waiting_requests_still_succeed(http: httpx.Client) -> None:
+    gate = threading.Event()
+    retriever = OverlapRetriever(gate=gate)
+    settings = {"max_queue": 2, "max_queries_per_request": 2, "max_wait_ms": 0}
+    with serving(retriever, **settings) as url:
+        with ThreadPoolExecutor(3) as pool:
+            post = lambda query: http.post(f"{url}/retrieve", json={"queries": [query], "topk": 1})  # noqa: E731
+            running = pool.submit(post, "Paris")
+            assert retriever.entered.wait(10)  # the first request holds the retriever
+            waiting = [pool.submit(post, query) for query in ("Berlin", "Rhine")]
+            wait_until(lambda: http.get(f"{url}/metrics").json()["queue_depth"] == 2)
+            refused = post("Eiffel Tower")
+            gate.set()
+            answered = [running.result(), *(future.result() for future in waiting)]
+        metrics = http.get(f"{url}/metrics").json()
+    assert refused.status_code == 503
+    assert refused.json() == {
+        "detail": "retrieval queue is full (2 queries waiting, max_queue=2); retry later"
+    }
+    assert [r.status_code for r in answered] == [200, 200, 200]
+    assert [r.json()["result"][0][0]["id"] for r in answered] == ["p1", "p2", "p4"]
+    assert (metrics["rejected"], metrics["requests"], metrics["queue_depth"]) == (1, 3, 0)
+
+
+def test_bearer_token_is_required_when_configured(http: httpx.Client) -> None:
+    retriever = OverlapRetriever()
+    body = {"queries": ["Paris"], "topk": 1}
+    with serving(retriever, token="s3cret") as url:
+        missing = http.post(f"{url}/retrieve", json=body)
+        wrong = http.post(f"{url}/retrieve", json=body, headers={"Authorization": "Bearer nope"})
+        metrics = http.get(f"{url}/metrics")
+        right = http.post(f"{url}/retrieve", json=body, headers={"Authorization": "Bearer s3cret"})
+        with RemoteRetriever(url, api="research", token="s3cret") as remote:
+            passages = remote.search(["Paris"], 1)
+        with RemoteRetriever(url) as anonymous, pytest.raises(RetrievalError) as error:
+            anonymous.search(["Paris"], 1)
+    assert [missing.status_code, wrong.status_code, metrics.status_code] == [401, 401, 401]
+    assert missing.headers["www-authenticate"] == "Bearer"
+    assert right.status_code == 200 and right.json() == {"result": [[PARIS]]}
+    assert [p.id for p in passages[0]] == ["p1"]
+    assert str(error.value) == (
+        f"{url}/retrieve refused the request: HTTP 401: "
+        "missing or wrong bearer token in the Authorization header"
+    )
+    assert len(retriever.calls) == 2
+
+
+def test_oversized_body_gets_413(http: httpx.Client) -> None:
+    with serving(OverlapRetriever(), max_queries_per_request=1, max_query_chars=1) as url:
+        response = http.post(f"{url}/retrieve", json={"queries": ["x" * 5000]})
+    assert response.status_code == 413
+    assert response.json()["detail"].endswith("exceeds 1052")
+
+
+def test_health_and_metrics(http: httpx.Client) -> None:
+    with serving(OverlapRetriever()) as url:
+        health = http.get(f"{url}/health")
+        http.post(f"{url}/retrieve", json={"queries": QUERIES, "topk": 1})
+        http.post(f"{url}/batch_search", json={"query": ["Paris"], "top_n": 1})
+        http.post(f"{url}/search", json={"query": "Rhine", "top_n": 2})
+        http.post(f"{url}/search", json={"query": "", "top_n": 2})
+        metrics = http.get(f"{url}/metrics").json()
+    assert health.json() == {"status": "ok"}
+    latency = metrics.pop("latency_ms")
+    assert metrics == {
+        "batching": True,
+        "requests": 3,
+        "queries": 4,
+        "batches": 3,
+        "mean_batch_queries": 4 / 3,
+        "queue_depth": 0,
+        "rejected": 0,
+        "failed": 0,
+    }
+    assert list(latency) == ["p50", "p90", "p99", "max"]
+    assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"]
+
+
+def test_client_retries_across_a_server_restart(monkeypatch: pytest.MonkeyPatch) -> None:
+    retriever = OverlapRetriever()
+    expected = retriever.search(QUERIES, 2)
+    server = LiveServer(create_app(retriever)).start()
+    port = server.port
+    remote = RemoteRetriever(server.url, retries=5, backoff_s=0.01)
+    assert remote.search(QUERIES, 2) == expected  # the pool now holds a live connection
+    server.stop()
+
+    restarted: list[LiveServer] = []
+    real_sleep = client_module.sleep
+
+    def restart_during_backoff(delay: float) -> None:
+        if not restarted:
+            restarted.append(LiveServer(create_app(retriever), port=port).start())
+        real_sleep(delay)
+
+    monkeypatch.setattr(client_module, "sleep", restart_during_backoff)
+    try:
+        assert remote.search(QUERIES, 2) == expected
+    finally:
+        remote.close()
+        for live in restarted:
+            live.stop()
+    assert len(restarted) == 1
+
+
+def test_client_error_after_the_last_retry_names_url_attempts_and_cause(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    delays: list[float] = []
+    monkeypatch.setattr(client_module, "sleep", delays.append)
+    url = f"http://127.0.0.1:{free_port()}"
+    with (
+        RemoteRetriever(url, api="research", retries=2, backoff_s=0.5) as remote,
+        pytest.raises(RetrievalError) as error,
+    ):
+        remote.search(["Paris"], 1)
+    assert str(error.value).startswith(
+        f"retrieval at {url}/batch_search failed after 3 attempts; last cause: ConnectError"
+    )
+    assert delays == [0.5, 1.0]
+
+
+def test_server_errors_are_retried_then_reported(
+    http: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(client_module, "sleep", lambda delay: None)
+    retriever = OverlapRetriever(error="index file is corrupt")
+    with serving(retriever) as url, RemoteRetriever(url, retries=1) as remote:
+        with pytest.raises(RetrievalError) as error:
+            remote.search(["Paris"], 1)
+        failed = http.get(f"{url}/metrics").json()["failed"]
+    assert str(error.value) == (
+        f"retrieval at {url}/retrieve failed after 2 attempts; "
+        "last cause: HTTP 500: retriever failed: index file is corrupt"
+    )
+    assert len(retriever.calls) == 2 and failed == 2
+
+
+def test_client_rejects_answers_without_scores() -> None:
+    """Servers that ignore the score flag answer in a shape the client must not misread."""
+    app = FastAPI()
+    app.post("/retrieve")(lambda: {"result": [[PARIS]]})
+    app.post("/batch_search")(lambda: [[PARIS], [BERLIN]])
+    with LiveServer(app) as server:
+        with RemoteRetriever(server.url) as remote, pytest.raises(RetrievalError) as r1_error:
+            remote.search(["Paris"], 1)
+        with (
+            RemoteRetriever(server.url, api="research") as remote,
+            pytest.raises(RetrievalError) as research_error,
+        ):
+            remote.search(["Paris", "Berlin"], 1)
+    assert str(r1_error.value) == (
+        f"{server.url}/retrieve answered in an unexpected shape for api='search_r1': "
+        "KeyError: 'document'"
+    )
+    assert str(research_error.value).startswith(
+        f"{server.url}/batch_search answered in an unexpected shape for api='research': "
+    )
+
+
+def test_bad_settings_and_client_arguments_name_the_field() -> None:
+    with pytest.raises(InputError, match="default_k must be in"):
+        ServerSettings(default_k=0)
+    with pytest.raises(
+        InputError, match=r"max_queries_per_request \(11\) must not exceed max_queue \(10\)"
+    ):
+        ServerSettings(max_queue=10, max_queries_per_request=11)
+    with pytest.raises(InputError, match="'elastic' is not one of"):
+        RemoteRetriever("http://127.0.0.1:1", api="elastic")
+
+
+def test_cli_registers_serve_retriever(monkeypatch: pytest.MonkeyPatch) -> None:
+    args = cli.build_parser().parse_args(
+        ["serve-retriever", "--config", "r.yaml", "--no-batching", "--max-wait-ms", "2.5"]
+    )
+    assert (args.config, args.host, args.port, args.no_batching) == (
+        "r.yaml",
+        "127.0.0.1",
+        8000,
+        True,
+    )
+    assert (args.max_wait_ms, args.max_batch_queries, args.token_env) == (2.5, 256, None)
+    monkeypatch.delenv("RR1_TEST_TOKEN", raising=False)
+    args.token_env = "RR1_TEST_TOKEN"
+    with pytest.raises(InputError, match="RR1_TEST_TOKEN is unset or empty"):
+        run_serve_retriever(args)
