@@ -27,6 +27,10 @@ class Generation:
 
 
 class Generator(Protocol):
+    """A generation backend. One that sets `collective = True` (vLLM server mode, where each
+    call gathers all ranks' rows) is called every turn, with an empty batch once its episodes
+    have ended, so that every rank makes the same number of calls."""
+
     def generate(
         self, contexts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], stop: Sequence[str]
     ) -> list[Generation]:

@@ -133,7 +133,7 @@ def run_rollout(
             if budgets[row] <= 0:
                 episodes[row].cut(config.max_completion_tokens)
         active = [row for row in active if budgets[row] > 0]
-        if not active:
+        if not active and not getattr(generator, "collective", False):
             break
         contexts = [episodes[row].prompt_ids + episodes[row].completion_ids for row in active]
         generations = generator.generate(
@@ -303,9 +303,61 @@ def make_rollout_func(
                     model, tokenizer, trainer.generation_config, batch_size=generate_batch_size
                 )
                 episodes = run_rollout(prompt_ids, generator=generator, **play)
+        log_rollout_metrics(trainer, episodes, protocol)
         return episodes_to_trl(episodes)
 
     return rollout_func
+
+
+def log_rollout_metrics(trainer: Any, episodes: Sequence[Episode], protocol: Protocol) -> None:
+    """Record the batch's episode statistics in TRL's metrics, logged with the reward and KL.
+
+    Values are gathered over processes, then averaged per logging step by the trainer:
+    `rollout/searches_per_episode`, `rollout/answered_rate`, `rollout/truncated_rate`,
+    `rollout/invalid_steps_per_episode`, `rollout/retrieval_errors_per_episode`,
+    `rollout/valid_format_rate` (the rewards' grammar check, on the text the rewards read) and
+    `rollout/masked_token_share` (inserted ids over all completion ids, i.e. what the loss skips).
+    """
+    import torch
+
+    from research_r1.rewards import is_valid_research_sequence, is_valid_search_r1_sequence
+
+    valid_format = {
+        "search_r1": is_valid_search_r1_sequence,
+        "research": is_valid_research_sequence,
+    }
+    check = valid_format[protocol.name]
+    texts = trainer.processing_class.batch_decode(
+        [episode.completion_ids for episode in episodes], skip_special_tokens=True
+    )
+    rows = [
+        [
+            episode.num_searches,
+            episode.answered,
+            episode.truncated,
+            episode.invalid_steps,
+            episode.retrieval_errors,
+            check(text)[0],
+            len(episode.env_mask) - sum(episode.env_mask),
+            len(episode.env_mask),
+        ]
+        for episode, text in zip(episodes, texts, strict=True)
+    ]
+    local = torch.tensor(rows, dtype=torch.float32, device=trainer.accelerator.device)
+    stats = trainer.accelerator.gather(local).reshape(-1, 8)
+    names = (
+        "searches_per_episode",
+        "answered_rate",
+        "truncated_rate",
+        "invalid_steps_per_episode",
+        "retrieval_errors_per_episode",
+        "valid_format_rate",
+    )
+    means = stats[:, : len(names)].mean(dim=0).tolist()
+    metrics = trainer._metrics["train" if trainer.model.training else "eval"]
+    for name, value in zip(names, means, strict=True):
+        metrics[f"rollout/{name}"].append(value)
+    metrics["rollout/masked_token_share"].append((stats[:, 6].sum() / stats[:, 7].sum()).item())
 
 
 def run_episodes(

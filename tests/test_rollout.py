@@ -304,6 +304,25 @@ def test_completion_budget_cuts_and_marks_truncated_without_eos(tokenizer):
     assert len(policy.calls) == 1  # the observation used up the budget: no second turn
 
 
+def test_a_collective_generator_is_called_every_turn_even_when_all_episodes_ended(tokenizer):
+    """vLLM server mode gathers every rank's rows in each call: ranks must call equally often."""
+
+    class CollectivePolicy(ScriptedPolicy):
+        collective = True
+
+    policy = CollectivePolicy(tokenizer, {"Question L\n": ["<answer> x </answer>"]})
+    [episode] = run_rollout(
+        [encode(tokenizer, "Question L\n")],
+        generator=policy,
+        tokenizer=tokenizer,
+        retriever=RecordingRetriever(),
+        protocol=SEARCH_R1,
+        config=RolloutConfig(k=2, max_turns=2),
+    )
+    assert episode.answered
+    assert [len(contexts) for contexts, _ in policy.calls] == [1, 0, 0]
+
+
 def test_every_turn_budget_shrinks_to_what_is_left(tokenizer):
     turns = ["<search> a </search>", "<search> b </search>", "<answer> x </answer>"]
     limits = dict(max_new_tokens=8, max_completion_tokens=60, max_observation_tokens=100)

@@ -1,0 +1,273 @@
+"""vLLM generation backends: an offline engine (colocate mode, evaluation) and a TRL vLLM server.
+
+Both ask vLLM for what the rollout needs and nothing TRL would otherwise do for it: token-id
+prompts (no re-tokenisation), one token budget per row, stop strings kept in the output (and
+looked for in the text with special tokens left in, as the transformers backend does), and the
+sampled token's log-probability at every position. vLLM is imported inside functions so the
+package imports on machines without it.
+
+TRL 1.16's server client (`trl.generation.vllm_client.VLLMClient.generate`) takes token-id prompts
+and passes extra sampling fields (such as `stop`) through `generation_kwargs`, but it sends one
+`max_tokens` for the whole batch and drops each choice's `finish_reason` and `stop_reason`. The
+server generator therefore posts the same `/v1/completions` request the client builds, through
+the client's own HTTP session, once per distinct token budget, and reads those two fields itself.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
+from typing import TYPE_CHECKING, Any, Literal
+
+from research_r1.errors import InputError
+from research_r1.generation import Generation, Generator
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator, PartialState
+    from trl.generation.vllm_client import VLLMClient
+    from vllm import LLM
+    from vllm.outputs import CompletionOutput
+
+Finish = Literal["stop", "eos", "length"]
+
+# As many budgets in flight at once as TRL's client allows connections in its pool.
+_MAX_CONCURRENT_REQUESTS = 64
+
+
+def _finish(finish_reason: str | None, stop_reason: int | str | None) -> Finish:
+    """vLLM reports "stop" for EOS and stop strings alike; `stop_reason` tells them apart: the
+    stop string itself, None for the tokenizer's EOS, or a token id for the other end-of-sequence
+    ids vLLM reads from the model's generation config. A cut by vLLM's optional repetition
+    detector is a truncation, like running out of tokens."""
+    if finish_reason == "stop":
+        return "stop" if isinstance(stop_reason, str) else "eos"
+    if finish_reason in ("length", "repetition"):
+        return "length"
+    raise RuntimeError(f"vLLM did not finish the request (finish_reason={finish_reason!r})")
+
+
+def to_generation(output: CompletionOutput) -> Generation:
+    """One vLLM completion as a `Generation`: its ids as sampled and each one's log-probability.
+
+    The request must have asked for `logprobs=0` (or more): vLLM then reports the sampled token's
+    log-probability at every position, keyed by its id.
+    """
+    if output.logprobs is None:
+        raise ValueError("the vLLM request did not ask for logprobs (SamplingParams(logprobs=0))")
+    token_ids = list(output.token_ids)
+    logprobs = [
+        position[token_id].logprob
+        for token_id, position in zip(token_ids, output.logprobs, strict=True)
+    ]
+    return Generation(token_ids, logprobs, _finish(output.finish_reason, output.stop_reason))
+
+
+def _rows(
+    contexts: Sequence[Sequence[int]], max_new_tokens: Sequence[int]
+) -> list[tuple[list[int], int]]:
+    """Pair each context with its budget, refusing what vLLM would reject less clearly."""
+    if len(contexts) != len(max_new_tokens):
+        raise ValueError(f"{len(contexts)} contexts but {len(max_new_tokens)} token budgets")
+    rows = []
+    for row, (context, budget) in enumerate(zip(contexts, max_new_tokens, strict=True)):
+        if not context:
+            raise ValueError(f"context {row} is empty")
+        if budget < 1:
+            raise ValueError(f"context {row} has a token budget of {budget}; it must be at least 1")
+        rows.append((list(context), int(budget)))
+    return rows
+
+
+class VLLMGenerator:
+    """A `Generator` over an in-process `vllm.LLM` (TRL's colocate engine, or one for evaluation).
+
+    With `seed`, each row gets its own seed drawn from one stream, so repeated contexts (a GRPO
+    group) still sample different continuations while a whole run stays reproducible. Without it,
+    the engine's own random state is used, as TRL does in colocate mode.
+    """
+
+    def __init__(
+        self,
+        llm: LLM,
+        *,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        min_p: float = 0.0,
+        repetition_penalty: float = 1.0,
+        seed: int | None = None,
+        generation_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.llm = llm
+        self.sampling = {
+            "temperature": temperature,
+            "top_p": top_p,
+            "top_k": top_k,
+            "min_p": min_p,
+            "repetition_penalty": repetition_penalty,
+            **(generation_kwargs or {}),
+        }
+        self._seeds = None if seed is None else random.Random(seed)
+
+    def generate(
+        self, contexts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], stop: Sequence[str]
+    ) -> list[Generation]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        rows = _rows(contexts, max_new_tokens)
+        if not rows:
+            return []
+        prompts = [TokensPrompt(prompt_token_ids=context) for context, _ in rows]
+        params = [
+            SamplingParams(
+                **self.sampling,
+                max_tokens=budget,
+                stop=list(stop),
+                include_stop_str_in_output=True,
+                skip_special_tokens=False,
+                logprobs=0,
+                seed=None if self._seeds is None else self._seeds.randrange(2**31),
+            )
+            for _, budget in rows
+        ]
+        outputs = self.llm.generate(prompts=prompts, sampling_params=params, use_tqdm=False)
+        return [to_generation(output.outputs[0]) for output in outputs]
+
+
+def _choice_to_generation(choice: Mapping[str, Any]) -> Generation:
+    """One `/v1/completions` choice (asked with token ids and `logprobs=0`) as a `Generation`."""
+    return Generation(
+        list(choice["token_ids"]),
+        list(choice["logprobs"]["token_logprobs"]),
+        _finish(choice["finish_reason"], choice["stop_reason"]),
+    )
+
+
+class VLLMServerGenerator:
+    """A `Generator` for TRL's server mode, called on every rank with that rank's own rows.
+
+    Only the main process holds the client, so each call gathers every rank's rows there,
+    generates them, and broadcasts the results back: two collectives per call, so every rank must
+    call `generate` the same number of times, with an empty batch when it has nothing left.
+    Ranks may bring different numbers of rows. The main process's stop strings apply to all.
+    """
+
+    collective = True  # the rollout calls it every turn, even with nothing left to generate
+
+    def __init__(
+        self,
+        accelerator: Accelerator | PartialState,
+        client: VLLMClient | None,
+        *,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        min_p: float = 0.0,
+        repetition_penalty: float = 1.0,
+        generation_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        if accelerator.is_main_process and client is None:
+            raise ValueError("the main process needs the vLLM client")
+        self.accelerator = accelerator
+        self.client = client
+        self.sampling = {
+            "n": 1,
+            "temperature": temperature,
+            "top_p": top_p,
+            "top_k": top_k,
+            "min_p": min_p,
+            "repetition_penalty": repetition_penalty,
+            **(generation_kwargs or {}),
+        }
+
+    def generate(
+        self, contexts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], stop: Sequence[str]
+    ) -> list[Generation]:
+        from accelerate.utils import broadcast_object_list, gather_object
+
+        rows = _rows(contexts, max_new_tokens)
+        rows_per_rank = gather_object([rows])
+        if self.accelerator.is_main_process:
+            flat = iter(self._complete([row for rank in rows_per_rank for row in rank], stop))
+            per_rank = [list(islice(flat, len(rank))) for rank in rows_per_rank]
+        else:
+            per_rank = None
+        box = [per_rank]
+        broadcast_object_list(box, from_process=0)
+        return box[0][self.accelerator.process_index]
+
+    def _complete(self, rows: list[tuple[list[int], int]], stop: Sequence[str]) -> list[Generation]:
+        """One request per distinct budget, sent together so the server batches them."""
+        by_budget: dict[int, list[int]] = {}
+        for index, (_, budget) in enumerate(rows):
+            by_budget.setdefault(budget, []).append(index)
+
+        def send(budget: int, indices: list[int]) -> list[tuple[int, Generation]]:
+            choices = self._post([rows[i][0] for i in indices], budget, stop)
+            return list(zip(indices, map(_choice_to_generation, choices), strict=True))
+
+        workers = max(1, min(_MAX_CONCURRENT_REQUESTS, len(by_budget)))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            parts = pool.map(send, by_budget.keys(), by_budget.values())
+            by_index = dict(pair for part in parts for pair in part)
+        return [by_index[index] for index in range(len(rows))]
+
+    def _post(self, prompts: list[list[int]], budget: int, stop: Sequence[str]) -> list[dict]:
+        """The request `VLLMClient.generate` would send, plus one budget and the stop strings."""
+        url = f"{self.client.base_url}/v1/completions"
+        payload = {
+            "model": self.client.model,
+            "prompt": prompts,
+            "return_token_ids": True,
+            "return_tokens_as_token_ids": True,
+            **self.sampling,
+            "max_tokens": budget,
+            "stop": list(stop),
+            "include_stop_str_in_output": True,
+            "skip_special_tokens": False,
+            "logprobs": 0,
+        }
+        response = self.client.session.post(url, json=payload)
+        if response.status_code != 200:
+            raise RuntimeError(f"{url} answered {response.status_code}: {response.text}")
+        return sorted(response.json()["choices"], key=lambda choice: choice["index"])
+
+
+def vllm_generator_for(trainer: Any) -> Generator:
+    """The `Generator` over a TRL 1.16 `GRPOTrainer`'s vLLM, sampling as the trainer's config says.
+
+    Colocate mode generates with the trainer's own engine (`trainer.vllm_generation.llm`), whose
+    weights TRL syncs before each call of `rollout_func`; server mode goes through the main
+    process's client. Two colocate set-ups are refused: tensor parallelism (every rank of a group
+    would have to submit the same batch) and sleep mode (TRL wakes the engine only inside its own
+    generation call).
+    """
+    args = trainer.args
+    if not args.use_vllm:
+        raise InputError("GRPOConfig.use_vllm is False: the trainer has no vLLM engine")
+    sampling = {
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "top_k": args.top_k,
+        "min_p": args.min_p or 0.0,
+        "repetition_penalty": args.repetition_penalty,
+        "generation_kwargs": args.generation_kwargs,
+    }
+    backend = trainer.vllm_generation
+    if args.vllm_mode == "server":
+        client = backend.vllm_client if trainer.accelerator.is_main_process else None
+        return VLLMServerGenerator(trainer.accelerator, client, **sampling)
+    if args.vllm_tensor_parallel_size > 1:
+        raise InputError(
+            "GRPOConfig.vllm_tensor_parallel_size > 1 in colocate mode is not supported by the "
+            "multi-turn rollout; use vllm_mode='server' for models that need tensor parallelism"
+        )
+    if args.vllm_enable_sleep_mode:
+        raise InputError(
+            "GRPOConfig.vllm_enable_sleep_mode is not supported by the multi-turn rollout: "
+            "the engine would sleep without its weights between turns"
+        )
+    return VLLMGenerator(backend.llm, **sampling)
