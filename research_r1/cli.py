@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "build-index": ("research_r1.retrieval.cli", "Build a BM25 or dense (FAISS) index."),
     "search": ("research_r1.retrieval.cli", "Search with a retriever config; print a table."),
     "train": ("research_r1.train", "Train with GRPO from a recipe (under accelerate)."),
+    "push-space": ("research_r1.space", "Push the Gradio demo Space for a trained model."),
 }
 
 

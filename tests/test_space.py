@@ -1,0 +1,436 @@
+"""The demo Space: splitting episodes into steps, the app's settings, the Gradio app driven
+headless through gradio_client, and push-space against the loopback Hub."""
+
+from __future__ import annotations
+
+import configparser
+import importlib.util
+import json
+import os
+import socket
+from collections.abc import Sequence
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from research_r1.cli import main as cli_main
+from research_r1.errors import InputError
+from research_r1.generation import Generation
+from research_r1.protocol import RESEARCH, SEARCH_R1, TEMPLATES
+from research_r1.retrieval import Passage
+from research_r1.rollout import FINAL_TURN_NOTICE, Episode, RolloutConfig, run_rollout
+from research_r1.space import (
+    SPACE_DIR,
+    SpaceSettings,
+    Turn,
+    load_settings,
+    push_space,
+    transcript_turns,
+)
+from research_r1.tiny import EOS, build_tiny_model, build_tokenizer
+
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # read when gradio is imported: no calls home
+
+HAMLET = Passage("h1", "Hamlet (play)", "Hamlet is a tragedy by William Shakespeare.", 2.0)
+SHAKESPEARE = Passage("h2", "William Shakespeare", "Shakespeare (1564-1616) was a playwright.", 1.0)
+HAMLET_PAIRS = (
+    ("Hamlet (play)", "Hamlet is a tragedy by William Shakespeare."),
+    ("William Shakespeare", "Shakespeare (1564-1616) was a playwright."),
+)
+SEARCH_TURN = "<think> I need the author. </think>\n<search> hamlet author </search>"
+ANSWER_TURN = "<think> Shakespeare wrote it. </think>\n<answer> William Shakespeare </answer>"
+HAMLET_TURNS = [
+    Turn("think", "I need the author."),
+    Turn("search", "hamlet author", HAMLET_PAIRS),
+    Turn("think", "Shakespeare wrote it."),
+    Turn("answer", "William Shakespeare"),
+]
+TEXTS = [
+    "Question: who wrote hamlet?\n",
+    SEARCH_TURN,
+    ANSWER_TURN,
+    *(f"Doc {i}(Title: {p.title}) {p.text}\n" for i, p in enumerate((HAMLET, SHAKESPEARE), 1)),
+    SEARCH_R1.invalid_notice,
+    FINAL_TURN_NOTICE,
+    "Search failed: connection refused",
+    "The final answer is \\[ \\boxed{William Shakespeare} \\]",
+]
+
+
+class HamletRetriever:
+    """Two passages whose titles and texts hold parentheses; the query "broken" fails."""
+
+    def search(self, queries: Sequence[str], k: int) -> list[list[Passage]]:
+        if "broken" in queries:
+            raise ConnectionError("connection refused")
+        return [[HAMLET, SHAKESPEARE][:k] for _ in queries]
+
+
+class ScriptedGenerator:
+    """A `Generator` that plays the given turn texts in order, whatever the context."""
+
+    def __init__(self, tokenizer, turns: list[str]) -> None:
+        self.tokenizer, self.turns = tokenizer, list(turns)
+
+    def generate(self, contexts, max_new_tokens, stop) -> list[Generation]:
+        generations = []
+        for _ in contexts:
+            text = self.turns.pop(0)
+            ids = self.tokenizer.encode(text, add_special_tokens=False)
+            finish = (
+                "eos" if text.endswith(EOS) else "stop" if text.endswith(tuple(stop)) else "length"
+            )
+            generations.append(Generation(ids, [0.0] * len(ids), finish))
+        return generations
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    tags = dict.fromkeys(SEARCH_R1.tags + RESEARCH.tags)
+    return build_tokenizer(TEXTS, list(tags))
+
+
+def play(tokenizer, turns: list[str], protocol=SEARCH_R1, **limits) -> Episode:
+    [episode] = run_rollout(
+        [tokenizer.encode("Question: who wrote hamlet?\n")],
+        generator=ScriptedGenerator(tokenizer, turns),
+        tokenizer=tokenizer,
+        retriever=HamletRetriever(),
+        protocol=protocol,
+        config=RolloutConfig(k=2, **limits),
+    )
+    return episode
+
+
+# ---------------------------------------------------------------------------------------------
+# transcript_turns
+
+
+def test_turns_of_a_search_then_an_answer(tokenizer):
+    episode = play(tokenizer, [SEARCH_TURN, ANSWER_TURN])
+    assert episode.answered and episode.queries == ["hamlet author"]
+    assert transcript_turns(episode, tokenizer, SEARCH_R1) == HAMLET_TURNS
+
+
+def test_turns_of_research_read_the_boxed_answer(tokenizer):
+    answer = "<answer> The final answer is \\[ \\boxed{William Shakespeare} \\] </answer>"
+    episode = play(tokenizer, ["<search> hamlet author </search>", answer], protocol=RESEARCH)
+    assert transcript_turns(episode, tokenizer, RESEARCH) == [
+        Turn("search", "hamlet author", HAMLET_PAIRS),
+        Turn("answer", "William Shakespeare"),
+    ]
+
+
+def test_invalid_steps_failed_searches_and_notices_become_notice_turns(tokenizer):
+    turns = [
+        "I am not sure",
+        "<search> broken </search>",
+        "<think> still nothing </think> <search> hamlet author </search>",
+    ]
+    episode = play(tokenizer, turns, max_turns=2)
+    assert not episode.answered and episode.retrieval_errors == 1
+    assert transcript_turns(episode, tokenizer, SEARCH_R1) == [
+        Turn("think", "I am not sure"),
+        Turn("notice", SEARCH_R1.invalid_notice.strip()),
+        Turn("search", "broken"),
+        Turn("notice", "Search failed: connection refused"),
+        Turn("notice", FINAL_TURN_NOTICE.strip()),
+        Turn("think", "still nothing"),
+        Turn("search", "hamlet author"),  # the last turn's search is never run
+    ]
+
+
+def test_passages_of_an_observation_cut_mid_title(tokenizer):
+    observation = (
+        "\n\n<information>Doc 1(Title: A (b)) one\ntwo\nDoc 2(Title: Cut (ti</information>"
+    )
+    model, inserted = (tokenizer.encode(t) for t in ("<search> q </search>", observation))
+    episode = Episode(
+        prompt_ids=[0],
+        completion_ids=model + inserted,
+        env_mask=[1] * len(model) + [0] * len(inserted),
+    )
+    assert transcript_turns(episode, tokenizer, SEARCH_R1) == [
+        Turn("search", "q", (("A (b)", "one\ntwo"), ("Cut (ti", ""))),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings
+
+
+def test_settings_read_the_file_under_the_space_variables(tmp_path):
+    (tmp_path / "retriever.yaml").write_text("type: remote\nurl: http://search.example\n")
+    (tmp_path / "space_config.json").write_text(
+        json.dumps({"MODEL_ID": "org/agent", "RETRIEVER_CONFIG": "retriever.yaml", "TOPK": 5})
+    )
+    assert load_settings(tmp_path, {}) == SpaceSettings(
+        "org/agent", str(tmp_path / "retriever.yaml"), "search_r1", 4, 5
+    )
+    variables = {
+        "RETRIEVER_CONFIG": '{"type": "remote", "url": "http://search.example"}',
+        "TEMPLATE": "research_instruct",
+        "MAX_TURNS": "0",
+    }
+    assert load_settings(tmp_path, variables) == SpaceSettings(
+        "org/agent",
+        {"type": "remote", "url": "http://search.example"},
+        "research_instruct",
+        0,
+        5,
+    )
+    assert load_settings(tmp_path, {"RETRIEVER_CONFIG": "hf://datasets/o/r/c.yaml"}) == (
+        SpaceSettings("org/agent", "hf://datasets/o/r/c.yaml", "search_r1", 4, 5)
+    )
+
+
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        ({"RETRIEVER_CONFIG": "r.yaml"}, "MODEL_ID is not set"),
+        ({"MODEL_ID": "o/m"}, "RETRIEVER_CONFIG is not set"),
+        ({"MODEL_ID": "o/m", "RETRIEVER_CONFIG": "{nope"}, "RETRIEVER_CONFIG: not a valid JSON"),
+        ({"MODEL_ID": "o/m", "RETRIEVER_CONFIG": "r.yaml", "TOPK": "three"}, "TOPK must be an"),
+        ({"MODEL_ID": "o/m", "RETRIEVER_CONFIG": "r.yaml", "TOPK": "0"}, "TOPK must be >= 1"),
+        ({"MODEL_ID": "o/m", "RETRIEVER_CONFIG": "r.yaml", "MAX_TURNS": "-1"}, "MAX_TURNS must"),
+    ],
+)
+def test_bad_settings_name_the_variable(tmp_path, variables, message):
+    with pytest.raises(InputError, match=message):
+        load_settings(tmp_path, variables)
+
+
+def test_unknown_keys_in_the_settings_file_are_named(tmp_path):
+    (tmp_path / "space_config.json").write_text('{"MODEL_ID": "o/m", "TOP_K": 3}')
+    with pytest.raises(InputError, match=r"space_config.json: unknown settings \['TOP_K'\]"):
+        load_settings(tmp_path, {})
+
+
+def test_space_requirements_are_pinned_as_the_package_pins_them():
+    setup = configparser.ConfigParser()
+    setup.read(SPACE_DIR.parent.parent / "setup.cfg")
+    package = set(setup["options"]["install_requires"].split())
+    space = (SPACE_DIR / "requirements.txt").read_text().split()
+    assert space and set(space) <= package
+
+
+# ---------------------------------------------------------------------------------------------
+# The app, driven headless
+
+
+def load_app_module():
+    spec = importlib.util.spec_from_file_location("search_agent_app", SPACE_DIR / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def launch(demo):
+    """Serve `demo` on a free loopback port; returns a gradio_client Client for it."""
+    from gradio_client import Client
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    demo.queue(max_size=4).launch(
+        server_name="127.0.0.1",
+        server_port=port,
+        prevent_thread_lock=True,
+        ssr_mode=False,
+        quiet=True,
+    )
+    return Client(demo.local_url, verbose=False)
+
+
+def summary(history: list[dict]) -> list[tuple[str, str | None, str]]:
+    """(role, metadata title, text) per message, as gradio_client returns the chat."""
+    return [
+        (
+            message["role"],
+            (message.get("metadata") or {}).get("title"),
+            "".join(part["text"] for part in message["content"]),
+        )
+        for message in history
+    ]
+
+
+@pytest.fixture(scope="module")
+def app():
+    return load_app_module()
+
+
+def test_the_app_shows_each_step_and_the_answer(app, tokenizer):
+    from gradio_client.exceptions import AppError
+
+    generator = ScriptedGenerator(
+        tokenizer, [SEARCH_TURN, ANSWER_TURN, "<think> no idea </think>" + EOS]
+    )
+    config = RolloutConfig(k=2, max_turns=2)
+    demo = app.build_app(generator, tokenizer, HamletRetriever(), TEMPLATES["search_r1"], config)
+    client = launch(demo)
+    try:
+        box, history = client.predict("who wrote hamlet?", [], api_name="/ask")
+        passages = (
+            "**Hamlet (play)**: Hamlet is a tragedy by William Shakespeare.\n\n"
+            "**William Shakespeare**: Shakespeare (1564-1616) was a playwright."
+        )
+        first = [
+            ("user", None, "who wrote hamlet?"),
+            ("assistant", "Thinking", "I need the author."),
+            ("assistant", "Search: hamlet author", passages),
+            ("assistant", "Thinking", "Shakespeare wrote it."),
+            ("assistant", None, "William Shakespeare"),
+        ]
+        assert box == "" and summary(history) == first
+        assert {message["metadata"].get("status") for message in history[1:4]} == {"done"}
+
+        _, history = client.predict("and macbeth?", history, api_name="/ask")
+        assert summary(history) == [
+            *first,
+            ("user", None, "and macbeth?"),
+            ("assistant", "Thinking", "no idea"),
+            ("assistant", None, app.NO_ANSWER),
+        ]
+        with pytest.raises(AppError, match="Ask a question first"):
+            client.predict("   ", [], api_name="/ask")
+    finally:
+        demo.close()
+
+
+def test_the_app_loads_a_checkpoint_and_retriever_from_its_settings(app, tmp_path):
+    """The start-up path: from_pretrained and a BM25 retriever config; the random model writes
+    no tags, so the episode ends unanswered after its one turn."""
+    from research_r1.retrieval.bm25 import build_bm25_index
+    from research_r1.retrieval.corpus import load_corpus
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(
+        "".join(
+            json.dumps({"id": p.id, "contents": f'"{p.title}"\n{p.text}'}) + "\n"
+            for p in (HAMLET, SHAKESPEARE)
+        )
+    )
+    index = build_bm25_index(load_corpus(corpus), tmp_path / "bm25")
+    model_dir = build_tiny_model(tmp_path / "model", TEXTS, SEARCH_R1.tags, hidden_size=64)
+    settings = SpaceSettings(
+        model_id=str(model_dir),
+        retriever_config={"type": "bm25", "index": str(index), "corpus": str(corpus)},
+        max_turns=0,
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    demo = app.load_app(settings)
+    client = launch(demo)
+    try:
+        _, history = client.predict("who wrote hamlet?", [], api_name="/ask")
+    finally:
+        demo.close()
+        torch.set_num_threads(threads)
+    messages = summary(history)
+    assert messages[0] == ("user", None, "who wrote hamlet?")
+    assert messages[-1] == ("assistant", None, app.NO_ANSWER)
+    assert {title for _, title, _ in messages[1:-1]} <= {"Thinking", "Environment"}
+
+
+# ---------------------------------------------------------------------------------------------
+# push-space
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_push_space_uploads_the_app_package_config_and_card(hub, tmp_path, monkeypatch):
+    from huggingface_hub import HfApi, SpaceCard, hf_hub_download, snapshot_download
+
+    retriever = write_config(
+        tmp_path / "wiki.yaml",
+        {
+            "type": "bm25",
+            "index": "hf://datasets/org/wiki/bm25",
+            "corpus": "hf://datasets/org/c.jsonl",
+        },
+    )
+    template = write_config(
+        tmp_path / "mine.yaml", {"protocol": "research", "user": "Q: {question}", "chat": False}
+    )
+    repo_id = hub.new_repo_id("demo-space")
+    monkeypatch.setenv("HF_TOKEN", hub.token)
+    argv = ["push-space", "--repo", repo_id, "--model", "org/agent", "--top-k", "2", "--private"]
+    options = ["--retriever-config", str(retriever), "--template", str(template)]
+    assert cli_main([*argv, *options]) == 0
+
+    api = HfApi(token=hub.token)
+    info = api.space_info(repo_id)
+    assert (info.sdk, info.private) == ("gradio", True)
+    files = set(api.list_repo_files(repo_id, repo_type="space"))
+    assert {
+        "app.py",
+        "requirements.txt",
+        "README.md",
+        "retriever.yaml",
+        "template.yaml",
+        "space_config.json",
+    } <= files
+    assert {"research_r1/__init__.py", "research_r1/space.py", "research_r1/rollout.py"} <= files
+    assert not [name for name in files if "__pycache__" in name or name.endswith(".pyc")]
+
+    readme = hf_hub_download(repo_id, "README.md", repo_type="space", token=hub.token)
+    card = SpaceCard.load(readme)
+    assert card.data.sdk == "gradio"
+    assert card.data.sdk_version == version("gradio")
+    assert card.data.app_file == "app.py"
+    assert card.data.models == ["org/agent"]
+    assert "# research_r1 search agent" in card.text
+
+    folder = Path(snapshot_download(repo_id, repo_type="space", token=hub.token))
+    assert (folder / "retriever.yaml").read_text() == retriever.read_text()
+    assert (folder / "app.py").read_text() == (SPACE_DIR / "app.py").read_text()
+    assert (folder / "template.yaml").read_text() == template.read_text()
+    assert json.loads((folder / "space_config.json").read_text()) == {
+        "MODEL_ID": "org/agent",
+        "RETRIEVER_CONFIG": "retriever.yaml",
+        "TEMPLATE": "template.yaml",
+        "MAX_TURNS": 4,
+        "TOPK": 2,
+    }
+    assert load_settings(folder, {}) == SpaceSettings(
+        "org/agent", str(folder / "retriever.yaml"), str(folder / "template.yaml"), 4, 2
+    )
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"type": "bm25", "index": "outputs/bm25"}, "key 'index' is a local path"),
+        (
+            {
+                "type": "hybrid",
+                "corpus": "corpus.jsonl",
+                "bm25": {"index": "hf://datasets/o/i/bm25"},
+                "dense": {"index": "hf://datasets/o/i/e5"},
+            },
+            "key 'corpus' is a local path",
+        ),
+        ({"type": "remote", "url": "http://127.0.0.1:8000"}, "key 'url'.* is this machine"),
+        ({"type": "bm25"}, "key 'index' is required"),
+    ],
+)
+def test_push_space_refuses_a_retriever_the_space_could_not_load(tmp_path, config, message):
+    retriever = write_config(tmp_path / "retriever.yaml", config)
+    with pytest.raises(InputError, match=message):
+        push_space("org/space", "org/agent", retriever)
+
+
+def test_push_space_refuses_a_model_that_is_not_on_the_hub(tmp_path):
+    retriever = write_config(tmp_path / "retriever.yaml", {"type": "remote", "url": "http://x.org"})
+    with pytest.raises(InputError, match="is a local path; the Space loads the model from the Hub"):
+        push_space("org/space", str(tmp_path), retriever)
+    with pytest.raises(InputError, match="'org/agent/v2' is not a Hub repo id"):
+        push_space("org/space", "org/agent/v2", retriever)
+    with pytest.raises(InputError, match=r"missing\.yaml is not a file"):
+        push_space("org/space", "org/agent", tmp_path / "missing.yaml")
