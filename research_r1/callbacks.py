@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from research_r1 import hub
+from research_r1.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -70,17 +73,29 @@ class RewardPlotCallback(TrainerCallback):
 
 
 class HubPushCallback(TrainerCallback):
-    """Uploads each saved checkpoint to `repo_id` (folder `last-checkpoint`) in the background."""
+    """Uploads the newest checkpoint to `repo_id` (folder `last-checkpoint`) in the background.
+
+    One upload runs at a time. A save made while another upload runs replaces any push still
+    waiting, so a slow network never piles up stale checkpoints, and uploads seldom meet a folder
+    that `save_total_limit` has deleted since (such a push fails and is logged like any other).
+    `wait()` blocks until the queue is empty.
+    """
 
     def __init__(self, repo_id: str | None, token: str | None = None, private: bool | None = None):
         if not repo_id:
-            raise ValueError("hub_model_id: required with push_to_hub")
+            raise InputError("hub_model_id: required with push_to_hub")
         self.repo_id, self.token, self.private = repo_id, token, bool(private)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-push")
         self.pending: list[Future] = []
-        self.failures = 0
+        self.lock = threading.Lock()
+        self.waiting: tuple[Path, int] | None = None
 
-    def _push(self, folder: Path, step: int) -> None:
+    def _push_waiting(self) -> None:
+        with self.lock:
+            job, self.waiting = self.waiting, None
+        if job is None:  # a later save's push took it
+            return
+        folder, step = job
         try:
             hub.retry(
                 lambda: hub.create_repo(self.repo_id, private=self.private, token=self.token),
@@ -96,15 +111,17 @@ class HubPushCallback(TrainerCallback):
                 ),
                 what=f"push checkpoint {step}",
             )
-            logger.info("pushed checkpoint %d to %s", step, self.repo_id)
         except Exception as error:
-            self.failures += 1
             logger.error("giving up on pushing checkpoint %d: %s", step, hub.scrub(str(error)))
+        else:
+            logger.info("pushed checkpoint %d to %s", step, self.repo_id)
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            self.pending.append(self.executor.submit(self._push, folder, state.global_step))
+            folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            with self.lock:
+                self.waiting = (folder, state.global_step)
+            self.pending.append(self.executor.submit(self._push_waiting))
 
     def wait(self) -> None:
         """Block until every queued push has finished (or given up)."""

@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "search": ("research_r1.retrieval.cli", "Search with a retriever config; print a table."),
     "train": ("research_r1.train", "Train with GRPO from a recipe (under accelerate)."),
     "push-space": ("research_r1.space", "Push the Gradio demo Space for a trained model."),
+    "demo": ("research_r1.demo", "Show on a CPU in minutes that GRPO teaches search."),
 }
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from research_r1 import hub
 
@@ -37,7 +38,7 @@ research_r1 (the Search-R1 / ReSearch methods): it reasons in
 - Rewards: {{ rewards }}
 - Retriever: `{{ retriever }}`
 
-{% if results_table %}## Results (exact match)
+{% if results_table %}## Evaluation
 
 {{ results_table }}
 {% endif %}
@@ -54,6 +55,18 @@ def read_eval_results(output_dir: str | Path) -> dict[str, dict[str, float]]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def results_table(eval_results: dict[str, dict[str, float]]) -> str:
+    """A markdown table, one row per dataset, one column per metric (blank where missing)."""
+    if not eval_results:
+        return ""
+    metrics = sorted({metric for scores in eval_results.values() for metric in scores})
+    lines = [f"| dataset | {' | '.join(metrics)} |", "|---" * (1 + len(metrics)) + "|"]
+    for name, scores in sorted(eval_results.items()):
+        cells = [f"{scores[m]:.3f}" if m in scores else "" for m in metrics]
+        lines.append(f"| {name} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
 def model_card(
     *,
     model_name: str,
@@ -65,7 +78,10 @@ def model_card(
     retriever: str,
     recipe: dict[str, Any],
     eval_results: dict[str, dict[str, float]],
+    peft: bool,
 ) -> ModelCard:
+    """The card's metadata names a Hub base model and Hub dataset only: a local path there
+    would make the Hub reject the card's metadata."""
     results = [
         EvalResult(
             task_type="question-answering",
@@ -77,16 +93,11 @@ def model_card(
         for name, metrics in sorted(eval_results.items())
         for metric, value in sorted(metrics.items())
     ]
-    table = ""
-    if eval_results:
-        table = "| dataset | " + " | ".join(sorted(next(iter(eval_results.values())))) + " |\n"
-        table += "|---" * (1 + len(next(iter(eval_results.values())))) + "|\n"
-        for name, metrics in sorted(eval_results.items()):
-            table += f"| {name} | " + " | ".join(f"{v:.3f}" for _, v in sorted(metrics.items()))
-            table += " |\n"
+    on_hub = not Path(base_model).exists() and base_model.count("/") == 1
     data = ModelCardData(
-        base_model=base_model,
-        library_name="peft" if recipe.get("use_peft") else "transformers",
+        base_model=base_model if on_hub else None,
+        datasets=[hub.parse_uri(dataset).repo_id] if hub.is_hub_uri(dataset) else None,
+        library_name="peft" if peft else "transformers",
         tags=["research_r1", "grpo", "search-agent", "trl"],
         model_name=model_name,
         eval_results=results or None,
@@ -102,11 +113,17 @@ def model_card(
         rewards=", ".join(f"`{r}`" for r in rewards),
         retriever=retriever,
         recipe=yaml.safe_dump(recipe, sort_keys=False).strip(),
-        results_table=table.strip(),
+        results_table=results_table(eval_results),
     )
 
 
-def push_model(output_dir: str | Path, repo_id: str, card: ModelCard, token: str | None) -> bool:
+def push_model(
+    output_dir: str | Path,
+    repo_id: str,
+    card: ModelCard,
+    token: str | None,
+    private: bool = False,
+) -> bool:
     """Write the card into the run folder and upload it (checkpoints excluded), retried.
 
     Returns whether the push succeeded; a failure is logged, never raised, so a finished run is
@@ -115,13 +132,16 @@ def push_model(output_dir: str | Path, repo_id: str, card: ModelCard, token: str
     folder = Path(output_dir)
     card.save(folder / "README.md")
     try:
-        hub.retry(lambda: hub.create_repo(repo_id, token=token), what=f"create {repo_id}")
+        hub.retry(
+            lambda: hub.create_repo(repo_id, private=private, token=token),
+            what=f"create {repo_id}",
+        )
         hub.retry(
             lambda: hub.upload_folder(
                 folder,
                 repo_id,
                 commit_message="Final model",
-                ignore_patterns=["checkpoint-*/**", "checkpoint-*"],
+                ignore_patterns=[f"{PREFIX_CHECKPOINT_DIR}-*"],
                 token=token,
             ),
             what=f"push {repo_id}",

@@ -6,13 +6,19 @@
 A recipe is parsed by TRL's `TrlParser` into three dataclasses: `ScriptArguments` (data,
 template, retriever, rewards), `SearchGRPOConfig` (TRL's `GRPOConfig` plus the rollout's turn and
 token budgets) and TRL's `ModelConfig` (model, LoRA, 4-bit). Any key can be overridden on the
-command line. Everything a run needs is checked before the first step, and each failure names the
-recipe key to fix.
+command line; `--resume_from_checkpoint` with no value resumes from the newest checkpoint in
+`output_dir`. Everything a run needs is checked before the first step, and each failure names
+the recipe key to fix.
+
+With `push_to_hub`, checkpoints are uploaded in the background and the final model with its card
+at the end (`research_r1.callbacks`, `research_r1.publish`); the trainer itself never sees the
+token, because it pickles its arguments into every checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import subprocess
@@ -21,30 +27,43 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trl import GRPOConfig, ModelConfig, TrlParser
-
 from research_r1.errors import InputError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from datasets import Dataset
     from transformers import PreTrainedTokenizerBase
+    from trl import GRPOTrainer, ModelConfig
 
-    from research_r1.protocol import Template
+    from research_r1.callbacks import HubPushCallback
+    from research_r1.protocol import Protocol, Template
     from research_r1.retrieval import Retriever
 
 logger = logging.getLogger(__name__)
 
+RESUME_LATEST = "latest"
+# Prompts with the longest questions are tokenised to check the token budget (see check_budget).
+BUDGET_SAMPLE_ROWS = 64
+
 
 @dataclass
 class ScriptArguments:
-    """What to train on and how episodes are scored (the recipe's non-TRL keys)."""
+    """What to train on and how episodes are scored (the recipe's keys that TRL does not have).
+
+    Reward weights are TRL's own `reward_weights` key, one per entry of `reward_funcs`.
+    """
 
     dataset: str = field(
-        metadata={"help": "Folder or hf:// URI holding prepare-data's {split}.parquet files."}
+        metadata={
+            "help": "prepare-data output: a folder of {split}.parquet files, or a Hub dataset "
+            "pushed by prepare-data --push-to-hub (hf://datasets/ORG/NAME[@REV])."
+        }
     )
     retriever: str = field(metadata={"help": "Retriever config YAML (see recipes/retrievers/)."})
     template: str = field(
-        default="search_r1", metadata={"help": "Prompt template the dataset was prepared with."}
+        default="search_r1",
+        metadata={"help": "Prompt template the dataset was prepared with (name or YAML file)."},
     )
     train_split: str = "train"
     eval_split: str | None = None
@@ -52,32 +71,67 @@ class ScriptArguments:
         default_factory=lambda: ["search_r1_em"],
         metadata={"help": "Reward names from research_r1.rewards.REWARDS."},
     )
-    probe_query: str = field(
-        default="capital of France",
-        metadata={"help": "Query sent once at start-up to check the retriever answers."},
+    probe_query: str | None = field(
+        default=None,
+        metadata={
+            "help": "Query sent once at start-up to check the retriever answers "
+            "(default: the first training question)."
+        },
     )
     accelerate_config: str | None = field(
-        default=None, metadata={"help": "accelerate config used by `research-r1 train`."}
+        default=None, metadata={"help": "accelerate config file used by `research-r1 train`."}
     )
 
 
-@dataclass
-class SearchGRPOConfig(GRPOConfig):
-    """GRPOConfig plus the multi-turn search rollout's budgets (Search-R1's paper values)."""
+@functools.cache
+def _search_grpo_config() -> type:
+    """`SearchGRPOConfig`, defined on first use: importing TRL takes seconds, and the
+    `research-r1` command imports this module only to list its subcommands."""
+    from trl import GRPOConfig
 
-    max_turns: int = field(default=4, metadata={"help": "Searches allowed per episode."})
-    retrieval_topk: int = field(default=3, metadata={"help": "Passages per search."})
-    max_new_tokens_per_turn: int = field(default=500, metadata={"help": "Tokens per turn."})
-    max_observation_tokens: int = field(
-        default=500, metadata={"help": "Inserted passages are cut to this many tokens."}
-    )
+    @dataclass
+    class SearchGRPOConfig(GRPOConfig):
+        """GRPOConfig plus the multi-turn search rollout's budgets (Search-R1's paper values)."""
+
+        max_turns: int = field(default=4, metadata={"help": "Searches allowed per episode."})
+        retrieval_topk: int = field(default=3, metadata={"help": "Passages per search."})
+        max_new_tokens_per_turn: int = field(
+            default=500, metadata={"help": "Tokens the model may write per turn."}
+        )
+        max_observation_tokens: int = field(
+            default=500, metadata={"help": "Inserted passages are cut to this many tokens."}
+        )
+        rollout_batch_size: int = field(
+            default=16,
+            metadata={"help": "Episodes per transformers generate call (unused with vLLM)."},
+        )
+
+    # Checkpoints pickle the config: pickle must find the class as research_r1.train's attribute.
+    SearchGRPOConfig.__module__ = __name__
+    SearchGRPOConfig.__qualname__ = "SearchGRPOConfig"
+    return SearchGRPOConfig
 
 
-def parse_recipe(argv: list[str]) -> tuple[ScriptArguments, SearchGRPOConfig, ModelConfig]:
+def __getattr__(name: str) -> Any:
+    if name == "SearchGRPOConfig":
+        return _search_grpo_config()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def parse_recipe(argv: list[str]) -> tuple[ScriptArguments, Any, ModelConfig]:
     """Parse `recipe.yaml [--key value ...]`; command-line keys override the recipe's."""
+    from trl import ModelConfig, TrlParser
+
+    argv = list(argv)
     if argv and argv[0].endswith((".yaml", ".yml")):
+        if not Path(argv[0]).is_file():
+            raise InputError(f"recipe {argv[0]} does not exist")
         argv = ["--config", argv[0], *argv[1:]]
-    parser = TrlParser((ScriptArguments, SearchGRPOConfig, ModelConfig))
+    flag = "--resume_from_checkpoint"
+    for i in reversed(range(len(argv))):
+        if argv[i] == flag and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
+            argv.insert(i + 1, RESUME_LATEST)
+    parser = TrlParser((ScriptArguments, _search_grpo_config(), ModelConfig))
     try:
         return parser.parse_args_and_config(argv)
     except ValueError as error:
@@ -88,7 +142,7 @@ def parse_recipe(argv: list[str]) -> tuple[ScriptArguments, SearchGRPOConfig, Mo
 # Start-up validation: every check names the recipe key that fixes it.
 
 
-def check_supported(args: SearchGRPOConfig, model_args: ModelConfig) -> None:
+def check_supported(args: Any, model_args: ModelConfig) -> None:
     """Refuse combinations that would fail hours in, or that nobody has made work."""
     if model_args.load_in_8bit:
         raise InputError(
@@ -101,10 +155,37 @@ def check_supported(args: SearchGRPOConfig, model_args: ModelConfig) -> None:
             "use_vllm: QLoRA with vLLM generation is not supported (TRL merges the adapter into "
             "full weights for vLLM every step, which a 4-bit base cannot give); set use_vllm: false"
         )
+    if args.use_vllm and args.vllm_mode == "colocate":
+        if args.vllm_tensor_parallel_size > 1:
+            raise InputError(
+                "vllm_tensor_parallel_size: tensor parallelism in colocate mode is not supported "
+                "by the multi-turn rollout; use vllm_mode: server"
+            )
+        if args.vllm_enable_sleep_mode:
+            raise InputError(
+                "vllm_enable_sleep_mode: not supported by the multi-turn rollout (the engine "
+                "would sleep between turns); set it to false"
+            )
 
 
-def check_dataset(dataset: Dataset, split: str) -> None:
-    needed = {"id", "prompt", "golden_answers"}
+def check_rewards(script: ScriptArguments, args: Any) -> None:
+    from research_r1.rewards import REWARDS
+
+    if not script.reward_funcs:
+        raise InputError(f"reward_funcs: name at least one of {', '.join(REWARDS)}")
+    unknown = [name for name in script.reward_funcs if name not in REWARDS]
+    if unknown:
+        raise InputError(f"reward_funcs: unknown {unknown}; known rewards: {', '.join(REWARDS)}")
+    if args.reward_weights is not None and len(args.reward_weights) != len(script.reward_funcs):
+        raise InputError(
+            f"reward_weights: {len(args.reward_weights)} weights for "
+            f"{len(script.reward_funcs)} reward_funcs"
+        )
+
+
+def check_dataset(dataset: Dataset, split: str, template: Template) -> None:
+    """Columns the rollout and rewards read, and the template the prompts were written with."""
+    needed = {"id", "question", "prompt", "golden_answers"}
     missing = needed - set(dataset.column_names)
     if missing:
         raise InputError(
@@ -113,22 +194,21 @@ def check_dataset(dataset: Dataset, split: str) -> None:
         )
     if len(dataset) == 0:
         raise InputError(f"dataset: split {split!r} is empty")
-
-
-def check_template(dataset: Dataset, template: Template) -> None:
     if "template" in dataset.column_names:
         used = set(dataset.unique("template"))
         if used != {template.name}:
             raise InputError(
-                f"template: the recipe says {template.name!r} but the dataset was prepared with "
-                f"{sorted(used)}"
+                f"template: the recipe says {template.name!r} but split {split!r} was prepared "
+                f"with {sorted(used)}"
             )
 
 
-def check_tokenizer(tokenizer: PreTrainedTokenizerBase, template: Template) -> None:
+def check_tokenizer(tokenizer: PreTrainedTokenizerBase, protocol: Protocol) -> None:
     """The trainer decodes completions with skip_special_tokens=True: a tag registered as a
-    special token would vanish from the text the rewards read."""
-    for tag in template.protocol.tags:
+    special token would vanish from the text the rewards read. Episodes end with EOS."""
+    if tokenizer.eos_token_id is None:
+        raise InputError("model_name_or_path: its tokenizer has no EOS token")
+    for tag in protocol.tags:
         ids = tokenizer.encode(tag, add_special_tokens=False)
         if tokenizer.decode(ids, skip_special_tokens=True) != tag:
             raise InputError(
@@ -147,13 +227,33 @@ def check_retriever(retriever: Retriever, query: str, k: int) -> None:
 
 
 def check_budget(
-    dataset: Dataset, tokenizer: PreTrainedTokenizerBase, args: SearchGRPOConfig, context: int
+    dataset: Dataset, tokenizer: PreTrainedTokenizerBase, args: Any, context: int
 ) -> None:
-    from research_r1.protocol import render_prompt
+    """Turn and token budgets, and whether the longest prompt plus a full completion fits the
+    model's context. Prompt length grows with the question, so the prompts of the longest
+    questions stand for the whole split."""
+    from research_r1.rollout import encode_prompt
 
+    minimums = {
+        "retrieval_topk": 1,
+        "max_turns": 0,
+        "max_new_tokens_per_turn": 1,
+        "max_observation_tokens": 1,
+        "max_completion_length": 2,  # one sampled id and the final EOS
+        "rollout_batch_size": 1,
+    }
+    for key, minimum in minimums.items():
+        if getattr(args, key) is None or getattr(args, key) < minimum:
+            raise InputError(f"{key}: must be at least {minimum}, got {getattr(args, key)}")
+    if args.max_new_tokens_per_turn >= args.max_completion_length:
+        raise InputError(
+            f"max_new_tokens_per_turn: {args.max_new_tokens_per_turn} leaves no room in "
+            f"max_completion_length ({args.max_completion_length}) for a second turn"
+        )
+    lengths = [len(question) for question in dataset["question"]]
+    longest_rows = sorted(range(len(lengths)), key=lengths.__getitem__)[-BUDGET_SAMPLE_ROWS:]
     longest = max(
-        len(tokenizer(render_prompt(p, tokenizer), add_special_tokens=False)["input_ids"])
-        for p in dataset.select(range(min(len(dataset), 512)))["prompt"]
+        len(encode_prompt(prompt, tokenizer)) for prompt in dataset.select(longest_rows)["prompt"]
     )
     if longest + args.max_completion_length > context:
         raise InputError(
@@ -161,50 +261,77 @@ def check_budget(
             f"max_completion_length ({args.max_completion_length}) exceeds the model's context "
             f"({context} tokens)"
         )
-    if args.max_new_tokens_per_turn > args.max_completion_length:
-        raise InputError("max_new_tokens_per_turn: larger than max_completion_length")
 
 
 # ---------------------------------------------------------------------------------------------
 # Assembly
 
 
-def load_split(dataset: str, split: str) -> Dataset:
-    """A prepare-data split: `{split}.parquet` in a local folder or a Hub dataset folder."""
+def load_split(dataset: str, split: str, key: str) -> Dataset:
+    """A prepare-data split: `{split}.parquet` in a local folder, or a split of a Hub dataset
+    that prepare-data pushed."""
     from datasets import load_dataset
+    from datasets.exceptions import DatasetNotFoundError
 
-    from research_r1.hub import resolve
+    from research_r1 import hub
 
-    folder = resolve(dataset, allow_patterns=[f"{split}.parquet"])
-    path = folder / f"{split}.parquet" if folder.is_dir() else folder
+    if hub.is_hub_uri(dataset):
+        location = hub.parse_uri(dataset)
+        if location.repo_type != "dataset":
+            raise InputError(f"dataset: {dataset} is not a dataset repo (hf://datasets/ORG/NAME)")
+        try:
+            return load_dataset(location.repo_id, split=split, revision=location.revision)
+        except (DatasetNotFoundError, ValueError) as error:
+            raise InputError(
+                f"dataset: no split {split!r} ({key}) in {dataset}: {error}"
+            ) from error
+    path = Path(dataset) / f"{split}.parquet"
     if not path.is_file():
-        raise InputError(f"dataset: no {split}.parquet in {dataset}")
+        raise InputError(f"dataset: no {split}.parquet ({key}) in {dataset}")
     return load_dataset("parquet", data_files=str(path), split="train")
 
 
-def model_init_kwargs(model_args: ModelConfig) -> dict[str, Any]:
-    """How GRPOTrainer loads the model from its name (dtype, attention, 4-bit placement)."""
-    from accelerate import PartialState
-    from trl import get_quantization_config
+def exact_match_metric(protocol: Protocol) -> Callable[..., list[float]]:
+    """EM of the final answer under `protocol`. Added to every run with weight 0, so the logs
+    show EM (`rewards/em/mean`) whatever reward the run trains on."""
+    from research_r1.protocol import extract_answer
+    from research_r1.rewards import completion_text, exact_match
 
-    quantization = get_quantization_config(model_args)
+    def em(
+        prompts: list, completions: list, completion_ids: Any = None, **columns: Any
+    ) -> list[float]:
+        golds = columns["golden_answers"]
+        return [
+            exact_match(extract_answer(completion_text(completion), protocol), gold)
+            for completion, gold in zip(completions, golds, strict=True)
+        ]
+
+    return em
+
+
+def model_init_kwargs(model_args: ModelConfig, args: Any) -> dict[str, Any]:
+    """How GRPOTrainer loads the model from its name; the recipe's own model_init_kwargs win."""
     kwargs: dict[str, Any] = {
         "revision": model_args.model_revision,
-        "trust_remote_code": model_args.trust_remote_code,
         "attn_implementation": model_args.attn_implementation,
         "dtype": model_args.dtype,
     }
-    if quantization is not None:
-        kwargs["quantization_config"] = quantization
+    if model_args.load_in_4bit:
+        from accelerate import PartialState
+
         # 4-bit weights must sit on this process's GPU from the start.
         kwargs["device_map"] = {"": PartialState().local_process_index}
-    return kwargs
+    return {**kwargs, **(args.model_init_kwargs or {})}
 
 
-def build_trainer(script: ScriptArguments, args: SearchGRPOConfig, model_args: ModelConfig):
-    """Everything validated, then a GRPOTrainer whose rollout is the multi-turn search episode."""
+def build_trainer(script: ScriptArguments, args: Any, model_args: ModelConfig) -> GRPOTrainer:
+    """Everything validated, then a GRPOTrainer whose rollout is the multi-turn search episode.
+
+    With `push_to_hub`, a `HubPushCallback` takes the Hub settings and the trainer is left with
+    neither.
+    """
     from transformers import AutoConfig, AutoTokenizer
-    from trl import GRPOTrainer, get_peft_config
+    from trl import GRPOTrainer, get_peft_config, get_quantization_config
 
     from research_r1.callbacks import HubPushCallback, RewardPlotCallback
     from research_r1.protocol import load_template
@@ -213,45 +340,50 @@ def build_trainer(script: ScriptArguments, args: SearchGRPOConfig, model_args: M
     from research_r1.rollout import make_rollout_func
 
     check_supported(args, model_args)
+    check_rewards(script, args)
     if not model_args.model_name_or_path:
         raise InputError("model_name_or_path: required")
     template = load_template(script.template)
-    train = load_split(script.dataset, script.train_split)
-    check_dataset(train, script.train_split)
-    check_template(train, template)
-    evaluation = None
+    train_set = load_split(script.dataset, script.train_split, "train_split")
+    check_dataset(train_set, script.train_split, template)
+    eval_set = None
     if script.eval_split:
-        evaluation = load_split(script.dataset, script.eval_split)
-        check_dataset(evaluation, script.eval_split)
-    rewards = [get_reward(name) for name in script.reward_funcs]
+        eval_set = load_split(script.dataset, script.eval_split, "eval_split")
+        check_dataset(eval_set, script.eval_split, template)
 
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_args.model_name_or_path, revision=model_args.model_revision
-    )
-    check_tokenizer(tokenizer, template)
-    config = AutoConfig.from_pretrained(
-        model_args.model_name_or_path, revision=model_args.model_revision
-    )
-    check_budget(train, tokenizer, args, config.max_position_embeddings)
+    where = dict(revision=model_args.model_revision, trust_remote_code=args.trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, **where)
+        config = AutoConfig.from_pretrained(model_args.model_name_or_path, **where)
+    except OSError as error:
+        raise InputError(f"model_name_or_path: {error}") from error
+    check_tokenizer(tokenizer, template.protocol)
+    context = config.max_position_embeddings
+    if args.use_vllm and args.vllm_max_model_length:
+        context = min(context, args.vllm_max_model_length)
+    check_budget(train_set, tokenizer, args, context)
 
     retriever = load_retriever(script.retriever)
-    check_retriever(retriever, script.probe_query, args.retrieval_topk)
+    check_retriever(retriever, script.probe_query or train_set[0]["question"], args.retrieval_topk)
 
-    args.model_init_kwargs = model_init_kwargs(model_args)
-    push = args.push_to_hub
-    # We push ourselves (in the background, retried, never fatal); the Trainer must not.
-    args.push_to_hub = False
-    callbacks = [RewardPlotCallback(args.output_dir)]
-    if push:
+    rewards = [get_reward(name) for name in script.reward_funcs]
+    args.reward_weights = [*(args.reward_weights or [1.0] * len(rewards)), 0.0]
+    args.model_init_kwargs = model_init_kwargs(model_args, args)
+    callbacks: list[Any] = [RewardPlotCallback(args.output_dir)]
+    if args.push_to_hub:
         callbacks.append(HubPushCallback(args.hub_model_id, args.hub_token, args.hub_private_repo))
+    # We push (in the background, retried, never fatal), not the Trainer; and the Trainer pickles
+    # its args into every checkpoint, so it must not hold the token.
+    args.push_to_hub, args.hub_token = False, None
     return GRPOTrainer(
         model=model_args.model_name_or_path,
-        reward_funcs=rewards,
+        reward_funcs=[*rewards, exact_match_metric(template.protocol)],
         args=args,
-        train_dataset=train,
-        eval_dataset=evaluation,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
+        quantization_config=get_quantization_config(model_args),
         callbacks=callbacks,
         rollout_func=make_rollout_func(
             retriever,
@@ -260,32 +392,69 @@ def build_trainer(script: ScriptArguments, args: SearchGRPOConfig, model_args: M
             max_turns=args.max_turns,
             max_new_tokens=args.max_new_tokens_per_turn,
             max_observation_tokens=args.max_observation_tokens,
+            generate_batch_size=args.rollout_batch_size,
         ),
     )
 
 
-def resume_point(value: str | None, output_dir: str) -> str | None:
-    """`--resume_from_checkpoint` with no path (or `true`/`latest`) means the newest checkpoint in
-    output_dir; a fresh output_dir starts from scratch."""
+def resume_point(value: str | bool | None, output_dir: str) -> str | None:
+    """`resume_from_checkpoint`: a checkpoint folder, or `true`/`latest` (what a bare
+    `--resume_from_checkpoint` becomes) for the newest checkpoint in output_dir; with none there
+    yet, training starts from scratch, so a preempted job can always be relaunched as it was."""
     from transformers.trainer_utils import get_last_checkpoint
 
-    if value is None or value.lower() in ("false", "none", ""):
+    text = str(value).lower() if value is not None else ""
+    if text in ("", "false", "none"):
         return None
-    if value.lower() in ("true", "latest"):
-        return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
-    if not os.path.isdir(value):
+    if text in ("true", RESUME_LATEST):
+        latest = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+        if latest is None:
+            logger.info("no checkpoint in %s yet: starting from scratch", output_dir)
+        return latest
+    if not os.path.isdir(str(value)):
         raise InputError(f"resume_from_checkpoint: {value} is not a checkpoint folder")
-    return value
+    return str(value)
 
 
-def publish(trainer, script: ScriptArguments, model_args: ModelConfig, recipe: dict) -> bool:
+def recipe_record(argv: list[str]) -> dict[str, Any]:
+    """The recipe as run, for the model card: the YAML's keys and the command-line overrides,
+    with every token-like key and its value left out."""
+    import yaml
+
+    recipe: dict[str, Any] = {}
+    overrides = list(argv)
+    if argv and argv[0].endswith((".yaml", ".yml")):
+        recipe = yaml.safe_load(Path(argv[0]).read_text()) or {}
+        overrides = overrides[1:]
+    recipe = {key: value for key, value in recipe.items() if "token" not in key}
+    kept: list[str] = []
+    skip = False
+    for arg in overrides:
+        if skip:
+            skip = False
+        elif arg.startswith("--") and "token" in arg:
+            skip = "=" not in arg
+        else:
+            kept.append(arg)
+    if kept:
+        recipe["command_line_overrides"] = " ".join(kept)
+    return recipe
+
+
+def publish(
+    trainer: GRPOTrainer,
+    pusher: HubPushCallback,
+    script: ScriptArguments,
+    model_args: ModelConfig,
+    recipe: dict[str, Any],
+) -> bool:
     """Push the final model with its card (retried; a failure is logged, never raised)."""
     from research_r1.protocol import load_template
     from research_r1.publish import model_card, push_model, read_eval_results
 
-    args = trainer.args
+    output_dir = trainer.args.output_dir
     card = model_card(
-        model_name=args.hub_model_id.split("/")[-1],
+        model_name=pusher.repo_id.split("/")[-1],
         base_model=model_args.model_name_or_path,
         dataset=script.dataset,
         template=script.template,
@@ -293,65 +462,69 @@ def publish(trainer, script: ScriptArguments, model_args: ModelConfig, recipe: d
         rewards=script.reward_funcs,
         retriever=script.retriever,
         recipe=recipe,
-        eval_results=read_eval_results(args.output_dir),
+        eval_results=read_eval_results(output_dir),
+        peft=model_args.use_peft,
     )
-    return push_model(args.output_dir, args.hub_model_id, card, args.hub_token)
+    return push_model(output_dir, pusher.repo_id, card, pusher.token, private=pusher.private)
 
 
-def recipe_record(argv: list[str]) -> dict[str, Any]:
-    """The recipe as run: the YAML's keys and the command-line overrides (tokens left out)."""
-    import yaml
+def train(argv: list[str]) -> GRPOTrainer:
+    """Parse the recipe, validate, train (resuming when asked), save, and publish when asked."""
+    from research_r1.callbacks import HubPushCallback
 
-    recipe = (
-        yaml.safe_load(Path(argv[0]).read_text())
-        if argv and argv[0].endswith((".yaml", ".yml"))
-        else {}
-    )
-    overrides = argv[1:] if recipe else argv
-    recipe = {k: v for k, v in recipe.items() if "token" not in k}
-    if overrides:
-        recipe["command_line_overrides"] = [a for a in overrides if not a.startswith("hf_")]
-    return recipe
+    script, args, model_args = parse_recipe(argv)
+    start = resume_point(args.resume_from_checkpoint, args.output_dir)
+    trainer = build_trainer(script, args, model_args)
+    if start:
+        logger.info("resuming from %s", start)
+    trainer.train(resume_from_checkpoint=start)
+    trainer.save_model(args.output_dir)
+    pushers = [c for c in trainer.callback_handler.callbacks if isinstance(c, HubPushCallback)]
+    if pushers and trainer.accelerator.is_main_process:
+        publish(trainer, pushers[0], script, model_args, recipe_record(argv))
+    return trainer
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    argv = sys.argv[1:] if argv is None else argv
     try:
-        script, args, model_args = parse_recipe(argv)
-        push = args.push_to_hub
-        trainer = build_trainer(script, args, model_args)
-        start = resume_point(args.resume_from_checkpoint, args.output_dir)
+        train(sys.argv[1:] if argv is None else argv)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    trainer.train(resume_from_checkpoint=start)
-    trainer.save_model(args.output_dir)
-    if push and trainer.accelerator.is_main_process:
-        publish(trainer, script, model_args, recipe_record(argv))
     return 0
 
 
 # ---------------------------------------------------------------------------------------------
-# `research-r1 train`: start the same module under accelerate with the recipe's config.
+# `research-r1 train`: start this module under accelerate with the recipe's accelerate config.
 
 
 def configure_train(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Train with GRPO from a recipe, under `accelerate launch` with the recipe's "
+        "accelerate_config. Any recipe key can be overridden: --key value."
+    )
     parser.add_argument("recipe", help="recipe YAML (recipes/*.yaml)")
     parser.add_argument("overrides", nargs=argparse.REMAINDER, help="--key value pairs")
 
 
 def accelerate_command(recipe: str, overrides: list[str]) -> list[str]:
-    """`accelerate launch [--config_file C] -m research_r1.train recipe ...`, C from the recipe."""
+    """`accelerate launch [--config_file C] -m research_r1.train recipe ...`, with C the
+    recipe's `accelerate_config` (an `--accelerate_config` override wins)."""
     import yaml
 
     spec = yaml.safe_load(Path(recipe).read_text()) or {}
-    config = spec.get("accelerate_config")
-    if "--accelerate_config" in overrides:
-        config = overrides[overrides.index("--accelerate_config") + 1]
+    config = spec.get("accelerate_config") if isinstance(spec, dict) else None
+    for i, arg in enumerate(overrides):
+        if arg == "--accelerate_config" and i + 1 < len(overrides):
+            config = overrides[i + 1]
+        elif arg.startswith("--accelerate_config="):
+            config = arg.partition("=")[2]
     command = [sys.executable, "-m", "accelerate.commands.launch"]
     if config:
+        if not Path(config).is_file():
+            raise InputError(f"accelerate_config: {config} does not exist")
         command += ["--config_file", str(config)]
     return [*command, "-m", "research_r1.train", recipe, *overrides]
 

@@ -1,0 +1,338 @@
+"""Training from the tiny CPU recipe, end to end: a tiny model, prepared data and a BM25 index
+built here; LoRA training with checkpoints, a run killed after its first checkpoint and resumed,
+pushes to the loopback Hub (one retried, one given up), and every start-up check's message."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from huggingface_hub import HfApi, hf_hub_download
+from safetensors.torch import load_file
+from trl import GRPOTrainer
+
+from research_r1 import hub as hub_io
+from research_r1 import train
+from research_r1.data import prepare, write_split
+from research_r1.errors import InputError
+from research_r1.protocol import SEARCH_R1, load_template
+from research_r1.retrieval.bm25 import build_bm25_index
+from research_r1.retrieval.corpus import load_corpus
+from research_r1.rollout import FINAL_TURN_NOTICE
+from research_r1.tiny import build_tiny_model
+
+TINY_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "tiny_cpu_grpo.yaml"
+QA = [
+    ("who wrote hamlet?", "shakespeare"),
+    ("capital of france?", "paris"),
+    ("tallest mountain?", "everest"),
+    ("largest ocean?", "pacific"),
+]
+PASSAGES = [
+    '"Hamlet"\nHamlet is a tragedy written by shakespeare.',
+    '"France"\nThe capital of france is paris.',
+    '"Everest"\nThe tallest mountain is everest.',
+    '"Pacific"\nThe largest ocean is the pacific.',
+]
+# Logit bonuses that make the random model write tags and EOS often enough for episodes to
+# search, answer and stop, and for rewards to differ within a group.
+PUSHES = {"<search>": 4.0, "</search>": 4.0, "<answer>": 4.0, "</answer>": 5.0}
+EOS_PUSH = 3.0
+
+
+class Killed(BaseException):
+    """Stands for the process dying: nothing in the trainer catches it."""
+
+
+def steer_towards_tags(model_dir: Path, pushes: dict[str, float]) -> None:
+    """Give tokens a fixed logit bonus that survives save and load (a Qwen2 head has no bias).
+
+    Embedding dimension 0 is set to a constant no layer writes to (row 0 of every output
+    projection is zeroed), so after the final norm it is a near-constant feature; an untied
+    head reads it only for the pushed tokens.
+    """
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    scale = model.config.hidden_size**0.5  # the normalised constant feature's value
+    with torch.no_grad():
+        embeddings = model.model.embed_tokens.weight
+        head = embeddings.detach().clone()
+        embeddings[:, 0] = 1.0
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight[0].zero_()
+            layer.mlp.down_proj.weight[0].zero_()
+        head[:, 0] = 0.0
+        for token_id, push in pushes.items():
+            head[token_id, 0] = push / scale
+    model.config.tie_word_embeddings = False
+    model.lm_head.weight = torch.nn.Parameter(head)
+    model.save_pretrained(model_dir)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> SimpleNamespace:
+    """A QA split from prepare-data, a BM25-indexed corpus and a steered tiny model."""
+    from transformers import AutoTokenizer
+
+    root = tmp_path_factory.mktemp("world")
+    rows = [{"id": str(i), "question": q, "golden_answers": [a]} for i, (q, a) in enumerate(QA)]
+    source = root / "qa" / "train.jsonl"
+    source.parent.mkdir()
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    template = load_template("search_r1")
+    dataset, _ = prepare([f"toy={source}"], "train", template)
+    write_split(dataset, root / "data", "train")
+
+    corpus = root / "corpus.jsonl"
+    corpus.write_text(
+        "".join(json.dumps({"id": str(i), "contents": c}) + "\n" for i, c in enumerate(PASSAGES))
+    )
+    build_bm25_index(load_corpus(corpus), root / "bm25", corpus_uri=str(corpus))
+    retriever = root / "bm25.yaml"
+    retriever.write_text(f"type: bm25\nindex: {root / 'bm25'}\ncorpus: {corpus}\n")
+
+    texts = [m["content"] for p in dataset["prompt"] for m in p]
+    texts += [SEARCH_R1.invalid_notice, FINAL_TURN_NOTICE, *PASSAGES]
+    model = build_tiny_model(root / "model", texts, SEARCH_R1.tags, chat=True)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    pushes = {tokenizer.convert_tokens_to_ids(tag): push for tag, push in PUSHES.items()}
+    steer_towards_tags(model, {**pushes, tokenizer.eos_token_id: EOS_PUSH})
+    return SimpleNamespace(root=root, data=root / "data", retriever=retriever, model=model)
+
+
+@pytest.fixture(autouse=True)
+def fast(monkeypatch):
+    """One thread (other tests share the cores) and Hub retries without the back-off wait."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setattr(hub_io, "retry", functools.partial(hub_io.retry, backoff_s=0.0))
+    monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")
+    yield
+    torch.set_num_threads(threads)
+
+
+def recipe(world: SimpleNamespace, output_dir: Path, *overrides: str) -> list[str]:
+    """The tiny CPU recipe pointed at the test world: LoRA, 2 prompts x 4 rollouts per step,
+    2 steps, a checkpoint every step, a decaying learning rate and a KL term (both restored or
+    computed on resume)."""
+    return [
+        str(TINY_RECIPE),
+        *("--model_name_or_path", str(world.model)),
+        *("--dataset", str(world.data)),
+        *("--retriever", str(world.retriever)),
+        *("--output_dir", str(output_dir)),
+        *("--use_peft", "true", "--lora_r", "4", "--lora_alpha", "8"),
+        *("--reward_funcs", "search_r1_format_em"),
+        *("--num_generations", "4", "--per_device_train_batch_size", "8"),
+        *("--rollout_batch_size", "8", "--max_new_tokens_per_turn", "12"),
+        *("--max_completion_length", "128", "--max_observation_tokens", "24"),
+        *("--max_steps", "2", "--save_steps", "1", "--logging_steps", "1"),
+        *("--learning_rate", "0.01", "--lr_scheduler_type", "linear", "--beta", "0.001"),
+        *overrides,
+    ]
+
+
+def hub_settings(hub, repo_id: str) -> list[str]:
+    return ["--push_to_hub", "true", "--hub_model_id", repo_id, "--hub_token", hub.token]
+
+
+def adapter(output_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(output_dir / "adapter_model.safetensors")
+
+
+def assert_token_nowhere(token: str, folders: list[Path], *texts: str) -> None:
+    for text in texts:
+        assert token not in text
+    for folder in folders:
+        for path in folder.rglob("*"):
+            if path.is_file():
+                assert token.encode() not in path.read_bytes(), path
+
+
+def test_train_kill_resume_and_push(world, hub, tmp_path, caplog, capsys, monkeypatch):
+    caplog.set_level("INFO")
+    api = HfApi(token=hub.token)
+
+    # An uninterrupted 2-step run; its first checkpoint push fails once and is retried.
+    straight = tmp_path / "straight"
+    straight.mkdir()
+    (straight / "eval_results.json").write_text(json.dumps({"bamboogle": {"exact_match": 0.25}}))
+    repo = hub.new_repo_id("tiny-grpo")
+    hub.inject_failure("/commit/", status=500, times=1)
+    trainer = train.train(recipe(world, straight, *hub_settings(hub, repo)))
+
+    assert trainer.state.global_step == 2
+    assert sorted(p.name for p in straight.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    assert (straight / "reward_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    first = trainer.state.log_history[0]
+    for key in (
+        "reward",
+        "rewards/search_r1_format_em/mean",
+        "rewards/em/mean",
+        "kl",
+        "completions/mean_length",
+        "rollout/searches_per_episode",
+        "rollout/valid_format_rate",
+        "rollout/masked_token_share",
+    ):
+        assert key in first, key
+    assert 0 < first["rollout/masked_token_share"] < 1
+    assert first["frac_reward_zero_std"] < 1  # rewards differed within a group: weights moved
+    assert "push checkpoint 1 failed (attempt 1/3), retrying" in caplog.text
+
+    files = set(api.list_repo_files(repo))
+    assert {"README.md", "adapter_model.safetensors", "reward_curve.png"} <= files
+    assert "last-checkpoint/optimizer.pt" in files
+    assert not any(name.startswith("checkpoint-") for name in files)
+    pushed_state = json.loads(
+        Path(
+            hf_hub_download(repo, "last-checkpoint/trainer_state.json", token=hub.token)
+        ).read_text()
+    )
+    assert pushed_state["global_step"] == 2
+    card = Path(hf_hub_download(repo, "README.md", token=hub.token)).read_text()
+    assert f"`{world.model}`" in card and "search_r1_format_em" in card
+    assert "library_name: peft" in card and "type: exact_match" in card and "value: 0.25" in card
+    assert "| bamboogle | 0.250 |" in card and "lora_r 4" in card and "max_steps: 300" in card
+
+    # The same run killed right after its first checkpoint...
+    resumed = tmp_path / "resumed"
+    save = GRPOTrainer._save_checkpoint
+
+    def save_then_die(self, model, trial):
+        save(self, model, trial)
+        raise Killed
+
+    with monkeypatch.context() as patch, pytest.raises(Killed):
+        patch.setattr(GRPOTrainer, "_save_checkpoint", save_then_die)
+        train.train(recipe(world, resumed))
+    assert [p.name for p in resumed.glob("checkpoint-*")] == ["checkpoint-1"]
+
+    # ...and resumed from the newest checkpoint; its checkpoint push fails for good.
+    loaded = {}
+    load = GRPOTrainer._load_optimizer_and_scheduler
+
+    def load_and_record(self, checkpoint):
+        load(self, checkpoint)
+        loaded["optimizer"] = copy.deepcopy(self.optimizer.state_dict()["state"])
+        loaded["lr"] = self.lr_scheduler.get_last_lr()
+
+    monkeypatch.setattr(GRPOTrainer, "_load_optimizer_and_scheduler", load_and_record)
+    repo_resumed = hub.new_repo_id("tiny-grpo-resumed")
+    hub.inject_failure("/commit/", status=500, times=3)
+    trainer = train.train(
+        recipe(world, resumed, "--resume_from_checkpoint", *hub_settings(hub, repo_resumed))
+    )
+
+    assert trainer.state.global_step == 2
+    saved = torch.load(resumed / "checkpoint-1" / "optimizer.pt", weights_only=True)["state"]
+    assert loaded["optimizer"].keys() == saved.keys()
+    for key, state in saved.items():
+        assert int(loaded["optimizer"][key]["step"]) == int(state["step"]) == 1
+        assert torch.equal(loaded["optimizer"][key]["exp_avg"], state["exp_avg"])
+    assert any(state["exp_avg"].abs().sum() > 0 for state in saved.values())
+    scheduler = torch.load(resumed / "checkpoint-1" / "scheduler.pt", weights_only=True)
+    assert loaded["lr"] == scheduler["_last_lr"]
+    assert set(loaded["lr"]) == {0.005}  # halfway down the linear decay, not the initial 0.01
+    # Step, optimizer, scheduler and RNG all restored: the same weights as the straight run.
+    reference, result = adapter(straight), adapter(resumed)
+    assert reference.keys() == result.keys()
+    assert all(torch.equal(reference[name], result[name]) for name in reference)
+    assert any(result[name].abs().sum() > 0 for name in result if "lora_B" in name)  # trained
+
+    assert "giving up on pushing checkpoint 2" in caplog.text
+    files = set(api.list_repo_files(repo_resumed))
+    assert {"README.md", "adapter_model.safetensors"} <= files
+    assert not any(name.startswith("last-checkpoint/") for name in files)
+    card = Path(hf_hub_download(repo_resumed, "README.md", token=hub.token)).read_text()
+    assert "resume_from_checkpoint" in card
+
+    output = capsys.readouterr()
+    assert_token_nowhere(hub.token, [straight, resumed], caplog.text, output.out, output.err, card)
+
+
+def special_tag_model(world: SimpleNamespace, folder: Path) -> Path:
+    """The tiny model with `<search>` registered as a special token."""
+    shutil.copytree(world.model, folder)
+    path = folder / "tokenizer.json"
+    spec = json.loads(path.read_text())
+    for token in spec["added_tokens"]:
+        token["special"] = token["content"] == "<search>" or token["special"]
+    path.write_text(json.dumps(spec))
+    return folder
+
+
+def data_without_answers(world: SimpleNamespace, folder: Path) -> Path:
+    from datasets import Dataset
+
+    split = Dataset.from_parquet(str(world.data / "train.parquet"))
+    write_split(split.remove_columns("golden_answers"), folder, "train")
+    return folder
+
+
+def dead_server(world: SimpleNamespace, folder: Path) -> Path:
+    """A remote retriever config whose server is not there."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    folder.mkdir()
+    path = folder / "remote.yaml"
+    path.write_text(f"type: remote\nurl: http://127.0.0.1:{port}\nretries: 0\ntimeout_s: 2\n")
+    return path
+
+
+START_UP_FAILURES = [
+    (["--train_split", "dev"], r"^dataset: no dev.parquet \(train_split\)"),
+    (["--dataset", data_without_answers], r"^dataset: split 'train' lacks .*golden_answers"),
+    (["--template", "research_base"], r"^template: the recipe says 'research_base'"),
+    (["--reward_funcs", "em"], r"^reward_funcs: unknown \['em'\]"),
+    (["--reward_weights", "1.0", "0.5"], r"^reward_weights: 2 weights for 1 reward_funcs"),
+    (["--model_name_or_path", special_tag_model], r"^model_name_or_path: .*'<search>'"),
+    (["--max_completion_length", "4000"], r"^max_completion_length: the longest prompt"),
+    (["--max_new_tokens_per_turn", "128"], r"^max_new_tokens_per_turn: 128 leaves no room"),
+    (["--retrieval_topk", "0"], r"^retrieval_topk: must be at least 1"),
+    (["--probe_query", "zzzz qqqq"], r"^retriever: the probe query 'zzzz qqqq' returned no"),
+    (["--retriever", dead_server], r"^retriever: the probe query 'who wrote hamlet\?' failed"),
+    (["--load_in_8bit", "true"], r"^load_in_8bit: 8-bit training is not supported"),
+    (["--use_peft", "false", "--load_in_4bit", "true"], r"^load_in_4bit: .* set use_peft"),
+    (["--load_in_4bit", "true", "--use_vllm", "true"], r"^use_vllm: QLoRA with vLLM"),
+    (["--use_vllm", "true", "--vllm_enable_sleep_mode", "true"], r"^vllm_enable_sleep_mode"),
+    (["--resume_from_checkpoint", "/no/such/dir"], r"^resume_from_checkpoint: /no/such/dir"),
+    (["--push_to_hub", "true"], r"^hub_model_id: required with push_to_hub"),
+    (["--no_such_key", "1"], r"^recipe: .*--no_such_key"),
+]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    START_UP_FAILURES,
+    ids=[message.split(":")[0].lstrip("^") for _, message in START_UP_FAILURES],
+)
+def test_start_up_checks_name_the_recipe_key(world, tmp_path, overrides, message):
+    overrides = [str(arg(world, tmp_path / "made")) if callable(arg) else arg for arg in overrides]
+    with pytest.raises(InputError, match=message):
+        train.train(recipe(world, tmp_path / "out", *overrides))
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_a_split_pushed_to_the_hub_trains_like_a_local_one(world, hub):
+    from datasets import Dataset
+
+    local = Dataset.from_parquet(str(world.data / "train.parquet"))
+    repo = hub.new_repo_id("toy-qa")
+    hub_io.push_dataset(local, repo, split="train", token=hub.token)
+
+    assert train.load_split(f"hf://datasets/{repo}", "train", "train_split").to_list() == (
+        local.to_list()
+    )
+    with pytest.raises(InputError, match=r"^dataset: no split 'dev' \(eval_split\)"):
+        train.load_split(f"hf://datasets/{repo}", "dev", "eval_split")

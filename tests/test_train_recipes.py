@@ -1,0 +1,359 @@
+"""Recipes, the `research-r1 train` launcher, rollout metrics and the model card, without
+training: every recipe parses and passes the support checks on a machine without a GPU."""
+
+from __future__ import annotations
+
+import functools
+import pickle
+import subprocess
+import sys
+import threading
+from collections import defaultdict
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from research_r1 import hub as hub_io
+from research_r1 import train
+from research_r1.callbacks import HubPushCallback
+from research_r1.cli import main as cli_main
+from research_r1.errors import InputError
+from research_r1.protocol import RESEARCH, SEARCH_R1
+from research_r1.publish import model_card, push_model, results_table
+from research_r1.retrieval.config import BM25Config, RemoteConfig, parse_config
+from research_r1.rollout import Episode, log_rollout_metrics
+from research_r1.tiny import build_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+GPU_RECIPES = [path for path in RECIPES if path.name != "tiny_cpu_grpo.yaml"]
+
+
+@pytest.fixture
+def in_repo(monkeypatch):
+    """Recipes name their files relative to the repository root, where they are run from."""
+    monkeypatch.chdir(ROOT)
+
+
+@pytest.fixture
+def bf16_gpu(monkeypatch):
+    """Parse GPU recipes as on a GPU machine: TrainingArguments refuses bf16 without one."""
+    import transformers.training_args
+
+    monkeypatch.setattr(transformers.training_args, "is_torch_bf16_gpu_available", lambda: True)
+
+
+def test_importing_the_training_module_does_not_import_trl():
+    """`research-r1 --help` imports every command's module; TRL takes seconds to import."""
+    code = "import sys, research_r1.train; print('trl' in sys.modules, 'torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.split() == ["False", "False"]
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda path: path.name)
+def test_every_recipe_parses_and_is_supported(path, in_repo, bf16_gpu):
+    script, args, model_args = train.parse_recipe([str(path.relative_to(ROOT))])
+    train.check_supported(args, model_args)
+    train.check_rewards(script, args)
+    parse_config(script.retriever)
+    assert Path(script.accelerate_config).is_file()
+    header = path.read_text().split("\n\n")[0]
+    assert "Hardware:" in header and "emory" in header  # hardware and expected memory stated
+    assert args.temperature == 1.0
+    assert args.generation_batch_size % args.num_generations == 0
+
+
+@pytest.mark.parametrize("path", GPU_RECIPES, ids=lambda path: path.name)
+def test_gpu_recipes_use_the_papers_settings_and_a_lora_learning_rate(path, in_repo, bf16_gpu):
+    script, args, model_args = train.parse_recipe([str(path.relative_to(ROOT))])
+    assert (args.num_generations, args.beta, args.epsilon) == (5, 0.001, 0.2)
+    assert (args.max_turns, args.retrieval_topk) == (4, 3)
+    assert (args.max_new_tokens_per_turn, args.max_observation_tokens) == (500, 500)
+    assert model_args.use_peft and model_args.dtype == "bfloat16" and args.bf16
+    assert 1e-5 <= args.learning_rate <= 5e-5
+    assert "LoRA needs" in path.read_text()
+    assert model_args.model_name_or_path.startswith("Qwen/Qwen2.5-")
+    assert isinstance(parse_config(script.retriever), RemoteConfig)
+
+
+def test_recipe_specifics(in_repo, bf16_gpu):
+    def parse(name: str):
+        return train.parse_recipe([f"recipes/{name}.yaml"])
+
+    script, args, model_args = parse("qwen7b_grpo")
+    assert model_args.model_name_or_path == "Qwen/Qwen2.5-7B"
+    assert script.reward_funcs == ["search_r1_em"] and script.template == "search_r1"
+    assert (args.use_vllm, args.vllm_mode) == (True, "colocate")
+    assert script.accelerate_config == "recipes/accelerate/ddp.yaml"
+    prompts_per_step = 8 * args.generation_batch_size // args.num_generations  # 8 GPUs
+    assert prompts_per_step == 512
+
+    script, args, model_args = parse("qwen7b_qlora_grpo")
+    assert model_args.load_in_4bit and not args.use_vllm
+    assert script.accelerate_config == "recipes/accelerate/single_gpu.yaml"
+
+    script, args, model_args = parse("research_qwen7b_grpo")
+    assert script.reward_funcs == ["research_f1"] and script.template == "research_instruct"
+    assert args.max_completion_length == 8192
+
+    script, _, _ = parse("qwen3b_grpo")
+    assert script.accelerate_config == "recipes/accelerate/single_gpu.yaml"
+
+    # The demo's settings known to work (G=8, 8 prompts per step, lr 3e-4 constant, DAPO, no
+    # KL, EM, BM25 top-2, at most 2 searches of 16 new tokens per turn, 300 steps).
+    script, args, model_args = parse("tiny_cpu_grpo")
+    assert (model_args.model_name_or_path, script.dataset) == (
+        "outputs/demo/model",
+        "outputs/demo/data",
+    )
+    assert script.retriever == "recipes/retrievers/demo_bm25.yaml"
+    assert parse_config(script.retriever) == BM25Config(
+        index="outputs/demo/bm25", corpus="outputs/demo/corpus.jsonl"
+    )
+    assert (args.num_generations, args.generation_batch_size // args.num_generations) == (8, 8)
+    assert (args.learning_rate, args.lr_scheduler_type.value) == (3e-4, "constant")
+    assert (args.loss_type, args.beta, script.reward_funcs) == ("dapo", 0.0, ["search_r1_em"])
+    assert (args.retrieval_topk, args.max_turns, args.max_new_tokens_per_turn) == (2, 2, 16)
+    assert (args.max_steps, args.use_cpu, args.bf16, model_args.use_peft) == (
+        300,
+        True,
+        False,
+        False,
+    )
+
+
+def test_unsupported_combinations_are_refused_at_start_up(in_repo, bf16_gpu):
+    _, args, model_args = train.parse_recipe(["recipes/qwen7b_grpo.yaml", "--load_in_8bit", "true"])
+    with pytest.raises(InputError, match=r"^load_in_8bit: 8-bit training is not supported"):
+        train.check_supported(args, model_args)
+    _, args, model_args = train.parse_recipe(
+        ["recipes/qwen7b_qlora_grpo.yaml", "--use_vllm", "true"]
+    )
+    with pytest.raises(InputError, match=r"^use_vllm: QLoRA with vLLM generation is not supported"):
+        train.check_supported(args, model_args)
+    _, args, model_args = train.parse_recipe(
+        ["recipes/qwen7b_grpo.yaml", "--vllm_tensor_parallel_size", "2"]
+    )
+    with pytest.raises(InputError, match=r"^vllm_tensor_parallel_size: "):
+        train.check_supported(args, model_args)
+
+
+def test_any_key_is_overridden_and_a_bare_resume_flag_means_the_latest(in_repo, tmp_path):
+    _, args, _ = train.parse_recipe(
+        ["recipes/tiny_cpu_grpo.yaml", "--resume_from_checkpoint", "--max_steps", "7"]
+    )
+    assert (args.resume_from_checkpoint, args.max_steps) == ("latest", 7)
+    _, args, _ = train.parse_recipe(["recipes/tiny_cpu_grpo.yaml", "--resume_from_checkpoint"])
+    assert args.resume_from_checkpoint == "latest"
+
+    assert train.resume_point("latest", str(tmp_path)) is None  # nothing saved yet: fresh start
+    for step in (3, 12, 9):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    assert train.resume_point("latest", str(tmp_path)) == str(tmp_path / "checkpoint-12")
+    assert train.resume_point(True, str(tmp_path)) == str(tmp_path / "checkpoint-12")
+    assert train.resume_point(str(tmp_path / "checkpoint-3"), "x") == str(tmp_path / "checkpoint-3")
+    assert train.resume_point(None, str(tmp_path)) is None
+
+    # Checkpoints pickle the config (training_args.bin).
+    assert pickle.loads(pickle.dumps(args)).max_turns == args.max_turns == 2
+
+
+def test_research_r1_train_starts_accelerate_with_the_recipes_config(in_repo, monkeypatch):
+    commands = []
+    monkeypatch.setattr(train.subprocess, "call", lambda command: commands.append(command) or 0)
+    recipe = "recipes/tiny_cpu_grpo.yaml"
+
+    assert cli_main(["train", recipe, "--max_steps", "3"]) == 0
+    launch = [sys.executable, "-m", "accelerate.commands.launch"]
+    assert commands[-1] == [
+        *launch,
+        *("--config_file", "recipes/accelerate/cpu.yaml"),
+        *("-m", "research_r1.train", recipe, "--max_steps", "3"),
+    ]
+    other = "recipes/accelerate/zero2.yaml"
+    assert cli_main(["train", recipe, f"--accelerate_config={other}"]) == 0
+    assert commands[-1][3:5] == ["--config_file", other]
+
+    assert cli_main(["train", "recipes/missing.yaml"]) == 2
+    assert cli_main(["train", recipe, "--accelerate_config", "nope.yaml"]) == 2
+    assert len(commands) == 2
+
+
+def test_the_recipe_record_leaves_tokens_out(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("max_steps: 5\nhub_token: hf_secret\nretriever: r.yaml\n")
+    argv = [str(path), "--hub_token", "hf_a", "--lr", "1", "--hub_token=hf_b", "--seed", "3"]
+
+    assert train.recipe_record(argv) == {
+        "max_steps": 5,
+        "retriever": "r.yaml",
+        "command_line_overrides": "--lr 1 --seed 3",
+    }
+
+
+def rollout_view(tokenizer) -> SimpleNamespace:
+    """What `log_rollout_metrics` reads from a GRPOTrainer, on one process."""
+    return SimpleNamespace(
+        processing_class=tokenizer,
+        accelerator=SimpleNamespace(device="cpu", gather=lambda tensor: tensor),
+        model=SimpleNamespace(training=True),
+        _metrics={"train": defaultdict(list), "eval": defaultdict(list)},
+    )
+
+
+def episode(tokenizer, parts: list[tuple[str, int]], **fields) -> Episode:
+    """An episode from (text, 1 = sampled / 0 = inserted) parts."""
+    result = Episode(prompt_ids=[0], **fields)
+    for text, sampled in parts:
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        result.completion_ids += ids
+        result.env_mask += [sampled] * len(ids)
+    return result
+
+
+def test_rollout_metrics_are_recorded_per_batch():
+    tags = (*SEARCH_R1.tags, RESEARCH.observation_open, RESEARCH.observation_close)
+    tokenizer = build_tokenizer(["a b c q x doc foo bar \\boxed{x}"], tags)
+    valid = episode(
+        tokenizer,
+        [
+            ("<think> a </think><search> q </search>", 1),
+            ("<information> doc </information>", 0),
+            ("<think> b </think><answer> x </answer>", 1),
+            (tokenizer.eos_token, 0),
+        ],
+        num_searches=1,
+        answered=True,
+    )
+    broken = episode(
+        tokenizer,
+        [("foo", 1), (" bar", 0)],
+        num_searches=2,
+        truncated=True,
+        invalid_steps=1,
+        retrieval_errors=1,
+    )
+    view = rollout_view(tokenizer)
+    log_rollout_metrics(view, [valid, broken], SEARCH_R1)
+
+    def length(text: str) -> int:
+        return len(tokenizer.encode(text, add_special_tokens=False))
+
+    inserted = length("<information> doc </information>") + 1 + length(" bar")
+    total = len(valid.completion_ids) + len(broken.completion_ids)
+    assert dict(view._metrics["train"]) == {
+        "rollout/searches_per_episode": [1.5],
+        "rollout/answered_rate": [0.5],
+        "rollout/truncated_rate": [0.5],
+        "rollout/invalid_steps_per_episode": [0.5],
+        "rollout/retrieval_errors_per_episode": [0.5],
+        "rollout/valid_format_rate": [0.5],
+        "rollout/masked_token_share": [pytest.approx(inserted / total)],
+    }
+
+    view.model.training = False
+    boxed = episode(tokenizer, [("<think> a </think><answer> \\boxed{x} </answer>", 1)])
+    log_rollout_metrics(view, [boxed], RESEARCH)
+    assert view._metrics["eval"]["rollout/valid_format_rate"] == [1.0]
+    assert view._metrics["eval"]["rollout/masked_token_share"] == [0.0]
+
+
+def test_model_card_metadata_and_results():
+    common = dict(
+        template="search_r1",
+        observation_tag="<information>",
+        rewards=["search_r1_em"],
+        retriever="recipes/retrievers/remote.yaml",
+        recipe={"learning_rate": 2e-5},
+    )
+    card = model_card(
+        model_name="agent",
+        base_model="Qwen/Qwen2.5-7B",
+        dataset="hf://datasets/org/nq_hotpotqa@v1",
+        eval_results={"nq": {"exact_match": 0.48}, "hotpotqa": {"exact_match": 0.43, "f1": 0.5}},
+        peft=True,
+        **common,
+    )
+    assert card.data.base_model == "Qwen/Qwen2.5-7B"
+    assert card.data.datasets == ["org/nq_hotpotqa"]
+    assert card.data.library_name == "peft"
+    assert [(r.dataset_name, r.metric_type, r.metric_value) for r in card.data.eval_results] == [
+        ("hotpotqa", "exact_match", 0.43),
+        ("hotpotqa", "f1", 0.5),
+        ("nq", "exact_match", 0.48),
+    ]
+    assert "<information>" in card.text and "learning_rate: 2.0e-05" in card.text
+    assert results_table(
+        {"nq": {"exact_match": 0.48}, "hotpotqa": {"exact_match": 0.43, "f1": 0.5}}
+    ).splitlines() == [
+        "| dataset | exact_match | f1 |",
+        "|---|---|---|",
+        "| hotpotqa | 0.430 | 0.500 |",
+        "| nq | 0.480 |  |",
+    ]
+
+    local = model_card(
+        model_name="tiny",
+        base_model="/tmp",
+        dataset="data/x",
+        eval_results={},
+        peft=False,
+        **common,
+    )
+    assert local.data.base_model is None and local.data.datasets is None
+    assert local.data.eval_results is None and "## Evaluation" not in local.text
+    assert "`/tmp`" in local.text
+
+
+def test_checkpoint_pushes_wait_their_turn_and_only_the_newest_waits(tmp_path, monkeypatch):
+    uploads, started, release = [], threading.Event(), threading.Event()
+
+    def upload_folder(folder, repo_id, **kwargs):
+        uploads.append((Path(folder).name, kwargs["path_in_repo"], kwargs["token"]))
+        started.set()
+        release.wait(timeout=10)
+
+    monkeypatch.setattr(hub_io, "create_repo", lambda *args, **kwargs: "")
+    monkeypatch.setattr(hub_io, "upload_folder", upload_folder)
+    pusher = HubPushCallback("org/run", token="secret")
+    args = SimpleNamespace(output_dir=str(tmp_path))
+
+    pusher.on_save(args, SimpleNamespace(is_world_process_zero=True, global_step=1), None)
+    assert started.wait(timeout=10)  # step 1 is uploading...
+    for step in (2, 3):  # ...while two more checkpoints are saved
+        pusher.on_save(args, SimpleNamespace(is_world_process_zero=True, global_step=step), None)
+    release.set()
+    pusher.on_train_end(args, None, None)
+
+    assert uploads == [
+        ("checkpoint-1", "last-checkpoint", "secret"),
+        ("checkpoint-3", "last-checkpoint", "secret"),
+    ]
+    with pytest.raises(InputError, match=r"^hub_model_id: required with push_to_hub"):
+        HubPushCallback(None)
+
+
+def test_a_final_push_that_keeps_failing_is_logged_not_raised(hub, tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(hub_io, "retry", functools.partial(hub_io.retry, backoff_s=0.0))
+    (tmp_path / "adapter_config.json").write_text("{}")
+    card = model_card(
+        model_name="m",
+        base_model="Qwen/Qwen2.5-3B",
+        dataset="d",
+        template="search_r1",
+        observation_tag="<information>",
+        rewards=["search_r1_em"],
+        retriever="r.yaml",
+        recipe={},
+        eval_results={},
+        peft=True,
+    )
+    hub.inject_failure("/commit/", status=503, times=3)
+
+    assert push_model(tmp_path, hub.new_repo_id("failing"), card, hub.token) is False
+    assert "could not push" in caplog.text and hub.token not in caplog.text
+    assert yaml.safe_load((tmp_path / "README.md").read_text().split("---")[1])["base_model"] == (
+        "Qwen/Qwen2.5-3B"
+    )
