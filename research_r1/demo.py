@@ -1,0 +1,579 @@
+"""`research-r1 demo`: proof, on a laptop CPU in minutes, that GRPO teaches a model to search.
+
+Nothing is downloaded. The demo
+
+1. builds a seeded synthetic world (`research_r1.world`): invented people, one fact per passage,
+   single- and two-hop questions whose answers are only in the corpus, held-out people apart;
+2. writes what a real run reads: the corpus and its BM25 index with a retriever config, the QA
+   splits in prepare-data's layout, and a tiny model with its tokenizer built locally;
+3. gives that model a short cold start: supervised fine-tuning on transcripts of a scripted agent
+   that plays the real search episode (real rollout, real BM25) with flaws that depend on the
+   question kind, so the policy knows the protocol but often skips or botches the search;
+4. trains it with GRPO through `research_r1.train` and `recipes/tiny_cpu_grpo.yaml`, the same code
+   and recipe format as the GPU runs;
+5. measures the held-out questions before and after (greedy episodes): exact match, searches per
+   question and the share of well-formed transcripts, and writes a summary table, the reward
+   curve and an EM chart to the output folder.
+
+The tiny model's input embeddings are random and FROZEN (and tied to the output layer), so the
+model cannot learn a representation of any one name: it can only learn to copy names from its
+context, which works as well for held-out people it never saw in training. Each random vector
+carries a shared direction for its word class (person, city, job), the least a pretrained model
+knows about a word, so attention can find "the person in the question" from the first steps;
+without it, copying emerges only after thousands of SFT steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from research_r1.errors import InputError
+from research_r1.world import FLAWS, JOBS, KINDS, Question, World
+
+if TYPE_CHECKING:
+    from research_r1.protocol import Template
+    from research_r1.retrieval import Retriever
+    from research_r1.rollout import RolloutConfig
+
+logger = logging.getLogger(__name__)
+
+RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "tiny_cpu_grpo.yaml"
+# The agent restates what it read before it searches on (up to 17 tokens for a two-hop turn).
+TURN_TOKENS = 24
+TEMPLATE = {
+    "name": "demo",
+    "protocol": "search_r1",
+    "chat": False,
+    "user": "Question: {question}\n",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Sizes of one demo run; `SMOKE` shrinks everything to check the pipeline in seconds."""
+
+    num_people: int = 480
+    num_test_questions: int = 400
+    hidden_size: int = 128
+    num_layers: int = 2
+    head_dim: int = 32
+    embedding_std: float = 0.2
+    class_weight: float = 0.5  # share of each frozen embedding that is its word class
+    sft_variants: int = 4  # scripted transcripts per training question
+    sft_steps: int = 700
+    sft_batch_size: int = 32
+    sft_lr: float = 2e-3
+    grpo_steps: int = 60
+    eval_batch_size: int = 100
+    threads: int = 1
+
+
+SMOKE = Settings(
+    num_people=24,
+    num_test_questions=10,
+    hidden_size=64,
+    sft_variants=1,
+    sft_steps=2,
+    sft_batch_size=8,
+    grpo_steps=2,
+)
+
+
+@dataclass
+class Scores:
+    """Greedy episodes on the held-out questions: overall and per question kind."""
+
+    em: float
+    searches: float
+    valid_format: float
+    by_kind: dict[str, dict[str, float]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Artefacts a real run reads: corpus, index, retriever config, QA splits, template
+
+
+def write_world(world: World, out: Path) -> dict[str, Path]:
+    """Corpus, BM25 index, retriever config, template and prepare-data splits under `out`."""
+    from research_r1.data import prepare, write_split
+    from research_r1.protocol import load_template
+    from research_r1.retrieval.bm25 import build_bm25_index
+    from research_r1.retrieval.corpus import load_corpus
+    from research_r1.world import write_corpus, write_questions
+
+    corpus = write_corpus(world, out / "corpus.jsonl")
+    index = build_bm25_index(load_corpus(corpus), out / "bm25", corpus_uri=str(corpus))
+    retriever = out / "retriever.yaml"
+    retriever.write_text(
+        yaml.safe_dump({"type": "bm25", "corpus": str(corpus), "index": str(index)})
+    )
+    template = out / "template.yaml"
+    template.write_text(yaml.safe_dump(TEMPLATE, sort_keys=False, width=200))
+    for split, questions in (("train", world.train), ("test", world.test)):
+        source = write_questions(questions, out / "questions" / f"{split}.jsonl")
+        dataset, _ = prepare([f"world={source}"], split, load_template(template))
+        write_split(dataset, out / "data", split)
+    return {"retriever": retriever, "template": template, "data": out / "data"}
+
+
+# ---------------------------------------------------------------------------------------------
+# The tiny model and its cold start
+
+
+def vocabulary_texts(world: World, template: Template) -> list[str]:
+    """Every text the model will read or write, so each word becomes one token."""
+    from research_r1.protocol import SEARCH_R1, format_observation, render_prompt, split_contents
+    from research_r1.retrieval import Passage
+    from research_r1.rollout import FINAL_TURN_NOTICE
+    from research_r1.world import TURNS
+
+    texts = [render_prompt(template.prompt(q.question)) for q in world.train + world.test]
+    texts += [
+        format_observation([Passage(p["id"], *split_contents(p["contents"]), 0.0)], SEARCH_R1)
+        for p in world.passages
+    ]
+    return [*texts, SEARCH_R1.invalid_notice, FINAL_TURN_NOTICE, *TURNS]
+
+
+def freeze_embeddings(model: Any, tokenizer: Any, world: World, settings: Settings, seed: int):
+    """Random input embeddings (tied to the output layer) with a shared direction per word class,
+    then frozen: the model can copy a name but never learn one."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    weight = model.get_input_embeddings().weight
+    width = weight.shape[1]
+    with torch.no_grad():
+        weight.normal_(0.0, settings.embedding_std, generator=generator)
+        for words in (sorted(world.people), world.cities, JOBS):
+            ids = sorted({i for word in words for i in tokenizer.encode(" " + word)})
+            direction = torch.randn(width, generator=generator)
+            direction *= settings.embedding_std * width**0.5 / direction.norm()
+            share = settings.class_weight
+            weight[ids] = (1 - share**2) ** 0.5 * weight[ids] + share * direction
+    weight.requires_grad_(False)
+
+
+def scripted_transcripts(
+    world: World,
+    tokenizer: Any,
+    retriever: Retriever,
+    template: Template,
+    config: RolloutConfig,
+    variants: int,
+    seed: int,
+) -> list[tuple[list[int], list[int]]]:
+    """(ids, labels) of the scripted agent's episodes on the training questions: `variants`
+    episodes per question, each with a behaviour drawn from `FLAWS`. Labels are -100 on the
+    prompt and on every inserted id (observations, notices), as the GRPO loss masks them."""
+    from research_r1.protocol import SEARCH_R1
+    from research_r1.rollout import encode_prompt, run_rollout
+    from research_r1.world import ScriptedAgent
+
+    rng = random.Random(seed)
+    examples = []
+    for variant in range(variants):
+        agent = ScriptedAgent(world, tokenizer, seed=seed * 1000 + variant)
+        prompts = []
+        for question in world.train:
+            ids = encode_prompt(template.prompt(question.question), tokenizer)
+            flaws = FLAWS[question.kind]
+            agent.plan(ids, question, rng.choices(list(flaws), weights=list(flaws.values()))[0])
+            prompts.append(ids)
+        episodes = run_rollout(
+            prompts,
+            generator=agent,
+            tokenizer=tokenizer,
+            retriever=retriever,
+            protocol=SEARCH_R1,
+            config=config,
+        )
+        for episode in episodes:
+            labels = [-100] * len(episode.prompt_ids) + [
+                token if sampled else -100
+                for token, sampled in zip(episode.completion_ids, episode.env_mask, strict=True)
+            ]
+            examples.append((episode.prompt_ids + episode.completion_ids, labels))
+    return examples
+
+
+def supervised_fine_tune(
+    model: Any,
+    examples: Sequence[tuple[list[int], list[int]]],
+    pad_id: int,
+    settings: Settings,
+    seed: int,
+) -> list[float]:
+    """A plain AdamW loop over random batches; returns the loss of every step.
+
+    The output layer runs only at labelled positions (about a fifth of the ids), which makes a
+    step several times cheaper on a CPU than full-sequence logits.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    rng = random.Random(seed)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=settings.sft_lr, weight_decay=0.0)
+    warmup = max(1, settings.sft_steps // 50)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    losses = []
+    model.train()
+    progress = tqdm(range(settings.sft_steps), desc="cold-start SFT", unit="step")
+    for _ in progress:
+        batch = rng.sample(list(examples), min(settings.sft_batch_size, len(examples)))
+        width = max(len(ids) for ids, _ in batch)
+        ids = torch.tensor([i + [pad_id] * (width - len(i)) for i, _ in batch])
+        labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch])
+        mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in batch])
+        hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
+        targets = labels[:, 1:]
+        chosen = targets != -100
+        loss = torch.nn.functional.cross_entropy(model.lm_head(hidden[chosen]), targets[chosen])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+        progress.set_postfix(loss=f"{loss.item():.3f}")
+    model.eval()
+    return losses
+
+
+def cold_start(
+    world: World,
+    out: Path,
+    retriever: Retriever,
+    template: Template,
+    config: RolloutConfig,
+    settings: Settings,
+    seed: int,
+) -> Path:
+    """Build the tiny model, fine-tune it on the scripted transcripts, save it to `out/model`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from research_r1.protocol import SEARCH_R1
+    from research_r1.tiny import build_tiny_model
+
+    folder = build_tiny_model(
+        out / "model",
+        vocabulary_texts(world, template),
+        SEARCH_R1.tags,
+        hidden_size=settings.hidden_size,
+        num_layers=settings.num_layers,
+        head_dim=settings.head_dim,
+        seed=seed,
+    )
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    freeze_embeddings(model, tokenizer, world, settings, seed)
+    examples = scripted_transcripts(
+        world, tokenizer, retriever, template, config, settings.sft_variants, seed
+    )
+    supervised_fine_tune(model, examples, tokenizer.pad_token_id, settings, seed)
+    model.save_pretrained(folder)
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def evaluate(
+    model_dir: Path,
+    questions: Sequence[Question],
+    retriever: Retriever,
+    template: Template,
+    config: RolloutConfig,
+    batch_size: int,
+) -> Scores:
+    """Greedy episodes on `questions`, scored as the rewards score them.
+
+    A transcript is well formed when it follows Search-R1's grammar once the notice the rollout
+    inserts before the last turn ("no searches left") is set aside: that notice is environment
+    text, not the model's.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from research_r1.protocol import extract_answer
+    from research_r1.rewards import exact_match, is_valid_search_r1_sequence
+    from research_r1.rollout import FINAL_TURN_NOTICE, run_episodes
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    episodes = run_episodes(
+        model,
+        tokenizer,
+        retriever,
+        [template.prompt(q.question) for q in questions],
+        protocol=template.protocol,
+        config=config,
+        batch_size=batch_size,
+    )
+    rows: dict[str, list[tuple[float, int, bool]]] = defaultdict(list)
+    for question, episode in zip(questions, episodes, strict=True):
+        text = tokenizer.decode(episode.completion_ids, skip_special_tokens=True)
+        em = exact_match(extract_answer(text, template.protocol), question.answer)
+        valid, _ = is_valid_search_r1_sequence(text.replace(FINAL_TURN_NOTICE.strip(), ""))
+        rows[question.kind].append((em, episode.num_searches, valid))
+
+    def summary(values: list[tuple[float, int, bool]]) -> dict[str, float]:
+        n = len(values)
+        return {
+            "em": sum(v[0] for v in values) / n,
+            "searches": sum(v[1] for v in values) / n,
+            "valid_format": sum(v[2] for v in values) / n,
+            "questions": n,
+        }
+
+    overall = summary([row for kind in rows.values() for row in kind])
+    return Scores(
+        em=overall["em"],
+        searches=overall["searches"],
+        valid_format=overall["valid_format"],
+        by_kind={kind: summary(rows[kind]) for kind in KINDS if kind in rows},
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# GRPO through the training entry point
+
+
+def grpo(paths: dict[str, Path], model_dir: Path, out: Path, steps: int, seed: int):
+    """Train with `research_r1.train` on the recipe, pointed at this run's artefacts."""
+    from research_r1.train import train
+
+    if not RECIPE.is_file():
+        raise InputError(f"recipe {RECIPE} not found: run the demo from a source checkout")
+    overrides = {
+        "model_name_or_path": model_dir,
+        "dataset": paths["data"],
+        "retriever": paths["retriever"],
+        "template": paths["template"],
+        "output_dir": out / "grpo",
+        "max_steps": steps,
+        "max_new_tokens_per_turn": TURN_TOKENS,
+        "seed": seed,
+        "save_strategy": "no",
+        "logging_steps": max(1, min(10, steps // 30)),
+    }
+    argv = [str(RECIPE)]
+    for key, value in overrides.items():
+        argv += [f"--{key}", str(value)]
+    return train(argv)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reporting
+
+
+COLUMNS = ["kind", "hops", "EM SFT", "EM GRPO", "gain (pts)", "searches", "well formed"]
+
+
+def summary_rows(before: Scores, after: Scores) -> list[list[str]]:
+    """One row per question kind and one for all: EM before and after, the gain in points,
+    and how searches per question and the well-formed share moved (SFT -> GRPO)."""
+    rows = []
+    for kind in [*before.by_kind, "all"]:
+        b = before.by_kind[kind] if kind != "all" else asdict(before)
+        a = after.by_kind[kind] if kind != "all" else asdict(after)
+        rows.append(
+            [
+                kind,
+                "-" if kind == "all" else str(len(KINDS[kind][1])),
+                f"{b['em']:.1%}",
+                f"{a['em']:.1%}",
+                f"{(a['em'] - b['em']) * 100:+.1f}",
+                f"{b['searches']:.2f} -> {a['searches']:.2f}",
+                f"{b['valid_format']:.0%} -> {a['valid_format']:.0%}",
+            ]
+        )
+    return rows
+
+
+def markdown_table(rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    return "\n".join([*lines, *("| " + " | ".join(row) + " |" for row in rows)])
+
+
+def print_table(title: str, rows: list[list[str]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in COLUMNS:
+        table.add_column(column, justify="left" if column == "kind" else "right", no_wrap=True)
+    for row in rows:
+        table.add_row(*row, style="bold" if row[0] == "all" else None)
+    Console().print(table)
+
+
+def plot_em(before: Scores, after: Scores, path: Path) -> Path:
+    """Held-out EM per question kind, after SFT and after GRPO."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = [*before.by_kind, "all"]
+    b = [before.by_kind[k]["em"] if k != "all" else before.em for k in kinds]
+    a = [after.by_kind[k]["em"] if k != "all" else after.em for k in kinds]
+    figure, axis = plt.subplots(figsize=(7, 4))
+    positions = range(len(kinds))
+    axis.bar([p - 0.2 for p in positions], b, width=0.4, label="cold-start SFT")
+    axis.bar([p + 0.2 for p in positions], a, width=0.4, label="after GRPO")
+    axis.set_xticks(list(positions), kinds, rotation=20)
+    axis.set_ylim(0, 1)
+    axis.set_ylabel("held-out exact match")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# One run, and the command
+
+
+def run_one(out: Path, seed: int, settings: Settings, grpo_steps: int) -> dict[str, Any]:
+    """The whole demo for one seed in `out`; returns what it measured (also in results.json)."""
+    import torch
+    from rich.console import Console
+
+    from research_r1.callbacks import plot_reward_curve
+    from research_r1.protocol import load_template
+    from research_r1.retrieval.config import load_retriever
+    from research_r1.world import build_world
+
+    console = Console()
+    torch.set_num_threads(settings.threads)
+    config = rollout_config()
+    started = time.monotonic()
+    seconds: dict[str, float] = {}
+
+    def done(stage: str, message: str) -> None:
+        seconds[stage] = round(time.monotonic() - started - sum(seconds.values()), 1)
+        console.print(f"[bold]{stage}[/bold] ({seconds[stage]:.0f} s): {message}")
+
+    world = build_world(
+        seed, num_people=settings.num_people, num_test_questions=settings.num_test_questions
+    )
+    paths = write_world(world, out)
+    retriever = load_retriever(paths["retriever"])
+    template = load_template(paths["template"])
+    done(
+        "world",
+        f"{len(world.people)} people, {len(world.passages)} passages, {len(world.train)} "
+        f"training and {len(world.test)} held-out questions, BM25 index in {out / 'bm25'}",
+    )
+    model_dir = cold_start(world, out, retriever, template, config, settings, seed)
+    before = evaluate(model_dir, world.test, retriever, template, config, settings.eval_batch_size)
+    done("cold start", f"tiny model in {model_dir}; held-out EM {before.em:.1%}")
+    trainer = grpo(paths, model_dir, out, grpo_steps, seed)
+    after = evaluate(
+        out / "grpo", world.test, retriever, template, config, settings.eval_batch_size
+    )
+    done("GRPO", f"{grpo_steps} steps, model in {out / 'grpo'}; held-out EM {after.em:.1%}")
+
+    rows = summary_rows(before, after)
+    title = (
+        f"seed {seed}: {len(world.test)} held-out questions, {len(world.train)} training "
+        f"questions, {grpo_steps} GRPO steps"
+    )
+    (out / "summary.md").write_text(f"# {title}\n\n{markdown_table(rows)}\n")
+    plot_reward_curve(trainer.state.log_history, out / "reward_curve.png")
+    plot_em(before, after, out / "em.png")
+    results = {
+        "seed": seed,
+        "held_out_questions": len(world.test),
+        "train_questions": len(world.train),
+        "grpo_steps": grpo_steps,
+        "sft": asdict(before),
+        "grpo": asdict(after),
+        "seconds": {**seconds, "total": round(time.monotonic() - started, 1)},
+        "settings": asdict(settings),
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print_table(title, rows)
+    console.print(f"summary, reward curve and EM chart in {out}")
+    return results
+
+
+def rollout_config() -> RolloutConfig:
+    """The recipe's episode budgets, so evaluation plays the episodes training plays."""
+    from research_r1.rollout import RolloutConfig
+
+    recipe = yaml.safe_load(RECIPE.read_text())
+    return RolloutConfig(
+        k=recipe["retrieval_topk"],
+        max_turns=recipe["max_turns"],
+        max_new_tokens=TURN_TOKENS,
+        max_observation_tokens=recipe["max_observation_tokens"],
+        max_completion_tokens=recipe["max_completion_length"],
+    )
+
+
+def configure_demo(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Build a synthetic world and a tiny model, cold-start it, train it with GRPO and the "
+        "search rollout, and compare held-out exact match before and after. Runs on a CPU."
+    )
+    parser.add_argument("--out", type=Path, default=Path("outputs/demo"), help="output folder")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the world and the model")
+    parser.add_argument(
+        "--seeds", type=int, default=1, help="run this many seeds from --seed, each in OUT/seed-N"
+    )
+    parser.add_argument("--steps", type=int, help="GRPO steps (default: the recipe's)")
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny sizes, 2 steps: a pipeline check"
+    )
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.seeds < 1:
+        raise InputError("--seeds must be at least 1")
+    settings = SMOKE if args.smoke else Settings()
+    steps = args.steps or settings.grpo_steps
+    if steps < 1:
+        raise InputError("--steps must be at least 1")
+    seeds = range(args.seed, args.seed + args.seeds)
+    results = []
+    for seed in seeds:
+        out = args.out if args.seeds == 1 else args.out / f"seed-{seed}"
+        results.append(run_one(out, seed, settings, steps))
+    if len(results) > 1:
+        print_seeds(results)
+    return 0
+
+
+def print_seeds(results: Sequence[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="held-out exact match per seed")
+    for column in ("seed", "EM SFT", "EM GRPO", "gain (pts)", "minutes"):
+        table.add_column(column, justify="right")
+    for r in results:
+        gain = (r["grpo"]["em"] - r["sft"]["em"]) * 100
+        table.add_row(
+            str(r["seed"]),
+            f"{r['sft']['em']:.1%}",
+            f"{r['grpo']['em']:.1%}",
+            f"{gain:+.1f}",
+            f"{r['seconds']['total'] / 60:.1f}",
+        )
+    Console().print(table)
