@@ -19,8 +19,9 @@ The tiny model's input embeddings are random and FROZEN (and tied to the output 
 model cannot learn a representation of any one name: it can only learn to copy names from its
 context, which works as well for held-out people it never saw in training. Each random vector
 carries a shared direction for its word class (person, city, job), the least a pretrained model
-knows about a word, so attention can find "the person in the question" from the first steps;
-without it, copying emerges only after thousands of SFT steps.
+knows about a word, so attention can find "the person in the question" early: with it, copying
+appears after 200-300 SFT steps; without it, it had not appeared after 700. Weight decay in the
+SFT keeps the model from preferring the names it was trained on when a copy is uncertain.
 """
 
 from __future__ import annotations
@@ -46,11 +47,11 @@ if TYPE_CHECKING:
     from research_r1.retrieval import Retriever
     from research_r1.rollout import RolloutConfig
 
-logger = logging.getLogger(__name__)
-
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "tiny_cpu_grpo.yaml"
 # The agent restates what it read before it searches on (up to 17 tokens for a two-hop turn).
 TURN_TOKENS = 24
+# A model trained from scratch learns the protocol from the cold start, not from instructions,
+# so the prompt is the question alone: an instruction would only cost compute at every step.
 TEMPLATE = {
     "name": "demo",
     "protocol": "search_r1",
@@ -74,6 +75,7 @@ class Settings:
     sft_steps: int = 700
     sft_batch_size: int = 32
     sft_lr: float = 2e-3
+    sft_weight_decay: float = 0.1  # keeps the model from favouring names it trained on
     grpo_steps: int = 60
     eval_batch_size: int = 100
     threads: int = 1
@@ -177,7 +179,6 @@ def scripted_transcripts(
     """(ids, labels) of the scripted agent's episodes on the training questions: `variants`
     episodes per question, each with a behaviour drawn from `FLAWS`. Labels are -100 on the
     prompt and on every inserted id (observations, notices), as the GRPO loss masks them."""
-    from research_r1.protocol import SEARCH_R1
     from research_r1.rollout import encode_prompt, run_rollout
     from research_r1.world import ScriptedAgent
 
@@ -196,7 +197,7 @@ def scripted_transcripts(
             generator=agent,
             tokenizer=tokenizer,
             retriever=retriever,
-            protocol=SEARCH_R1,
+            protocol=template.protocol,
             config=config,
         )
         for episode in episodes:
@@ -225,7 +226,9 @@ def supervised_fine_tune(
 
     rng = random.Random(seed)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=settings.sft_lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(
+        trainable, lr=settings.sft_lr, weight_decay=settings.sft_weight_decay
+    )
     warmup = max(1, settings.sft_steps // 50)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
     losses = []
@@ -379,12 +382,12 @@ def grpo(paths: dict[str, Path], model_dir: Path, out: Path, steps: int, seed: i
 # Reporting
 
 
-COLUMNS = ["kind", "hops", "EM SFT", "EM GRPO", "gain (pts)", "searches", "well formed"]
+COLUMNS = ["kind", "hops", "EM SFT", "EM GRPO", "gain", "searches", "valid"]
 
 
 def summary_rows(before: Scores, after: Scores) -> list[list[str]]:
     """One row per question kind and one for all: EM before and after, the gain in points,
-    and how searches per question and the well-formed share moved (SFT -> GRPO)."""
+    and how searches per question and the share of well-formed transcripts moved (SFT→GRPO)."""
     rows = []
     for kind in [*before.by_kind, "all"]:
         b = before.by_kind[kind] if kind != "all" else asdict(before)
@@ -396,8 +399,8 @@ def summary_rows(before: Scores, after: Scores) -> list[list[str]]:
                 f"{b['em']:.1%}",
                 f"{a['em']:.1%}",
                 f"{(a['em'] - b['em']) * 100:+.1f}",
-                f"{b['searches']:.2f} -> {a['searches']:.2f}",
-                f"{b['valid_format']:.0%} -> {a['valid_format']:.0%}",
+                f"{b['searches']:.2f}→{a['searches']:.2f}",
+                f"{b['valid_format']:.0%}→{a['valid_format']:.0%}",
             ]
         )
     return rows
@@ -544,10 +547,12 @@ def configure_demo(parser: argparse.ArgumentParser) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # bm25s logs each empty query (a model's query of stopwords) at INFO, past basicConfig.
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
     if args.seeds < 1:
         raise InputError("--seeds must be at least 1")
     settings = SMOKE if args.smoke else Settings()
-    steps = args.steps or settings.grpo_steps
+    steps = settings.grpo_steps if args.steps is None else args.steps
     if steps < 1:
         raise InputError("--steps must be at least 1")
     seeds = range(args.seed, args.seed + args.seeds)

@@ -12,6 +12,9 @@ invented, so no model knows the answers: they are in the corpus and nowhere else
 People are split into two groups before anything else and mentors are drawn within a group, so
 a held-out question's subject, bridge and answer are all people no training question mentions.
 Cities and jobs are values shared by both groups, not entities.
+
+`ScriptedAgent` plays the training questions through the real search rollout, with flaws that
+depend on the question kind; its transcripts are the demo's cold-start SFT data.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from research_r1.errors import InputError
 from research_r1.generation import Generation
 from research_r1.protocol import SEARCH_R1_PROMPT
 
@@ -80,9 +84,6 @@ class World:
     test: list[Question]
     cities: tuple[str, ...]
 
-    def fact(self, name: str, relation: str) -> str:
-        return getattr(self.people[name], relation)
-
     def values(self, relation: str, names: Sequence[str]) -> tuple[str, ...]:
         """What an answer to `relation` can be: cities, jobs, or one of `names` (mentors)."""
         return {"born": self.cities, "job": JOBS}.get(relation, tuple(names))
@@ -105,7 +106,7 @@ def invent_words(rng: random.Random, count: int, taken: set[str]) -> list[str]:
 def build_world(
     seed: int,
     *,
-    num_people: int = 720,
+    num_people: int = 480,
     num_cities: int = 30,
     test_fraction: float = 0.25,
     num_test_questions: int = 400,
@@ -116,7 +117,9 @@ def build_world(
     held-out questions, the same number of each kind.
     """
     if num_people < 8:
-        raise ValueError("num_people must be at least 8 (both groups need mentors)")
+        raise InputError(
+            f"num_people must be at least 8 (both groups need mentors), got {num_people}"
+        )
     rng = random.Random(seed)
     # Invented words never coincide with a word of the prompt, questions or passages.
     known = SEARCH_R1_PROMPT + "".join(p for p, _ in KINDS.values()) + "".join(FACTS.values())
