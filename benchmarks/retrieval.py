@@ -19,10 +19,11 @@ the corpus size, and the largest PQ code that fits 1/20 of the flat index). For 
 - latency p50/p99 and throughput of `Retriever.search` at batches 1/16/64/256 (dense retrievers
   encode their queries, so the FAISS search alone is timed beside it);
 - through `research-r1 serve-retriever` (a subprocess on 127.0.0.1): 1/16/64 concurrent clients
-  sending single-query requests, with micro-batching on (the default 5 ms wait, and 0 ms) and
-  off, checking that every mode returns the same ids; and one client sending batches of 64 with
-  `RemoteRetriever`, timed alternately with the same batch in process. The three modes are
-  served at once and take turns, so all of them see the same load from other processes.
+  sending single-query requests, with micro-batching on (the default: no wait, a batch is what
+  arrived during the previous search; and a 5 ms wait) and off, checking that every mode returns
+  the same ids; and one client sending batches of 64 with `RemoteRetriever`, timed alternately
+  with the same batch in process. The three modes are served at once and take turns, so all of
+  them see the same load from other processes.
 
 Then an IVF-PQ sweep (code size x nprobe, and PQ plus an exact re-rank) and PASS/FAIL for the
 project's targets. Request counts and times are bounded; the run stops by itself.
@@ -83,11 +84,11 @@ IVF_ID_BYTES = 8  # an IVF index stores a 64-bit id beside every code
 TIE_TOLERANCE = 1e-5  # exact scores this close to the k-th count as ties
 # server mode -> serve-retriever flags
 SERVER_MODES = {
-    "batching on (5 ms wait)": [],
-    "batching on (0 ms wait)": ["--max-wait-ms", "0"],
+    "batching on (0 ms wait, default)": [],
+    "batching on (5 ms wait)": ["--max-wait-ms", "5"],
     "batching off": ["--no-batching"],
 }
-DEFAULT_MODE, ZERO_WAIT_MODE, OFF_MODE = SERVER_MODES
+DEFAULT_MODE, _, OFF_MODE = SERVER_MODES
 TARGET_SPEEDUP = 3.0
 TARGET_OVERHEAD_MS = 2.0
 TARGET_SQ8 = (0.99, 1 / 4)
@@ -584,12 +585,8 @@ def sweep_ivfpq(
     work: Workload, k: int, kth: np.ndarray, args: argparse.Namespace
 ) -> list[SweepRow]:
     """Recall of IVF-PQ over code sizes and nprobe, and of IVF-PQ whose candidates are re-ranked
-    with the exact vectors (`RFlat`, which the package loads memory-mapped from disk).
-
-    Polysemous training, which `make_index`'s factory indexes do by default, is switched off
-    here: it only reorders the codes for Hamming filtering, which nothing in the package uses, so
-    results are the same, and it costs about 4 s per sub-quantizer on 2 CPU cores.
-    """
+    with the exact vectors (`RFlat` with `k_factor`; the package memory-maps the index file, so
+    the vectors stay on disk and a query reads only its k_factor x k candidates)."""
     dimension = work.vectors.shape[1]
     nlist = auto_nlist(len(work.vectors))
     probes = [p for p in (1, 2, 4, 8, 16, 32, 64, 128) if p <= nlist]
@@ -600,15 +597,11 @@ def sweep_ivfpq(
     for m, factor in tqdm(plans, desc="IVF-PQ sweep", unit="index"):
         name = f"IVF{nlist},PQ{m}" + (",RFlat" if factor else "")
         index = make_index(name, dimension)
-        ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
-        ivf.do_polysemous_training = False
         index.train(sample)
         index.add(work.vectors)
-        if factor:
-            faiss.downcast_index(index).k_factor = factor
         recall = {}
         for probe in probes:
-            ivf.nprobe = probe
+            set_search_parameters(index, probe, None, factor or None)
             _, found = index.search(work.query_vectors, k)
             recall[probe] = recall_vs_exact(found, work, kth, k)
         disk = 4 * dimension if factor else 0
@@ -729,9 +722,9 @@ def measure_server(
     with ExitStack() as stack:
         urls = {
             mode: stack.enter_context(
-                serving(config, flags, args.cache_dir / "logs" / f"server-{mode.split()[1]}.log")
+                serving(config, flags, args.cache_dir / "logs" / f"server-{number}.log")
             )
-            for mode, flags in SERVER_MODES.items()
+            for number, (mode, flags) in enumerate(SERVER_MODES.items())
         }
         timed, json_seconds = overheads(urls, retriever, work.questions, args)
         loads = {mode: {clients: Load() for clients in CLIENTS} for mode in urls}

@@ -330,6 +330,7 @@ def test_hybrid_retriever_fuses_deep_candidate_lists() -> None:
         ({"type": "dense", "index": "x", "nprobe": "ten"}, "key 'nprobe' must be an integer or"),
         ({"type": "dense", "index": "x", "nprobe": True}, "key 'nprobe' must be an integer"),
         ({"type": "dense", "index": "x", "nprobe": 0}, "key 'nprobe' must be >= 1, got 0"),
+        ({"type": "dense", "index": "x", "k_factor": 0}, "key 'k_factor' must be >= 1, got 0"),
         ({"type": "dense", "index": 3}, "key 'index' must be a string, got 3"),
         ({"type": "dense", "index": "x", "device": "gpu"}, "key 'device' must be cpu, cuda"),
         ({"type": "remote"}, "key 'url' is required for type remote"),

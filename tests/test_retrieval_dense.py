@@ -27,6 +27,7 @@ from research_r1.retrieval.dense import (
     build_dense_index,
     known_prompts,
     load_faiss_index,
+    make_index,
     make_searcher,
     resolve_index,
     set_search_parameters,
@@ -174,6 +175,7 @@ def test_flat_search_equals_numpy_brute_force(corpus: Corpus, tmp_path: Path) ->
         ("IVF4,Flat", faiss.IndexIVFFlat, {"nprobe": 4}),
         ("IVF4,SQ8", faiss.IndexIVFScalarQuantizer, {"nprobe": 4}),
         ("IVF4,PQ8x4", faiss.IndexIVFPQ, {"nprobe": 4}),
+        ("IVF4,PQ8x4,RFlat", faiss.IndexRefineFlat, {"nprobe": 4, "k_factor": 4}),
     ],
 )
 def test_factory_strings_build_trained_indexes(corpus, tmp_path, factory, kind, parameters):
@@ -181,7 +183,9 @@ def test_factory_strings_build_trained_indexes(corpus, tmp_path, factory, kind, 
     index = load_faiss_index(tmp_path / "faiss.index")
     assert isinstance(faiss.downcast_index(index), kind)
     assert index.is_trained and index.ntotal == len(corpus)
-    set_search_parameters(index, parameters.get("nprobe"), parameters.get("ef_search"))
+    set_search_parameters(
+        index, parameters.get("nprobe"), parameters.get("ef_search"), parameters.get("k_factor")
+    )
     retriever = DenseRetriever(corpus, index, Encoder("plain", model=FakeModel()))
     contents = corpus.contents(0, 60)  # a passage's own text as the query finds that passage
     found = [result[0].id for result in retriever.search(contents, 1)]
@@ -200,6 +204,37 @@ def test_search_parameters_are_set_or_refused(corpus: Corpus, tmp_path: Path) ->
     assert faiss.downcast_index(hnsw).hnsw.efSearch == 77
     with pytest.raises(InputError, match=r"nprobe does not apply to this index \(IndexHNSWFlat\)"):
         set_search_parameters(hnsw, nprobe=2, ef_search=None)
+    with pytest.raises(InputError, match=r"k_factor does not apply to this index \(IndexHNSW"):
+        set_search_parameters(hnsw, nprobe=None, ef_search=None, k_factor=4)
+
+
+def test_pq_indexes_skip_polysemous_training() -> None:
+    """It only serves Hamming filtering, which search never turns on, and costs minutes."""
+    for factory in ("PQ8x4", "IVF4,PQ8x4", "OPQ8,IVF4,PQ8x4,RFlat"):
+        made = make_index(factory, DIM)  # owns the C++ index; downcasts only borrow it
+        index = faiss.downcast_index(made)
+        while not hasattr(index, "do_polysemous_training"):
+            index = faiss.downcast_index(getattr(index, "base_index", None) or index.index)
+        assert index.do_polysemous_training is False, factory
+
+
+def test_exact_rerank_of_pq_candidates_equals_exact_search(corpus: Corpus, tmp_path: Path) -> None:
+    """With every list probed and k_factor x k covering the corpus, the re-rank rescored every
+    passage with its stored vector: rows and scores are brute force's, however coarse the PQ."""
+    build_dense_index(corpus, fake_encoder(), tmp_path / "flat", factory="Flat")
+    build_dense_index(corpus, fake_encoder(), tmp_path / "pq", factory="IVF4,PQ2x4,RFlat")
+    flat = load_faiss_index(tmp_path / "flat" / "faiss.index")
+    refine = load_faiss_index(tmp_path / "pq" / "faiss.index")
+    queries = np.random.default_rng(0).standard_normal((20, DIM)).astype(np.float32)
+    k = 5
+    set_search_parameters(refine, nprobe=4, ef_search=None, k_factor=1)
+    coarse = refine.search(queries, k)[1]
+    set_search_parameters(refine, nprobe=4, ef_search=None, k_factor=-(-len(corpus) // k))
+    exact_scores, exact_rows = flat.search(queries, k)
+    scores, rows = refine.search(queries, k)
+    assert rows.tolist() == exact_rows.tolist()
+    np.testing.assert_allclose(scores, exact_scores, rtol=1e-5)
+    assert coarse.tolist() != exact_rows.tolist()  # the PQ alone gets some of them wrong
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only fallbacks")

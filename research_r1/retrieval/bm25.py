@@ -81,8 +81,8 @@ class BM25Retriever:
             show_progress=False,
         )
         rows, scores = self.model.retrieve(tokens, k=min(k, len(self.corpus)), show_progress=False)
-        results = []
-        for query_rows, query_scores in zip(rows, scores, strict=True):
-            keep = query_scores > 0
-            results.append(self.corpus.passages(query_rows[keep], query_scores[keep]))
-        return results
+        keep = scores > 0
+        return self.corpus.results(
+            [r[m] for r, m in zip(rows, keep, strict=True)],
+            [s[m] for s, m in zip(scores, keep, strict=True)],
+        )

@@ -18,6 +18,7 @@ from time import sleep
 from typing import Any
 
 import httpx
+import orjson
 
 from research_r1.errors import InputError
 from research_r1.protocol import split_contents
@@ -100,8 +101,8 @@ class RemoteRetriever:
             else:
                 if response.is_success:
                     try:
-                        return response.json()
-                    except ValueError as error:
+                        return orjson.loads(response.content)
+                    except orjson.JSONDecodeError as error:
                         raise RetrievalError(f"{self.url} answered with invalid JSON") from error
                 cause = f"HTTP {response.status_code}: {_detail(response)}"
                 if response.status_code < 500:

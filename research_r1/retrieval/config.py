@@ -5,7 +5,9 @@
 when the index was made by `build-index`, which records its corpus):
 
     type: bm25     index, corpus
-    type: dense    index, corpus, encoder, query_prompt, nprobe, ef_search, device, batch_size
+    type: dense    index, corpus, encoder, query_prompt, nprobe, ef_search, k_factor (re-rank
+                   k_factor x k candidates exactly; for factories ending in ,RFlat), device,
+                   batch_size
     type: hybrid   bm25: {...}, dense: {...} (sections as above, without type), corpus (shared
                    default for both sections), rrf_k (60), depth (50: candidates per retriever)
     type: remote   url, api (search_r1 | research), token or token_env (the name of an
@@ -50,13 +52,14 @@ class DenseConfig:
     query_prompt: str | None = None
     nprobe: int | None = None
     ef_search: int | None = None
+    k_factor: int | None = None
     device: str = "cpu"
     batch_size: int = 64
 
     def __post_init__(self) -> None:
         if not _DEVICE.fullmatch(self.device):
             raise InputError(f"key 'device' must be cpu, cuda, cuda:N or auto, got {self.device!r}")
-        for name in ("nprobe", "ef_search", "batch_size"):
+        for name in ("nprobe", "ef_search", "k_factor", "batch_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise InputError(f"key {name!r} must be >= 1, got {value}")
@@ -188,7 +191,7 @@ def _dense(config: DenseConfig, default_corpus: str | None) -> Retriever:
         batch_size=config.batch_size,
     )
     index = load_faiss_index(path)
-    set_search_parameters(index, config.nprobe, config.ef_search)
+    set_search_parameters(index, config.nprobe, config.ef_search, config.k_factor)
     return DenseRetriever(corpus, index, encoder, device)
 
 

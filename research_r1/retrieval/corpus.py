@@ -54,6 +54,20 @@ class Corpus:
             )
         ]
 
+    def results(
+        self, rows: Sequence[Sequence[int]], scores: Sequence[Sequence[float]]
+    ) -> list[list[Passage]]:
+        """One list of passages per query, fetched with a single Arrow take for the whole batch
+        (one take per query cost a batch of 64 BM25 queries 40% of its time)."""
+        flat = self.passages(
+            [row for query in rows for row in query], [s for query in scores for s in query]
+        )
+        split, start = [], 0
+        for query in rows:
+            split.append(flat[start : start + len(query)])
+            start += len(query)
+        return split
+
     def contents(self, start: int, stop: int) -> list[str]:
         """Rows `start..stop` as Search-R1 `contents` strings (`"Title"` line, then the text):
         the exact form its published e5 index was encoded from."""

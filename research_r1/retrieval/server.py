@@ -35,6 +35,7 @@ from research_r1.retrieval import Passage, Retriever
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
+    from starlette.responses import Response
 
 logger = logging.getLogger(__name__)
 
@@ -46,12 +47,14 @@ class ServerSettings:
     """Batching knobs and request limits of one server.
 
     With `batching=False` every request is its own search call; calls still run one at a time,
-    so the two modes differ only in batching.
+    so the two modes differ only in batching. With `max_wait_ms=0` (the default) a batch is
+    whatever arrived while the previous search ran: an idle server answers at once, a busy one
+    batches by itself.
     """
 
     batching: bool = True
     max_batch_queries: int = 256  # queries gathered into one search call
-    max_wait_ms: float = 5.0  # how long the first request of a batch waits for company
+    max_wait_ms: float = 0.0  # how long the first request of a batch waits for company
     max_queue: int = 4096  # queries waiting for the retriever before new requests get 503
     max_queries_per_request: int = 512
     max_query_chars: int = 4096
@@ -271,17 +274,62 @@ def _request_models(settings: ServerSettings) -> tuple[type, type, type]:
     return RetrieveRequest, BatchSearchRequest, SearchRequest
 
 
+def _json(
+    content: Any, status_code: int = 200, headers: dict[str, str] | None = None
+) -> "Response":
+    """A JSON response encoded by orjson: a batch of 64 answers encodes 10x faster than with the
+    standard library, which is most of what the server adds to a search."""
+    import orjson
+    from starlette.responses import Response
+
+    return Response(
+        orjson.dumps(content), status_code, headers=headers, media_type="application/json"
+    )
+
+
+class RequestGuard:
+    """ASGI middleware refusing unauthenticated and oversized requests before their body is
+    read. Plain ASGI, not `@app.middleware("http")`, which costs about a millisecond a request."""
+
+    def __init__(self, app: Any, settings: ServerSettings) -> None:
+        self.app = app
+        self.max_body_bytes = settings.max_body_bytes
+        self.expected_auth = f"Bearer {settings.token}".encode() if settings.token else None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            refusal = self._refusal(dict(scope["headers"]))
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def _refusal(self, headers: dict[bytes, bytes]) -> "Response | None":
+        if self.expected_auth is not None:
+            given = headers.get(b"authorization", b"")
+            if not secrets.compare_digest(given, self.expected_auth):
+                return _json(
+                    {"detail": "missing or wrong bearer token in the Authorization header"},
+                    401,
+                    {"WWW-Authenticate": "Bearer"},
+                )
+        length = headers.get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_body_bytes:
+            detail = f"request body of {length.decode()} bytes exceeds {self.max_body_bytes}"
+            return _json({"detail": detail}, 413)
+        return None
+
+
 def create_app(retriever: Retriever, settings: ServerSettings | None = None) -> "FastAPI":
     """The server as an ASGI app, so tests and benchmarks can run it in-process."""
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI, HTTPException, Request
-    from fastapi.responses import JSONResponse
+    from starlette.responses import Response
 
     settings = settings or ServerSettings()
     stats = ServerStats()
     RetrieveRequest, BatchSearchRequest, SearchRequest = _request_models(settings)
-    expected_auth = f"Bearer {settings.token}".encode() if settings.token else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -291,25 +339,7 @@ def create_app(retriever: Retriever, settings: ServerSettings | None = None) -> 
         worker.cancel()
 
     app = FastAPI(title="research_r1 retriever", lifespan=lifespan)
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Any) -> Any:
-        """Refuse unauthenticated and oversized requests before their body is read."""
-        if expected_auth is not None:
-            given = request.headers.get("authorization", "").encode()
-            if not secrets.compare_digest(given, expected_auth):
-                return JSONResponse(
-                    {"detail": "missing or wrong bearer token in the Authorization header"},
-                    status_code=401,
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-        length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > settings.max_body_bytes:
-            return JSONResponse(
-                {"detail": f"request body of {length} bytes exceeds {settings.max_body_bytes}"},
-                status_code=413,
-            )
-        return await call_next(request)
+    app.add_middleware(RequestGuard, settings=settings)
 
     async def run_search(request: Request, queries: list[str], k: int) -> list[list[Passage]]:
         started = time.perf_counter()
@@ -328,7 +358,7 @@ def create_app(retriever: Retriever, settings: ServerSettings | None = None) -> 
         return results
 
     @app.post("/retrieve")
-    async def retrieve(body: RetrieveRequest, request: Request) -> JSONResponse:
+    async def retrieve(body: RetrieveRequest, request: Request) -> Response:
         results = await run_search(request, body.queries, body.topk)
         if body.return_scores:
             result: list[list[Any]] = [
@@ -337,24 +367,24 @@ def create_app(retriever: Retriever, settings: ServerSettings | None = None) -> 
             ]
         else:
             result = [[_document(p) for p in passages] for passages in results]
-        return JSONResponse({"result": result})
+        return _json({"result": result})
 
     @app.post("/batch_search")
-    async def batch_search(body: BatchSearchRequest, request: Request) -> JSONResponse:
+    async def batch_search(body: BatchSearchRequest, request: Request) -> Response:
         results = await run_search(request, body.query, body.top_n)
         documents = [[_document(p) for p in passages] for passages in results]
         if body.return_score:
             scores = [[float(p.score) for p in passages] for passages in results]
-            return JSONResponse([documents, scores])
-        return JSONResponse(documents)
+            return _json([documents, scores])
+        return _json(documents)
 
     @app.post("/search")
-    async def search_one(body: SearchRequest, request: Request) -> JSONResponse:
+    async def search_one(body: SearchRequest, request: Request) -> Response:
         (passages,) = await run_search(request, [body.query], body.top_n)
         documents = [_document(p) for p in passages]
         if body.return_score:
-            return JSONResponse([documents, [float(p.score) for p in passages]])
-        return JSONResponse(documents)
+            return _json([documents, [float(p.score) for p in passages]])
+        return _json(documents)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -397,6 +427,12 @@ def configure_serve_retriever(parser: argparse.ArgumentParser) -> None:
         "--no-batching",
         action="store_true",
         help="run each request as its own search call (for comparison with micro-batching)",
+    )
+    parser.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log every request (off by default: /metrics counts them, and a line per request "
+        "costs more than the server's own work)",
     )
     defaults = ServerSettings()
     for name, help_text in _LIMIT_FLAGS.items():
@@ -441,5 +477,10 @@ def run_serve_retriever(args: argparse.Namespace) -> int:
         "on" if settings.batching else "off",
         "bearer token" if token else "none",
     )
-    uvicorn.run(create_app(retriever, settings), host=args.host, port=args.port)
+    uvicorn.run(
+        create_app(retriever, settings),
+        host=args.host,
+        port=args.port,
+        access_log=args.access_log,
+    )
     return 0
