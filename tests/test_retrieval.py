@@ -357,6 +357,15 @@ def test_config_errors_name_the_key(config: dict, message: str) -> None:
     assert message in str(error.value)
 
 
+def test_shipped_retriever_configs_parse() -> None:
+    folder = Path(__file__).resolve().parents[1] / "recipes" / "retrievers"
+    configs = {path.stem: parse_config(path) for path in sorted(folder.glob("*.yaml"))}
+    assert {"demo_bm25", "e5_wiki18_flat", "e5_wiki18_hnsw", "e5_wiki18_ivfpq"} <= set(configs)
+    ivfpq = configs["e5_wiki18_ivfpq"]
+    assert isinstance(ivfpq, DenseConfig)
+    assert (ivfpq.nprobe, ivfpq.k_factor, ivfpq.query_prompt) == (64, 4, "query: ")
+
+
 def test_config_yaml_is_parsed_and_errors_name_the_file(tmp_path: Path) -> None:
     path = tmp_path / "hybrid.yaml"
     path.write_text(

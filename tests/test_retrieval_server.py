@@ -208,6 +208,27 @@ def test_micro_batching_gathers_concurrent_requests_with_unbatched_results(
     assert together == alone
 
 
+def test_default_server_answers_at_once_and_batches_what_arrives_during_a_search(
+    http: httpx.Client,
+) -> None:
+    """No wait by default: a lone request is searched as soon as it arrives, and the requests
+    that arrive while that search runs make up the next batch."""
+    assert ServerSettings().max_wait_ms == 0
+    gate = threading.Event()
+    retriever = OverlapRetriever(gate=gate)
+    queries = ["Berlin", "Rhine", "Eiffel Tower", "capital of France"]
+    with serving(retriever) as url, ThreadPoolExecutor(5) as pool:
+        post = lambda query: http.post(f"{url}/retrieve", json={"queries": [query], "topk": 1})  # noqa: E731
+        first = pool.submit(post, "Paris")
+        assert retriever.entered.wait(10)  # searched alone, with nothing else waiting
+        rest = [pool.submit(post, query) for query in queries]
+        wait_until(lambda: http.get(f"{url}/metrics").json()["queue_depth"] == 4)
+        gate.set()
+        answers = [first.result(), *(future.result() for future in rest)]
+    assert [sorted(call) for call, _ in retriever.calls] == [["Paris"], sorted(queries)]
+    assert [r.json()["result"][0][0]["id"] for r in answers] == ["p1", "p2", "p4", "p3", "p1"]
+
+
 def test_a_batch_with_different_k_makes_one_call_per_k(http: httpx.Client) -> None:
     bodies = [{"queries": ["capital of France", "Rhine"], "topk": 1}] * 2 + [
         {"queries": ["Eiffel Tower"], "topk": 3}
@@ -459,6 +480,8 @@ def test_cli_registers_serve_retriever(monkeypatch: pytest.MonkeyPatch) -> None:
         True,
     )
     assert (args.max_wait_ms, args.max_batch_queries, args.token_env) == (2.5, 256, None)
+    assert args.access_log is False  # /metrics counts requests; a log line each costs more
+    assert cli.build_parser().parse_args(["serve-retriever", "--config", "r.yaml"]).max_wait_ms == 0
     monkeypatch.delenv("RR1_TEST_TOKEN", raising=False)
     args.token_env = "RR1_TEST_TOKEN"
     with pytest.raises(InputError, match="RR1_TEST_TOKEN is unset or empty"):
