@@ -500,25 +500,39 @@ def main(argv: list[str] | None = None) -> int:
 # `research-r1 train`: start this module under accelerate with the recipe's accelerate config.
 
 
+# `accelerate launch` flags that say where this process sits in a multi-machine run; given to
+# `research-r1 train`, they go to accelerate instead of the recipe.
+LAUNCH_FLAGS = (
+    "--machine_rank",
+    "--main_process_ip",
+    "--main_process_port",
+    "--num_machines",
+    "--num_processes",
+)
+
+
 def configure_train(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Train with GRPO from a recipe, under `accelerate launch` with the recipe's "
-        "accelerate_config. Any recipe key can be overridden: --key value."
+        "accelerate_config. Any recipe key can be overridden: --key value. "
+        f"{', '.join(LAUNCH_FLAGS)} go to accelerate (one command per machine)."
     )
     parser.add_argument("recipe", help="recipe YAML (recipes/*.yaml)")
     parser.add_argument("overrides", nargs=argparse.REMAINDER, help="--key value pairs")
 
 
 def accelerate_command(recipe: str, overrides: list[str]) -> list[str]:
-    """`accelerate launch [--config_file C] -m research_r1.train recipe ...`, with C the
-    recipe's `accelerate_config` (an `--accelerate_config` override wins)."""
+    """`accelerate launch [--config_file C] [launch flags] -m research_r1.train recipe ...`, with
+    C the recipe's `accelerate_config` (an `--accelerate_config` override wins) and the launch
+    flags (`LAUNCH_FLAGS`) taken out of the overrides."""
     import yaml
 
     spec = yaml.safe_load(Path(recipe).read_text()) or {}
     config = spec.get("accelerate_config") if isinstance(spec, dict) else None
-    for i, arg in enumerate(overrides):
-        if arg == "--accelerate_config" and i + 1 < len(overrides):
-            config = overrides[i + 1]
+    launch, rest = split_launch_flags(overrides)
+    for i, arg in enumerate(rest):
+        if arg == "--accelerate_config" and i + 1 < len(rest):
+            config = rest[i + 1]
         elif arg.startswith("--accelerate_config="):
             config = arg.partition("=")[2]
     command = [sys.executable, "-m", "accelerate.commands.launch"]
@@ -526,7 +540,26 @@ def accelerate_command(recipe: str, overrides: list[str]) -> list[str]:
         if not Path(config).is_file():
             raise InputError(f"accelerate_config: {config} does not exist")
         command += ["--config_file", str(config)]
-    return [*command, "-m", "research_r1.train", recipe, *overrides]
+    return [*command, *launch, "-m", "research_r1.train", recipe, *rest]
+
+
+def split_launch_flags(overrides: list[str]) -> tuple[list[str], list[str]]:
+    """(accelerate launch flags with their values, recipe overrides), in their given order."""
+    launch: list[str] = []
+    rest: list[str] = []
+    args = iter(overrides)
+    for arg in args:
+        name = arg.partition("=")[0]
+        if name not in LAUNCH_FLAGS:
+            rest.append(arg)
+        elif "=" in arg:
+            launch.append(arg)
+        else:
+            value = next(args, None)
+            if value is None or value.startswith("--"):
+                raise InputError(f"{arg} needs a value")
+            launch += [arg, value]
+    return launch, rest
 
 
 def run_train(args: argparse.Namespace) -> int:

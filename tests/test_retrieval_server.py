@@ -480,7 +480,7 @@ def test_cli_registers_serve_retriever(monkeypatch: pytest.MonkeyPatch) -> None:
         True,
     )
     assert (args.max_wait_ms, args.max_batch_queries, args.token_env) == (2.5, 256, None)
-    assert args.access_log is False  # /metrics counts requests; a log line each costs more
+    assert args.access_log is False  # /metrics counts requests; no line per request
     assert cli.build_parser().parse_args(["serve-retriever", "--config", "r.yaml"]).max_wait_ms == 0
     monkeypatch.delenv("RR1_TEST_TOKEN", raising=False)
     args.token_env = "RR1_TEST_TOKEN"

