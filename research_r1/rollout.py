@@ -145,9 +145,15 @@ def run_rollout(
         invalid: list[int] = []
         for row, generation in zip(active, generations, strict=True):
             _check(generation, budgets[row])
+        # one call for the batch; guarded, as transformers decodes [] as one empty sequence
+        texts = (
+            tokenizer.batch_decode([g.token_ids for g in generations], skip_special_tokens=False)
+            if generations
+            else []
+        )
+        for row, generation, text in zip(active, generations, texts, strict=True):
             episode = episodes[row]
             episode.add_sampled(generation)
-            text = tokenizer.decode(generation.token_ids, skip_special_tokens=False)
             action = parse_turn(text)
             if generation.finish == "eos":  # the model ended the episode itself
                 episode.answered = action.kind == "answer"
@@ -168,7 +174,13 @@ def run_rollout(
         notice = FINAL_TURN_NOTICE if turn + 1 == config.max_turns else ""
         for row in invalid:
             episodes[row].invalid_steps += 1
-            _observe(episodes[row], protocol.invalid_notice, notice, tokenizer, config)
+        _observe(
+            [episodes[row] for row in invalid],
+            [protocol.invalid_notice] * len(invalid),
+            notice,
+            tokenizer,
+            config,
+        )
         _run_searches(searches, episodes, retriever, protocol, tokenizer, config, notice)
         active = sorted(invalid + [row for row, _ in searches])
     return episodes
@@ -213,6 +225,7 @@ def _run_searches(
     if results is not None and len(results) != len(queries):
         raise RuntimeError(f"retriever returned {len(results)} result lists for {len(queries)}")
     closing = protocol.observation_format.split("{passages}")[-1]
+    heads = []
     for index, (row, query) in enumerate(searches):
         episode = episodes[row]
         episode.num_searches += 1
@@ -224,16 +237,28 @@ def _run_searches(
         else:
             episode.retrieved_ids.append([passage.id for passage in results[index]])
             observation = format_observation(results[index], protocol)
-        _observe(episode, observation.removesuffix(closing), closing + notice, tokenizer, config)
+        heads.append(observation.removesuffix(closing))
+    _observe([episodes[row] for row, _ in searches], heads, closing + notice, tokenizer, config)
 
 
-def _observe(episode: Episode, head: str, tail: str, tokenizer: Any, config: RolloutConfig) -> None:
-    """Insert `head + tail`, cutting the end of `head` to fit `max_observation_tokens`."""
+def _observe(
+    episodes: Sequence[Episode],
+    heads: Sequence[str],
+    tail: str,
+    tokenizer: Any,
+    config: RolloutConfig,
+) -> None:
+    """Insert `head + tail` into each episode, cutting the end of its head to fit
+    `max_observation_tokens`; the heads are tokenised in one call."""
+    if not episodes:
+        return
     limit = config.max_observation_tokens
     tail_ids = tokenizer.encode(tail, add_special_tokens=False) if tail else []
-    head_ids = tokenizer.encode(head, add_special_tokens=False)
-    ids = head_ids[: max(0, limit - len(tail_ids))] + tail_ids
-    episode.add_inserted(ids[:limit])
+    for episode, head_ids in zip(
+        episodes, tokenizer(list(heads), add_special_tokens=False)["input_ids"], strict=True
+    ):
+        ids = head_ids[: max(0, limit - len(tail_ids))] + tail_ids
+        episode.add_inserted(ids[:limit])
 
 
 def episodes_to_trl(episodes: Sequence[Episode]) -> dict[str, list]:
