@@ -135,9 +135,14 @@ def write_world(world: World, out: Path) -> dict[str, Path]:
 
 def vocabulary_texts(world: World, template: Template) -> list[str]:
     """Every text the model will read or write, so each word becomes one token."""
-    from research_r1.protocol import SEARCH_R1, format_observation, render_prompt, split_contents
+    from research_r1.protocol import (
+        FINAL_TURN_NOTICE,
+        SEARCH_R1,
+        format_observation,
+        render_prompt,
+        split_contents,
+    )
     from research_r1.retrieval import Passage
-    from research_r1.rollout import FINAL_TURN_NOTICE
     from research_r1.world import TURNS
 
     texts = [render_prompt(template.prompt(q.question)) for q in world.train + world.test]
@@ -311,8 +316,8 @@ def evaluate(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from research_r1.protocol import extract_answer
-    from research_r1.rewards import exact_match, is_valid_search_r1_sequence
-    from research_r1.rollout import FINAL_TURN_NOTICE, run_episodes
+    from research_r1.rewards import exact_match, follows_search_r1_format
+    from research_r1.rollout import run_episodes
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
@@ -329,7 +334,7 @@ def evaluate(
     for question, episode in zip(questions, episodes, strict=True):
         text = tokenizer.decode(episode.completion_ids, skip_special_tokens=True)
         em = exact_match(extract_answer(text, template.protocol), question.answer)
-        valid, _ = is_valid_search_r1_sequence(text.replace(FINAL_TURN_NOTICE.strip(), ""))
+        valid, _ = follows_search_r1_format(text)
         rows[question.kind].append((em, episode.num_searches, valid))
 
     def summary(values: list[tuple[float, int, bool]]) -> dict[str, float]:

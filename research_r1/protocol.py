@@ -36,6 +36,8 @@ SEARCH_R1_INVALID_NOTICE = (
     "<search> and </search>. If I want to give the final answer, I should put the answer "
     "between <answer> and </answer>. Let me try again.\n"
 )
+# Ours (Search-R1 has none): ends the observation before the last turn, whose search is not run.
+FINAL_TURN_NOTICE = "\nI have no searches left, so my next step must be the final answer.\n"
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from research_r1.errors import InputError
 from research_r1.protocol import (
     ANSWER_CLOSE,
     ANSWER_OPEN,
+    FINAL_TURN_NOTICE,
     RESEARCH,
     SEARCH_CLOSE,
     SEARCH_OPEN,
@@ -147,6 +148,12 @@ def is_valid_search_r1_sequence(text: str) -> tuple[bool, str]:
     return True, "valid sequence"
 
 
+def follows_search_r1_format(text: str) -> tuple[bool, str]:
+    """Search-R1's grammar on one of our completions. The last-turn notice our rollout inserts
+    (Search-R1 has none) is left out, so warning the model costs it no format bonus."""
+    return is_valid_search_r1_sequence(text.replace(FINAL_TURN_NOTICE.strip(), ""))
+
+
 def is_valid_research_sequence(text: str) -> tuple[bool, str]:
     """Whether a completion passes ReSearch's format check, and why not.
 
@@ -238,7 +245,7 @@ def make_format_em_reward(
         valid_flags = []
         for completion, gold in zip(completions, golds, strict=True):
             text = completion_text(completion)
-            valid, _ = is_valid_search_r1_sequence(text)
+            valid, _ = follows_search_r1_format(text)
             answer = extract_answer(text, SEARCH_R1)
             valid_flags.append(valid)
             if answer is None:

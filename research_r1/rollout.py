@@ -47,12 +47,17 @@ from typing import Any
 
 from research_r1.errors import InputError
 from research_r1.generation import Generation, Generator, TransformersGenerator
-from research_r1.protocol import Prompt, Protocol, format_observation, parse_turn, render_prompt
+from research_r1.protocol import (
+    FINAL_TURN_NOTICE,
+    Prompt,
+    Protocol,
+    format_observation,
+    parse_turn,
+    render_prompt,
+)
 from research_r1.retrieval import Passage, Retriever
 
 logger = logging.getLogger(__name__)
-
-FINAL_TURN_NOTICE = "\nI have no searches left, so my next step must be the final answer.\n"
 
 
 @dataclass
@@ -345,10 +350,10 @@ def log_rollout_metrics(trainer: Any, episodes: Sequence[Episode], protocol: Pro
     """
     import torch
 
-    from research_r1.rewards import is_valid_research_sequence, is_valid_search_r1_sequence
+    from research_r1.rewards import follows_search_r1_format, is_valid_research_sequence
 
     valid_format = {
-        "search_r1": is_valid_search_r1_sequence,
+        "search_r1": follows_search_r1_format,
         "research": is_valid_research_sequence,
     }
     check = valid_format[protocol.name]

@@ -8,6 +8,7 @@ import pytest
 
 from research_r1.errors import InputError
 from research_r1.protocol import (
+    FINAL_TURN_NOTICE,
     RESEARCH,
     SEARCH_R1,
     SEARCH_R1_INVALID_NOTICE,
@@ -21,6 +22,7 @@ from research_r1.rewards import (
     completion_text,
     cover_match,
     exact_match,
+    follows_search_r1_format,
     get_reward,
     is_valid_research_sequence,
     is_valid_search_r1_sequence,
@@ -313,6 +315,17 @@ def test_search_r1_format_em_configured_values() -> None:
     assert _call(reward, FORMAT_CASES, [["Paris"]] * 6, False) == [2.0, 0.5, 1.5, 0.25, 0.0, 0.0]
     configured = get_reward("search_r1_format_em", wrong_valid=0.0)
     assert _call(configured, FORMAT_CASES, [["Paris"]] * 6, True) == [1.0, 0.0, 0.8, 0.1, 0.0, 0.0]
+
+
+def test_the_last_turn_notice_costs_no_format_bonus() -> None:
+    """Our rollout warns before the last turn; Search-R1 has no such notice, and its grammar
+    alone would call the sequence invalid. The invalid-step notice still invalidates."""
+    warned = f"<think>a</think><search>q</search>{INFO}{FINAL_TURN_NOTICE}<think>b</think>"
+    warned += "<answer>Paris</answer>"
+    assert is_valid_search_r1_sequence(warned)[0] is False
+    assert follows_search_r1_format(warned) == (True, "valid sequence")
+    assert _call(search_r1_format_em, [warned], [["Paris"]], False) == [1.0]
+    assert follows_search_r1_format(NOTICE_NO_ANSWER)[0] is False
 
 
 def test_format_rewards_log_the_valid_rate() -> None:

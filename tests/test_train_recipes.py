@@ -20,7 +20,7 @@ from research_r1 import train
 from research_r1.callbacks import HubPushCallback
 from research_r1.cli import main as cli_main
 from research_r1.errors import InputError
-from research_r1.protocol import RESEARCH, SEARCH_R1
+from research_r1.protocol import FINAL_TURN_NOTICE, RESEARCH, SEARCH_R1
 from research_r1.publish import model_card, push_model, results_table
 from research_r1.retrieval.config import BM25Config, RemoteConfig, parse_config
 from research_r1.rollout import Episode, log_rollout_metrics
@@ -227,7 +227,7 @@ def episode(tokenizer, parts: list[tuple[str, int]], **fields) -> Episode:
 
 def test_rollout_metrics_are_recorded_per_batch():
     tags = (*SEARCH_R1.tags, RESEARCH.observation_open, RESEARCH.observation_close)
-    tokenizer = build_tokenizer(["a b c q x doc foo bar \\boxed{x}"], tags)
+    tokenizer = build_tokenizer(["a b c q x doc foo bar \\boxed{x}", FINAL_TURN_NOTICE], tags)
     valid = episode(
         tokenizer,
         [
@@ -270,6 +270,18 @@ def test_rollout_metrics_are_recorded_per_batch():
     log_rollout_metrics(view, [boxed], RESEARCH)
     assert view._metrics["eval"]["rollout/valid_format_rate"] == [1.0]
     assert view._metrics["eval"]["rollout/masked_token_share"] == [0.0]
+
+    # the notice before the last turn is ours, not the model's: the format still counts as valid
+    warned = episode(
+        tokenizer,
+        [
+            ("<think> a </think><search> q </search>", 1),
+            ("<information> doc </information>" + FINAL_TURN_NOTICE, 0),
+            ("<think> b </think><answer> x </answer>", 1),
+        ],
+    )
+    log_rollout_metrics(view, [warned], SEARCH_R1)
+    assert view._metrics["eval"]["rollout/valid_format_rate"] == [1.0, 1.0]
 
 
 def test_model_card_metadata_and_results():
