@@ -49,7 +49,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -579,23 +579,30 @@ class SweepRow:
     ram_bytes: float  # per passage, held in RAM (codes and ids)
     disk_bytes: float  # per passage, read from disk only by the re-rank
     recall: dict[int, float]  # nprobe -> recall@k
+    held_out: float  # recall@k, all lists probed, codebooks trained on the other half
 
 
 def sweep_ivfpq(
     work: Workload, k: int, kth: np.ndarray, args: argparse.Namespace
 ) -> list[SweepRow]:
-    """Recall of IVF-PQ over code sizes and nprobe, and of IVF-PQ whose candidates are re-ranked
-    with the exact vectors (`RFlat` with `k_factor`; the package memory-maps the index file, so
-    the vectors stay on disk and a query reads only its k_factor x k candidates)."""
+    """Recall of IVF-PQ over code sizes and nprobe; of OPQ, which rotates (and here halves) the
+    vectors before the PQ so its sub-vectors carry even shares of the variance; and of IVF-PQ
+    whose candidates are re-ranked with the exact vectors (`RFlat` with `k_factor`; the package
+    memory-maps the index file, so the vectors stay on disk and a query reads only its
+    k_factor x k candidates)."""
     dimension = work.vectors.shape[1]
     nlist = auto_nlist(len(work.vectors))
     probes = [p for p in (1, 2, 4, 8, 16, 32, 64, 128) if p <= nlist]
     sizes = [m for m in (8, 16, 24, 32, 48, 64, 96, 128, 192) if dimension % m == 0]
-    plans = [(m, 0) for m in sizes] + [(m, factor) for m in (16, 32) for factor in (2, 4)]
+    half = dimension // 2
+    plans = (
+        [(f"IVF{nlist},PQ{m}", m, 0) for m in sizes]
+        + [(f"OPQ{m}_{half},IVF{nlist},PQ{m}", m, 0) for m in (48, 64) if half % m == 0]
+        + [(f"IVF{nlist},PQ{m},RFlat", m, factor) for m in (16, 32) for factor in (2, 4)]
+    )
     sample = training_sample(work.vectors, args.train_size)
     rows = []
-    for m, factor in tqdm(plans, desc="IVF-PQ sweep", unit="index"):
-        name = f"IVF{nlist},PQ{m}" + (",RFlat" if factor else "")
+    for name, m, factor in tqdm(plans, desc="IVF-PQ sweep", unit="index"):
         index = make_index(name, dimension)
         index.train(sample)
         index.add(work.vectors)
@@ -605,8 +612,24 @@ def sweep_ivfpq(
             _, found = index.search(work.query_vectors, k)
             recall[probe] = recall_vs_exact(found, work, kth, k)
         disk = 4 * dimension if factor else 0
-        rows.append(SweepRow(name, factor, m + IVF_ID_BYTES, disk, recall))
+        held_out = held_out_recall(name, work, k, nlist, factor)
+        rows.append(SweepRow(name, factor, m + IVF_ID_BYTES, disk, recall, held_out))
     return rows
+
+
+def held_out_recall(name: str, work: Workload, k: int, probe: int, factor: int) -> float:
+    """Recall@k when the codebooks are trained on one half of the vectors and the other half
+    is indexed: a small corpus trains its codebooks on the very vectors they encode, which
+    flatters the codes (the case of a 21M-passage index trained on a sample is closer to this)."""
+    order = np.random.default_rng(0).permutation(len(work.vectors))
+    train, indexed = work.vectors[order[::2]], work.vectors[order[1::2]]
+    half = replace(work, vectors=np.ascontiguousarray(indexed))
+    index = make_index(name, indexed.shape[1])
+    index.train(np.ascontiguousarray(train))
+    index.add(half.vectors)
+    set_search_parameters(index, probe, None, factor or None)
+    _, found = index.search(work.query_vectors, k)
+    return recall_vs_exact(found, half, exact_top(half, k)[0][:, -1], k)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -863,8 +886,17 @@ def print_report(work: Workload, args: argparse.Namespace, report: Report, load:
         render(
             f"IVF-PQ sweep: recall@{k} vs Flat by nprobe (RAM B: code + {IVF_ID_BYTES} B id per "
             f"passage, Flat {flat_bytes:.0f} B; a re-rank reads k·factor exact vectors from disk; "
-            "codebooks trained on these same vectors)",
-            ["index", "re-rank", "RAM B", "×Flat", "disk B", *(f"nprobe {p}" for p in probes)],
+            "codebooks trained on these same vectors; held out: trained on one half, the other "
+            "half indexed, all lists probed)",
+            [
+                "index",
+                "re-rank",
+                "RAM B",
+                "×Flat",
+                "disk B",
+                *(f"nprobe {p}" for p in probes),
+                "held out",
+            ],
             [
                 [
                     row.name,
@@ -873,6 +905,7 @@ def print_report(work: Workload, args: argparse.Namespace, report: Report, load:
                     f"{row.ram_bytes / flat_bytes:.3f}",
                     f"{row.disk_bytes:.0f}",
                     *(f"{row.recall[p]:.3f}" for p in probes),
+                    f"{row.held_out:.3f}",
                 ]
                 for row in report.sweep
             ],
@@ -886,14 +919,20 @@ def print_report(work: Workload, args: argparse.Namespace, report: Report, load:
 def target_lines(report: Report, k: int, flat_bytes: float) -> list[str]:
     lines = []
     for name, (speedup, same) in report.speedups.items():
-        ok = speedup >= TARGET_SPEEDUP and same
         gain = report.qps[name, max(CLIENTS)] / report.qps[name, 1]
-        lines.append(
-            f"{verdict(ok)}  {name}: {max(CLIENTS)} single-query clients, batching on (default "
-            f"settings) vs off: {speedup:.2f}x throughput (target >= {TARGET_SPEEDUP:.0f}x), "
-            f"ids identical: {'yes' if same else 'NO'}; in process, batch {max(CLIENTS)} "
-            f"searches {gain:.2f}x as many queries/s as batch 1"
+        line = (
+            f"{name}: {max(CLIENTS)} single-query clients, batching on (default settings) vs off: "
+            f"{speedup:.2f}x throughput (target >= {TARGET_SPEEDUP:.0f}x), ids identical: "
+            f"{'yes' if same else 'NO'}; in process, batch {max(CLIENTS)} searches {gain:.2f}x "
+            f"as many queries/s as batch 1"
         )
+        if name == "bm25":  # the target is for an encoder call shared by many requests
+            lines.append(
+                f"INFO  {line}; BM25 has no encoder to share, and one query costs less than the "
+                "HTTP request that carries it"
+            )
+        else:
+            lines.append(f"{verdict(speedup >= TARGET_SPEEDUP and same)}  {line}")
     for name, timed in report.overheads.items():
         extra, noise = timed.extra_ms, timed.noise_ms
         line = (
@@ -930,7 +969,7 @@ def ivfpq_target_lines(sweep: list[SweepRow], k: int, flat_bytes: float) -> list
         return (
             f"{row.name}{rerank} nprobe {probe}: recall@{k} {row.recall[probe]:.3f} at "
             f"{row.ram_bytes:.0f} B/passage in RAM ({row.ram_bytes / flat_bytes:.3f} of Flat)"
-            f"{disk}"
+            f"{disk}; held out {row.held_out:.3f}"
         )
 
     plain = [(row, p) for row, p in points if not row.rerank]
@@ -947,7 +986,7 @@ def ivfpq_target_lines(sweep: list[SweepRow], k: int, flat_bytes: float) -> list
     fixes = [(row, p) for row, p in points if row.rerank and row.recall[p] >= goal]
     if fixes:
         row, probe = min(fixes, key=lambda point: (point[0].ram_bytes, point[1]))
-        lines.append(f"      with an exact re-rank instead: {describe(row, probe)}")
+        lines.append(f"      with an exact re-rank: {describe(row, probe)}")
     return lines
 
 
@@ -981,7 +1020,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=384, help="requests per server cell")
     parser.add_argument("--server-seconds", type=float, default=20.0, help="cap per server cell")
     parser.add_argument("--rounds", type=int, default=3, help="turns each server mode takes")
-    parser.add_argument("--overhead-reps", type=int, default=15, help="batches of 64, each way")
+    parser.add_argument("--overhead-reps", type=int, default=40, help="batches of 64, each way")
     parser.add_argument("--no-sweep", action="store_true", help="skip the IVF-PQ sweep")
     parser.add_argument(
         "--cache-dir",

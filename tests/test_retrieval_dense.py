@@ -176,6 +176,7 @@ def test_flat_search_equals_numpy_brute_force(corpus: Corpus, tmp_path: Path) ->
         ("IVF4,SQ8", faiss.IndexIVFScalarQuantizer, {"nprobe": 4}),
         ("IVF4,PQ8x4", faiss.IndexIVFPQ, {"nprobe": 4}),
         ("IVF4,PQ8x4,RFlat", faiss.IndexRefineFlat, {"nprobe": 4, "k_factor": 4}),
+        ("OPQ8_16,IVF4,PQ8x4", faiss.IndexPreTransform, {"nprobe": 4}),
     ],
 )
 def test_factory_strings_build_trained_indexes(corpus, tmp_path, factory, kind, parameters):

@@ -414,10 +414,29 @@ def test_client_error_after_the_last_retry_names_url_attempts_and_cause(
         pytest.raises(RetrievalError) as error,
     ):
         remote.search(["Paris"], 1)
-    assert str(error.value).startswith(
-        f"retrieval at {url}/batch_search failed after 3 attempts; last cause: ConnectError"
+    message = str(error.value)
+    assert message.startswith(
+        f"retrieval at {url}/batch_search failed after 3 attempts; last cause: NewConnectionError"
     )
+    assert message.endswith("Connection refused")
     assert delays == [0.5, 1.0]
+
+
+def test_a_stalled_server_times_out_and_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    delays: list[float] = []
+    monkeypatch.setattr(client_module, "sleep", delays.append)
+    gate = threading.Event()
+    with (
+        serving(OverlapRetriever(gate=gate)) as url,
+        RemoteRetriever(url, retries=1, timeout_s=0.3, backoff_s=0.1) as remote,
+    ):
+        with pytest.raises(RetrievalError) as error:
+            remote.search(["Paris"], 1)
+        gate.set()  # lets the stalled search finish so the server can stop
+    assert str(error.value).startswith(
+        f"retrieval at {url}/retrieve failed after 2 attempts; last cause: ReadTimeoutError"
+    )
+    assert delays == [0.1]
 
 
 def test_server_errors_are_retried_then_reported(
