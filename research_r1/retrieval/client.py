@@ -9,8 +9,8 @@ Training must not die because the server restarted: connection errors and 5xx an
 retried with exponential backoff; a 4xx answer (bad request, bad token) is not, since repeating
 it cannot help. Either way the final error names the url, the attempts and the last cause.
 
-The transport is urllib3 with orjson on both ends: for a batch of 64 queries (a 128 kB answer)
-a round trip costs two thirds of httpx's (0.86 against 1.32 ms on the loopback).
+The transport is urllib3 with orjson on both ends: a batch of 64 queries (a 128 kB answer) takes
+a third less time than with httpx (0.86 against 1.32 ms round trip on an idle loopback).
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ class RemoteRetriever:
             headers=headers,
             timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s),
             retries=False,  # retried below, with backoff and a report of the last cause
+            maxsize=16,  # connections kept for concurrent callers (a Gradio app's threads)
         )
 
     def search(self, queries: Sequence[str], k: int) -> list[list[Passage]]:
