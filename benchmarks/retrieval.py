@@ -25,8 +25,10 @@ the corpus size, and the largest PQ code that fits 1/20 of the flat index). For 
   with the same batch in process. The three modes are served at once and take turns, so all of
   them see the same load from other processes.
 
-Then an IVF-PQ sweep (code size x nprobe, and PQ plus an exact re-rank) and PASS/FAIL for the
-project's targets. Request counts and times are bounded; the run stops by itself.
+Then an IVF-PQ sweep (code size x nprobe; OPQ; PQ plus an exact re-rank; each also with its
+codebooks trained on one half of the vectors and the other half indexed) and PASS/FAIL for the
+project's targets (INFO where a target does not apply). Request counts and times are bounded;
+the run stops by itself.
 
 On a machine whose cores other processes also use, run it with OMP_WAIT_POLICY=PASSIVE (the
 server subprocess inherits it): OpenMP threads that spin while their partner waits for a core
@@ -612,12 +614,14 @@ def sweep_ivfpq(
             _, found = index.search(work.query_vectors, k)
             recall[probe] = recall_vs_exact(found, work, kth, k)
         disk = 4 * dimension if factor else 0
-        held_out = held_out_recall(name, work, k, nlist, factor)
+        held_out = held_out_recall(name, work, k, nlist, factor, args.train_size)
         rows.append(SweepRow(name, factor, m + IVF_ID_BYTES, disk, recall, held_out))
     return rows
 
 
-def held_out_recall(name: str, work: Workload, k: int, probe: int, factor: int) -> float:
+def held_out_recall(
+    name: str, work: Workload, k: int, probe: int, factor: int, train_size: int
+) -> float:
     """Recall@k when the codebooks are trained on one half of the vectors and the other half
     is indexed: a small corpus trains its codebooks on the very vectors they encode, which
     flatters the codes (the case of a 21M-passage index trained on a sample is closer to this)."""
@@ -625,7 +629,7 @@ def held_out_recall(name: str, work: Workload, k: int, probe: int, factor: int) 
     train, indexed = work.vectors[order[::2]], work.vectors[order[1::2]]
     half = replace(work, vectors=np.ascontiguousarray(indexed))
     index = make_index(name, indexed.shape[1])
-    index.train(np.ascontiguousarray(train))
+    index.train(training_sample(np.ascontiguousarray(train), train_size))
     index.add(half.vectors)
     set_search_parameters(index, probe, None, factor or None)
     _, found = index.search(work.query_vectors, k)
