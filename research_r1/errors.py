@@ -1,5 +1,10 @@
-"""The one exception type for bad input, so the CLI can print it without a traceback."""
+"""The exceptions the CLI prints as one line, without a traceback: the user can act on them."""
 
 
 class InputError(ValueError):
     """Bad user input: the message names the file, row, field, repo or recipe key to fix."""
+
+
+class RunStopped(RuntimeError):
+    """A run stopped for a cause outside it (the retriever stayed unreachable): nothing is wrong
+    with its input, and the message says how to go on (e.g. resume from the last checkpoint)."""

@@ -118,17 +118,34 @@ def resolve_split(
     out_dir: str | os.PathLike | None = None,
 ) -> Path:
     """Fetch a file published in parts (Search-R1's flat index: `part_aa`, `part_ab`) and return
-    the reassembled file, written next to the parts unless `out_dir` is given."""
+    the reassembled file, written to `out_dir` if given, else next to local parts, else (parts in
+    the Hub cache) under `$HF_HOME/research_r1/assembled`."""
     folder = resolve(uri_or_dir, allow_patterns=[parts_glob], token=token)
     if not folder.is_dir():
         raise InputError(f"{uri_or_dir} must name a folder holding {parts_glob} files")
-    out = Path(out_dir or folder) / name
+    out = Path(out_dir or _assembled_dir(folder)) / name
     parts = [path for path in folder.glob(parts_glob) if path != out]
     if not parts:
         if out.exists():
             return out
         raise InputError(f"no files matching {parts_glob!r} in {uri_or_dir} ({folder})")
     return reassemble(parts, out)
+
+
+def _assembled_dir(folder: Path) -> Path:
+    """Where a file reassembled from the parts in `folder` goes: next to them, unless `folder` is
+    in the Hub cache. huggingface_hub manages that cache (snapshot folders of symlinks into
+    blobs, sized and pruned by `hf cache`), so a 60 GB file of ours there would escape its
+    accounting and clash with a repo file of the same name. It goes beside the cache instead,
+    at `$HF_HOME/research_r1/assembled/<the folder's path in the cache>`: that path names the
+    revision, so a new revision gets its own file and the same one is reused."""
+    from huggingface_hub import constants
+
+    try:
+        relative = folder.resolve().relative_to(Path(constants.HF_HUB_CACHE).resolve())
+    except ValueError:
+        return folder
+    return Path(constants.HF_HOME) / "research_r1" / "assembled" / relative
 
 
 def reassemble(parts: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:

@@ -13,7 +13,7 @@ strings and notices from here rather than spelling them out again.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -306,14 +306,19 @@ def load_template(name_or_path: str | Path) -> Template:
     )
 
 
-def render_prompt(prompt: Prompt, tokenizer: Any = None) -> str:
+def render_prompt(
+    prompt: Prompt, tokenizer: Any = None, chat_template_kwargs: Mapping[str, Any] | None = None
+) -> str:
     """The text the model sees for a dataset `prompt`.
 
-    Chat messages go through the tokenizer's chat template (with the generation prompt) when it
-    has one; otherwise their contents are joined, which is how Search-R1 prompts base models.
+    Chat messages go through the tokenizer's chat template (with the generation prompt and the
+    recipe's `chat_template_kwargs`, e.g. Qwen3's `enable_thinking`) when it has one; otherwise
+    their contents are joined, which is how Search-R1 prompts base models.
     """
     if isinstance(prompt, str):
         return prompt
     if tokenizer is not None and getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        return tokenizer.apply_chat_template(
+            prompt, tokenize=False, add_generation_prompt=True, **(chat_template_kwargs or {})
+        )
     return "\n\n".join(message["content"] for message in prompt)

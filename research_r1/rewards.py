@@ -17,6 +17,8 @@ example answer that the Search-R1 prompt contains can never count.
 
 from __future__ import annotations
 
+import functools
+import importlib
 import inspect
 import re
 import string
@@ -225,16 +227,35 @@ def search_r1_em(
     ]
 
 
+_INFORMATION = re.compile(
+    re.escape(SEARCH_R1.observation_open) + "(.*?)" + re.escape(SEARCH_R1.observation_close),
+    re.DOTALL,
+)
+
+
+def gold_in_information(text: str, golds: Golds) -> bool:
+    """Whether a normalised gold answer appears inside one of the completion's `<information>`
+    blocks (Search-R1's `is_retrieval_correct`: the search found the answer). A gold that
+    normalises to nothing never counts, as in `cover_match`."""
+    blocks = [normalize_answer(block) for block in _INFORMATION.findall(text)]
+    normalized = [gold for gold in map(normalize_answer, _gold_list(golds)) if gold]
+    return any(gold in block for block in blocks for gold in normalized)
+
+
 def make_format_em_reward(
     correct_valid: float = 1.0,
     correct_invalid: float = 0.8,
     wrong_valid: float = 0.2,
     wrong_invalid: float = 0.1,
+    retrieval: float = 0.0,
 ) -> RewardFunc:
-    """Search-R1's format-aware EM reward with its four values (defaults: upstream's).
+    """Search-R1's format-aware EM reward with its values (defaults: upstream's).
 
-    Correctness decides first, then following the grammar earns the higher value of the two.
-    A completion with no answer gets 0 (a valid sequence always has one).
+    Correctness decides first, then following the grammar earns the higher value of the two. A
+    wrong answer in a valid sequence whose searches brought back a gold answer (inside an
+    `<information>` block) also earns `retrieval` (upstream's `retrieval_score`, 0 by default,
+    added to `structure_format_score`). A completion with no answer gets 0 (a valid sequence
+    always has one).
     """
 
     def search_r1_format_em(
@@ -252,8 +273,11 @@ def make_format_em_reward(
                 rewards.append(0.0)
             elif exact_match(answer, gold):
                 rewards.append(correct_valid if valid else correct_invalid)
+            elif valid:
+                bonus = retrieval if retrieval and gold_in_information(text, gold) else 0.0
+                rewards.append(wrong_valid + bonus)
             else:
-                rewards.append(wrong_valid if valid else wrong_invalid)
+                rewards.append(wrong_invalid)
         _log_rate(columns, "search_r1_format_em/valid_format", valid_flags)
         return rewards
 
@@ -303,10 +327,18 @@ REWARDS: dict[str, RewardFunc] = {
 _FACTORIES: dict[str, Callable[..., RewardFunc]] = {"search_r1_format_em": make_format_em_reward}
 
 
-def get_reward(name: str, **options: float) -> RewardFunc:
-    """A reward function by name; options go to its factory (only search_r1_format_em has any)."""
+def get_reward(name: str, **options: Any) -> RewardFunc:
+    """A reward function by registry name or import path (`pkg.module.function`, as TRL's GRPO
+    script accepts), with `options`: a registry reward's options go to its factory (only
+    search_r1_format_em has any); an imported function gets them as keyword arguments on every
+    call, so it must accept them."""
+    if "." in name:
+        return _imported_reward(name, options)
     if name not in REWARDS:
-        raise InputError(f"unknown reward {name!r}; known rewards: {', '.join(REWARDS)}")
+        raise InputError(
+            f"unknown reward {name!r}; known rewards: {', '.join(REWARDS)}, or an import path "
+            "such as my_package.rewards.my_reward"
+        )
     if not options:
         return REWARDS[name]
     accepted = set(inspect.signature(_FACTORIES[name]).parameters) if name in _FACTORIES else set()
@@ -316,3 +348,30 @@ def get_reward(name: str, **options: float) -> RewardFunc:
             f"reward {name!r} has no options {unknown}; its options: {sorted(accepted) or 'none'}"
         )
     return _FACTORIES[name](**options)
+
+
+def _imported_reward(path: str, options: dict[str, Any]) -> RewardFunc:
+    module_name, _, attribute = path.rpartition(".")
+    try:
+        function = getattr(importlib.import_module(module_name), attribute)
+    except ModuleNotFoundError as error:
+        raise InputError(f"reward {path!r}: cannot import module {error.name!r}") from error
+    except AttributeError as error:
+        raise InputError(f"reward {path!r}: module {module_name!r} has no {attribute!r}") from error
+    if not callable(function):
+        raise InputError(f"reward {path!r} is not a function")
+    if not options:
+        return function
+    # Options must be named parameters: every TRL reward takes **columns, which would swallow a
+    # misspelt option without a word.
+    accepted = {
+        parameter.name
+        for parameter in inspect.signature(function).parameters.values()
+        if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+    } - {"prompts", "completions", "completion_ids"}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise InputError(
+            f"reward {path!r} takes no options {unknown}; its options: {sorted(accepted) or 'none'}"
+        )
+    return functools.update_wrapper(functools.partial(function, **options), function)

@@ -24,8 +24,11 @@ Rules of an episode:
   after it (within the stop's own token) stay in the completion as sampled.
 - Invalid steps get `protocol.invalid_notice` as an observation (no penalty); so does a turn cut
   off by `max_new_tokens` while completion budget remains.
-- A search that fails (the retriever raised, e.g. a remote one after its own retries) becomes an
-  observation saying so, is counted in `retrieval_errors`, and the episode goes on.
+- A retriever that cannot be reached (`RetrieverUnavailable`: a remote one, after its own quick
+  retries) is waited for, with backoff and a log line per wait, for up to `max_retriever_wait_s`;
+  then the rollout raises `RunStopped` naming it, and the run ends (its last checkpoint resumes
+  it). No episode ever reads an error where passages should be, so no step trains on an outage.
+  Any other exception from the retriever (a bug, a refused request) propagates as it is.
 - Observations are cut to `max_observation_tokens` at the end of their passages: the closing tag
   and what follows it are kept whole, so the transcript stays well formed.
 - Budgets: each turn may sample `max_new_tokens`, shrunk to what is left of
@@ -41,11 +44,13 @@ Rules of an episode:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from research_r1.errors import InputError
+import tenacity
+
+from research_r1.errors import InputError, RunStopped
 from research_r1.generation import Generation, Generator, TransformersGenerator
 from research_r1.protocol import (
     FINAL_TURN_NOTICE,
@@ -55,15 +60,19 @@ from research_r1.protocol import (
     parse_turn,
     render_prompt,
 )
-from research_r1.retrieval import Passage, Retriever
+from research_r1.retrieval import Passage, Retriever, RetrieverUnavailable
 
 logger = logging.getLogger(__name__)
+
+# Waits for an unreachable retriever: 1 s, then doubling, at most a minute between tries.
+OUTAGE_FIRST_WAIT_S = 1.0
+OUTAGE_LONGEST_WAIT_S = 60.0
 
 
 @dataclass
 class Episode:
     """One prompt's rollout: the token streams the trainer needs and what happened, for rewards
-    and logs (`queries[i]` returned the passages `retrieved_ids[i]`, empty when it failed)."""
+    and logs (`queries[i]` returned the passages `retrieved_ids[i]`)."""
 
     prompt_ids: list[int]
     completion_ids: list[int] = field(default_factory=list)
@@ -74,7 +83,6 @@ class Episode:
     retrieved_ids: list[list[str]] = field(default_factory=list)
     answered: bool = False
     truncated: bool = False
-    retrieval_errors: int = 0
     invalid_steps: int = 0
 
     def add_sampled(self, generation: Generation) -> None:
@@ -95,13 +103,15 @@ class Episode:
 
 @dataclass(frozen=True)
 class RolloutConfig:
-    """How far an episode may go; Search-R1's paper values by default."""
+    """How far an episode may go (Search-R1's paper values by default), and how long a search
+    waits for a retriever that cannot be reached before the run stops."""
 
     k: int = 3
     max_turns: int = 4
     max_new_tokens: int = 500
     max_observation_tokens: int = 500
     max_completion_tokens: int = 4096
+    max_retriever_wait_s: float = 600.0
 
     def __post_init__(self) -> None:
         minimums = {
@@ -114,6 +124,8 @@ class RolloutConfig:
         for name, minimum in minimums.items():
             if getattr(self, name) < minimum:
                 raise InputError(f"rollout setting {name} must be >= {minimum}")
+        if self.max_retriever_wait_s < 0:
+            raise InputError("rollout setting max_retriever_wait_s must be >= 0")
 
 
 def run_rollout(
@@ -221,29 +233,52 @@ def _run_searches(
     if not searches:
         return
     queries = [query for _, query in searches]
-    try:
-        results: list[list[Passage]] | None = retriever.search(queries, config.k)
-        failure = ""
-    except Exception as error:  # a remote retriever has already retried: the episode goes on
-        logger.warning("search failed for %d queries: %s", len(queries), error)
-        results, failure = None, f"Search failed: {error}"
-    if results is not None and len(results) != len(queries):
+    results = search_through_outages(retriever, queries, config.k, config.max_retriever_wait_s)
+    if len(results) != len(queries):
         raise RuntimeError(f"retriever returned {len(results)} result lists for {len(queries)}")
     closing = protocol.observation_format.split("{passages}")[-1]
     heads = []
-    for index, (row, query) in enumerate(searches):
+    for (row, query), passages in zip(searches, results, strict=True):
         episode = episodes[row]
         episode.num_searches += 1
         episode.queries.append(query)
-        if results is None:
-            episode.retrieval_errors += 1
-            episode.retrieved_ids.append([])
-            observation = format_observation(failure, protocol)
-        else:
-            episode.retrieved_ids.append([passage.id for passage in results[index]])
-            observation = format_observation(results[index], protocol)
-        heads.append(observation.removesuffix(closing))
+        episode.retrieved_ids.append([passage.id for passage in passages])
+        heads.append(format_observation(passages, protocol).removesuffix(closing))
     _observe([episodes[row] for row, _ in searches], heads, closing + notice, tokenizer, config)
+
+
+def search_through_outages(
+    retriever: Retriever, queries: list[str], k: int, max_wait_s: float
+) -> list[list[Passage]]:
+    """`retriever.search(queries, k)`, waiting out an outage (`RetrieverUnavailable`) with
+    exponential backoff and a warning per wait; `RunStopped` once the next wait would pass
+    `max_wait_s` seconds since the first try."""
+
+    def log_wait(state: tenacity.RetryCallState) -> None:
+        logger.warning(
+            "the retriever is unreachable (%s); waiting %g s for it (%.0f of at most %g s)",
+            state.outcome.exception(),
+            state.upcoming_sleep,
+            state.seconds_since_start,
+            max_wait_s,
+        )
+
+    def give_up(state: tenacity.RetryCallState) -> None:
+        raise RunStopped(
+            f"the retriever stayed unreachable for {state.seconds_since_start:.0f} s "
+            f"(max_retriever_wait_s={max_wait_s:g}): {state.outcome.exception()}. Nothing was "
+            "trained on the failed searches; once the retriever is back, resume the run from its "
+            "last checkpoint (--resume_from_checkpoint)"
+        ) from state.outcome.exception()
+
+    waiting = tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type(RetrieverUnavailable),
+        wait=tenacity.wait_exponential(multiplier=OUTAGE_FIRST_WAIT_S, max=OUTAGE_LONGEST_WAIT_S),
+        stop=tenacity.stop_before_delay(max_wait_s),
+        before_sleep=log_wait,
+        retry_error_callback=give_up,
+    )
+    return waiting(retriever.search, queries, k)
 
 
 def _observe(
@@ -270,18 +305,21 @@ def episodes_to_trl(episodes: Sequence[Episode]) -> dict[str, list]:
     """The dict a TRL `rollout_func` returns: one list per field, one entry per episode.
 
     Besides `prompt_ids`, `completion_ids`, `logprobs` and `env_mask`, every per-episode field
-    (`num_searches`, `queries`, `retrieved_ids`, `answered`, `truncated`, `retrieval_errors`,
-    `invalid_steps`) reaches the reward functions as a keyword argument.
+    (`num_searches`, `queries`, `retrieved_ids`, `answered`, `truncated`, `invalid_steps`)
+    reaches the reward functions as a keyword argument.
     """
     rows = [asdict(episode) for episode in episodes]
     return {f.name: [row[f.name] for row in rows] for f in fields(Episode)}
 
 
-def encode_prompt(prompt: Prompt, tokenizer: Any) -> list[int]:
+def encode_prompt(
+    prompt: Prompt, tokenizer: Any, chat_template_kwargs: Mapping[str, Any] | None = None
+) -> list[int]:
     """Prompt ids as the trainer would build them: chat-templated text already holds its special
     tokens; plain text gets the tokenizer's usual ones (e.g. a BOS)."""
     templated = not isinstance(prompt, str) and bool(getattr(tokenizer, "chat_template", None))
-    return tokenizer.encode(render_prompt(prompt, tokenizer), add_special_tokens=not templated)
+    text = render_prompt(prompt, tokenizer, chat_template_kwargs)
+    return tokenizer.encode(text, add_special_tokens=not templated)
 
 
 def make_rollout_func(
@@ -292,12 +330,14 @@ def make_rollout_func(
     max_turns: int = 4,
     max_new_tokens: int = 500,
     max_observation_tokens: int = 500,
+    max_retriever_wait_s: float = 600.0,
     generate_batch_size: int = 16,
 ) -> Callable[[list, Any], dict[str, list]]:
     """A TRL 1.16 `rollout_func(prompts, trainer)` that plays search episodes.
 
     `prompts` arrive already repeated `num_generations` times; each is chat-templated with the
-    trainer's `processing_class` and played as one episode, in order. Completions are capped at
+    trainer's `processing_class` and its `chat_template_kwargs`, and played as one episode, in
+    order. Completions are capped at
     `trainer.args.max_completion_length` (TRL does not cut them). Generation comes from vLLM
     when the trainer uses it (colocate or server, see `research_r1.generation_vllm`), else from
     the trainer's own model through transformers, `generate_batch_size` rows at a time, with
@@ -312,8 +352,10 @@ def make_rollout_func(
             max_new_tokens=max_new_tokens,
             max_observation_tokens=max_observation_tokens,
             max_completion_tokens=trainer.args.max_completion_length,
+            max_retriever_wait_s=max_retriever_wait_s,
         )
-        prompt_ids = [encode_prompt(prompt, tokenizer) for prompt in prompts]
+        template_kwargs = trainer.args.chat_template_kwargs
+        prompt_ids = [encode_prompt(prompt, tokenizer, template_kwargs) for prompt in prompts]
         play = dict(tokenizer=tokenizer, retriever=retriever, protocol=protocol, config=config)
         if trainer.args.use_vllm:
             from research_r1.generation_vllm import vllm_generator_for
@@ -344,9 +386,9 @@ def log_rollout_metrics(trainer: Any, episodes: Sequence[Episode], protocol: Pro
 
     Values are gathered over processes, then averaged per logging step by the trainer:
     `rollout/searches_per_episode`, `rollout/answered_rate`, `rollout/truncated_rate`,
-    `rollout/invalid_steps_per_episode`, `rollout/retrieval_errors_per_episode`,
-    `rollout/valid_format_rate` (the rewards' grammar check, on the text the rewards read) and
-    `rollout/masked_token_share` (inserted ids over all completion ids, i.e. what the loss skips).
+    `rollout/invalid_steps_per_episode`, `rollout/valid_format_rate` (the rewards' grammar
+    check, on the text the rewards read) and `rollout/masked_token_share` (inserted ids over all
+    completion ids, i.e. what the loss skips).
     """
     import torch
 
@@ -366,7 +408,6 @@ def log_rollout_metrics(trainer: Any, episodes: Sequence[Episode], protocol: Pro
             episode.answered,
             episode.truncated,
             episode.invalid_steps,
-            episode.retrieval_errors,
             check(text)[0],
             len(episode.env_mask) - sum(episode.env_mask),
             len(episode.env_mask),
@@ -374,20 +415,19 @@ def log_rollout_metrics(trainer: Any, episodes: Sequence[Episode], protocol: Pro
         for episode, text in zip(episodes, texts, strict=True)
     ]
     local = torch.tensor(rows, dtype=torch.float32, device=trainer.accelerator.device)
-    stats = trainer.accelerator.gather(local).reshape(-1, 8)
+    stats = trainer.accelerator.gather(local).reshape(-1, 7)
     names = (
         "searches_per_episode",
         "answered_rate",
         "truncated_rate",
         "invalid_steps_per_episode",
-        "retrieval_errors_per_episode",
         "valid_format_rate",
     )
     means = stats[:, : len(names)].mean(dim=0).tolist()
     metrics = trainer._metrics["train" if trainer.model.training else "eval"]
     for name, value in zip(names, means, strict=True):
         metrics[f"rollout/{name}"].append(value)
-    metrics["rollout/masked_token_share"].append((stats[:, 6].sum() / stats[:, 7].sum()).item())
+    metrics["rollout/masked_token_share"].append((stats[:, 5].sum() / stats[:, 6].sum()).item())
 
 
 def run_episodes(

@@ -65,7 +65,7 @@ class Turn:
 
     `kind` is "think" (the model's reasoning), "search" (`text` is the query and `passages` the
     (title, text) pairs the model read back), "answer" (the final answer), or "notice" (other
-    text the environment inserted: a failed search, the invalid-step or last-turn notice).
+    text the environment inserted: the invalid-step or last-turn notice).
     """
 
     kind: Literal["think", "search", "answer", "notice"]

@@ -19,15 +19,17 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from research_r1.errors import InputError
+from research_r1.errors import InputError, RunStopped
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -69,7 +71,17 @@ class ScriptArguments:
     eval_split: str | None = None
     reward_funcs: list[str] = field(
         default_factory=lambda: ["search_r1_em"],
-        metadata={"help": "Reward names from research_r1.rewards.REWARDS."},
+        metadata={
+            "help": "Reward names from research_r1.rewards.REWARDS, or import paths of your own "
+            "functions (my_package.rewards.my_reward)."
+        },
+    )
+    reward_kwargs: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "Options per reward, e.g. {search_r1_format_em: {retrieval: 0.1}} in YAML or "
+            'a JSON string on the command line: \'{"search_r1_format_em": {"retrieval": 0.1}}\'.'
+        },
     )
     probe_query: str | None = field(
         default=None,
@@ -81,6 +93,13 @@ class ScriptArguments:
     accelerate_config: str | None = field(
         default=None, metadata={"help": "accelerate config file used by `research-r1 train`."}
     )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.reward_kwargs, str):
+            try:
+                self.reward_kwargs = json.loads(self.reward_kwargs)
+            except json.JSONDecodeError as error:
+                raise InputError(f"reward_kwargs: not valid JSON ({error})") from error
 
 
 @functools.cache
@@ -104,6 +123,13 @@ def _search_grpo_config() -> type:
         rollout_batch_size: int = field(
             default=16,
             metadata={"help": "Episodes per transformers generate call (unused with vLLM)."},
+        )
+        max_retriever_wait_s: float = field(
+            default=600.0,
+            metadata={
+                "help": "How long a rollout waits for an unreachable retriever (connection, "
+                "timeout, HTTP 5xx) before the run stops; resume it from its last checkpoint."
+            },
         )
 
     # Checkpoints pickle the config: pickle must find the class as research_r1.train's attribute.
@@ -134,6 +160,8 @@ def parse_recipe(argv: list[str]) -> tuple[ScriptArguments, Any, ModelConfig]:
     parser = TrlParser((ScriptArguments, _search_grpo_config(), ModelConfig))
     try:
         return parser.parse_args_and_config(argv)
+    except InputError:
+        raise
     except ValueError as error:
         raise InputError(f"recipe: {error}") from error
 
@@ -168,19 +196,30 @@ def check_supported(args: Any, model_args: ModelConfig) -> None:
             )
 
 
-def check_rewards(script: ScriptArguments, args: Any) -> None:
-    from research_r1.rewards import REWARDS
+def check_rewards(script: ScriptArguments, args: Any) -> list[Callable[..., Any]]:
+    """The reward functions the recipe names, with their options from `reward_kwargs`."""
+    from research_r1.rewards import REWARDS, get_reward
 
     if not script.reward_funcs:
         raise InputError(f"reward_funcs: name at least one of {', '.join(REWARDS)}")
-    unknown = [name for name in script.reward_funcs if name not in REWARDS]
-    if unknown:
-        raise InputError(f"reward_funcs: unknown {unknown}; known rewards: {', '.join(REWARDS)}")
+    options = script.reward_kwargs or {}
+    if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
+        raise InputError(
+            "reward_kwargs: expected a mapping from reward name to its options, e.g. "
+            "{search_r1_format_em: {retrieval: 0.1}}"
+        )
+    unused = sorted(set(options) - set(script.reward_funcs))
+    if unused:
+        raise InputError(f"reward_kwargs: {unused} are not in reward_funcs {script.reward_funcs}")
     if args.reward_weights is not None and len(args.reward_weights) != len(script.reward_funcs):
         raise InputError(
             f"reward_weights: {len(args.reward_weights)} weights for "
             f"{len(script.reward_funcs)} reward_funcs"
         )
+    try:
+        return [get_reward(name, **options.get(name, {})) for name in script.reward_funcs]
+    except InputError as error:
+        raise InputError(f"reward_funcs: {error}") from error
 
 
 def check_dataset(dataset: Dataset, split: str, template: Template) -> None:
@@ -226,6 +265,25 @@ def check_retriever(retriever: Retriever, query: str, k: int) -> None:
         raise InputError(f"retriever: the probe query {query!r} returned no passages")
 
 
+def check_retriever_placement(retriever: str, num_processes: int) -> None:
+    """Each training process builds its own in-process retriever. A dense index on a GPU would
+    then be loaded once per process, each copy (64 GB for wiki-18's flat index) on a GPU that
+    training needs; refuse it and point at one shared server instead."""
+    from research_r1.retrieval.config import DenseConfig, HybridConfig, parse_config
+
+    if num_processes < 2:
+        return
+    config = parse_config(retriever)
+    dense = config.dense if isinstance(config, HybridConfig) else config
+    if isinstance(dense, DenseConfig) and dense.device != "cpu":
+        raise InputError(
+            f"retriever: {retriever} loads a dense index on device {dense.device!r} in each of "
+            f"the {num_processes} training processes; serve it once with `research-r1 "
+            f"serve-retriever --config {retriever}` and give the recipe a `type: remote` "
+            "retriever config pointing at it (recipes/retrievers/remote.yaml)"
+        )
+
+
 def check_budget(
     dataset: Dataset, tokenizer: PreTrainedTokenizerBase, args: Any, context: int
 ) -> None:
@@ -253,7 +311,8 @@ def check_budget(
     lengths = [len(question) for question in dataset["question"]]
     longest_rows = sorted(range(len(lengths)), key=lengths.__getitem__)[-BUDGET_SAMPLE_ROWS:]
     longest = max(
-        len(encode_prompt(prompt, tokenizer)) for prompt in dataset.select(longest_rows)["prompt"]
+        len(encode_prompt(prompt, tokenizer, args.chat_template_kwargs))
+        for prompt in dataset.select(longest_rows)["prompt"]
     )
     if longest + args.max_completion_length > context:
         raise InputError(
@@ -336,11 +395,10 @@ def build_trainer(script: ScriptArguments, args: Any, model_args: ModelConfig) -
     from research_r1.callbacks import HubPushCallback, RewardPlotCallback
     from research_r1.protocol import load_template
     from research_r1.retrieval.config import load_retriever
-    from research_r1.rewards import get_reward
     from research_r1.rollout import make_rollout_func
 
     check_supported(args, model_args)
-    check_rewards(script, args)
+    rewards = check_rewards(script, args)
     if not model_args.model_name_or_path:
         raise InputError("model_name_or_path: required")
     template = load_template(script.template)
@@ -363,10 +421,10 @@ def build_trainer(script: ScriptArguments, args: Any, model_args: ModelConfig) -
         context = min(context, args.vllm_max_model_length)
     check_budget(train_set, tokenizer, args, context)
 
+    check_retriever_placement(script.retriever, args.world_size)
     retriever = load_retriever(script.retriever)
     check_retriever(retriever, script.probe_query or train_set[0]["question"], args.retrieval_topk)
 
-    rewards = [get_reward(name) for name in script.reward_funcs]
     args.reward_weights = [*(args.reward_weights or [1.0] * len(rewards)), 0.0]
     args.model_init_kwargs = model_init_kwargs(model_args, args)
     callbacks: list[Any] = [RewardPlotCallback(args.output_dir)]
@@ -392,6 +450,7 @@ def build_trainer(script: ScriptArguments, args: Any, model_args: ModelConfig) -
             max_turns=args.max_turns,
             max_new_tokens=args.max_new_tokens_per_turn,
             max_observation_tokens=args.max_observation_tokens,
+            max_retriever_wait_s=args.max_retriever_wait_s,
             generate_batch_size=args.rollout_batch_size,
         ),
     )
@@ -416,9 +475,14 @@ def resume_point(value: str | bool | None, output_dir: str) -> str | None:
     return str(value)
 
 
+# Recipe keys that hold secrets (TRL's hub_token, or a token of any other name).
+_SECRET_KEY = re.compile(r"(?:^|_)(?:token|secret|password)$")
+
+
 def recipe_record(argv: list[str]) -> dict[str, Any]:
     """The recipe as run, for the model card: the YAML's keys and the command-line overrides,
-    with every token-like key and its value left out."""
+    with every secret key (`hub_token`, ...) and its value left out. Keys that merely mention
+    tokens (`max_new_tokens_per_turn`) are kept."""
     import yaml
 
     recipe: dict[str, Any] = {}
@@ -426,13 +490,13 @@ def recipe_record(argv: list[str]) -> dict[str, Any]:
     if argv and argv[0].endswith((".yaml", ".yml")):
         recipe = yaml.safe_load(Path(argv[0]).read_text()) or {}
         overrides = overrides[1:]
-    recipe = {key: value for key, value in recipe.items() if "token" not in key}
+    recipe = {key: value for key, value in recipe.items() if not _SECRET_KEY.search(key)}
     kept: list[str] = []
     skip = False
     for arg in overrides:
         if skip:
             skip = False
-        elif arg.startswith("--") and "token" in arg:
+        elif arg.startswith("--") and _SECRET_KEY.search(arg[2:].partition("=")[0]):
             skip = "=" not in arg
         else:
             kept.append(arg)
@@ -493,6 +557,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except RunStopped as error:
+        print(f"stopped: {error}", file=sys.stderr)
+        return 3
     return 0
 
 
@@ -522,9 +589,9 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
 
 
 def accelerate_command(recipe: str, overrides: list[str]) -> list[str]:
-    """`accelerate launch [--config_file C] [launch flags] -m research_r1.train recipe ...`, with
-    C the recipe's `accelerate_config` (an `--accelerate_config` override wins) and the launch
-    flags (`LAUNCH_FLAGS`) taken out of the overrides."""
+    """`accelerate launch --quiet [--config_file C] [launch flags] -m research_r1.train recipe
+    ...`, with C the recipe's `accelerate_config` (an `--accelerate_config` override wins) and the
+    launch flags (`LAUNCH_FLAGS`) taken out of the overrides."""
     import yaml
 
     spec = yaml.safe_load(Path(recipe).read_text()) or {}
@@ -535,7 +602,9 @@ def accelerate_command(recipe: str, overrides: list[str]) -> list[str]:
             config = rest[i + 1]
         elif arg.startswith("--accelerate_config="):
             config = arg.partition("=")[2]
-    command = [sys.executable, "-m", "accelerate.commands.launch"]
+    # --quiet: a failed run ends with the run's own one-line error, not the launcher's traceback
+    # (single-process and DeepSpeed launches; torchrun still prints its failure summary).
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--quiet"]
     if config:
         if not Path(config).is_file():
             raise InputError(f"accelerate_config: {config} does not exist")

@@ -6,11 +6,12 @@ import hashlib
 import logging
 import os
 import random
+from pathlib import Path
 
 import datasets
 import httpx2
 import pytest
-from huggingface_hub import HfApi, HfFileSystem
+from huggingface_hub import HfApi, HfFileSystem, constants
 from huggingface_hub.errors import HfHubHTTPError
 
 from research_r1.errors import InputError
@@ -150,6 +151,8 @@ def test_old_revisions_keep_their_bytes(hub) -> None:
 
 
 def test_split_index_is_resolved_and_reassembled_byte_exact(hub, tmp_path) -> None:
+    """The reassembled file goes beside the Hub cache (under HF_HOME), never into a snapshot
+    folder that huggingface_hub manages; each revision gets its own file, reused on later calls."""
     repo_id = hub.new_repo_id("wiki-e5-index")
     create_repo(repo_id, "dataset", token=hub.token)
     parts = {"part_aa": _random_bytes(3000, 3), "part_ab": _random_bytes(1500, 4), "part_ac": b"!"}
@@ -160,17 +163,29 @@ def test_split_index_is_resolved_and_reassembled_byte_exact(hub, tmp_path) -> No
     (folder / "LICENSE").write_text("cc-by-sa")
     upload_folder(folder, repo_id, "dataset", path_in_repo="flat", token=hub.token)
 
-    index = resolve_split(f"hf://datasets/{repo_id}/flat")
+    uri = f"hf://datasets/{repo_id}/flat"
+    index = resolve_split(uri)
     assert index.name == "e5_Flat.index"
     assert index.read_bytes() == parts["part_aa"] + parts["part_ab"] + parts["part_ac"]
-    assert not (index.parent / "LICENSE").exists()
+    snapshot = resolve(uri, allow_patterns=["part_*"])
+    assert sorted(path.name for path in snapshot.iterdir()) == sorted(parts)  # nothing new
+    cache = Path(constants.HF_HUB_CACHE)
+    assembled = Path(constants.HF_HOME) / "research_r1" / "assembled"
+    assert index == assembled / snapshot.relative_to(cache) / "e5_Flat.index"
+    assert not index.resolve().is_relative_to(cache.resolve())
     written = index.stat()
-    assert resolve_split(f"hf://datasets/{repo_id}/flat") == index
+    assert resolve_split(uri) == index
     assert index.stat().st_mtime_ns == written.st_mtime_ns  # complete and newer: not rewritten
+    assert resolve_split(snapshot) == index  # the cached folder itself, as resolve_index passes
 
-    elsewhere = resolve_split(f"hf://datasets/{repo_id}/flat", out_dir=tmp_path / "out")
+    upload_file(b"?", "flat/part_ac", repo_id, "dataset", token=hub.token)
+    new_revision = resolve_split(uri)
+    assert new_revision != index and new_revision.read_bytes().endswith(b"?")
+    assert index.read_bytes().endswith(b"!")  # the old revision's file is left as it was
+
+    elsewhere = resolve_split(uri, out_dir=tmp_path / "out")
     assert elsewhere == tmp_path / "out" / "e5_Flat.index"
-    assert elsewhere.read_bytes() == index.read_bytes()
+    assert elsewhere.read_bytes() == new_revision.read_bytes()
 
 
 def test_resolve_split_reads_local_folders(tmp_path) -> None:

@@ -4,6 +4,7 @@ builds, Search-R1's split index, the torch flat search, a real offline encoder a
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 import faiss
@@ -152,7 +153,7 @@ def test_prompts_do_not_stack_on_a_models_default_prompt(minilm: SentenceTransfo
 def test_flat_search_equals_numpy_brute_force(corpus: Corpus, tmp_path: Path) -> None:
     model = FakeModel()
     build_dense_index(corpus, fake_encoder(model), tmp_path, chunk_size=64)
-    assert model.seen == ["passage: " + text for text in corpus.contents(0, len(corpus))]
+    assert sorted(model.seen) == sorted("passage: " + t for t in corpus.contents(0, len(corpus)))
     index = load_faiss_index(tmp_path / "faiss.index")
     assert isinstance(faiss.downcast_index(index), faiss.IndexFlatIP)
     retriever = DenseRetriever(corpus, index, fake_encoder())
@@ -249,10 +250,96 @@ def test_gpu_requests_without_a_gpu(corpus: Corpus, tmp_path: Path, caplog) -> N
         load_retriever({**config, "device": "cuda:1"})
 
 
+class FakeGpus:
+    """faiss-gpu's entry points for `count` GPUs, recording which GPU each clone was asked for;
+    the "GPU index" is a CPU clone, so its results are the CPU index's."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, count: int, fail: str = "") -> None:
+        self.asked: list[int] = []
+        self.resources: list[object] = []
+        self.fail = fail
+        gpus = self
+
+        class StandardGpuResources:
+            def __init__(self) -> None:
+                gpus.resources.append(self)
+
+        class GpuClonerOptions:
+            useFloat16 = False
+
+        def index_cpu_to_all_gpus(*args, **kwargs) -> None:
+            pytest.fail("the index was sharded over every GPU")
+
+        monkeypatch.setattr(faiss, "get_num_gpus", lambda: count)
+        monkeypatch.setattr(faiss, "StandardGpuResources", StandardGpuResources, raising=False)
+        monkeypatch.setattr(faiss, "GpuClonerOptions", GpuClonerOptions, raising=False)
+        monkeypatch.setattr(faiss, "index_cpu_to_gpu", self.index_cpu_to_gpu, raising=False)
+        monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", index_cpu_to_all_gpus)
+
+    def index_cpu_to_gpu(self, resources: object, gpu: int, index, options) -> object:
+        assert resources is self.resources[-1] and options.useFloat16
+        self.asked.append(gpu)
+        if self.fail:
+            raise RuntimeError(self.fail)
+        return faiss.clone_index(index)
+
+
+@pytest.mark.parametrize(("device", "gpu"), [("cuda", 0), ("cuda:0", 0), ("cuda:2", 2)])
+def test_faiss_gpu_search_uses_only_the_configured_gpu(corpus, tmp_path, monkeypatch, device, gpu):
+    if device == "cuda" and torch.cuda.is_available():
+        gpu = torch.cuda.current_device()
+    build_dense_index(corpus, fake_encoder(), tmp_path, factory="IVF4,Flat")
+    index = load_faiss_index(tmp_path / "faiss.index")
+    set_search_parameters(index, nprobe=2, ef_search=None)
+    gpus = FakeGpus(monkeypatch, count=3)
+    search = make_searcher(index, device)
+    assert gpus.asked == [gpu]
+    assert search.resources is gpus.resources[0]  # the clone's GPU memory outlives the call
+    queries = fake_encoder().encode_queries([f"q{i}" for i in range(10)])
+    assert search(queries, 5)[1].tolist() == index.search(queries, 5)[1].tolist()
+
+
+def test_gpu_numbers_beyond_the_gpus_faiss_sees_are_refused(corpus, tmp_path, monkeypatch):
+    build_dense_index(corpus, fake_encoder(), tmp_path)
+    gpus = FakeGpus(monkeypatch, count=2)
+    with pytest.raises(InputError, match=r"device 'cuda:2' names GPU 2 but faiss sees 2 GPUs"):
+        make_searcher(load_faiss_index(tmp_path / "faiss.index"), "cuda:2")
+    assert gpus.asked == []
+    with pytest.raises(InputError, match=r"device must be cpu, cuda or cuda:N, got 'gpu1'"):
+        make_searcher(load_faiss_index(tmp_path / "faiss.index"), "gpu1")
+
+
+def test_gpu_fallbacks_keep_the_configured_device(corpus, tmp_path, monkeypatch, caplog) -> None:
+    """An index type faiss-gpu cannot hold falls back to the CPU; without faiss-gpu, a flat
+    index is searched with torch on the same GPU that faiss would have used."""
+    build_dense_index(corpus, fake_encoder(), tmp_path / "hnsw", factory="HNSW16")
+    hnsw = load_faiss_index(tmp_path / "hnsw" / "faiss.index")
+    gpus = FakeGpus(monkeypatch, count=2, fail="HNSW not implemented on GPU")
+    assert make_searcher(hnsw, "cuda:1") == hnsw.search
+    assert gpus.asked == [1]
+    assert "faiss-gpu cannot hold this index (HNSW not implemented on GPU)" in caplog.text
+
+    build_dense_index(corpus, fake_encoder(), tmp_path / "flat")
+    flat = load_faiss_index(tmp_path / "flat" / "faiss.index")
+    FakeGpus(monkeypatch, count=0)
+    made: list[str] = []
+    monkeypatch.setattr(
+        "research_r1.retrieval.dense.TorchFlatSearch",
+        lambda index, device, dtype: made.append(device) or "torch search",
+    )
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert make_searcher(flat, "cuda:1") == "torch search"
+    assert made == ["cuda:1"]
+    with pytest.raises(InputError, match=r"device 'cuda:2' names GPU 2 but torch sees 2 GPUs"):
+        make_searcher(flat, "cuda:2")
+
+
 def test_bad_factory_fails_before_encoding(corpus: Corpus, tmp_path: Path) -> None:
     model = FakeModel()
     with pytest.raises(InputError, match="FAISS factory string 'IVF4,PQ5' is not valid for dim"):
         build_dense_index(corpus, fake_encoder(model), tmp_path, factory="IVF4,PQ5")
+    with pytest.raises(InputError, match="encoder batch size must be >= 1, got 0"):
+        build_dense_index(corpus, Encoder("e5", batch_size=0, model=model), tmp_path)
     assert model.seen == []
 
 
@@ -278,7 +365,7 @@ def test_saved_index_reloads_memory_mapped_with_the_same_results(corpus, tmp_pat
 
 
 def test_interrupted_build_resumes_from_saved_chunks(corpus: Corpus, tmp_path: Path) -> None:
-    dying = FakeModel(fail_on_call=2)  # killed while encoding the second chunk
+    dying = FakeModel(fail_on_call=3)  # killed while encoding the second chunk (batches of 64)
     with pytest.raises(RuntimeError, match="killed"):
         build_dense_index(corpus, fake_encoder(dying), tmp_path, chunk_size=128)
     chunks = tmp_path / "embeddings"
@@ -287,7 +374,7 @@ def test_interrupted_build_resumes_from_saved_chunks(corpus: Corpus, tmp_path: P
 
     resumed = FakeModel()
     build_dense_index(corpus, fake_encoder(resumed), tmp_path, chunk_size=128, save_embeddings=True)
-    assert resumed.seen == ["passage: " + text for text in corpus.contents(128, len(corpus))]
+    assert sorted(resumed.seen) == sorted("passage: " + t for t in corpus.contents(128, 300))
     assert sorted(path.name for path in chunks.glob("chunk_*.npy")) == [
         "chunk_00000.npy",
         "chunk_00001.npy",
@@ -304,6 +391,55 @@ def test_interrupted_build_resumes_from_saved_chunks(corpus: Corpus, tmp_path: P
         build_dense_index(corpus, fake_encoder(), tmp_path, chunk_size=100)
     build_dense_index(corpus, fake_encoder(), tmp_path, chunk_size=128)  # all chunks reused
     assert not chunks.exists()  # no --save-embeddings: removed after the build
+
+
+def encoding_updates(monkeypatch: pytest.MonkeyPatch, build: Callable[[], object]) -> list[int]:
+    """The updates of the encoding progress bar while `build` runs, tqdm replaced by a recorder."""
+    updates: dict[str, list[int]] = {}
+
+    class RecordingBar:
+        def __init__(self, iterable=(), desc: str = "", **_) -> None:
+            self.iterable = iterable
+            self.update = updates.setdefault(desc, []).append
+
+        def __enter__(self) -> RecordingBar:
+            return self
+
+        def __exit__(self, *_) -> None:
+            pass
+
+        def __iter__(self):
+            return iter(self.iterable)
+
+    monkeypatch.setattr("tqdm.auto.tqdm", RecordingBar)
+    build()
+    [encoding] = [bar for desc, bar in updates.items() if desc.startswith("encoding")]
+    return encoding
+
+
+def test_progress_moves_per_batch_and_vectors_equal_one_call(minilm, tmp_path, monkeypatch):
+    """Encoding a chunk batch by batch (longest texts first, as sentence-transformers orders a
+    call) gives the vectors of one call over the chunk, and the bar moves after every batch."""
+    corpus = load_corpus(write_corpus(tmp_path / "corpus.jsonl"))  # 12 passages, mixed lengths
+    encoder = Encoder(str(get_model_path()), passage_prompt="passage: ", batch_size=2, model=minilm)
+    updates = encoding_updates(
+        monkeypatch,
+        lambda: build_dense_index(corpus, encoder, tmp_path, chunk_size=5, save_embeddings=True),
+    )
+    assert updates == [2, 2, 1, 2, 2, 1, 2]
+    chunks = sorted((tmp_path / "embeddings").glob("chunk_*.npy"))
+    for number, path in enumerate(chunks):
+        start, stop = number * 5, min(number * 5 + 5, len(corpus))
+        one_call = encoder.encode_passages(corpus.contents(start, stop))
+        np.testing.assert_allclose(np.load(path), one_call, atol=1e-6, rtol=0)
+
+    unused = FakeModel()
+    unused.get_embedding_dimension = lambda: encoder.dimension
+    reused = Encoder(encoder.name, passage_prompt="passage: ", batch_size=2, model=unused)
+    updates = encoding_updates(
+        monkeypatch, lambda: build_dense_index(corpus, reused, tmp_path, chunk_size=5)
+    )
+    assert updates == [5, 5, 2] and unused.calls == 0  # every chunk was on disk
 
 
 def test_torch_flat_search_equals_brute_force() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 import threading
@@ -12,6 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import uvicorn
 from fastapi import FastAPI
@@ -121,6 +123,7 @@ BERLIN = {"id": "p2", "contents": '"Berlin"\nBerlin is the capital of Germany.'}
 TOWER = {"id": "p3", "contents": '"Eiffel Tower"\nThe Eiffel Tower stands in Paris.'}
 RHINE = {"id": "p4", "contents": '"Rhine"\nThe Rhine flows through Germany.'}
 QUERIES = ["capital of France", "Eiffel Tower Paris"]
+JSON = {"Content-Type": "application/json"}
 
 
 def test_search_r1_api_exact_json(http: httpx.Client) -> None:
@@ -256,20 +259,28 @@ def strict_server() -> Iterator[tuple[str, OverlapRetriever]]:
 @pytest.mark.parametrize(
     ("path", "body", "loc"),
     [
-        ("/retrieve", {"queries": [], "topk": 1}, "body.queries"),
         ("/retrieve", {"queries": ["a", "b", "c", "d"], "topk": 1}, "body.queries"),
         ("/retrieve", {"queries": ["ok", "x" * 21], "topk": 1}, "body.queries.1"),
-        ("/retrieve", {"queries": ["ok", ""], "topk": 1}, "body.queries.1"),
-        ("/retrieve", {"queries": [" \n "], "topk": 1}, "body.queries.0"),
         ("/retrieve", {"queries": ["ok"], "topk": 0}, "body.topk"),
         ("/retrieve", {"queries": ["ok"], "topk": 6}, "body.topk"),
         ("/retrieve", {"topk": 1}, "body.queries"),
-        ("/batch_search", {"query": [], "top_n": 1}, "body.query"),
-        ("/batch_search", {"query": [""], "top_n": 1}, "body.query.0"),
+        ("/retrieve", {"queries": "ok", "topk": 1}, "body.queries"),
+        # strict types: no bool, string or float is taken for a number, nor 1 for a bool
+        ("/retrieve", {"queries": ["ok"], "topk": True}, "body.topk"),
+        ("/retrieve", {"queries": ["ok"], "topk": "3"}, "body.topk"),
+        ("/retrieve", {"queries": ["ok"], "topk": 3.0}, "body.topk"),
+        ("/retrieve", {"queries": ["ok"], "return_scores": 1}, "body.return_scores"),
+        ("/retrieve", {"queries": ["ok"], "return_scores": "true"}, "body.return_scores"),
+        ("/retrieve", {"queries": ["ok", 7]}, "body.queries.1"),
+        ("/retrieve", {"queries": [None]}, "body.queries.0"),
         ("/batch_search", {"query": ["ok"], "top_n": 6}, "body.top_n"),
+        ("/batch_search", {"query": ["ok"], "top_n": False}, "body.top_n"),
+        ("/batch_search", {"query": ["ok"], "return_score": 0}, "body.return_score"),
         ("/search", {"query": "", "top_n": 1}, "body.query"),
         ("/search", {"query": "x" * 21, "top_n": 1}, "body.query"),
         ("/search", {"query": "ok", "top_n": 0}, "body.top_n"),
+        ("/search", {"query": "ok", "top_n": "2"}, "body.top_n"),
+        ("/search", {"query": ["ok"]}, "body.query"),
     ],
 )
 def test_invalid_requests_get_422_naming_the_field(
@@ -282,18 +293,104 @@ def test_invalid_requests_get_422_naming_the_field(
     assert retriever.calls == []
 
 
+def test_validation_errors_list_no_input_and_at_most_20(http: httpx.Client) -> None:
+    """A 5 MB request with 1,000 bad queries gets a short 422, not its input echoed back."""
+    retriever = OverlapRetriever()
+    with serving(retriever, max_query_chars=100) as url:
+        response = http.post(f"{url}/retrieve", json={"queries": ["x" * 5000] * 1000})
+    assert response.status_code == 422
+    assert len(response.content) < 5000
+    detail = response.json()["detail"]
+    assert detail[:20] == [
+        {
+            "loc": ["body", "queries", i],
+            "msg": "String should have at most 100 characters",
+            "type": "string_too_long",
+        }
+        for i in range(20)
+    ]
+    assert detail[20:] == [
+        {"loc": ["body"], "msg": "980 more errors not listed", "type": "too_many_errors"}
+    ]
+    assert retriever.calls == []
+
+
+@pytest.mark.parametrize(
+    ("raw", "loc", "msg"),
+    [
+        (rb'{"queries": ["ok", "\ud800"]}', "body.queries.1", "valid Unicode text"),
+        (rb'{"queries": ["\udc00' + b"long" * 9 + b'"]}', "body.queries.0", "valid Unicode text"),
+        (b'{"queries": ["ok"], "topk": NaN}', "body.topk", "valid number"),
+        (b'{"queries": ["ok"], "return_scores": -Infinity}', "body.return_scores", "valid number"),
+        (b'{"queries": ["ok"], "extra": {"x": [1, Infinity]}}', "body.extra.x.1", "valid number"),
+        (b'{"queries": ["ok"], "topk": 1e999}', "body.topk", "valid number"),
+        (rb'{"queries": ["ok"], "\ud800": 1}', r"body.\ud800", "key is not valid Unicode text"),
+    ],
+)
+def test_values_json_cannot_carry_get_422_naming_the_field(
+    http: httpx.Client,
+    strict_server: tuple[str, OverlapRetriever],
+    raw: bytes,
+    loc: str,
+    msg: str,
+) -> None:
+    """Python's json module reads NaN, Infinity and lone surrogates; no JSON answer can hold
+    them, so they are refused where they stand instead of failing the reply with a 500."""
+    url, retriever = strict_server
+    response = http.post(f"{url}/retrieve", content=raw, headers=JSON)
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert ".".join(map(str, error["loc"])) == loc
+    assert msg in error["msg"]
+    assert retriever.calls == []
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"null",
+        b"[]",
+        b'"queries"',
+        b"{",
+        b"[" * 100_000,
+        b'{"queries": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+        b'{"queries": ["\xff\xfe"]}',
+        b'{"queries": ["ok"], "topk": ' + b"9" * 5000 + b"}",
+        b'{"queries": ["ok"], "topk": ' + b"9" * 100 + b"}",
+        b'{"queries": [NaN, Infinity, "\\udfff"], "topk": [], "return_scores": {}}',
+        b'{"queries": ["ok"], "x": ' + b"[" * 500 + b"NaN" + b"]" * 500 + b"}",
+        b'{"queries": ["ok"], "' + b"k" * 100_000 + b'": [' + b"NaN," * 10_000 + b"0]}",
+    ],
+)
+@pytest.mark.parametrize("content_type", ["application/json", "text/plain"])
+def test_no_request_body_gets_a_500(
+    http: httpx.Client,
+    strict_server: tuple[str, OverlapRetriever],
+    raw: bytes,
+    content_type: str,
+) -> None:
+    url, retriever = strict_server
+    for path in ("/retrieve", "/batch_search", "/search"):
+        response = http.post(url + path, content=raw, headers={"Content-Type": content_type})
+        assert 400 <= response.status_code < 500, (path, response.status_code)
+        assert len(response.content) < 10_000
+        assert "detail" in response.json()
+    assert retriever.calls == []
+
+
 def test_client_reports_a_bad_request_without_retrying(monkeypatch: pytest.MonkeyPatch) -> None:
     delays: list[float] = []
     monkeypatch.setattr(client_module, "sleep", delays.append)
     with (
-        serving(OverlapRetriever(), max_k=5) as url,
+        serving(OverlapRetriever(), max_k=5, max_query_chars=8) as url,
         RemoteRetriever(url) as remote,
         pytest.raises(RetrievalError) as error,
     ):
-        remote.search(["", "capital"], 9)
+        remote.search(["capital of France", "capital"], 9)
     message = str(error.value)
     assert message.startswith(f"{url}/retrieve refused the request: HTTP 422: ")
-    assert "body.queries.0: Value error, query must not be empty or blank" in message
+    assert "body.queries.0: String should have at most 8 characters" in message
     assert "body.topk: Input should be less than or equal to 5" in message
     assert delays == []
 
@@ -346,10 +443,67 @@ def test_bearer_token_is_required_when_configured(http: httpx.Client) -> None:
 
 
 def test_oversized_body_gets_413(http: httpx.Client) -> None:
-    with serving(OverlapRetriever(), max_queries_per_request=1, max_query_chars=1) as url:
-        response = http.post(f"{url}/retrieve", json={"queries": ["x" * 5000]})
+    body = orjson.dumps({"queries": ["x" * 5000]})
+    with serving(OverlapRetriever(), max_body_bytes=1024) as url:
+        response = http.post(f"{url}/retrieve", content=body, headers=JSON)
     assert response.status_code == 413
-    assert response.json()["detail"].endswith("exceeds 1052")
+    assert response.json() == {
+        "detail": f"request body of {len(body)} bytes exceeds the limit of 1024 bytes"
+    }
+
+
+def test_chunked_body_over_the_limit_gets_413(http: httpx.Client) -> None:
+    """A chunked body has no Content-Length: the bytes received are counted instead."""
+    retriever = OverlapRetriever()
+    body = orjson.dumps({"queries": ["x" * 5000]})
+    chunks = [body[i : i + 512] for i in range(0, len(body), 512)]
+    with serving(retriever, max_body_bytes=1024) as url:
+        refused = http.post(f"{url}/retrieve", content=iter(chunks), headers=JSON)
+        small = orjson.dumps({"queries": ["Paris"], "topk": 1})
+        accepted = http.post(
+            f"{url}/retrieve", content=iter([small[:10], small[10:]]), headers=JSON
+        )
+    assert refused.request.headers["transfer-encoding"] == "chunked"
+    assert refused.status_code == 413
+    assert refused.json() == {"detail": "request body exceeds the limit of 1024 bytes"}
+    assert accepted.status_code == 200 and accepted.json() == {"result": [[PARIS]]}
+    assert retriever.calls == [(["Paris"], 1)]
+
+
+def test_body_guard_stops_reading_once_past_the_limit() -> None:
+    """An endless chunked body is read only up to the limit, then answered with 413."""
+    app = create_app(OverlapRetriever(), ServerSettings(max_body_bytes=4096))
+    chunks_read = 0
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal chunks_read
+        chunks_read += 1
+        return {"type": "http.request", "body": b" " * 1024, "more_body": True}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/retrieve",
+        "raw_path": b"/retrieve",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json"), (b"transfer-encoding", b"chunked")],
+        "server": ("127.0.0.1", 8000),
+        "client": ("127.0.0.1", 50000),
+    }
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["status"] == 413
+    assert orjson.loads(sent[1]["body"]) == {
+        "detail": "request body exceeds the limit of 4096 bytes"
+    }
+    assert chunks_read == 5  # 4 chunks fit, the 5th passes the limit and is not kept
 
 
 def test_health_and_metrics(http: httpx.Client) -> None:
@@ -374,6 +528,107 @@ def test_health_and_metrics(http: httpx.Client) -> None:
     }
     assert list(latency) == ["p50", "p90", "p99", "max"]
     assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"]
+
+
+def test_search_r1_trainer_requests_are_answered(http: httpx.Client) -> None:
+    """Search-R1's trainer sends a whole turn's searches in one request (2,560 queries with its
+    shipped script), an empty list when no rollout searched, and "" for an empty
+    <search></search>, and crashes on anything but a 200; replayed exactly as it sends them."""
+    retriever = OverlapRetriever()
+    many = [f"{query} {i}" for i in range(1280) for query in QUERIES]
+    with serving(retriever) as url:
+        responses = [
+            http.post(
+                f"{url}/retrieve", json={"queries": queries, "topk": 3, "return_scores": True}
+            )
+            for queries in (many, [], ["capital of France", "", "Eiffel Tower Paris"])
+        ]
+    assert [r.status_code for r in responses] == [200, 200, 200]
+    turn, empty, with_blank = (r.json() for r in responses)
+    assert len(turn["result"]) == 2560
+    assert turn["result"][:2] == [
+        [
+            {"document": PARIS, "score": 3.0},
+            {"document": BERLIN, "score": 2.0},
+            {"document": TOWER, "score": 0.0},
+        ],
+        [
+            {"document": TOWER, "score": 3.0},
+            {"document": PARIS, "score": 1.0},
+            {"document": BERLIN, "score": 0.0},
+        ],
+    ]
+    assert turn["result"][2:] == turn["result"][:2] * 1279
+    assert empty == {"result": []}
+    assert with_blank == {"result": [turn["result"][0], [], turn["result"][1]]}
+    # the blank query never reaches the retriever; the empty list makes no call
+    assert [(len(queries), k) for queries, k in retriever.calls] == [(2560, 3), (2, 3)]
+    assert retriever.calls[1][0] == ["capital of France", "Eiffel Tower Paris"]
+
+
+def test_research_batch_search_answers_empty_lists_and_blank_queries(http: httpx.Client) -> None:
+    retriever = OverlapRetriever()
+    with serving(retriever) as url:
+        post = lambda body: http.post(f"{url}/batch_search", json=body).json()  # noqa: E731
+        empty = post({"query": [], "top_n": 1})
+        empty_scored = post({"query": [], "top_n": 1, "return_score": True})
+        blank = post({"query": [" \n", "capital of France", ""], "top_n": 1})
+        blank_scored = post({"query": ["Rhine", "\t"], "top_n": 1, "return_score": True})
+    assert (empty, empty_scored) == ([], [[], []])
+    assert blank == [[], [PARIS], []]
+    assert blank_scored == [[[RHINE], []], [[1.0], []]]
+    assert [queries for queries, _ in retriever.calls] == [["capital of France"], ["Rhine"]]
+
+
+def test_default_limits_take_4096_queries_in_one_request(http: httpx.Client) -> None:
+    retriever = OverlapRetriever()
+    with serving(retriever) as url:
+        response = http.post(f"{url}/retrieve", json={"queries": ["Rhine"] * 4096, "topk": 1})
+        too_many = http.post(f"{url}/retrieve", json={"queries": ["Rhine"] * 4097, "topk": 1})
+    assert response.status_code == 200 and response.json() == {"result": [[RHINE]] * 4096}
+    assert too_many.status_code == 422
+    assert too_many.json()["detail"][0]["loc"] == ["body", "queries"]
+
+
+def kill_worker_by_cancelling(
+    app: FastAPI, retriever: OverlapRetriever, url: str, http: httpx.Client
+) -> str:
+    worker = app.state.worker
+    worker.get_loop().call_soon_threadsafe(worker.cancel)
+    wait_until(worker.done)
+    return "batching worker was cancelled"
+
+
+def kill_worker_by_a_fault(
+    app: FastAPI, retriever: OverlapRetriever, url: str, http: httpx.Client
+) -> str:
+    """A retriever answering with a mapping passes the length check, then breaks the batch
+    split: the worker dies holding a request, which must fail rather than wait forever."""
+    retriever.search = lambda queries, k: {i: [] for i in range(len(queries))}
+    response = http.post(f"{url}/retrieve", json={"queries": ["Paris"]}, timeout=5)
+    assert response.status_code == 503
+    assert response.json()["detail"].startswith("batching worker died: ")
+    return response.json()["detail"]
+
+
+@pytest.mark.parametrize("kill", [kill_worker_by_cancelling, kill_worker_by_a_fault])
+def test_dead_batching_worker_fails_health_and_searches_fast(
+    http: httpx.Client, kill: Callable[[FastAPI, OverlapRetriever, str, httpx.Client], str]
+) -> None:
+    retriever = OverlapRetriever()
+    app = create_app(retriever)
+    with LiveServer(app) as server:
+        assert http.get(f"{server.url}/health").json() == {"status": "ok"}
+        reason = kill(app, retriever, server.url, http)
+        health = http.get(f"{server.url}/health")
+        search = http.post(f"{server.url}/retrieve", json={"queries": ["Paris"]}, timeout=5)
+        research = http.post(f"{server.url}/search", json={"query": "Paris"}, timeout=5)
+        metrics = http.get(f"{server.url}/metrics")
+    assert health.status_code == 503
+    assert health.json() == {"status": "down", "detail": reason}
+    assert [search.status_code, research.status_code] == [503, 503]
+    assert search.json() == research.json() == {"detail": reason}
+    assert metrics.status_code == 200 and metrics.json()["failed"] >= 2
 
 
 def test_client_retries_across_a_server_restart(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -484,6 +739,8 @@ def test_bad_settings_and_client_arguments_name_the_field() -> None:
         InputError, match=r"max_queries_per_request \(11\) must not exceed max_queue \(10\)"
     ):
         ServerSettings(max_queue=10, max_queries_per_request=11)
+    with pytest.raises(InputError, match="max_body_bytes must be >= 1, got 0"):
+        ServerSettings(max_body_bytes=0)
     with pytest.raises(InputError, match="'elastic' is not one of"):
         RemoteRetriever("http://127.0.0.1:1", api="elastic")
 
@@ -500,6 +757,15 @@ def test_cli_registers_serve_retriever(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     assert (args.max_wait_ms, args.max_batch_queries, args.token_env) == (2.5, 256, None)
     assert args.access_log is False  # /metrics counts requests; no line per request
+    limits = cli.build_parser().parse_args(
+        ["serve-retriever", "--config", "r.yaml", "--max-body-bytes", "1000"]
+    )
+    assert (limits.max_body_bytes, limits.max_queries_per_request, limits.max_queue) == (
+        1000,
+        4096,
+        16384,
+    )
+    assert ServerSettings().max_body_bytes == 8 * 1024 * 1024
     assert cli.build_parser().parse_args(["serve-retriever", "--config", "r.yaml"]).max_wait_ms == 0
     monkeypatch.delenv("RR1_TEST_TOKEN", raising=False)
     args.token_env = "RR1_TEST_TOKEN"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -317,6 +318,24 @@ def test_search_r1_format_em_configured_values() -> None:
     assert _call(configured, FORMAT_CASES, [["Paris"]] * 6, True) == [1.0, 0.0, 0.8, 0.1, 0.0, 0.0]
 
 
+FOUND_WRONG = (  # valid, wrong answer, but the search brought back the gold (Paris, in INFO)
+    f"<think>a</think><search>q</search>{INFO}<think>b</think><answer>Lyon</answer>"
+)
+INVALID_FOUND_WRONG = f"<search>q</search>{INFO}<answer>Lyon</answer>"  # no <think>: invalid
+
+
+def test_search_r1_format_em_retrieval_credit() -> None:
+    """Upstream's retrieval branch: a valid sequence with a wrong answer whose `<information>`
+    holds a gold answer earns structure_format_score + retrieval_score (0 by default)."""
+    cases = [FOUND_WRONG, VALID_WRONG, INVALID_FOUND_WRONG, VALID_RIGHT]
+    assert _call(search_r1_format_em, cases, [["Paris"]] * 4, False) == [0.2, 0.2, 0.1, 1.0]
+    credited = get_reward("search_r1_format_em", retrieval=0.1)
+    assert _call(credited, cases, [["Paris"]] * 4, True) == [0.2 + 0.1, 0.2, 0.1, 1.0]
+    # Another gold (Berlin) is not in the passages; a gold that normalises to nothing never is.
+    assert _call(credited, [FOUND_WRONG] * 2, [["Berlin"], ["The"]], False) == [0.2, 0.2]
+    assert _call(credited, [FOUND_WRONG], [["berlin", "PARIS!"]], False) == [0.2 + 0.1]
+
+
 def test_the_last_turn_notice_costs_no_format_bonus() -> None:
     """Our rollout warns before the last turn; Search-R1 has no such notice, and its grammar
     alone would call the sequence invalid. The invalid-step notice still invalidates."""
@@ -414,6 +433,29 @@ def test_get_reward_errors() -> None:
     with pytest.raises(
         InputError,
         match=r"reward 'search_r1_format_em' has no options \['bonus'\]; its options: "
-        r"\['correct_invalid', 'correct_valid', 'wrong_invalid', 'wrong_valid'\]",
+        r"\['correct_invalid', 'correct_valid', 'retrieval', 'wrong_invalid', 'wrong_valid'\]",
     ):
         get_reward("search_r1_format_em", bonus=1.0)
+
+
+def custom_reward(prompts, completions, completion_ids=None, *, scale=1.0, **columns):
+    """A reward a user names by import path (tests.test_rewards.custom_reward)."""
+    return [scale * len(completion_text(c)) for c in completions]
+
+
+def test_rewards_by_import_path_with_options() -> None:
+    path_to_custom = f"{__name__}.custom_reward"
+    assert get_reward(path_to_custom) is custom_reward
+    scaled = get_reward(path_to_custom, scale=2.0)
+    assert scaled.__name__ == "custom_reward"  # TRL logs a reward under its function's name
+    assert _call(scaled, ["abc", "de"], [["x"], ["y"]], False) == [6.0, 4.0]
+    assert get_reward("research_r1.rewards.search_r1_em") is search_r1_em
+    for path, message in [
+        ("no_such_pkg.reward", "reward 'no_such_pkg.reward': cannot import module 'no_such_pkg'"),
+        ("research_r1.rewards.nothing", "module 'research_r1.rewards' has no 'nothing'"),
+        ("research_r1.rewards.REWARDS", "reward 'research_r1.rewards.REWARDS' is not a function"),
+    ]:
+        with pytest.raises(InputError, match=re.escape(message)):
+            get_reward(path)
+    with pytest.raises(InputError, match=re.escape("takes no options ['sacle']; its options: [")):
+        get_reward(path_to_custom, sacle=2.0)  # misspelt: **columns would have swallowed it

@@ -101,12 +101,13 @@ def test_recipe_specifics(in_repo, bf16_gpu):
     script, _, _ = parse("qwen3b_grpo")
     assert script.accelerate_config == "recipes/accelerate/single_gpu.yaml"
 
-    # The demo's settings known to work (G=8, 8 prompts per step, lr 3e-4 constant, DAPO, no
-    # KL, EM, BM25 top-2, at most 2 searches of 16 new tokens per turn, 300 steps).
+    # The demo's settings (G=8, 8 prompts per step, lr 3e-4 constant, DAPO, no KL, EM, BM25
+    # top-2, at most 2 searches of 24 new tokens per turn, 60 steps), on what the demo writes.
     script, args, model_args = parse("tiny_cpu_grpo")
-    assert (model_args.model_name_or_path, script.dataset) == (
+    assert (model_args.model_name_or_path, script.dataset, script.template) == (
         "outputs/demo/model",
         "outputs/demo/data",
+        "outputs/demo/template.yaml",
     )
     assert script.retriever == "recipes/retrievers/demo_bm25.yaml"
     assert parse_config(script.retriever) == BM25Config(
@@ -115,9 +116,9 @@ def test_recipe_specifics(in_repo, bf16_gpu):
     assert (args.num_generations, args.generation_batch_size // args.num_generations) == (8, 8)
     assert (args.learning_rate, args.lr_scheduler_type.value) == (3e-4, "constant")
     assert (args.loss_type, args.beta, script.reward_funcs) == ("dapo", 0.0, ["search_r1_em"])
-    assert (args.retrieval_topk, args.max_turns, args.max_new_tokens_per_turn) == (2, 2, 16)
+    assert (args.retrieval_topk, args.max_turns, args.max_new_tokens_per_turn) == (2, 2, 24)
     assert (args.max_steps, args.use_cpu, args.bf16, model_args.use_peft) == (
-        300,
+        60,
         True,
         False,
         False,
@@ -166,7 +167,7 @@ def test_research_r1_train_starts_accelerate_with_the_recipes_config(in_repo, mo
     recipe = "recipes/tiny_cpu_grpo.yaml"
 
     assert cli_main(["train", recipe, "--max_steps", "3"]) == 0
-    launch = [sys.executable, "-m", "accelerate.commands.launch"]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--quiet"]
     assert commands[-1] == [
         *launch,
         *("--config_file", "recipes/accelerate/cpu.yaml"),
@@ -174,7 +175,7 @@ def test_research_r1_train_starts_accelerate_with_the_recipes_config(in_repo, mo
     ]
     other = "recipes/accelerate/zero2.yaml"
     assert cli_main(["train", recipe, f"--accelerate_config={other}"]) == 0
-    assert commands[-1][3:5] == ["--config_file", other]
+    assert commands[-1][4:6] == ["--config_file", other]
 
     # multi-machine flags go to accelerate, before the module; recipe keys stay after it
     multi = "recipes/accelerate/multi_node.yaml"
@@ -193,16 +194,108 @@ def test_research_r1_train_starts_accelerate_with_the_recipes_config(in_repo, mo
     assert len(commands) == 3
 
 
-def test_the_recipe_record_leaves_tokens_out(tmp_path):
+def test_the_recipe_record_leaves_secrets_out_and_keeps_token_budgets(tmp_path):
     path = tmp_path / "r.yaml"
-    path.write_text("max_steps: 5\nhub_token: hf_secret\nretriever: r.yaml\n")
-    argv = [str(path), "--hub_token", "hf_a", "--lr", "1", "--hub_token=hf_b", "--seed", "3"]
+    path.write_text(
+        "max_steps: 5\nhub_token: hf_secret\nretriever: r.yaml\nmax_new_tokens_per_turn: 500\n"
+        "max_observation_tokens: 400\ninclude_num_input_tokens_seen: true\n"
+    )
+    argv = [
+        str(path),
+        *("--hub_token", "hf_a", "--lr", "1", "--hub_token=hf_b", "--seed", "3"),
+        *("--max_new_tokens_per_turn", "64", "--max_observation_tokens=32", "--token", "hf_c"),
+    ]
 
     assert train.recipe_record(argv) == {
         "max_steps": 5,
         "retriever": "r.yaml",
-        "command_line_overrides": "--lr 1 --seed 3",
+        "max_new_tokens_per_turn": 500,
+        "max_observation_tokens": 400,
+        "include_num_input_tokens_seen": True,
+        "command_line_overrides": (
+            "--lr 1 --seed 3 --max_new_tokens_per_turn 64 --max_observation_tokens=32"
+        ),
     }
+
+
+def test_reward_options_and_import_paths_come_from_the_recipe(in_repo, tmp_path):
+    path = tmp_path / "r.yaml"
+    recipe = yaml.safe_load((ROOT / "recipes" / "tiny_cpu_grpo.yaml").read_text())
+    recipe["reward_funcs"] = ["search_r1_format_em", "research_r1.rewards.search_r1_em"]
+    recipe["reward_kwargs"] = {"search_r1_format_em": {"retrieval": 0.1, "wrong_valid": 0.3}}
+    path.write_text(yaml.safe_dump(recipe))
+    script, args, _ = train.parse_recipe([str(path)])
+    format_em, em = train.check_rewards(script, args)
+    found_wrong = "<think>a</think><search>q</search><information>Doc 1(Title: Paris) Paris"
+    found_wrong += "</information><think>b</think><answer>Lyon</answer>"
+    assert format_em(["q"], [found_wrong], None, golden_answers=[["Paris"]]) == [0.3 + 0.1]
+    assert em.__name__ == "search_r1_em"
+
+    # A JSON string on the command line, as TRL's own dict keys take it.
+    override = '{"search_r1_format_em": {"retrieval": 0.5}}'
+    script, args, _ = train.parse_recipe([str(path), "--reward_kwargs", override])
+    format_em, _ = train.check_rewards(script, args)
+    assert format_em(["q"], [found_wrong], None, golden_answers=[["Paris"]]) == [0.2 + 0.5]
+
+    for overrides, message in [
+        (["--reward_kwargs", "{oops"], "reward_kwargs: not valid JSON"),
+        (["--reward_kwargs", '{"research_f1": {}}'], "reward_kwargs: ['research_f1'] are not in"),
+        (["--reward_kwargs", '{"search_r1_format_em": 1}'], "reward_kwargs: expected a mapping"),
+        (
+            ["--reward_kwargs", '{"search_r1_format_em": {"bonus": 1}}'],
+            "reward_funcs: reward 'search_r1_format_em' has no options ['bonus']",
+        ),
+        (
+            ["--reward_funcs", "search_r1_format_em", "pkg_missing.reward"],
+            "reward_funcs: reward 'pkg_missing.reward': cannot import module 'pkg_missing'",
+        ),
+    ]:
+        with pytest.raises(InputError) as error:
+            script, args, _ = train.parse_recipe([str(path), *overrides])
+            train.check_rewards(script, args)
+        assert str(error.value).startswith(message), error.value
+
+
+def test_an_in_process_gpu_index_is_refused_under_several_processes(tmp_path):
+    dense = tmp_path / "dense.yaml"
+    dense.write_text("type: dense\nindex: idx\ncorpus: c.jsonl\ndevice: cuda:0\n")
+    hybrid = tmp_path / "hybrid.yaml"
+    hybrid.write_text(
+        "type: hybrid\ncorpus: c.jsonl\nbm25: {index: b}\ndense: {index: d, device: auto}\n"
+    )
+    cpu = tmp_path / "cpu.yaml"
+    cpu.write_text("type: dense\nindex: idx\ncorpus: c.jsonl\n")
+
+    for config, device in ((dense, "cuda:0"), (hybrid, "auto")):
+        train.check_retriever_placement(str(config), 1)  # one process: its own GPU index is fine
+        with pytest.raises(InputError) as error:
+            train.check_retriever_placement(str(config), 8)
+        assert str(error.value).startswith(
+            f"retriever: {config} loads a dense index on device {device!r} in each of the 8 "
+            "training processes; serve it once with `research-r1 serve-retriever"
+        )
+        assert "`type: remote`" in str(error.value)
+    train.check_retriever_placement(str(cpu), 8)  # a CPU index is memory-mapped and shared
+
+
+def test_a_failed_run_through_the_launcher_ends_with_one_line(tmp_path):
+    """`research-r1 train` under the real `accelerate launch`: our error, no launcher traceback."""
+    run = subprocess.run(
+        [
+            *(sys.executable, "-m", "research_r1.cli", "train"),
+            str(ROOT / "recipes" / "tiny_cpu_grpo.yaml"),
+            *("--accelerate_config", str(ROOT / "recipes" / "accelerate" / "cpu.yaml")),
+            *("--dataset", str(tmp_path / "nothing"), "--template", "search_r1"),
+            *("--output_dir", str(tmp_path / "run")),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert run.returncode != 0
+    assert f"error: dataset: no train.parquet (train_split) in {tmp_path / 'nothing'}" in run.stderr
+    assert "Traceback" not in run.stderr and "CalledProcessError" not in run.stderr
 
 
 def rollout_view(tokenizer) -> SimpleNamespace:
@@ -245,7 +338,6 @@ def test_rollout_metrics_are_recorded_per_batch():
         num_searches=2,
         truncated=True,
         invalid_steps=1,
-        retrieval_errors=1,
     )
     view = rollout_view(tokenizer)
     log_rollout_metrics(view, [valid, broken], SEARCH_R1)
@@ -260,7 +352,6 @@ def test_rollout_metrics_are_recorded_per_batch():
         "rollout/answered_rate": [0.5],
         "rollout/truncated_rate": [0.5],
         "rollout/invalid_steps_per_episode": [0.5],
-        "rollout/retrieval_errors_per_episode": [0.5],
         "rollout/valid_format_rate": [0.5],
         "rollout/masked_token_share": [pytest.approx(inserted / total)],
     }

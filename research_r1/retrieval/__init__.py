@@ -2,6 +2,9 @@
 
 Every backend (BM25, dense FAISS, hybrid, or a remote server through the HTTP client) implements
 the same `Retriever` interface, so the rollout and the server never know which one they hold.
+Besides a bug, a retriever may fail in two ways the caller treats differently: it cannot be
+reached for a while (`RetrieverUnavailable`: wait for it) or it refuses or garbles an answer
+(`RetrievalError`: stop).
 """
 
 from __future__ import annotations
@@ -22,6 +25,16 @@ class Passage:
     title: str
     text: str
     score: float
+
+
+class RetrievalError(RuntimeError):
+    """A retriever gave no usable answer: it refused the request or answered in a wrong shape.
+    Waiting will not help, so the caller stops."""
+
+
+class RetrieverUnavailable(RetrievalError):
+    """The retriever could not be reached (connection refused or reset, timeout, HTTP 5xx) after
+    its own quick retries. Waiting may help: the rollout waits for it (`max_retriever_wait_s`)."""
 
 
 class Retriever(Protocol):

@@ -123,6 +123,8 @@ def build_dense_index(
 
     if chunk_size < 1 or train_size < 1:
         raise InputError(f"chunk size and train size must be >= 1, got {chunk_size}, {train_size}")
+    if encoder.batch_size < 1:
+        raise InputError(f"encoder batch size must be >= 1, got {encoder.batch_size}")
     index = make_index(factory, encoder.dimension)
     out = Path(out_dir)
     chunks = _encode_chunks(corpus, encoder, out / EMBEDDINGS_DIR, chunk_size)
@@ -219,8 +221,10 @@ def _encode_chunks(
         for number in range(math.ceil(len(corpus) / chunk_size)):
             start, stop = number * chunk_size, min((number + 1) * chunk_size, len(corpus))
             path = chunk_dir / f"chunk_{number:05d}.npy"
-            if not path.exists():
-                vectors = encoder.encode_passages(corpus.contents(start, stop))
+            if path.exists():
+                bar.update(stop - start)
+            else:
+                vectors = _encode_batches(encoder, corpus.contents(start, stop), bar.update)
                 tmp = path.with_name(f".{path.name}.tmp")
                 with tmp.open("wb") as sink:
                     np.save(sink, vectors)
@@ -229,8 +233,25 @@ def _encode_chunks(
             if rows != stop - start:
                 raise InputError(f"{path} has {rows} vectors, expected {stop - start}: delete it")
             paths.append(path)
-            bar.update(stop - start)
     return paths
+
+
+def _encode_batches(
+    encoder: Encoder, texts: Sequence[str], progress: Callable[[int], object]
+) -> np.ndarray:
+    """`encoder.encode_passages(texts)`, one batch per call so `progress` hears of every batch.
+
+    The texts are ordered longest first, as sentence-transformers orders one call's texts, so
+    each batch holds texts of similar length (little padding) and the vectors equal one call's;
+    they are returned in the order of `texts`.
+    """
+    order = np.argsort([-len(text) for text in texts], kind="stable")
+    vectors = np.empty((len(texts), encoder.dimension), dtype=np.float32)
+    for start in range(0, len(texts), encoder.batch_size):
+        rows = order[start : start + encoder.batch_size]
+        vectors[rows] = encoder.encode_passages([texts[row] for row in rows])
+        progress(len(rows))
+    return vectors
 
 
 def _training_sample(chunks: Sequence[Path], chunk_size: int, size: int) -> np.ndarray:
@@ -309,31 +330,72 @@ def set_search_parameters(
 
 
 def make_searcher(index: Any, device: str) -> Searcher:
-    """A function (queries, k) -> (scores, rows) for `index` on `device` ("cpu" or "cuda").
+    """A function (queries, k) -> (scores, rows) for `index` on `device`: "cpu", "cuda" (torch's
+    current device, GPU 0 unless the process chose another) or "cuda:N" (GPU N).
 
-    On CUDA: sharded over all GPUs in fp16 when faiss-gpu is installed and supports the index
-    type; otherwise, for a flat index, exact search with torch on the GPU; otherwise on the CPU,
-    with a warning.
+    On a GPU the index uses that one GPU only, never the others, so processes pinned to
+    different GPUs do not each fill every GPU: a copy in fp16 when faiss-gpu is installed and
+    supports the index type; otherwise, for a flat index, exact search with torch; otherwise the
+    CPU, with a warning. A GPU number the machine does not have is an InputError. Neither GPU
+    path has run on a real GPU here: tests stand in for faiss-gpu and CUDA.
     """
     if device == "cpu":
         return index.search
     import faiss
 
-    if faiss.get_num_gpus() > 0:
-        options = faiss.GpuMultipleClonerOptions()
-        options.shard = True
-        options.useFloat16 = True
+    gpu = _gpu_number(device)
+    gpus = faiss.get_num_gpus()
+    if gpus > 0:
+        _check_gpu(device, gpu, gpus, "faiss")
         try:
-            return faiss.index_cpu_to_all_gpus(index, co=options).search
+            return FaissGpuSearch(index, gpu)
         except RuntimeError as error:  # e.g. HNSW, which faiss-gpu does not implement
             logger.warning("faiss-gpu cannot hold this index (%s)", str(error).strip())
     flat = faiss.downcast_index(index)
     if isinstance(flat, faiss.IndexFlatIP):
         import torch
 
-        return TorchFlatSearch(flat, device, torch.float16)
+        _check_gpu(device, gpu, torch.cuda.device_count(), "torch")
+        return TorchFlatSearch(flat, f"cuda:{gpu}", torch.float16)
     logger.warning("no GPU search for %s here: searching on the CPU", type(flat).__name__)
     return index.search
+
+
+def _gpu_number(device: str) -> int:
+    """N of "cuda:N"; for "cuda", torch's current device (0 when torch sees no GPU)."""
+    match = re.fullmatch(r"cuda(?::(\d+))?", device)
+    if match is None:
+        raise InputError(f"device must be cpu, cuda or cuda:N, got {device!r}")
+    if match[1] is not None:
+        return int(match[1])
+    import torch
+
+    return torch.cuda.current_device() if torch.cuda.is_available() else 0
+
+
+def _check_gpu(device: str, gpu: int, count: int, seen_by: str) -> None:
+    if gpu >= count:
+        raise InputError(f"device {device!r} names GPU {gpu} but {seen_by} sees {count} GPUs")
+
+
+class FaissGpuSearch:
+    """A copy of a CPU index on one GPU, vectors in fp16, searched by faiss-gpu.
+
+    It holds the GPU resources (memory pools, streams) that the copy uses, since they must live
+    as long as it does. This path has never run on a real GPU here: tests stand in for
+    faiss-gpu's entry points, which faiss-cpu lacks.
+    """
+
+    def __init__(self, index: Any, gpu: int) -> None:
+        import faiss
+
+        self.resources = faiss.StandardGpuResources()
+        options = faiss.GpuClonerOptions()
+        options.useFloat16 = True
+        self.index = faiss.index_cpu_to_gpu(self.resources, gpu, index, options)
+
+    def __call__(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.index.search(queries, k)
 
 
 class TorchFlatSearch:

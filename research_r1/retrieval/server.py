@@ -10,7 +10,22 @@ batch of queries almost as fast as one query, so the server gathers concurrent r
 - `POST /batch_search` (ReSearch): `{"query": [str], "top_n": int, "return_score": bool}` →
   `[[{"id", "contents"}, ...] per query]`, or `[documents, scores]` when `return_score` is true.
 - `POST /search` (ReSearch): `{"query": str, "top_n": int, "return_score": bool}` → one list.
-- `GET /health`, and `GET /metrics` (JSON: counters, queue depth, latency quantiles).
+- `GET /health` (503 with the reason once the batching worker has died), and `GET /metrics`
+  (JSON: counters, queue depth, latency quantiles).
+
+Search-R1's own trainer sends a whole turn's searches in one request (2,560 queries with its
+shipped script), an empty list when no rollout searched and `""` for an empty
+`<search></search>`, and crashes on anything but a 200. So an empty list gets an empty answer
+and a blank query an empty passage list in its slot; neither reaches the retriever.
+
+Limits (each a `serve-retriever` flag): a body over `max_body_bytes` (8 MiB) gets 413, counted
+as it arrives, so a chunked body cannot slip past; over `max_queries_per_request` (4,096)
+queries, a query over `max_query_chars` or a k over `max_k` get 422; a full queue gets 503.
+Fields are strictly typed (`topk: true`, `"3"` or `3.0` are refused, not read as numbers), and
+a 422 lists the first 20 errors, each its location, message and type but never the input, and
+counts the rest, so the answer stays small whatever the request. NaN, Infinity and lone
+surrogates, which Python's json module reads but no JSON answer can hold, get 422 at their
+location.
 
 `contents` is rebuilt Search-R1 style, `"Title"` on the first line and the text after it.
 Heavy imports (fastapi, uvicorn) stay inside functions so `research-r1 --help` stays fast. No
@@ -20,13 +35,15 @@ and the request models are built per app from its limits.
 
 import argparse
 import asyncio
+import itertools
 import logging
 import math
 import os
+import re
 import secrets
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -40,6 +57,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 LATENCY_WINDOW = 10_000  # requests kept for the latency quantiles in /metrics
+MAX_ERRORS = 20  # validation errors listed in a 422; the rest are only counted
+_SURROGATE = re.compile("[\ud800-\udfff]")  # no UTF-8 for these: a str holding one is not text
 
 
 @dataclass(frozen=True)
@@ -55,9 +74,11 @@ class ServerSettings:
     batching: bool = True
     max_batch_queries: int = 256  # queries gathered into one search call
     max_wait_ms: float = 0.0  # how long the first request of a batch waits for company
-    max_queue: int = 4096  # queries waiting for the retriever before new requests get 503
-    max_queries_per_request: int = 512
+    max_queue: int = 16384  # queries waiting for the retriever before new requests get 503
+    # Search-R1's trainer sends a whole turn in one request: 2,560 queries with its script
+    max_queries_per_request: int = 4096
     max_query_chars: int = 4096
+    max_body_bytes: int = 8 * 1024 * 1024  # bounds the memory a request can take, whatever it holds
     max_k: int = 100
     default_k: int = 3  # Search-R1's paper setting, used when a request names no k
     token: str | None = field(default=None, repr=False)  # bearer token; repr=False: never logged
@@ -68,6 +89,7 @@ class ServerSettings:
             "max_queue",
             "max_queries_per_request",
             "max_query_chars",
+            "max_body_bytes",
             "max_k",
         ):
             if getattr(self, name) < 1:
@@ -86,14 +108,13 @@ class ServerSettings:
         if self.token is not None and not self.token:
             raise InputError("server setting token must not be empty")
 
-    @property
-    def max_body_bytes(self) -> int:
-        """The largest body a valid request can have (JSON may spend 12 bytes on one char)."""
-        return self.max_queries_per_request * (12 * self.max_query_chars + 16) + 1024
-
 
 class QueueFull(Exception):
     """Too many queries are already waiting; the request is refused rather than queued."""
+
+
+class WorkerDown(Exception):
+    """The batching worker has stopped, so no search would ever be answered."""
 
 
 class ServerStats:
@@ -154,10 +175,14 @@ class MicroBatcher:
         self._settings = settings
         self._stats = stats
         self._pending: deque[_Pending] = deque()
+        self._batch: list[_Pending] = []  # taken from the queue, not answered yet
         self._arrived = asyncio.Event()
         self.waiting_queries = 0
+        self.failure: str | None = None  # why `run` stopped, once it has
 
     async def search(self, queries: list[str], k: int) -> list[list[Passage]]:
+        if self.failure is not None:
+            raise WorkerDown(self.failure)
         if self.waiting_queries + len(queries) > self._settings.max_queue:
             raise QueueFull(
                 f"retrieval queue is full ({self.waiting_queries} queries waiting, "
@@ -170,31 +195,49 @@ class MicroBatcher:
         return await future
 
     async def run(self) -> None:
-        """Serve pending requests until cancelled, one gathered batch at a time."""
-        while True:
-            while not self._pending:
-                self._arrived.clear()
-                await self._arrived.wait()
-            await self._dispatch(await self._gather())
+        """Serve pending requests until cancelled, one gathered batch at a time. Once it stops,
+        for whatever reason, every request taken or waiting fails with `WorkerDown`, and so
+        does every later one: none waits for an answer that will never come."""
+        try:
+            while True:
+                while not self._pending:
+                    self._arrived.clear()
+                    await self._arrived.wait()
+                await self._gather()
+                await self._dispatch(self._batch)
+                self._batch = []
+        except asyncio.CancelledError:
+            self._stop("batching worker was cancelled")
+            raise
+        except Exception as error:
+            self._stop(f"batching worker died: {error!r}")
+            logger.exception("the batching worker died; searches now get 503")
 
-    def _take(self) -> _Pending:
+    def _stop(self, failure: str) -> None:
+        self.failure = failure
+        for item in [*self._batch, *self._pending]:
+            if not item.future.done():
+                item.future.set_exception(WorkerDown(failure))
+
+    def _take(self) -> None:
         item = self._pending.popleft()
         self.waiting_queries -= len(item.queries)
-        return item
+        self._batch.append(item)
 
-    async def _gather(self) -> list[_Pending]:
-        batch = [self._take()]
+    async def _gather(self) -> None:
+        """Move requests from the queue into `self._batch`."""
+        self._take()
         if not self._settings.batching:
-            return batch
-        size = len(batch[0].queries)
+            return
+        size = len(self._batch[0].queries)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._settings.max_wait_ms / 1000.0
         while size < self._settings.max_batch_queries:
             if self._pending:
                 if size + len(self._pending[0].queries) > self._settings.max_batch_queries:
                     break
-                batch.append(self._take())
-                size += len(batch[-1].queries)
+                self._take()
+                size += len(self._batch[-1].queries)
                 continue
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -204,7 +247,6 @@ class MicroBatcher:
                 await asyncio.wait_for(self._arrived.wait(), remaining)
             except asyncio.TimeoutError:
                 break
-        return batch
 
     async def _dispatch(self, batch: list[_Pending]) -> None:
         by_k: dict[int, list[_Pending]] = {}
@@ -245,31 +287,30 @@ def _not_blank(query: str) -> str:
 
 
 def _request_models(settings: ServerSettings) -> tuple[type, type, type]:
-    """Pydantic request bodies whose constraints are this server's limits."""
+    """Pydantic request bodies whose constraints are this server's limits. Every field is
+    strict: lax mode would read `true` as k=1 and `"3"` or `3.0` as 3."""
     from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
-    query_type = Annotated[
-        str, StringConstraints(max_length=settings.max_query_chars), AfterValidator(_not_blank)
-    ]
-    queries_type = Annotated[
-        list[query_type], Field(min_length=1, max_length=settings.max_queries_per_request)
-    ]
-    k_type = Annotated[int, Field(ge=1, le=settings.max_k)]
+    query_type = Annotated[str, StringConstraints(strict=True, max_length=settings.max_query_chars)]
+    # blank queries are allowed in lists: Search-R1's trainer sends "" for an empty search
+    queries_type = Annotated[list[query_type], Field(max_length=settings.max_queries_per_request)]
+    k_type = Annotated[int, Field(strict=True, ge=1, le=settings.max_k)]
+    flag_type = Annotated[bool, Field(strict=True)]
 
     class RetrieveRequest(BaseModel):
         queries: queries_type
         topk: k_type = settings.default_k
-        return_scores: bool = False
+        return_scores: flag_type = False
 
     class BatchSearchRequest(BaseModel):
         query: queries_type
         top_n: k_type = settings.default_k
-        return_score: bool = False
+        return_score: flag_type = False
 
     class SearchRequest(BaseModel):
-        query: query_type
+        query: Annotated[query_type, AfterValidator(_not_blank)]
         top_n: k_type = settings.default_k
-        return_score: bool = False
+        return_score: flag_type = False
 
     return RetrieveRequest, BatchSearchRequest, SearchRequest
 
@@ -287,10 +328,80 @@ def _json(
     )
 
 
+def _unencodable_values(body: Any) -> Iterator[dict[str, Any]]:
+    """Validation errors for the values in a parsed body that Python's json module reads but no
+    JSON can carry: NaN and Infinity, and text with a lone surrogate (`"\\ud800"`), which has
+    no UTF-8. Walked without recursion and yielded lazily: a body can be as deep as the parser
+    allows and hold millions of them."""
+    pending: list[tuple[tuple[Any, ...], Iterator[tuple[Any, Any]]]] = [
+        ((), iter([("body", body)]))
+    ]  # each container on the path: its location and the (key, value) pairs left to visit
+    while pending:
+        loc, items = pending[-1]
+        for key, value in items:
+            if isinstance(key, str) and _SURROGATE.search(key):
+                yield _error((*loc, key), "string_unicode", "key is not valid Unicode text")
+            if isinstance(value, str):
+                # isascii() is O(1): ASCII text skips the scan (2,560 queries: 0.3 ms, not 2.2)
+                if not value.isascii() and _SURROGATE.search(value):
+                    yield _error(
+                        (*loc, key),
+                        "string_unicode",
+                        "Input should be valid Unicode text, not a lone surrogate",
+                    )
+            elif isinstance(value, float):
+                if not math.isfinite(value):
+                    yield _error(
+                        (*loc, key),
+                        "finite_number",
+                        "Input should be a valid number, not NaN or Infinity (JSON has neither)",
+                    )
+            elif isinstance(value, (dict, list)):
+                pairs = value.items() if isinstance(value, dict) else enumerate(value)
+                pending.append(((*loc, key), iter(pairs)))
+                break
+        else:
+            pending.pop()
+
+
+def _error(loc: tuple[Any, ...], kind: str, msg: str) -> dict[str, Any]:
+    return {"loc": loc, "msg": msg, "type": kind}
+
+
+def _error_detail(errors: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The first `MAX_ERRORS` errors as location, message and type, and a count of the rest.
+    Never the input, nor anything that could be large: location parts are clipped to 64
+    characters and 8 parts (dict keys come from the request), messages to 200 characters."""
+    errors = iter(errors)
+    detail = [
+        {
+            "loc": [_clip_loc_part(part) for part in error["loc"][:8]],
+            "msg": error["msg"][:200],
+            "type": error["type"],
+        }
+        for error in itertools.islice(errors, MAX_ERRORS)
+    ]
+    more = sum(1 for _ in errors)
+    if more:
+        detail.append(
+            {"loc": ["body"], "msg": f"{more} more errors not listed", "type": "too_many_errors"}
+        )
+    return detail
+
+
+def _clip_loc_part(part: Any) -> Any:
+    """A location part safe to send: a key's lone surrogates written as `\\ud800` escapes."""
+    if isinstance(part, str):
+        return part.encode("utf-8", "backslashreplace").decode()[:64]
+    return part
+
+
 class RequestGuard:
-    """ASGI middleware refusing unauthenticated and oversized requests before their body is
-    read. Plain ASGI, not `@app.middleware("http")`, which runs every request through an extra
-    task and a memory stream."""
+    """ASGI middleware refusing unauthenticated and oversized requests. A Content-Length over
+    the limit is refused before the body is read; every body is also counted as it arrives, as
+    a chunked one has no Content-Length, and refused once past the limit, so no more than
+    `max_body_bytes` of it is ever held. Plain ASGI, not `@app.middleware("http")`, which runs
+    every request through an extra task and a memory stream."""
 
     def __init__(self, app: Any, settings: ServerSettings) -> None:
         self.app = app
@@ -303,7 +414,30 @@ class RequestGuard:
             if refusal is not None:
                 await refusal(scope, receive, send)
                 return
+            receive = self._counting(receive)
         await self.app(scope, receive, send)
+
+    def _counting(
+        self, receive: Callable[[], Awaitable[dict[str, Any]]]
+    ) -> Callable[[], Awaitable[dict[str, Any]]]:
+        """`receive`, raising 413 on the chunk that takes the body past the limit; an
+        `HTTPException`, so FastAPI answers it like its own errors, `{"detail": ...}`."""
+        from starlette.exceptions import HTTPException
+
+        received = 0
+
+        async def counting_receive() -> dict[str, Any]:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise HTTPException(
+                        413, f"request body exceeds the limit of {self.max_body_bytes} bytes"
+                    )
+            return message
+
+        return counting_receive
 
     def _refusal(self, headers: dict[bytes, bytes]) -> "Response | None":
         if self.expected_auth is not None:
@@ -316,7 +450,10 @@ class RequestGuard:
                 )
         length = headers.get(b"content-length", b"")
         if length.isdigit() and int(length) > self.max_body_bytes:
-            detail = f"request body of {length.decode()} bytes exceeds {self.max_body_bytes}"
+            detail = (
+                f"request body of {length.decode()} bytes exceeds the limit of "
+                f"{self.max_body_bytes} bytes"
+            )
             return _json({"detail": detail}, 413)
         return None
 
@@ -325,7 +462,8 @@ def create_app(retriever: Retriever, settings: ServerSettings | None = None) -> 
     """The server as an ASGI app, so tests and benchmarks can run it in-process."""
     from contextlib import asynccontextmanager
 
-    from fastapi import FastAPI, HTTPException, Request
+    from fastapi import Depends, FastAPI, HTTPException, Request
+    from fastapi.exceptions import RequestValidationError
     from starlette.responses import Response
 
     settings = settings or ServerSettings()
@@ -335,30 +473,58 @@ def create_app(retriever: Retriever, settings: ServerSettings | None = None) -> 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.batcher = MicroBatcher(retriever, settings, stats)
-        worker = asyncio.create_task(app.state.batcher.run())
+        app.state.worker = asyncio.create_task(app.state.batcher.run())
         yield
-        worker.cancel()
+        app.state.worker.cancel()
 
-    app = FastAPI(title="research_r1 retriever", lifespan=lifespan)
+    async def validation_failed(request: Request, error: RequestValidationError) -> Response:
+        """FastAPI's own handler echoes each error's input: a 30 MB request got a 30 MB 422."""
+        return _json({"detail": _error_detail(error.errors())}, 422)
+
+    app = FastAPI(
+        title="research_r1 retriever",
+        lifespan=lifespan,
+        exception_handlers={RequestValidationError: validation_failed},
+    )
     app.add_middleware(RequestGuard, settings=settings)
 
+    async def reject_unencodable_values(request: Request) -> None:
+        """422 for NaN, Infinity and lone surrogates anywhere in the body (run before the
+        body model, on the JSON FastAPI has already parsed for it)."""
+        try:
+            body = await request.json()
+        except (ValueError, RecursionError):
+            return  # not JSON: the body model says so
+        errors = _unencodable_values(body)
+        first = next(errors, None)
+        if first is not None:
+            raise HTTPException(422, _error_detail(itertools.chain([first], errors)))
+
+    checked = [Depends(reject_unencodable_values)]
+
     async def run_search(request: Request, queries: list[str], k: int) -> list[list[Passage]]:
+        """Results in the order of `queries`; a blank one gets no passages and is not searched."""
+        asked = [query for query in queries if query.strip()]
         started = time.perf_counter()
         try:
-            results = await request.app.state.batcher.search(queries, k)
+            found = await request.app.state.batcher.search(asked, k) if asked else []
         except QueueFull as error:
             stats.rejected += 1
             raise HTTPException(503, str(error), headers={"Retry-After": "1"}) from error
+        except WorkerDown as error:
+            stats.failed += 1
+            raise HTTPException(503, str(error)) from error
         except Exception as error:
             stats.failed += 1
-            logger.exception("retriever failed on %d queries", len(queries))
+            logger.exception("retriever failed on %d queries", len(asked))
             raise HTTPException(500, f"retriever failed: {error}") from error
         stats.requests += 1
-        stats.queries += len(queries)
+        stats.queries += len(asked)
         stats.latencies_s.append(time.perf_counter() - started)
-        return results
+        answers = iter(found)
+        return [next(answers) if query.strip() else [] for query in queries]
 
-    @app.post("/retrieve")
+    @app.post("/retrieve", dependencies=checked)
     async def retrieve(body: RetrieveRequest, request: Request) -> Response:
         results = await run_search(request, body.queries, body.topk)
         if body.return_scores:
@@ -370,7 +536,7 @@ def create_app(retriever: Retriever, settings: ServerSettings | None = None) -> 
             result = [[_document(p) for p in passages] for passages in results]
         return _json({"result": result})
 
-    @app.post("/batch_search")
+    @app.post("/batch_search", dependencies=checked)
     async def batch_search(body: BatchSearchRequest, request: Request) -> Response:
         results = await run_search(request, body.query, body.top_n)
         documents = [[_document(p) for p in passages] for passages in results]
@@ -379,7 +545,7 @@ def create_app(retriever: Retriever, settings: ServerSettings | None = None) -> 
             return _json([documents, scores])
         return _json(documents)
 
-    @app.post("/search")
+    @app.post("/search", dependencies=checked)
     async def search_one(body: SearchRequest, request: Request) -> Response:
         (passages,) = await run_search(request, [body.query], body.top_n)
         documents = [_document(p) for p in passages]
@@ -388,8 +554,11 @@ def create_app(retriever: Retriever, settings: ServerSettings | None = None) -> 
         return _json(documents)
 
     @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    async def health(request: Request) -> Response:
+        failure = request.app.state.batcher.failure
+        if failure is not None:
+            return _json({"status": "down", "detail": failure}, 503)
+        return _json({"status": "ok"})
 
     @app.get("/metrics")
     async def metrics(request: Request) -> dict[str, Any]:
@@ -405,9 +574,19 @@ def create_app(retriever: Retriever, settings: ServerSettings | None = None) -> 
 _LIMIT_FLAGS = {
     "max_batch_queries": "most queries gathered into one search call",
     "max_wait_ms": "how long the first request of a batch waits for more",
-    "max_queue": "queries allowed to wait for the retriever; beyond, requests get 503",
-    "max_queries_per_request": "most queries in one request (422 beyond)",
+    "max_queue": (
+        "queries allowed to wait for the retriever; beyond, requests get 503 "
+        "(at least --max-queries-per-request)"
+    ),
+    "max_queries_per_request": (
+        "most queries in one request, blank ones included (422 beyond); Search-R1's trainer "
+        "sends a whole turn in one, 2,560 queries with its script"
+    ),
     "max_query_chars": "longest query in characters (422 beyond)",
+    "max_body_bytes": (
+        "largest request body in bytes, a chunked one counted as it arrives (413 beyond); "
+        "a request must fit both this and the query limits"
+    ),
     "max_k": "largest topk / top_n a request may ask for (422 beyond)",
     "default_k": "k for requests that name none",
 }

@@ -14,13 +14,17 @@ from typing import Any
 
 import gradio as gr
 
+from research_r1.errors import RunStopped
 from research_r1.protocol import Template, load_template
-from research_r1.retrieval import Retriever
+from research_r1.retrieval import RetrievalError, Retriever
 from research_r1.rollout import RolloutConfig, run_episodes
 from research_r1.space import SpaceSettings, Turn, load_settings, transcript_turns
 
 HERE = Path(__file__).resolve().parent
 MAX_QUESTION_CHARS = 1000
+# A visitor waits for the answer: an unreachable retriever is waited for this long, not the ten
+# minutes a training run allows, then the question fails with a message.
+RETRIEVER_WAIT_S = 30.0
 NO_ANSWER = "The agent gave no answer (it ran out of searches or tokens)."
 
 
@@ -50,16 +54,19 @@ def build_app(
         history = [*history, gr.ChatMessage(role="user", content=question)]
         working = {"title": "Searching and reasoning", "status": "pending"}
         yield "", [*history, gr.ChatMessage(content="Playing the episode…", metadata=working)]
-        [episode] = run_episodes(
-            model,
-            tokenizer,
-            retriever,
-            [template.prompt(question)],
-            protocol=template.protocol,
-            config=config,
-            batch_size=1,
-            show_progress=False,
-        )
+        try:
+            [episode] = run_episodes(
+                model,
+                tokenizer,
+                retriever,
+                [template.prompt(question)],
+                protocol=template.protocol,
+                config=config,
+                batch_size=1,
+                show_progress=False,
+            )
+        except (RunStopped, RetrievalError) as error:
+            raise gr.Error(f"The search engine did not answer: {error}") from error
         turns = transcript_turns(episode, tokenizer, template.protocol)
         replies = [to_message(turn) for turn in turns]
         if not any(turn.kind == "answer" for turn in turns):
@@ -92,7 +99,9 @@ def load_app(settings: SpaceSettings) -> gr.Blocks:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = AutoTokenizer.from_pretrained(settings.model_id)
     model = AutoModelForCausalLM.from_pretrained(settings.model_id, dtype="auto").to(device)
-    config = RolloutConfig(k=settings.top_k, max_turns=settings.max_turns)
+    config = RolloutConfig(
+        k=settings.top_k, max_turns=settings.max_turns, max_retriever_wait_s=RETRIEVER_WAIT_S
+    )
     return build_app(
         model.eval(),
         tokenizer,
