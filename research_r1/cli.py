@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except RunStopped as error:
-        print(f"stopped: {error}", file=sys.stderr)
+        print(f"\nstopped: {error}", file=sys.stderr)  # below any progress bar it cut off
         return 3
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

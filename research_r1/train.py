@@ -433,6 +433,10 @@ def build_trainer(script: ScriptArguments, args: Any, model_args: ModelConfig) -
     # We push (in the background, retried, never fatal), not the Trainer; and the Trainer pickles
     # its args into every checkpoint, so it must not hold the token.
     args.push_to_hub, args.hub_token = False, None
+    if args.use_vllm:
+        from research_r1.generation_vllm import prepare_cpu_colocate
+
+        prepare_cpu_colocate(args)  # vLLM on a CPU: a KV cache size, weights TRL can sync
     return GRPOTrainer(
         model=model_args.model_name_or_path,
         reward_funcs=[*rewards, exact_match_metric(template.protocol)],
@@ -558,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except RunStopped as error:
-        print(f"stopped: {error}", file=sys.stderr)
+        print(f"\nstopped: {error}", file=sys.stderr)  # below any progress bar it cut off
         return 3
     return 0
 

@@ -4,11 +4,20 @@ pipeline (world, index, tiny model, SFT, GRPO through research_r1.train, evaluat
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
+from research_r1 import train
+from research_r1.demo import PINNED_KERNELS
 from research_r1.world import FACTS, KINDS, ScriptedAgent, build_world, read_fact
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def passage_texts(world) -> dict[str, set[str]]:
@@ -167,23 +176,49 @@ def test_scripted_flaws(small_world):
     assert all(len(e.queries) == 1 and e.queries[0] in FACTS for e in episodes)
 
 
-def test_smoke_run_of_the_whole_demo(tmp_path, capsys):
-    from research_r1.cli import main
+def avx2_host() -> bool:
+    cpuinfo = Path("/proc/cpuinfo")
+    return cpuinfo.is_file() and " avx2" in cpuinfo.read_text()
 
-    assert main(["demo", "--smoke", "--out", str(tmp_path)]) == 0
+
+def test_smoke_run_of_the_whole_demo_then_the_recipe_on_its_output(tmp_path, monkeypatch):
+    """`research-r1 demo` in a fresh process, from a folder holding the repository's recipes
+    (as a checkout does), writing the default outputs/demo; then the tiny recipe, unchanged,
+    trains on what it wrote."""
+    shutil.copytree(ROOT / "recipes", tmp_path / "recipes")
+    env = {k: v for k, v in os.environ.items() if k not in PINNED_KERNELS}
+    run = subprocess.run(
+        [sys.executable, "-m", "research_r1.cli", "demo", "--smoke"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = tmp_path / "outputs" / "demo"
     for name in ("summary.md", "reward_curve.png", "em.png", "results.json", "model", "grpo"):
-        assert (tmp_path / name).exists(), name
-    results = json.loads((tmp_path / "results.json").read_text())
+        assert (out / name).exists(), name
+    results = json.loads((out / "results.json").read_text())
     assert results["grpo_steps"] == 2 and results["held_out_questions"] == 10
     for stage in ("sft", "grpo"):
         scores = results[stage]
         assert sorted(scores["by_kind"]) == sorted(KINDS)
         assert sum(k["questions"] for k in scores["by_kind"].values()) == 10
         assert 0.0 <= scores["em"] <= 1.0 and 0.0 <= scores["valid_format"] <= 1.0
-    summary = (tmp_path / "summary.md").read_text()
+    # The kernels were pinned before torch started, so any x86 host runs AVX2 ones.
+    assert {k: results["kernels"][k] for k in PINNED_KERNELS} == PINNED_KERNELS
+    if avx2_host():
+        assert results["kernels"]["aten"] == "AVX2"
+    summary = (out / "summary.md").read_text()
     assert "| all |" in summary and all(f"| {kind} |" in summary for kind in KINDS)
-    assert (tmp_path / "reward_curve.png").read_bytes()[:4] == b"\x89PNG"
-    assert "EM GRPO" in capsys.readouterr().out
+    assert (out / "reward_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert "EM GRPO" in run.stdout
+
+    monkeypatch.chdir(tmp_path)
+    trainer = train.train(["recipes/tiny_cpu_grpo.yaml", "--max_steps", "1"])
+    assert trainer.state.global_step == 1
+    assert (tmp_path / "outputs" / "tiny_cpu_grpo" / "model.safetensors").is_file()
 
 
 def test_demo_refuses_bad_counts(capsys):

@@ -6,7 +6,6 @@ import asyncio
 import re
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -15,8 +14,8 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-import uvicorn
 from fastapi import FastAPI
+from live_server import LiveServer, wait_until
 
 from research_r1 import cli
 from research_r1.errors import InputError
@@ -64,33 +63,6 @@ class OverlapRetriever:
         return sorted(passages, key=lambda p: (-p.score, p.id))
 
 
-class LiveServer:
-    """An app served by uvicorn in a background thread."""
-
-    def __init__(self, app: FastAPI, port: int = 0) -> None:
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def start(self) -> LiveServer:
-        self.thread.start()
-        wait_until(lambda: self.server.started or not self.thread.is_alive())
-        assert self.server.started, "uvicorn did not start"
-        self.port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-    def __enter__(self) -> LiveServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
 @pytest.fixture(scope="module")
 def http() -> Iterator[httpx.Client]:
     """One client for the raw HTTP calls: building one costs more than a test's requests."""
@@ -103,13 +75,6 @@ def serving(retriever: Any, **settings: Any) -> Iterator[str]:
     """The url of `retriever` served with these settings, for the duration of the block."""
     with LiveServer(create_app(retriever, ServerSettings(**settings))) as server:
         yield server.url
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
 
 
 def free_port() -> int:

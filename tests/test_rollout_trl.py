@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from research_r1.protocol import SEARCH_R1, TEMPLATES
 from research_r1.retrieval import Passage
-from research_r1.rollout import FINAL_TURN_NOTICE, make_rollout_func
+from research_r1.rollout import FINAL_TURN_NOTICE, encode_prompt, make_rollout_func
 from research_r1.tiny import build_tiny_model
 
 QUESTIONS = ["who wrote hamlet?", "capital of france?"]
@@ -48,6 +48,8 @@ def test_grpo_step_masks_inserted_tokens_and_updates_weights(tmp_path, monkeypat
         tmp_path / "tiny", [*texts, FINAL_TURN_NOTICE], SEARCH_R1.tags, chat=True
     )
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    # A template option, as Qwen3's enable_thinking: the recipe's chat_template_kwargs turn it on.
+    tokenizer.chat_template = "{% if hint %}hamlet {% endif %}" + tokenizer.chat_template
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     # Push the random model towards tags and EOS so episodes search, answer and stop.
     bias = torch.zeros(model.config.vocab_size)
@@ -86,6 +88,7 @@ def test_grpo_step_masks_inserted_tokens_and_updates_weights(tmp_path, monkeypat
         save_strategy="no",
         logging_steps=1,
         seed=0,
+        chat_template_kwargs={"hint": True},
     )
     trainer = GRPOTrainer(
         model=model,
@@ -115,6 +118,11 @@ def test_grpo_step_masks_inserted_tokens_and_updates_weights(tmp_path, monkeypat
     env_masks = output["env_mask"]
     assert any(0 in mask for mask in env_masks) and all(1 in mask for mask in env_masks)
     assert sum(output["num_searches"]) > 0 and retriever.calls
+    # Prompts were rendered with the recipe's chat_template_kwargs.
+    for prompt, ids in zip(batch_prompts, output["prompt_ids"], strict=True):
+        assert ids == encode_prompt(prompt, tokenizer, {"hint": True})
+        assert ids != encode_prompt(prompt, tokenizer)
+        assert tokenizer.decode(ids).startswith("hamlet ")
 
     # The loss mask the trainer used is exactly env_mask on every row, zero on the padding.
     mask_of = {

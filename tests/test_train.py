@@ -7,23 +7,29 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import re
 import shutil
+import threading
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
 from huggingface_hub import HfApi, hf_hub_download
+from live_server import LiveServer
 from safetensors.torch import load_file
 from trl import GRPOTrainer
 
 from research_r1 import hub as hub_io
-from research_r1 import train
+from research_r1 import rollout, train
 from research_r1.data import prepare, write_split
 from research_r1.errors import InputError
-from research_r1.protocol import SEARCH_R1, load_template
+from research_r1.protocol import SEARCH_R1, format_passages, load_template, split_contents
+from research_r1.retrieval import Passage
 from research_r1.retrieval.bm25 import build_bm25_index
 from research_r1.retrieval.corpus import load_corpus
+from research_r1.rewards import completion_text
 from research_r1.rollout import FINAL_TURN_NOTICE
 from research_r1.tiny import build_tiny_model
 
@@ -126,7 +132,7 @@ def recipe(world: SimpleNamespace, output_dir: Path, *overrides: str) -> list[st
         str(TINY_RECIPE),
         *("--model_name_or_path", str(world.model)),
         *("--dataset", str(world.data)),
-        *("--retriever", str(world.retriever)),
+        *("--retriever", str(world.retriever), "--template", "search_r1"),
         *("--output_dir", str(output_dir)),
         *("--use_peft", "true", "--lora_r", "4", "--lora_alpha", "8"),
         *("--reward_funcs", "search_r1_format_em"),
@@ -200,7 +206,7 @@ def test_train_kill_resume_and_push(world, hub, tmp_path, caplog, capsys, monkey
     card = Path(hf_hub_download(repo, "README.md", token=hub.token)).read_text()
     assert f"`{world.model}`" in card and "search_r1_format_em" in card
     assert "library_name: peft" in card and "type: exact_match" in card and "value: 0.25" in card
-    assert "| bamboogle | 0.250 |" in card and "lora_r 4" in card and "max_steps: 300" in card
+    assert "| bamboogle | 0.250 |" in card and "lora_r 4" in card and "max_steps: 60" in card
 
     # The same run killed right after its first checkpoint...
     resumed = tmp_path / "resumed"
@@ -253,6 +259,8 @@ def test_train_kill_resume_and_push(world, hub, tmp_path, caplog, capsys, monkey
     assert not any(name.startswith("last-checkpoint/") for name in files)
     card = Path(hf_hub_download(repo_resumed, "README.md", token=hub.token)).read_text()
     assert "resume_from_checkpoint" in card
+    flat = " ".join(card.split())  # YAML folds the long overrides line
+    assert "max_new_tokens_per_turn: 24" in card and "--max_new_tokens_per_turn 12" in flat
 
     output = capsys.readouterr()
     assert_token_nowhere(hub.token, [straight, resumed], caplog.text, output.out, output.err, card)
@@ -294,7 +302,7 @@ START_UP_FAILURES = [
     (["--train_split", "dev"], r"^dataset: no dev.parquet \(train_split\)"),
     (["--dataset", data_without_answers], r"^dataset: split 'train' lacks .*golden_answers"),
     (["--template", "research_base"], r"^template: the recipe says 'research_base'"),
-    (["--reward_funcs", "em"], r"^reward_funcs: unknown \['em'\]"),
+    (["--reward_funcs", "em"], r"^reward_funcs: unknown reward 'em'; known rewards: "),
     (["--reward_weights", "1.0", "0.5"], r"^reward_weights: 2 weights for 1 reward_funcs"),
     (["--model_name_or_path", special_tag_model], r"^model_name_or_path: .*'<search>'"),
     (["--max_completion_length", "4000"], r"^max_completion_length: the longest prompt"),
@@ -336,3 +344,131 @@ def test_a_split_pushed_to_the_hub_trains_like_a_local_one(world, hub):
     )
     with pytest.raises(InputError, match=r"^dataset: no split 'dev' \(eval_split\)"):
         train.load_split(f"hf://datasets/{repo}", "dev", "eval_split")
+
+
+# ---------------------------------------------------------------------------------------------
+# A retrieval server that goes away mid-run
+
+OUTAGE: dict[str, Any] = {}  # what `reads_and_outage` records and the server it takes down
+
+
+def reads_and_outage(prompts, completions, completion_ids=None, *, retrieved_ids, **columns):
+    """A reward the recipe names by import path (weight 0): it records what each step's episodes
+    read, and after the first step (with `OUTAGE["kill"]`) stops the retrieval server,
+    restarting it on the same port `OUTAGE["down_s"]` seconds later (never, if None)."""
+    OUTAGE["steps"].append((list(retrieved_ids), [completion_text(c) for c in completions]))
+    if OUTAGE["kill"] and len(OUTAGE["steps"]) == 1:
+        OUTAGE["server"].stop()
+        if OUTAGE["down_s"] is not None:
+            timer = threading.Timer(OUTAGE["down_s"], OUTAGE["restart"])
+            timer.start()
+            OUTAGE["timer"] = timer
+    return [0.0] * len(completions)
+
+
+@pytest.fixture(scope="module")
+def searcher(world, tmp_path_factory) -> Path:
+    """The world's model pushed harder towards searching, so every step searches."""
+    from transformers import AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("searcher") / "model"
+    shutil.copytree(world.model, folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    pushes = {**PUSHES, "<search>": 8.0, "</search>": 8.0}
+    pushes = {tokenizer.convert_tokens_to_ids(tag): push for tag, push in pushes.items()}
+    steer_towards_tags(folder, {**pushes, tokenizer.eos_token_id: EOS_PUSH})
+    return folder
+
+
+class FirstPassages:
+    """The corpus's first k passages for any query, so that even the random model's queries
+    ("fi", "") read real passages."""
+
+    def search(self, queries: list[str], k: int) -> list[list[Passage]]:
+        top = [Passage(str(i), *split_contents(c), 1.0) for i, c in enumerate(PASSAGES[:k])]
+        return [list(top) for _ in queries]
+
+
+@pytest.fixture
+def outage(tmp_path, monkeypatch):
+    """A real retrieval server, and a remote config for it that does not retry on its own (the
+    rollout's waits, from 0.5 s, are what is tested)."""
+    from research_r1.retrieval.server import create_app
+
+    monkeypatch.setattr(rollout, "OUTAGE_FIRST_WAIT_S", 0.5)
+    retriever = FirstPassages()
+    server = LiveServer(create_app(retriever)).start()
+    config = tmp_path / "remote.yaml"
+    config.write_text(f"type: remote\nurl: {server.url}\nretries: 0\ntimeout_s: 5\n")
+
+    def restart() -> None:
+        OUTAGE["server"] = LiveServer(create_app(retriever), port=server.port).start()
+
+    OUTAGE.update(steps=[], server=server, restart=restart, url=server.url, kill=True)
+    yield config
+    if "timer" in OUTAGE:
+        OUTAGE["timer"].join()
+    OUTAGE["server"].stop()
+    OUTAGE.clear()
+
+
+def outage_recipe(
+    world, model: Path, output_dir: Path, retriever: Path, *overrides: str
+) -> list[str]:
+    return recipe(
+        world,
+        output_dir,
+        *("--model_name_or_path", str(model)),
+        *("--retriever", str(retriever), "--max_steps", "3"),
+        *("--reward_funcs", "search_r1_format_em", f"{__name__}.reads_and_outage"),
+        *("--reward_weights", "1.0", "0.0"),
+        *overrides,
+    )
+
+
+def assert_every_search_read_real_passages(steps: list) -> None:
+    """Every search of every step got the retrieval_topk (2) corpus passages, and each
+    `<information>` block holds them (cut to max_observation_tokens), never an error."""
+    passages = format_passages(FirstPassages().search(["q"], 2)[0])
+    for retrieved_ids, texts in steps:
+        assert any(retrieved_ids)  # the step searched
+        for episode_ids, text in zip(retrieved_ids, texts, strict=True):
+            assert all(ids == ["0", "1"] for ids in episode_ids)
+            blocks = re.findall(r"<information>(.*?)</information>", text, re.DOTALL)
+            assert len(blocks) == len(episode_ids)
+            assert all(block and passages.startswith(block) for block in blocks), blocks
+
+
+def test_a_retriever_outage_costs_time_not_training(world, searcher, outage, tmp_path, caplog):
+    """The server dies after step 1 and is back 2 s later: step 2 waits for it, and every
+    trained step's episodes read real passages."""
+    OUTAGE["down_s"] = 2.0
+    trainer = train.train(outage_recipe(world, searcher, tmp_path / "run", outage))
+
+    assert trainer.state.global_step == 3
+    assert len(OUTAGE["steps"]) == 3
+    assert_every_search_read_real_passages(OUTAGE["steps"])
+    waits = [r.getMessage() for r in caplog.records if "retriever is unreachable" in r.getMessage()]
+    assert waits and all(OUTAGE["url"] in wait for wait in waits)
+
+
+def test_a_retriever_gone_for_good_stops_the_run_and_the_checkpoint_resumes_it(
+    world, searcher, outage, tmp_path, capsys
+):
+    OUTAGE["down_s"] = None
+    run = tmp_path / "run"
+    argv = outage_recipe(world, searcher, run, outage, "--max_retriever_wait_s", "2")
+
+    assert train.main(argv) == 3
+    error = capsys.readouterr().err.splitlines()[-1]  # after the progress bars
+    assert error.startswith("stopped: the retriever stayed unreachable for ")
+    assert "(max_retriever_wait_s=2): retrieval at " + OUTAGE["url"] in error
+    assert "resume the run from its last checkpoint (--resume_from_checkpoint)" in error
+    assert [p.name for p in run.glob("checkpoint-*")] == ["checkpoint-1"]
+    assert_every_search_read_real_passages(OUTAGE["steps"])
+
+    OUTAGE["restart"]()  # the retriever is back: the same command resumes from checkpoint-1
+    OUTAGE.update(steps=[], kill=False)
+    trainer = train.train([*argv, "--resume_from_checkpoint"])
+    assert trainer.state.global_step == 3
+    assert_every_search_read_real_passages(OUTAGE["steps"])

@@ -1,10 +1,13 @@
 """A TRL 1.16 GRPOTrainer in vLLM colocate mode playing search episodes, run by
 `test_vllm_colocate.py` in a process of its own (TRL starts its own engine, with vLLM's
-`external_launcher`): `colocate_train.py MODEL_DIR OUT_DIR`.
+`external_launcher`): `colocate_train.py MODEL_DIR OUT_DIR`. Like training, it calls
+`prepare_cpu_colocate` first: TRL's engine would otherwise size no KV cache of its own and, where
+vLLM repacks its linear weights (AVX-512 hosts), refuse TRL's weight sync.
 
 It trains two steps and writes `OUT_DIR/report.json`: the trainer's log, what
 `vllm_generator_for` built from the trainer, and how far the engine's weights were from the
-trained model's before and after TRL's weight sync, and the engine's weight dtype.
+trained model's before and after TRL's weight sync, the engine's weight dtype, KV cache size and
+whether its linear layers kept their weights.
 """
 
 from __future__ import annotations
@@ -38,8 +41,9 @@ def main() -> None:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
+    from vllm.model_executor.layers.linear import LinearBase
 
-    from research_r1.generation_vllm import vllm_generator_for
+    from research_r1.generation_vllm import prepare_cpu_colocate, vllm_generator_for
     from research_r1.protocol import SEARCH_R1
     from research_r1.rollout import make_rollout_func
 
@@ -50,7 +54,6 @@ def main() -> None:
         bf16=False,
         use_vllm=True,
         vllm_mode="colocate",
-        vllm_gpu_memory_utilization=0.15,
         vllm_max_model_length=512,
         per_device_train_batch_size=4,
         num_generations=2,
@@ -63,6 +66,7 @@ def main() -> None:
         save_strategy="no",
         gradient_checkpointing=False,
     )
+    prepare_cpu_colocate(args)  # as training does before TRL starts its engine
     prompts = ["Question: who wrote hamlet?\n", "Question: where is paris?\n"] * 2
     trainer = GRPOTrainer(
         model=AutoModelForCausalLM.from_pretrained(model_dir),
@@ -96,6 +100,12 @@ def main() -> None:
         "gap_after_sync": weight_gap(),
         "served_dtype": str(dict(engine_model.named_parameters())[PARAMETER].dtype),
         "bfloat16_rounding": (trained() - trained().bfloat16().float()).abs().max().item(),
+        "kv_cache_memory_bytes": engine.llm_engine.vllm_config.cache_config.kv_cache_memory_bytes,
+        "linear_layers_keep_weights": all(
+            module.weight.numel() > 0 and hasattr(module.weight, "weight_loader")
+            for module in engine_model.modules()
+            if isinstance(module, LinearBase)
+        ),
     }
     Path(out_dir, "report.json").write_text(json.dumps(report))
 

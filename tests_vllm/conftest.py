@@ -109,8 +109,9 @@ def tiny(tmp_path_factory) -> Tiny:
 
 @pytest.fixture(scope="session")
 def llm(tiny):
-    """The engine, started once: vLLM's CPU backend reads `gpu_memory_utilization` as the share
-    of host memory to reserve, so it is kept small."""
+    """The engine, started once, with a KV cache of its own size: vLLM's CPU backend would
+    otherwise take `gpu_memory_utilization` of the NUMA node's memory less what this process
+    holds, which can be nothing."""
     from vllm import LLM
 
     return LLM(
@@ -118,7 +119,7 @@ def llm(tiny):
         dtype="float32",
         enforce_eager=True,
         max_model_len=512,
-        gpu_memory_utilization=0.05,
+        kv_cache_memory_bytes=64 * 2**20,  # tens of thousands of the tiny model's tokens
         distributed_executor_backend="uni",
         seed=0,
     )

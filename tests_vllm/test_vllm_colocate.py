@@ -5,6 +5,7 @@ engine. It runs in a subprocess (`colocate_train.py`) because TRL starts an engi
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,10 @@ def test_grpo_trainer_trains_on_episodes_from_its_colocated_engine(tiny, tmp_pat
         "min_p": 0.0,
         "repetition_penalty": 1.0,
     }
+    # prepare_cpu_colocate's 1 GiB, unless whoever runs the tests chose another size.
+    gib = int(os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"))
+    assert report["kv_cache_memory_bytes"] == gib * 2**30
+    assert report["linear_layers_keep_weights"] is True
     # TRL lets vLLM run the float32 checkpoint in bfloat16: once synced, the engine holds the
     # trained weights rounded to bfloat16, exactly; before the sync, the previous step's.
     assert report["served_dtype"] == "torch.bfloat16"

@@ -55,8 +55,8 @@ def server_url(tiny, tmp_path_factory):
         "--enforce-eager",
         "--max-model-len",
         "512",
-        "--gpu-memory-utilization",
-        "0.05",
+        "--kv-cache-memory-bytes",
+        str(64 * 2**20),  # as the session engine: vLLM's CPU default can be nothing
         "--distributed-executor-backend",
         "uni",
     ]
