@@ -21,7 +21,7 @@ import json
 import sys
 from pathlib import Path
 
-from research_r1.demo import Settings, print_seeds, run_one
+from research_r1.demo import Settings, pin_cpu_kernels, print_seeds, run_one
 
 MIN_GAIN_POINTS = 30.0
 MIN_HELD_OUT = 300
@@ -46,15 +46,14 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("outputs/demo-bench"))
-    parser.add_argument("--steps", type=int, help="GRPO steps (default: the demo's)")
+    parser.add_argument("--steps", type=int, help="GRPO steps (default: the recipe's)")
     args = parser.parse_args()
 
     settings = Settings()
+    kernels = pin_cpu_kernels()  # before torch runs anything, as `research-r1 demo` does
     results = []
     for seed in range(args.first_seed, args.first_seed + args.seeds):
-        results.append(
-            run_one(args.out / f"seed-{seed}", seed, settings, args.steps or settings.grpo_steps)
-        )
+        results.append(run_one(args.out / f"seed-{seed}", seed, settings, args.steps, kernels))
     print_seeds(results)
     passed = True
     for result in results:
