@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 TORCH_INDEX ?=
 TORCH_FROM := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 
-.PHONY: install test lint format demo lock
+.PHONY: install test test-fast lint format demo lock
 
 install: $(STAMP)
 
@@ -28,6 +28,9 @@ $(STAMP): setup.cfg pyproject.toml requirements/torch.in requirements/main.lock 
 
 test: install
 	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
 
 lint: install
 	$(VENV)/bin/ruff check .

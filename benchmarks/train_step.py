@@ -51,8 +51,9 @@ from research_r1.retrieval import Passage, Retriever
 from research_r1.retrieval.bm25 import BM25Retriever, build_bm25_index
 from research_r1.retrieval.corpus import load_corpus
 from research_r1.rewards import search_r1_em
-from research_r1.rollout import FINAL_TURN_NOTICE, make_rollout_func
+from research_r1.rollout import FINAL_TURN_NOTICE
 from research_r1.tiny import build_tiny_model, build_tokenizer
+from research_r1.trl_rollout import make_rollout_func
 
 # How likely a random model is made to write each tag and EOS, whatever the vocabulary size: a
 # share s gets the probability mass of s x (vocabulary size) ordinary tokens.

@@ -1,7 +1,7 @@
 """Trainer callbacks: the reward curve as a PNG, and checkpoints pushed to the Hub.
 
-A push runs in a background thread, is retried (`research_r1.hub.retry`), and a push that still
-fails is logged and dropped: losing a checkpoint upload must never stop hours of training.
+A push runs in a background thread, is retried (`research_r1.hub.push_folder`), and a push that
+still fails is logged and dropped: losing a checkpoint upload must never stop hours of training.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from matplotlib.figure import Figure
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
@@ -22,15 +23,12 @@ from research_r1.errors import InputError
 logger = logging.getLogger(__name__)
 
 CURVE_FILE = "reward_curve.png"
+# What a checkpoint holds besides the model: resuming needs it, using the model does not.
+TRAINING_STATE_FILES = ["optimizer.pt", "scheduler.pt", "rng_state*.pth", "trainer_state.json"]
 
 
 def plot_reward_curve(log_history: list[dict[str, Any]], path: str | Path) -> Path | None:
     """Reward (and each reward function's mean) against step; None when nothing was logged."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     parts = {k for row in log_history for k in row if re.fullmatch(r"rewards/.+/mean", k)}
     keys = ["reward", *sorted(parts)]
     series = {
@@ -39,7 +37,8 @@ def plot_reward_curve(log_history: list[dict[str, Any]], path: str | Path) -> Pa
     }
     if not series["reward"]:
         return None
-    figure, axis = plt.subplots(figsize=(7, 4))
+    figure = Figure(figsize=(7, 4))  # no pyplot: no GUI backend, no global figure state
+    axis = figure.subplots()
     for key, points in series.items():
         if points:
             steps, values = zip(*points, strict=True)
@@ -50,7 +49,6 @@ def plot_reward_curve(log_history: list[dict[str, Any]], path: str | Path) -> Pa
     axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
     return Path(path)
 
 
@@ -73,18 +71,30 @@ class RewardPlotCallback(TrainerCallback):
 
 
 class HubPushCallback(TrainerCallback):
-    """Uploads the newest checkpoint to `repo_id` (folder `last-checkpoint`) in the background.
+    """Uploads each saved checkpoint to `repo_id` in the background, as `hub_strategy` says:
+    `checkpoint` to the folder `last-checkpoint` (resumable), `all_checkpoints` each to a folder
+    of its own name, `every_save` the model files at the repo root, `end` nothing (the final
+    push does it all).
 
+    The Trainer's own checkpoint pushes are never retried and fail silently, and it pickles the
+    token into every checkpoint, so this callback pushes instead, with the token held here only.
     One upload runs at a time. A save made while another upload runs replaces any push still
     waiting, so a slow network never piles up stale checkpoints, and uploads seldom meet a folder
     that `save_total_limit` has deleted since (such a push fails and is logged like any other).
     `wait()` blocks until the queue is empty.
     """
 
-    def __init__(self, repo_id: str | None, token: str | None = None, private: bool | None = None):
+    def __init__(
+        self,
+        repo_id: str | None,
+        strategy: str = "checkpoint",
+        token: str | None = None,
+        private: bool | None = None,
+    ) -> None:
         if not repo_id:
             raise InputError("hub_model_id: required with push_to_hub")
-        self.repo_id, self.token, self.private = repo_id, token, bool(private)
+        self.repo_id, self.strategy = repo_id, str(strategy)
+        self.token, self.private = token, bool(private)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-push")
         self.pending: list[Future] = []
         self.lock = threading.Lock()
@@ -96,19 +106,16 @@ class HubPushCallback(TrainerCallback):
         if job is None:  # a later save's push took it
             return
         folder, step = job
+        places = {"checkpoint": "last-checkpoint", "all_checkpoints": folder.name}
         try:
-            hub.retry(
-                lambda: hub.create_repo(self.repo_id, private=self.private, token=self.token),
-                what=f"create {self.repo_id}",
-            )
-            hub.retry(
-                lambda: hub.upload_folder(
-                    folder,
-                    self.repo_id,
-                    path_in_repo="last-checkpoint",
-                    commit_message=f"Checkpoint at step {step}",
-                    token=self.token,
-                ),
+            hub.push_folder(
+                folder,
+                self.repo_id,
+                path_in_repo=places.get(self.strategy, ""),
+                ignore_patterns=None if self.strategy in places else TRAINING_STATE_FILES,
+                commit_message=f"Checkpoint at step {step}",
+                private=self.private,
+                token=self.token,
                 what=f"push checkpoint {step}",
             )
         except Exception as error:
@@ -117,7 +124,7 @@ class HubPushCallback(TrainerCallback):
             logger.info("pushed checkpoint %d to %s", step, self.repo_id)
 
     def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
+        if state.is_world_process_zero and self.strategy != "end":
             folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
             with self.lock:
                 self.waiting = (folder, state.global_step)

@@ -1,8 +1,9 @@
 """The `research-r1` command: one subcommand per job.
 
 Each job lives in a module that exposes `configure_<job>(parser)` to declare its arguments and
-`run_<job>(args)` to do the work (`<job>` is the subcommand with `-` as `_`). Modules keep heavy
-imports (torch, faiss) inside their functions so that `research-r1 --help` stays instant.
+`run_<job>(args)` to do the work (`<job>` is the subcommand with `-` as `_`). Only the module of
+the subcommand being run is imported, so `research-r1 --help` stays instant and a module that
+fails to import breaks its own subcommand only.
 """
 
 from __future__ import annotations
@@ -19,26 +20,31 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve-retriever": ("research_r1.retrieval.server", "Serve a retriever over HTTP."),
     "build-index": ("research_r1.retrieval.cli", "Build a BM25 or dense (FAISS) index."),
     "search": ("research_r1.retrieval.cli", "Search with a retriever config; print a table."),
-    "train": ("research_r1.train", "Train with GRPO from a recipe (under accelerate)."),
+    "train": ("research_r1.launch", "Train with GRPO from a recipe (under accelerate)."),
     "push-space": ("research_r1.space", "Push the Gradio demo Space for a trained model."),
     "demo": ("research_r1.demo", "Show on a CPU in minutes that GRPO teaches search."),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Every subcommand with its help line; only `command`'s module is imported, for its
+    arguments and the function that runs it."""
     parser = argparse.ArgumentParser(prog="research-r1", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
-        module = importlib.import_module(module_name)
         sub = subparsers.add_parser(name, help=help_text, description=help_text)
-        job = name.replace("-", "_")
-        getattr(module, f"configure_{job}")(sub)
-        sub.set_defaults(_run=getattr(module, f"run_{job}"))
+        if name == command:
+            module = importlib.import_module(module_name)
+            job = name.replace("-", "_")
+            getattr(module, f"configure_{job}")(sub)
+            sub.set_defaults(_run=getattr(module, f"run_{job}"))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     try:
         return args._run(args) or 0
     except InputError as error:

@@ -29,13 +29,14 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import datasets
+from datasets.exceptions import DatasetNotFoundError
+
+from research_r1 import hub
 from research_r1.errors import InputError
 from research_r1.protocol import Template, load_template
-
-if TYPE_CHECKING:
-    import datasets
 
 FLASHRAG_REPO = "RUC-NLPIR/FlashRAG_datasets"
 FLASHRAG_DATASETS = (
@@ -107,8 +108,6 @@ def find_source(spec: str, split: str, source: str = FLASHRAG_REPO) -> Source:
     name, sep, location = spec.partition("=")
     if not sep or not _NAME.match(name):
         name, location = "", spec
-    from research_r1 import hub
-
     if hub.is_hub_uri(location):
         path = hub.resolve(location)
         return Source(name or _name_from_path(path), split, path=_check_file(path, spec))
@@ -155,8 +154,6 @@ def load_source(source: Source) -> datasets.Dataset:
     jsonl is read as lines so that a line that is not JSON, or a field whose type differs from
     the other rows', is reported with its row number instead of failing the whole file.
     """
-    import datasets
-
     try:
         if source.path is None:
             return datasets.load_dataset(
@@ -184,8 +181,6 @@ def check_rows(
 
     Without `skip_bad`, a bad row raises InputError naming the source, the row and the field.
     """
-    import datasets
-
     features = datasets.Features(
         {
             "id": datasets.Value("string"),
@@ -344,8 +339,6 @@ def sample_rows(dataset: datasets.Dataset, max_rows: int | None, seed: int) -> d
 
 def merge(parts: Sequence[datasets.Dataset]) -> datasets.Dataset:
     """One dataset of all sources, refused if two rows share an id."""
-    import datasets
-
     merged = datasets.concatenate_datasets(list(parts))
     repeated = [(id_, n) for id_, n in Counter(merged["id"]).items() if n > 1]
     if repeated:
@@ -398,6 +391,49 @@ def write_split(dataset: datasets.Dataset, out_dir: Path, split: str) -> Path:
     path = out_dir / f"{split}.parquet"
     dataset.to_parquet(str(path))
     return path
+
+
+def load_split(dataset: str, split: str, key: str, config: str | None = None) -> datasets.Dataset:
+    """A split prepare-data wrote: `{split}.parquet` in a local folder, or a split of a Hub
+    dataset it pushed (`hf://datasets/ORG/NAME[@REV]`, `config` its config name). `key` is the
+    recipe key naming the split, for messages."""
+    if hub.is_hub_uri(dataset):
+        location = hub.parse_uri(dataset)
+        if location.repo_type != "dataset":
+            raise InputError(
+                f"dataset_name: {dataset} is not a dataset repo (hf://datasets/ORG/NAME)"
+            )
+        try:
+            return datasets.load_dataset(
+                location.repo_id, config, split=split, revision=location.revision
+            )
+        except (DatasetNotFoundError, ValueError) as error:
+            raise InputError(
+                f"dataset_name: no split {split!r} ({key}) in {dataset}: {error}"
+            ) from error
+    path = Path(dataset) / f"{split}.parquet"
+    if not path.is_file():
+        raise InputError(f"dataset_name: no {split}.parquet ({key}) in {dataset}")
+    return datasets.load_dataset("parquet", data_files=str(path), split="train")
+
+
+def check_split(dataset: datasets.Dataset, split: str, template: Template) -> None:
+    """The columns training reads, and the template the prompts were written with."""
+    missing = {"id", "question", "prompt", "golden_answers"} - set(dataset.column_names)
+    if missing:
+        raise InputError(
+            f"dataset_name: split {split!r} lacks columns {sorted(missing)} (has "
+            f"{dataset.column_names}); write it with `research-r1 prepare-data`"
+        )
+    if len(dataset) == 0:
+        raise InputError(f"dataset_name: split {split!r} is empty")
+    if "template" in dataset.column_names:
+        used = set(dataset.unique("template"))
+        if used != {template.name}:
+            raise InputError(
+                f"template: the recipe says {template.name!r} but split {split!r} was prepared "
+                f"with {sorted(used)}"
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -460,9 +496,7 @@ def run_prepare_data(args: argparse.Namespace) -> int:
             print(f"  skipped {count}: {reason}")
     print(f"wrote {_rows(len(dataset))} to {path}")
     if args.push_to_hub:
-        from research_r1.hub import push_dataset
-
-        push_dataset(dataset, args.push_to_hub, split=args.split, private=args.private)
+        hub.push_dataset(dataset, args.push_to_hub, split=args.split, private=args.private)
         print(f"pushed split {args.split!r} to {args.push_to_hub}")
     return 0
 

@@ -36,17 +36,50 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import torch
 import yaml
+from matplotlib.figure import Figure
+from rich.console import Console
+from rich.table import Table
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
+from research_r1.callbacks import plot_reward_curve
+from research_r1.data import prepare, write_split
 from research_r1.errors import InputError
-from research_r1.world import FLAWS, JOBS, KINDS, Question, World
-
-if TYPE_CHECKING:
-    from research_r1.protocol import Template
-    from research_r1.retrieval import Retriever
-    from research_r1.rollout import RolloutConfig
+from research_r1.generation import TransformersGenerator
+from research_r1.protocol import (
+    FINAL_TURN_NOTICE,
+    SEARCH_R1,
+    Template,
+    extract_answer,
+    follows_format,
+    format_observation,
+    load_template,
+    render_prompt,
+)
+from research_r1.retrieval import Passage, Retriever
+from research_r1.retrieval.bm25 import build_bm25_index
+from research_r1.retrieval.config import load_retriever
+from research_r1.retrieval.corpus import load_corpus, split_contents
+from research_r1.rewards import exact_match
+from research_r1.rollout import RolloutConfig, encode_prompt, run_episodes, run_rollout
+from research_r1.tiny import build_tiny_model
+from research_r1.train import train
+from research_r1.world import (
+    FLAWS,
+    JOBS,
+    KINDS,
+    TURNS,
+    Question,
+    ScriptedAgent,
+    World,
+    build_world,
+    write_corpus,
+    write_questions,
+)
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "tiny_cpu_grpo.yaml"
 # The instruction set torch's CPU kernels are pinned to, so a seed gives the same numbers on any
@@ -110,12 +143,6 @@ class Scores:
 
 def write_world(world: World, out: Path) -> dict[str, Path]:
     """Corpus, BM25 index, retriever config, template and prepare-data splits under `out`."""
-    from research_r1.data import prepare, write_split
-    from research_r1.protocol import load_template
-    from research_r1.retrieval.bm25 import build_bm25_index
-    from research_r1.retrieval.corpus import load_corpus
-    from research_r1.world import write_corpus, write_questions
-
     corpus = write_corpus(world, out / "corpus.jsonl")
     index = build_bm25_index(load_corpus(corpus), out / "bm25", corpus_uri=str(corpus))
     retriever = out / "retriever.yaml"
@@ -137,16 +164,6 @@ def write_world(world: World, out: Path) -> dict[str, Path]:
 
 def vocabulary_texts(world: World, template: Template) -> list[str]:
     """Every text the model will read or write, so each word becomes one token."""
-    from research_r1.protocol import (
-        FINAL_TURN_NOTICE,
-        SEARCH_R1,
-        format_observation,
-        render_prompt,
-        split_contents,
-    )
-    from research_r1.retrieval import Passage
-    from research_r1.world import TURNS
-
     texts = [render_prompt(template.prompt(q.question)) for q in world.train + world.test]
     texts += [
         format_observation([Passage(p["id"], *split_contents(p["contents"]), 0.0)], SEARCH_R1)
@@ -158,8 +175,6 @@ def vocabulary_texts(world: World, template: Template) -> list[str]:
 def freeze_embeddings(model: Any, tokenizer: Any, world: World, settings: Settings, seed: int):
     """Random input embeddings (tied to the output layer) with a shared direction per word class,
     then frozen: the model can copy a name but never learn one."""
-    import torch
-
     generator = torch.Generator().manual_seed(seed)
     weight = model.get_input_embeddings().weight
     width = weight.shape[1]
@@ -186,9 +201,6 @@ def scripted_transcripts(
     """(ids, labels) of the scripted agent's episodes on the training questions: `variants`
     episodes per question, each with a behaviour drawn from `FLAWS`. Labels are -100 on the
     prompt and on every inserted id (observations, notices), as the GRPO loss masks them."""
-    from research_r1.rollout import encode_prompt, run_rollout
-    from research_r1.world import ScriptedAgent
-
     rng = random.Random(seed)
     examples = []
     for variant in range(variants):
@@ -228,9 +240,6 @@ def supervised_fine_tune(
     The output layer runs only at labelled positions (about a fifth of the ids), which makes a
     step several times cheaper on a CPU than full-sequence logits.
     """
-    import torch
-    from tqdm.auto import tqdm
-
     rng = random.Random(seed)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
@@ -272,11 +281,6 @@ def cold_start(
     seed: int,
 ) -> Path:
     """Build the tiny model, fine-tune it on the scripted transcripts, save it to `out/model`."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from research_r1.protocol import SEARCH_R1
-    from research_r1.tiny import build_tiny_model
-
     folder = build_tiny_model(
         out / "model",
         vocabulary_texts(world, template),
@@ -315,16 +319,11 @@ def evaluate(
     inserts before the last turn ("no searches left") is set aside: that notice is environment
     text, not the model's.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from research_r1.protocol import extract_answer
-    from research_r1.rewards import exact_match, follows_search_r1_format
-    from research_r1.rollout import run_episodes
-
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    greedy = GenerationConfig(do_sample=False)
     episodes = run_episodes(
-        model,
+        TransformersGenerator(model, tokenizer, greedy, batch_size=batch_size),
         tokenizer,
         retriever,
         [template.prompt(q.question) for q in questions],
@@ -336,7 +335,7 @@ def evaluate(
     for question, episode in zip(questions, episodes, strict=True):
         text = tokenizer.decode(episode.completion_ids, skip_special_tokens=True)
         em = exact_match(extract_answer(text, template.protocol), question.answer)
-        valid, _ = follows_search_r1_format(text)
+        valid, _ = follows_format(text, template.protocol)
         rows[question.kind].append((em, episode.num_searches, valid))
 
     def summary(values: list[tuple[float, int, bool]]) -> dict[str, float]:
@@ -364,17 +363,16 @@ def evaluate(
 def grpo(paths: dict[str, Path], model_dir: Path, out: Path, steps: int | None, seed: int):
     """Train with `research_r1.train` on the recipe as it is, pointed at this run's artefacts
     (the recipe names the default output folder's) and seed; `steps` overrides max_steps."""
-    from research_r1.train import train
-
     if not RECIPE.is_file():
         raise InputError(f"recipe {RECIPE} not found: run the demo from a source checkout")
     overrides = {
         "model_name_or_path": model_dir,
-        "dataset": paths["data"],
+        "dataset_name": paths["data"],
         "retriever": paths["retriever"],
         "template": paths["template"],
         "output_dir": out / "grpo",
         "seed": seed,
+        "log_level": "warning",  # the demo prints its own progress and tables
     }
     if steps is not None:
         overrides["max_steps"] = steps
@@ -418,8 +416,6 @@ def markdown_table(rows: list[list[str]]) -> str:
 
 
 def print_table(title: str, rows: list[list[str]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
 
     table = Table(title=title)
     for column in COLUMNS:
@@ -431,15 +427,11 @@ def print_table(title: str, rows: list[list[str]]) -> None:
 
 def plot_em(before: Scores, after: Scores, path: Path) -> Path:
     """Held-out EM per question kind, after SFT and after GRPO."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     kinds = [*before.by_kind, "all"]
     b = [before.by_kind[k]["em"] if k != "all" else before.em for k in kinds]
     a = [after.by_kind[k]["em"] if k != "all" else after.em for k in kinds]
-    figure, axis = plt.subplots(figsize=(7, 4))
+    figure = Figure(figsize=(7, 4))
+    axis = figure.subplots()
     positions = range(len(kinds))
     axis.bar([p - 0.2 for p in positions], b, width=0.4, label="cold-start SFT")
     axis.bar([p + 0.2 for p in positions], a, width=0.4, label="after GRPO")
@@ -449,7 +441,6 @@ def plot_em(before: Scores, after: Scores, path: Path) -> Path:
     axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
     return path
 
 
@@ -461,14 +452,6 @@ def run_one(
     out: Path, seed: int, settings: Settings, steps: int | None, kernels: dict[str, str]
 ) -> dict[str, Any]:
     """The whole demo for one seed in `out`; returns what it measured (also in results.json)."""
-    import torch
-    from rich.console import Console
-
-    from research_r1.callbacks import plot_reward_curve
-    from research_r1.protocol import load_template
-    from research_r1.retrieval.config import load_retriever
-    from research_r1.world import build_world
-
     console = Console()
     torch.set_num_threads(settings.threads)
     config = rollout_config()
@@ -529,15 +512,14 @@ def pin_cpu_kernels() -> dict[str, str]:
     """Pin torch's CPU kernels to AVX2 unless the caller chose otherwise; return what is in force.
 
     torch, oneDNN and MKL pick their kernels by the host's instruction set, and AVX2 and AVX-512
-    kernels round differently, so the same seed trained to 33.8% -> 76.5% held-out EM on one
-    host and 33.5% -> 70.5% on another. With the instruction set pinned, every x86 host with
-    AVX2 runs the same kernels. ATen reads its variable when it first dispatches a kernel, so
-    the pin holds only in a process that has not run torch yet (as `research-r1 demo`).
+    kernels round differently: the same seed and versions trained to 40.0% -> 82.8% held-out EM
+    on an AVX2 host and 33.5% -> 70.5% on an AVX-512 one. With the instruction set pinned, every
+    x86 host with AVX2 runs the same kernels. Each library reads its variable when it first runs
+    a kernel, so the pin holds only in a process that has not computed with torch yet (as
+    `research-r1 demo`: importing torch computes nothing).
     """
     for name, value in PINNED_KERNELS.items():
         os.environ.setdefault(name, value)
-    import torch
-    from rich.console import Console
 
     kernels = {"aten": torch.backends.cpu.get_cpu_capability()}
     kernels.update({name: os.environ[name] for name in PINNED_KERNELS})
@@ -551,8 +533,6 @@ def pin_cpu_kernels() -> dict[str, str]:
 
 def rollout_config() -> RolloutConfig:
     """The recipe's episode budgets, so evaluation plays the episodes training plays."""
-    from research_r1.rollout import RolloutConfig
-
     recipe = yaml.safe_load(RECIPE.read_text())
     return RolloutConfig(
         k=recipe["retrieval_topk"],
@@ -603,8 +583,6 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def print_seeds(results: Sequence[dict[str, Any]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
 
     table = Table(title="held-out exact match per seed")
     for column in ("seed", "EM SFT", "EM GRPO", "gain (pts)", "minutes"):

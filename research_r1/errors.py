@@ -1,5 +1,9 @@
 """The exceptions the CLI prints as one line, without a traceback: the user can act on them."""
 
+from __future__ import annotations
+
+from pydantic import ValidationError
+
 
 class InputError(ValueError):
     """Bad user input: the message names the file, row, field, repo or recipe key to fix."""
@@ -8,3 +12,15 @@ class InputError(ValueError):
 class RunStopped(RuntimeError):
     """A run stopped for a cause outside it (the retriever stayed unreachable): nothing is wrong
     with its input, and the message says how to go on (e.g. resume from the last checkpoint)."""
+
+
+def invalid(error: ValidationError, where: str) -> InputError:
+    """A pydantic validation failure as one line: where, the first wrong key, what is wrong,
+    and the value given (clipped) when there is one. A validator's own `ValueError` reads as
+    its message (pydantic prefixes it with "Value error, ")."""
+    first = error.errors(include_url=False)[0]
+    key = ".".join(str(part) for part in first["loc"]) or "value"
+    message = first["msg"].removeprefix("Value error, ")
+    given = "" if first["type"] == "missing" else f", got {first['input']!r}"[:80]
+    more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
+    return InputError(f"{where}: key {key!r}: {message}{given}{more}")

@@ -10,10 +10,10 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
-if TYPE_CHECKING:
-    from transformers import GenerationConfig
+import torch
+from transformers import GenerationConfig, StoppingCriteriaList
 
 
 @dataclass(frozen=True)
@@ -94,9 +94,6 @@ class TransformersGenerator:
     def _generate_batch(
         self, contexts: Sequence[Sequence[int]], budgets: Sequence[int], stop: Sequence[str]
     ) -> list[Generation]:
-        import torch
-        from transformers import StoppingCriteriaList
-
         device = self.model.device
         width = max(len(context) for context in contexts)
         padding = [width - len(context) for context in contexts]
@@ -173,8 +170,6 @@ class _TurnEnds:
         self.finish: list[Literal["stop", "eos", "length"]] = ["length"] * len(budgets)
 
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-        import torch
-
         generated = input_ids.shape[1] - self.start
         tails = input_ids[:, max(self.start, input_ids.shape[1] - self.window) :].tolist()
         for row, tail in enumerate(tails):

@@ -25,12 +25,15 @@ from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from typing import TYPE_CHECKING, Any, Literal
 
+import torch
+from accelerate import Accelerator, PartialState
+from accelerate.utils import broadcast_object_list, gather_object
+from trl.generation.vllm_client import VLLMClient
+
 from research_r1.errors import InputError
 from research_r1.generation import Generation, Generator
 
-if TYPE_CHECKING:
-    from accelerate import Accelerator, PartialState
-    from trl.generation.vllm_client import VLLMClient
+if TYPE_CHECKING:  # vLLM is an optional extra, imported where it is used
     from vllm import LLM
     from vllm.outputs import CompletionOutput
 
@@ -190,8 +193,6 @@ class VLLMServerGenerator:
     def generate(
         self, contexts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], stop: Sequence[str]
     ) -> list[Generation]:
-        from accelerate.utils import broadcast_object_list, gather_object
-
         rows = _rows(contexts, max_new_tokens)
         rows_per_rank = gather_object([rows])
         if self.accelerator.is_main_process:
@@ -304,7 +305,6 @@ def keep_cpu_linear_weights() -> None:
     Call it before the engine loads the model: it replaces `dispatch_cpu_unquantized_gemm` in
     that module, where vLLM's layers look it up each time. Calling it again changes nothing.
     """
-    import torch
     from vllm.model_executor.layers import utils
 
     vllm_dispatch = utils.dispatch_cpu_unquantized_gemm

@@ -12,17 +12,37 @@ from __future__ import annotations
 import logging
 import os
 import re
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
+
+import httpx2
+import tenacity
+from datasets import Dataset, DatasetDict
+from huggingface_hub import (
+    HfApi,
+    constants,
+    get_token,
+    hf_hub_download,
+    snapshot_download,
+)
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    GatedRepoError,
+    HfHubHTTPError,
+    HfUriError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.utils import parse_hf_uri
+from tqdm.auto import tqdm
 
 from research_r1.errors import InputError
-
-if TYPE_CHECKING:
-    from datasets import Dataset, DatasetDict
 
 logger = logging.getLogger(__name__)
 
@@ -64,9 +84,6 @@ def is_hub_uri(value: object) -> bool:
 
 def parse_uri(uri: str) -> HubLocation:
     """Parse `hf://[datasets/|spaces/]ORG/NAME[@REV][/path]` with huggingface_hub's own parser."""
-    from huggingface_hub.errors import HfUriError
-    from huggingface_hub.utils import parse_hf_uri
-
     expected = "expected hf://[datasets/|spaces/]ORG/NAME[@REVISION][/path]"
     if not is_hub_uri(uri):
         raise InputError(f"not a Hub URI: {uri!r} ({expected})")
@@ -96,8 +113,6 @@ def resolve(
         if not path.exists():
             raise InputError(f"{path} does not exist")
         return path
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
-
     location = parse_uri(str(uri_or_path))
     with hub_errors(location):
         if location.path:
@@ -139,8 +154,6 @@ def _assembled_dir(folder: Path) -> Path:
     accounting and clash with a repo file of the same name. It goes beside the cache instead,
     at `$HF_HOME/research_r1/assembled/<the folder's path in the cache>`: that path names the
     revision, so a new revision gets its own file and the same one is reused."""
-    from huggingface_hub import constants
-
     try:
         relative = folder.resolve().relative_to(Path(constants.HF_HUB_CACHE).resolve())
     except ValueError:
@@ -154,8 +167,6 @@ def reassemble(parts: Sequence[str | os.PathLike], out: str | os.PathLike) -> Pa
     Skipped when `out` already has the parts' total size and is newer than every part, so a
     60 GB index is only rebuilt when its parts change.
     """
-    from tqdm.auto import tqdm
-
     out = Path(out)
     paths = sorted((Path(part) for part in parts), key=lambda path: path.name)
     if not paths:
@@ -195,8 +206,6 @@ def create_repo(
     space_sdk: str = "gradio",
 ) -> str:
     """Create the repo unless it exists; return its URL. `space_sdk` applies to Spaces only."""
-    from huggingface_hub import HfApi
-
     _check_repo_type(repo_type)
     with hub_errors(HubLocation(repo_id, repo_type)):
         url = HfApi(token=token).create_repo(
@@ -221,8 +230,6 @@ def upload_folder(
     token: str | bool | None = None,
 ) -> str:
     """Upload a local folder in one commit; return the commit sha (usable as a revision)."""
-    from huggingface_hub import HfApi
-
     _check_repo_type(repo_type)
     folder = Path(folder)
     if not folder.is_dir():
@@ -241,32 +248,36 @@ def upload_folder(
     return info.oid
 
 
-def upload_file(
-    path_or_bytes: str | os.PathLike | bytes,
-    path_in_repo: str,
+def push_folder(
+    folder: str | os.PathLike,
     repo_id: str,
+    *,
     repo_type: str = "model",
-    revision: str | None = None,
+    path_in_repo: str = "",
     commit_message: str | None = None,
+    ignore_patterns: Sequence[str] | None = None,
+    private: bool = False,
     token: str | bool | None = None,
+    what: str = "push",
 ) -> str:
-    """Upload one file (a local path or bytes) in one commit; return the commit sha."""
-    from huggingface_hub import HfApi
-
-    _check_repo_type(repo_type)
-    source = path_or_bytes if isinstance(path_or_bytes, bytes) else Path(path_or_bytes)
-    if isinstance(source, Path) and not source.is_file():
-        raise InputError(f"{source} is not a file to upload")
-    with hub_errors(HubLocation(repo_id, repo_type, path_in_repo, revision)):
-        info = HfApi(token=token).upload_file(
-            path_or_fileobj=source if isinstance(source, bytes) else str(source),
-            path_in_repo=path_in_repo,
-            repo_id=repo_id,
+    """Create the repo unless it exists and upload `folder` in one commit, each step retried
+    (`retry`); return the commit sha. The one upload path of checkpoints and Spaces."""
+    retry(
+        lambda: create_repo(repo_id, repo_type=repo_type, private=private, token=token),
+        what=f"create {repo_id}",
+    )
+    return retry(
+        lambda: upload_folder(
+            folder,
+            repo_id,
             repo_type=repo_type,
-            revision=revision,
+            path_in_repo=path_in_repo,
             commit_message=commit_message,
-        )
-    return info.oid
+            ignore_patterns=ignore_patterns,
+            token=token,
+        ),
+        what=what,
+    )
 
 
 def push_dataset(
@@ -281,8 +292,6 @@ def push_dataset(
     """Push a `Dataset` (as `split`, "train" by default) or a `DatasetDict` as parquet under
     `config_name`, so `datasets.load_dataset(repo_id, config_name, split=...)` loads it back.
     Returns the commit sha."""
-    from datasets import Dataset
-
     if split is not None and not isinstance(dataset_or_dict, Dataset):
         raise InputError(f"split={split!r} only applies to a single Dataset, not a DatasetDict")
     extra = {"split": split} if split is not None else {}
@@ -309,32 +318,38 @@ def retry(
     """
     if attempts < 1:
         raise InputError(f"retry attempts must be at least 1, got {attempts}")
-    attempt = 1
-    while True:
-        try:
-            return fn()
-        except Exception as error:
-            message = scrub(f"{type(error).__name__}: {error}")
-            if attempt >= attempts or not _is_transient(error):
-                logger.error("%s failed (attempt %d/%d): %s", what, attempt, attempts, message)
-                raise
-            delay = backoff_s * 2 ** (attempt - 1)
-            logger.warning(
-                "%s failed (attempt %d/%d), retrying in %.1fs: %s",
-                what,
-                attempt,
-                attempts,
-                delay,
-                message,
-            )
-            time.sleep(delay)
-            attempt += 1
+
+    def log_retry(state: tenacity.RetryCallState) -> None:
+        logger.warning(
+            "%s failed (attempt %d/%d), retrying in %.1fs: %s",
+            what,
+            state.attempt_number,
+            attempts,
+            state.upcoming_sleep,
+            _scrubbed(state.outcome.exception()),
+        )
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(_is_transient),
+        wait=tenacity.wait_exponential(multiplier=backoff_s),
+        stop=tenacity.stop_after_attempt(attempts),
+        before_sleep=log_retry,
+        reraise=True,
+    )
+    try:
+        return retrying(fn)
+    except Exception as error:
+        number = retrying.statistics["attempt_number"]
+        logger.error("%s failed (attempt %d/%d): %s", what, number, attempts, _scrubbed(error))
+        raise
+
+
+def _scrubbed(error: BaseException) -> str:
+    return scrub(f"{type(error).__name__}: {error}")
 
 
 def scrub(text: str) -> str:
     """`text` with Hub tokens (any canonical `hf_...` token, and the configured one) masked."""
-    from huggingface_hub import get_token
-
     text = _TOKEN_PATTERN.sub("hf_***", text)
     token = get_token()
     return text.replace(token, "hf_***") if token else text
@@ -346,17 +361,6 @@ def hub_errors(location: HubLocation) -> Iterator[None]:
 
     Transient failures (network, HTTP 5xx, 429) pass through untouched so `retry` can act.
     """
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        GatedRepoError,
-        HfHubHTTPError,
-        HFValidationError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
     endpoint = _endpoint()
     repo = f"{location.repo_type} repo '{location.repo_id}'"
     try:
@@ -403,8 +407,6 @@ def hub_errors(location: HubLocation) -> Iterator[None]:
 
 
 def _download_file(location: HubLocation, token: str | bool | None) -> Path:
-    from huggingface_hub import hf_hub_download
-
     return Path(
         hf_hub_download(
             location.repo_id,
@@ -420,8 +422,6 @@ def _download_file(location: HubLocation, token: str | bool | None) -> Path:
 def _download_folder(
     location: HubLocation, allow_patterns: Sequence[str] | None, token: str | bool | None
 ) -> Path:
-    from huggingface_hub import snapshot_download
-
     patterns = list(allow_patterns) if allow_patterns else ["*"]
     if location.path:
         patterns = [f"{location.path}/{pattern}" for pattern in patterns]
@@ -451,23 +451,16 @@ def _not_cached_offline(location: HubLocation) -> InputError:
 
 
 def _endpoint() -> str:
-    from huggingface_hub import constants
-
     return constants.ENDPOINT
 
 
 def _offline() -> bool:
     """HF_HUB_OFFLINE as huggingface_hub read it at import, or as set since then."""
-    from huggingface_hub import constants
-
     value = os.environ.get("HF_HUB_OFFLINE", "")
     return constants.HF_HUB_OFFLINE or value.upper() in constants.ENV_VARS_TRUE_VALUES
 
 
 def _is_transient(error: BaseException) -> bool:
-    import httpx2
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
-
     if isinstance(error, HfHubHTTPError):
         response = error.response
         return response is not None and response.status_code in _RETRY_STATUS

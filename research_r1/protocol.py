@@ -6,22 +6,24 @@ wrapped and how answers are written:
 - Search-R1: observations inside `<information>`, the answer is the text inside `<answer>`.
 - ReSearch: observations inside `<result>`, the answer is the `\\boxed{}` inside `<answer>`.
 
-Everything else in the package (rollout, rewards, data preparation, evaluation) reads tags, stop
-strings and notices from here rather than spelling them out again.
+Everything else in the package (rollout, rewards, data preparation, evaluation, the Space) reads
+tags, stop strings, notices, the format checks and the passage list from here rather than spelling
+them out again. This module imports nothing else of the package but its errors, so anything may
+import it.
 """
 
 from __future__ import annotations
 
 import re
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import yaml
 
 from research_r1.errors import InputError
-from research_r1.retrieval import Passage
 
 SEARCH_OPEN, SEARCH_CLOSE = "<search>", "</search>"
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
@@ -156,21 +158,136 @@ def extract_answer(completion: str, protocol: Protocol) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Formatting what we insert
+# Checking a whole completion's format
+
+_SEARCH_R1_TAG = re.compile(r"(</?(?:think|search|information|answer)>)")
+# Search-R1's state machine: think -> (search -> information -> think)* -> answer.
+_SEARCH_R1_STATES: dict[str, dict[str, str]] = {
+    "start": {THINK_OPEN: "in_think"},
+    "in_think": {THINK_CLOSE: "after_think"},
+    "after_think": {SEARCH_OPEN: "in_search", ANSWER_OPEN: "in_answer"},
+    "in_search": {SEARCH_CLOSE: "after_search"},
+    "after_search": {SEARCH_R1.observation_open: "in_information"},
+    "in_information": {SEARCH_R1.observation_close: "after_information"},
+    "after_information": {THINK_OPEN: "in_think"},
+    "in_answer": {ANSWER_CLOSE: "end"},
+    "end": {},
+}
 
 
-def split_contents(contents: str) -> tuple[str, str]:
-    """Title and text of a corpus `contents` field: the first line (quotes stripped), the rest."""
-    title, _, text = contents.partition("\n")
-    return title.strip().strip('"'), text
+def is_valid_search_r1_sequence(text: str) -> tuple[bool, str]:
+    """Whether a completion follows Search-R1's tag grammar, and why not.
+
+    Same verdicts as Search-R1's `is_valid_sequence`: text may appear only inside a tag, and
+    only whitespace between tags, so an invalid-action notice inserted by the rollout, text
+    after the answer, or a second answer all make the sequence invalid.
+    """
+    state = "start"
+    for i, part in enumerate(_SEARCH_R1_TAG.split(text)):
+        if i % 2:  # re.split puts the captured tags at odd positions
+            next_state = _SEARCH_R1_STATES[state].get(part)
+            if next_state is None:
+                return False, f"unexpected tag {part} in state {state}"
+            state = next_state
+        elif part.strip() and not state.startswith("in_"):
+            return False, f"unexpected text {part.strip()[:40]!r} in state {state}"
+    if state != "end":
+        return False, f"incomplete sequence, ended in state {state}"
+    return True, "valid sequence"
 
 
-def format_passages(passages: Sequence[Passage]) -> str:
+def is_valid_research_sequence(text: str) -> tuple[bool, str]:
+    """Whether a completion passes ReSearch's format check, and why not.
+
+    Same verdicts as ReSearch's `validate_format`: paired `<think>` tags (at least one), exactly
+    one `<answer>` holding a `\\boxed{}`, and every `<search>` followed by its `</search>` and then
+    a `<result>` ... `</result>`. Unlike Search-R1 it does not constrain text between tags.
+    """
+    if text.count(THINK_OPEN) != text.count(THINK_CLOSE):
+        return False, "<think> and </think> are not paired"
+    if text.count(THINK_OPEN) == 0:
+        return False, "no <think> block"
+    if text.count(ANSWER_OPEN) != 1 or text.count(ANSWER_CLOSE) != 1:
+        return False, "there must be exactly one <answer> and one </answer>"
+    position = 0
+    while (search := text.find(SEARCH_OPEN, position)) >= 0:
+        search_end = text.find(SEARCH_CLOSE, search)
+        result = text.find(RESEARCH.observation_open, search)
+        result_end = text.find(RESEARCH.observation_close, result) if result >= 0 else -1
+        if -1 in (search_end, result, result_end):
+            return False, "a <search> lacks its </search>, <result> or </result>"
+        if not search_end < result < result_end:
+            return False, "search and result tags are in the wrong order"
+        position = result_end
+    answer, answer_end = text.find(ANSWER_OPEN), text.find(ANSWER_CLOSE)
+    if answer > answer_end:
+        return False, "</answer> comes before <answer>"
+    if "\\boxed{" not in text[answer:answer_end] or "}" not in text[answer:answer_end]:
+        return False, "the answer has no \\boxed{}"
+    return True, "valid sequence"
+
+
+def follows_format(text: str, protocol: Protocol) -> tuple[bool, str]:
+    """Whether one of our completions follows its protocol's format, and why not: ReSearch's
+    check, or Search-R1's grammar once the last-turn notice our rollout inserts (Search-R1 has
+    none) is left out, so warning the model costs it no format bonus."""
+    if protocol.name == RESEARCH.name:
+        return is_valid_research_sequence(text)
+    return is_valid_search_r1_sequence(text.replace(FINAL_TURN_NOTICE.strip(), ""))
+
+
+# ---------------------------------------------------------------------------------------------
+# Observations: what we insert after a search, and reading its passages back
+
+
+class PassageLike(typing.Protocol):
+    """What the model is shown of a passage: a retrieved `Passage`, or a `ShownPassage`."""
+
+    @property
+    def title(self) -> str: ...
+
+    @property
+    def text(self) -> str: ...
+
+
+class ShownPassage(NamedTuple):
+    """A passage read back from an observation: only its title and text are shown."""
+
+    title: str
+    text: str
+
+
+_DOC_START = re.compile(r"(?:^|\n)Doc \d+\(Title: ")
+
+
+def format_passages(passages: Sequence[PassageLike]) -> str:
     """Search-R1's passage list: one `Doc i(Title: t) text` line per passage."""
     return "\n".join(f"Doc {i}(Title: {p.title}) {p.text}" for i, p in enumerate(passages, 1))
 
 
-def format_observation(passages: Sequence[Passage] | str, protocol: Protocol) -> str:
+def parse_passages(body: str) -> tuple[ShownPassage, ...]:
+    """The passages of a `format_passages` list, read back: its exact inverse.
+
+    A title ends at the first `)` that closes no `(` of its own, so "Hamlet (play)" survives; a
+    list cut inside a title (the observation ran out of tokens) gives that title and no text.
+    Text before the first `Doc` line is no passage.
+    """
+    passages = []
+    for chunk in _DOC_START.split(body)[1:]:  # what follows each "Doc i(Title: "
+        title, text, depth = chunk, "", 0
+        for i, char in enumerate(chunk):
+            if char == "(":
+                depth += 1
+            elif char == ")" and depth:
+                depth -= 1
+            elif char == ")":
+                title, text = chunk[:i], chunk[i + 1 :].removeprefix(" ")
+                break
+        passages.append(ShownPassage(title, text))
+    return tuple(passages)
+
+
+def format_observation(passages: Sequence[PassageLike] | str, protocol: Protocol) -> str:
     """The text inserted after a search: passages (or a message, e.g. an error) in the tags."""
     body = passages if isinstance(passages, str) else format_passages(passages)
     return protocol.observation_format.replace("{passages}", body.strip())

@@ -1,24 +1,21 @@
-"""What a finished run puts on the Hub: the model with a card that says how it was made.
+"""The model card of a trained search agent: how it was made, and how it scores.
 
 The card records the recipe, base model, training data, rewards and, when `eval_results.json`
 sits in the run's folder ({"dataset": {"exact_match": 0.43, ...}}), the results as `model-index`
-entries so the Hub shows them on the model page and in leaderboards.
+entries so the Hub shows them on the model page and in leaderboards. The trainer writes it into
+the run's folder at every checkpoint and before the final push (`create_model_card`).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from research_r1 import hub
-
-logger = logging.getLogger(__name__)
 
 EVAL_RESULTS_FILE = "eval_results.json"
 
@@ -115,39 +112,3 @@ def model_card(
         recipe=yaml.safe_dump(recipe, sort_keys=False).strip(),
         results_table=results_table(eval_results),
     )
-
-
-def push_model(
-    output_dir: str | Path,
-    repo_id: str,
-    card: ModelCard,
-    token: str | None,
-    private: bool = False,
-) -> bool:
-    """Write the card into the run folder and upload it (checkpoints excluded), retried.
-
-    Returns whether the push succeeded; a failure is logged, never raised, so a finished run is
-    never lost to a flaky network. The folder stays on disk for a later manual upload.
-    """
-    folder = Path(output_dir)
-    card.save(folder / "README.md")
-    try:
-        hub.retry(
-            lambda: hub.create_repo(repo_id, private=private, token=token),
-            what=f"create {repo_id}",
-        )
-        hub.retry(
-            lambda: hub.upload_folder(
-                folder,
-                repo_id,
-                commit_message="Final model",
-                ignore_patterns=[f"{PREFIX_CHECKPOINT_DIR}-*"],
-                token=token,
-            ),
-            what=f"push {repo_id}",
-        )
-    except Exception as error:
-        logger.error("could not push %s to %s: %s", folder, repo_id, hub.scrub(str(error)))
-        return False
-    logger.info("pushed the final model to %s", repo_id)
-    return True

@@ -12,7 +12,8 @@ Scoring follows Search-R1, FlashRAG and ReSearch so our numbers compare with the
 
 The reward functions use TRL's signature `f(prompts, completions, completion_ids, **columns)`,
 read gold answers from the dataset column `golden_answers`, and parse the completion only, so the
-example answer that the Search-R1 prompt contains can never count.
+example answer that the Search-R1 prompt contains can never count. The format checks they apply
+are the protocol's (`protocol.follows_format`).
 """
 
 from __future__ import annotations
@@ -28,18 +29,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from research_r1.errors import InputError
-from research_r1.protocol import (
-    ANSWER_CLOSE,
-    ANSWER_OPEN,
-    FINAL_TURN_NOTICE,
-    RESEARCH,
-    SEARCH_CLOSE,
-    SEARCH_OPEN,
-    SEARCH_R1,
-    THINK_CLOSE,
-    THINK_OPEN,
-    extract_answer,
-)
+from research_r1.protocol import RESEARCH, SEARCH_R1, extract_answer, follows_format
 
 Golds = str | Sequence[str]
 RewardFunc = Callable[..., list[float | None]]
@@ -109,82 +99,6 @@ def token_f1(prediction: str | None, golds: Golds) -> float:
         precision, recall = same / len(predicted_tokens), same / len(gold_tokens)
         best = max(best, 2 * precision * recall / (precision + recall))
     return best
-
-
-# ---------------------------------------------------------------------------------------------
-# Format checks over a completion (the text right after the prompt)
-
-_SEARCH_R1_TAG = re.compile(r"(</?(?:think|search|information|answer)>)")
-# Search-R1's state machine: think -> (search -> information -> think)* -> answer.
-_SEARCH_R1_STATES: dict[str, dict[str, str]] = {
-    "start": {THINK_OPEN: "in_think"},
-    "in_think": {THINK_CLOSE: "after_think"},
-    "after_think": {SEARCH_OPEN: "in_search", ANSWER_OPEN: "in_answer"},
-    "in_search": {SEARCH_CLOSE: "after_search"},
-    "after_search": {SEARCH_R1.observation_open: "in_information"},
-    "in_information": {SEARCH_R1.observation_close: "after_information"},
-    "after_information": {THINK_OPEN: "in_think"},
-    "in_answer": {ANSWER_CLOSE: "end"},
-    "end": {},
-}
-
-
-def is_valid_search_r1_sequence(text: str) -> tuple[bool, str]:
-    """Whether a completion follows Search-R1's tag grammar, and why not.
-
-    Same verdicts as Search-R1's `is_valid_sequence`: text may appear only inside a tag, and
-    only whitespace between tags, so an invalid-action notice inserted by the rollout, text
-    after the answer, or a second answer all make the sequence invalid.
-    """
-    state = "start"
-    for i, part in enumerate(_SEARCH_R1_TAG.split(text)):
-        if i % 2:  # re.split puts the captured tags at odd positions
-            next_state = _SEARCH_R1_STATES[state].get(part)
-            if next_state is None:
-                return False, f"unexpected tag {part} in state {state}"
-            state = next_state
-        elif part.strip() and not state.startswith("in_"):
-            return False, f"unexpected text {part.strip()[:40]!r} in state {state}"
-    if state != "end":
-        return False, f"incomplete sequence, ended in state {state}"
-    return True, "valid sequence"
-
-
-def follows_search_r1_format(text: str) -> tuple[bool, str]:
-    """Search-R1's grammar on one of our completions. The last-turn notice our rollout inserts
-    (Search-R1 has none) is left out, so warning the model costs it no format bonus."""
-    return is_valid_search_r1_sequence(text.replace(FINAL_TURN_NOTICE.strip(), ""))
-
-
-def is_valid_research_sequence(text: str) -> tuple[bool, str]:
-    """Whether a completion passes ReSearch's format check, and why not.
-
-    Same verdicts as ReSearch's `validate_format`: paired `<think>` tags (at least one), exactly
-    one `<answer>` holding a `\\boxed{}`, and every `<search>` followed by its `</search>` and then
-    a `<result>` ... `</result>`. Unlike Search-R1 it does not constrain text between tags.
-    """
-    if text.count(THINK_OPEN) != text.count(THINK_CLOSE):
-        return False, "<think> and </think> are not paired"
-    if text.count(THINK_OPEN) == 0:
-        return False, "no <think> block"
-    if text.count(ANSWER_OPEN) != 1 or text.count(ANSWER_CLOSE) != 1:
-        return False, "there must be exactly one <answer> and one </answer>"
-    position = 0
-    while (search := text.find(SEARCH_OPEN, position)) >= 0:
-        search_end = text.find(SEARCH_CLOSE, search)
-        result = text.find(RESEARCH.observation_open, search)
-        result_end = text.find(RESEARCH.observation_close, result) if result >= 0 else -1
-        if -1 in (search_end, result, result_end):
-            return False, "a <search> lacks its </search>, <result> or </result>"
-        if not search_end < result < result_end:
-            return False, "search and result tags are in the wrong order"
-        position = result_end
-    answer, answer_end = text.find(ANSWER_OPEN), text.find(ANSWER_CLOSE)
-    if answer > answer_end:
-        return False, "</answer> comes before <answer>"
-    if "\\boxed{" not in text[answer:answer_end] or "}" not in text[answer:answer_end]:
-        return False, "the answer has no \\boxed{}"
-    return True, "valid sequence"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,7 +180,7 @@ def make_format_em_reward(
         valid_flags = []
         for completion, gold in zip(completions, golds, strict=True):
             text = completion_text(completion)
-            valid, _ = follows_search_r1_format(text)
+            valid, _ = follows_format(text, SEARCH_R1)
             answer = extract_answer(text, SEARCH_R1)
             valid_flags.append(valid)
             if answer is None:
@@ -305,7 +219,7 @@ def research_f1(
     valid_flags = []
     for completion, gold, cut in zip(completions, golds, truncated, strict=True):
         text = completion_text(completion)
-        valid, _ = is_valid_research_sequence(text)
+        valid, _ = follows_format(text, RESEARCH)
         valid_flags.append(valid)
         answer = extract_answer(text, RESEARCH) if valid and not cut else None
         if answer is None:

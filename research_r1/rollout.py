@@ -44,14 +44,16 @@ Rules of an episode:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import tenacity
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from tqdm.auto import tqdm
 
-from research_r1.errors import InputError, RunStopped
-from research_r1.generation import Generation, Generator, TransformersGenerator
+from research_r1.errors import InputError, RunStopped, invalid
+from research_r1.generation import Generation, Generator
 from research_r1.protocol import (
     FINAL_TURN_NOTICE,
     Prompt,
@@ -101,31 +103,24 @@ class Episode:
         self.truncated = True
 
 
-@dataclass(frozen=True)
-class RolloutConfig:
+class RolloutConfig(BaseModel):
     """How far an episode may go (Search-R1's paper values by default), and how long a search
     waits for a retriever that cannot be reached before the run stops."""
 
-    k: int = 3
-    max_turns: int = 4
-    max_new_tokens: int = 500
-    max_observation_tokens: int = 500
-    max_completion_tokens: int = 4096
-    max_retriever_wait_s: float = 600.0
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    def __post_init__(self) -> None:
-        minimums = {
-            "k": 1,
-            "max_turns": 0,
-            "max_new_tokens": 1,
-            "max_observation_tokens": 1,
-            "max_completion_tokens": 2,  # one sampled id and the final EOS
-        }
-        for name, minimum in minimums.items():
-            if getattr(self, name) < minimum:
-                raise InputError(f"rollout setting {name} must be >= {minimum}")
-        if self.max_retriever_wait_s < 0:
-            raise InputError("rollout setting max_retriever_wait_s must be >= 0")
+    k: int = Field(3, ge=1)
+    max_turns: int = Field(4, ge=0)
+    max_new_tokens: int = Field(500, ge=1)
+    max_observation_tokens: int = Field(500, ge=1)
+    max_completion_tokens: int = Field(4096, ge=2)  # one sampled id and the final EOS
+    max_retriever_wait_s: float = Field(600.0, ge=0)
+
+    def __init__(self, **settings: Any) -> None:
+        try:
+            super().__init__(**settings)
+        except ValidationError as error:
+            raise invalid(error, "rollout setting") from error
 
 
 def run_rollout(
@@ -301,17 +296,6 @@ def _observe(
         episode.add_inserted(ids[:limit])
 
 
-def episodes_to_trl(episodes: Sequence[Episode]) -> dict[str, list]:
-    """The dict a TRL `rollout_func` returns: one list per field, one entry per episode.
-
-    Besides `prompt_ids`, `completion_ids`, `logprobs` and `env_mask`, every per-episode field
-    (`num_searches`, `queries`, `retrieved_ids`, `answered`, `truncated`, `invalid_steps`)
-    reaches the reward functions as a keyword argument.
-    """
-    rows = [asdict(episode) for episode in episodes]
-    return {f.name: [row[f.name] for row in rows] for f in fields(Episode)}
-
-
 def encode_prompt(
     prompt: Prompt, tokenizer: Any, chat_template_kwargs: Mapping[str, Any] | None = None
 ) -> list[int]:
@@ -322,116 +306,8 @@ def encode_prompt(
     return tokenizer.encode(text, add_special_tokens=not templated)
 
 
-def make_rollout_func(
-    retriever: Retriever,
-    protocol: Protocol,
-    *,
-    k: int = 3,
-    max_turns: int = 4,
-    max_new_tokens: int = 500,
-    max_observation_tokens: int = 500,
-    max_retriever_wait_s: float = 600.0,
-    generate_batch_size: int = 16,
-) -> Callable[[list, Any], dict[str, list]]:
-    """A TRL 1.16 `rollout_func(prompts, trainer)` that plays search episodes.
-
-    `prompts` arrive already repeated `num_generations` times; each is chat-templated with the
-    trainer's `processing_class` and its `chat_template_kwargs`, and played as one episode, in
-    order. Completions are capped at
-    `trainer.args.max_completion_length` (TRL does not cut them). Generation comes from vLLM
-    when the trainer uses it (colocate or server, see `research_r1.generation_vllm`), else from
-    the trainer's own model through transformers, `generate_batch_size` rows at a time, with
-    the trainer's sampling settings.
-    """
-
-    def rollout_func(prompts: list, trainer: Any) -> dict[str, list]:
-        tokenizer = trainer.processing_class
-        config = RolloutConfig(
-            k=k,
-            max_turns=max_turns,
-            max_new_tokens=max_new_tokens,
-            max_observation_tokens=max_observation_tokens,
-            max_completion_tokens=trainer.args.max_completion_length,
-            max_retriever_wait_s=max_retriever_wait_s,
-        )
-        template_kwargs = trainer.args.chat_template_kwargs
-        prompt_ids = [encode_prompt(prompt, tokenizer, template_kwargs) for prompt in prompts]
-        play = dict(tokenizer=tokenizer, retriever=retriever, protocol=protocol, config=config)
-        if trainer.args.use_vllm:
-            from research_r1.generation_vllm import vllm_generator_for
-
-            episodes = run_rollout(prompt_ids, generator=vllm_generator_for(trainer), **play)
-        else:
-            from trl.models import unwrap_model_for_generation
-
-            with unwrap_model_for_generation(
-                trainer.model_wrapped,
-                trainer.accelerator,
-                gather_deepspeed3_params=trainer.args.ds3_gather_for_generation,
-                generation_kwargs=trainer.generation_kwargs,
-                gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs,
-            ) as model:
-                generator = TransformersGenerator(
-                    model, tokenizer, trainer.generation_config, batch_size=generate_batch_size
-                )
-                episodes = run_rollout(prompt_ids, generator=generator, **play)
-        log_rollout_metrics(trainer, episodes, protocol)
-        return episodes_to_trl(episodes)
-
-    return rollout_func
-
-
-def log_rollout_metrics(trainer: Any, episodes: Sequence[Episode], protocol: Protocol) -> None:
-    """Record the batch's episode statistics in TRL's metrics, logged with the reward and KL.
-
-    Values are gathered over processes, then averaged per logging step by the trainer:
-    `rollout/searches_per_episode`, `rollout/answered_rate`, `rollout/truncated_rate`,
-    `rollout/invalid_steps_per_episode`, `rollout/valid_format_rate` (the rewards' grammar
-    check, on the text the rewards read) and `rollout/masked_token_share` (inserted ids over all
-    completion ids, i.e. what the loss skips).
-    """
-    import torch
-
-    from research_r1.rewards import follows_search_r1_format, is_valid_research_sequence
-
-    valid_format = {
-        "search_r1": follows_search_r1_format,
-        "research": is_valid_research_sequence,
-    }
-    check = valid_format[protocol.name]
-    texts = trainer.processing_class.batch_decode(
-        [episode.completion_ids for episode in episodes], skip_special_tokens=True
-    )
-    rows = [
-        [
-            episode.num_searches,
-            episode.answered,
-            episode.truncated,
-            episode.invalid_steps,
-            check(text)[0],
-            len(episode.env_mask) - sum(episode.env_mask),
-            len(episode.env_mask),
-        ]
-        for episode, text in zip(episodes, texts, strict=True)
-    ]
-    local = torch.tensor(rows, dtype=torch.float32, device=trainer.accelerator.device)
-    stats = trainer.accelerator.gather(local).reshape(-1, 7)
-    names = (
-        "searches_per_episode",
-        "answered_rate",
-        "truncated_rate",
-        "invalid_steps_per_episode",
-        "valid_format_rate",
-    )
-    means = stats[:, : len(names)].mean(dim=0).tolist()
-    metrics = trainer._metrics["train" if trainer.model.training else "eval"]
-    for name, value in zip(names, means, strict=True):
-        metrics[f"rollout/{name}"].append(value)
-    metrics["rollout/masked_token_share"].append((stats[:, 5].sum() / stats[:, 6].sum()).item())
-
-
 def run_episodes(
-    model_or_generator: Any,
+    generator: Generator,
     tokenizer: Any,
     retriever: Retriever,
     prompts: Sequence[Prompt],
@@ -439,32 +315,11 @@ def run_episodes(
     protocol: Protocol,
     config: RolloutConfig | None = None,
     batch_size: int = 16,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    top_k: int = 0,
     show_progress: bool = True,
 ) -> list[Episode]:
-    """Episodes for `prompts` without a trainer (evaluation, demos), `batch_size` at a time.
-
-    `model_or_generator` is a transformers causal LM, greedy by default or sampled with the
-    given settings (anything else, e.g. a repetition penalty, comes from the model's generation
-    config), or any `Generator`, e.g. a vLLM one, which brings its own sampling settings.
-    """
-    import torch
-    from tqdm.auto import tqdm
-    from transformers import GenerationConfig
-
-    if isinstance(model_or_generator, torch.nn.Module):
-        sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k) if do_sample else {}
-        generator: Generator = TransformersGenerator(
-            model_or_generator,
-            tokenizer,
-            GenerationConfig(do_sample=do_sample, **sampling),
-            batch_size=batch_size,
-        )
-    else:
-        generator = model_or_generator
+    """Episodes for `prompts` without a trainer (evaluation, demos), `batch_size` at a time,
+    with any `Generator` (e.g. `TransformersGenerator(model, tokenizer, GenerationConfig(...))`,
+    which samples as its config says, or a vLLM one)."""
     config = config or RolloutConfig()
     episodes: list[Episode] = []
     starts = range(0, len(prompts), batch_size)

@@ -19,44 +19,54 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from importlib.metadata import PackageNotFoundError, version
 from itertools import groupby
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from research_r1.errors import InputError
+from huggingface_hub import SpaceCard
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
+
+from research_r1 import hub
+from research_r1.errors import InputError, invalid
 from research_r1.protocol import (
     TEMPLATES,
     THINK_CLOSE,
     THINK_OPEN,
     Protocol,
+    ShownPassage,
     extract_answer,
+    load_template,
+    parse_passages,
     parse_turn,
 )
-
-if TYPE_CHECKING:
-    from research_r1.rollout import Episode
+from research_r1.retrieval.config import HybridConfig, RemoteConfig, parse_config
+from research_r1.rollout import Episode
 
 SPACE_DIR = Path(__file__).resolve().parent.parent / "spaces" / "search_agent"
 SETTINGS_FILE = "space_config.json"
 RETRIEVER_FILE = "retriever.yaml"
 TEMPLATE_FILE = "template.yaml"
 
-_DOC = re.compile(r"^Doc \d+\(Title: ", re.MULTILINE)
 _LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
 _SKIP = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
 
 
 # ---------------------------------------------------------------------------------------------
 # An episode, step by step
-
-
-Passages = tuple[tuple[str, str], ...]  # (title, text) pairs
 
 
 @dataclass(frozen=True)
@@ -70,7 +80,7 @@ class Turn:
 
     kind: Literal["think", "search", "answer", "notice"]
     text: str
-    passages: Passages = ()
+    passages: tuple[ShownPassage, ...] = ()
 
 
 def transcript_turns(episode: Episode, tokenizer: Any, protocol: Protocol) -> list[Turn]:
@@ -104,54 +114,52 @@ def _model_turns(text: str, protocol: Protocol) -> list[Turn]:
     return turns
 
 
-def _read_observation(text: str, protocol: Protocol) -> tuple[Passages, list[str]]:
+def _read_observation(text: str, protocol: Protocol) -> tuple[tuple[ShownPassage, ...], list[str]]:
     """Passages inside the observation tags, and any other inserted text as notices."""
     head, opened, rest = text.partition(protocol.observation_open)
     if not opened:
         return (), [text.strip()] if text.strip() else []
     body, _, tail = rest.partition(protocol.observation_close)
-    passages = _parse_passages(body)
+    passages = parse_passages(body.strip())
     notices = [part.strip() for part in (head, tail) if part.strip()]
     if not passages and body.strip():
         notices.insert(0, body.strip())
     return passages, notices
 
 
-def _parse_passages(body: str) -> Passages:
-    """(title, text) pairs from `Doc i(Title: t) text` lines; a title ends at the first `)` that
-    closes no `(` of its own, so titles like "Hamlet (play)" survive."""
-    passages = []
-    for chunk in _DOC.split(body)[1:]:  # what follows each "Doc i(Title: "
-        depth = 0
-        title, text = chunk.strip(), ""  # an observation cut inside a title
-        for i, char in enumerate(chunk):
-            if char == "(":
-                depth += 1
-            elif char == ")" and depth:
-                depth -= 1
-            elif char == ")":
-                title, text = chunk[:i].strip(), chunk[i + 1 :].strip()
-                break
-        passages.append((title, text))
-    return tuple(passages)
-
-
 # ---------------------------------------------------------------------------------------------
 # The app's settings
 
 
-_VARIABLES = ("MODEL_ID", "RETRIEVER_CONFIG", "TEMPLATE", "MAX_TURNS", "TOPK")
+_NonBlank = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 
 
-@dataclass(frozen=True)
-class SpaceSettings:
-    """What the app loads: `retriever_config` is a path (or `hf://` URI) or a config dict."""
+class SpaceSettings(BaseModel):
+    """What the app loads. Each field is read from the Space variable named by its alias, or
+    from the same key in space_config.json; `retriever_config` is a path (or `hf://` URI), or
+    the config itself."""
 
-    model_id: str
-    retriever_config: str | dict[str, Any]
-    template: str = "search_r1"
-    max_turns: int = 4
-    top_k: int = 3
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    model_id: _NonBlank = Field(alias="MODEL_ID")
+    retriever_config: _NonBlank | dict[str, Any] = Field(alias="RETRIEVER_CONFIG")
+    template: str = Field("search_r1", alias="TEMPLATE")
+    max_turns: int = Field(4, alias="MAX_TURNS", ge=0)
+    top_k: int = Field(3, alias="TOPK", ge=1)
+
+    @field_validator("retriever_config", mode="before")
+    @classmethod
+    def _json_object(cls, value: Any) -> Any:
+        """A Space variable holds a config as JSON text; an object is the config itself."""
+        if not isinstance(value, str) or not value.strip().startswith("{"):
+            return value
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"not a valid JSON object ({error})") from None
+
+
+_VARIABLES = tuple(field.alias for field in SpaceSettings.model_fields.values())
 
 
 def load_settings(
@@ -171,45 +179,36 @@ def load_settings(
         if not isinstance(values, dict):
             raise InputError(f"{path}: expected a JSON object of settings")
     values.update({key: environ[key] for key in _VARIABLES if key in environ})
-    unknown = set(values) - set(_VARIABLES)
-    if unknown:
-        raise InputError(f"{path}: unknown settings {sorted(unknown)} (known: {list(_VARIABLES)})")
-    for key in ("MODEL_ID", "RETRIEVER_CONFIG"):
-        if not str(values.get(key, "")).strip():
-            raise InputError(f"{key} is not set: set the Space variable, or push with push-space")
-    retriever = str(values["RETRIEVER_CONFIG"]).strip()
-    if retriever.startswith("{"):
-        try:
-            retriever_config: str | dict[str, Any] = json.loads(retriever)
-        except json.JSONDecodeError as error:
-            raise InputError(f"RETRIEVER_CONFIG: not a valid JSON object ({error})") from error
-    else:
-        retriever_config = _local(folder, retriever)
-    template = str(values.get("TEMPLATE", "search_r1"))
-    return SpaceSettings(
-        model_id=str(values["MODEL_ID"]).strip(),
-        retriever_config=retriever_config,
-        template=template if template in TEMPLATES else _local(folder, template),
-        max_turns=_int_setting(values, "MAX_TURNS", 4, minimum=0),
-        top_k=_int_setting(values, "TOPK", 3, minimum=1),
+    try:
+        settings = SpaceSettings.model_validate(values)
+    except ValidationError as error:
+        raise _settings_error(error, path, environ) from None
+    config, template = settings.retriever_config, settings.template
+    return settings.model_copy(
+        update={
+            "retriever_config": config if isinstance(config, dict) else _local(folder, config),
+            "template": template if template in TEMPLATES else _local(folder, template),
+        }
     )
+
+
+def _settings_error(error: ValidationError, path: Path, environ: Mapping[str, str]) -> InputError:
+    """One line for the first problem, naming the file or the variables it came from. Unknown
+    keys come first: a misspelt key is why a setting looks unset."""
+    problems = error.errors(include_url=False)
+    unknown = sorted(str(p["loc"][0]) for p in problems if p["type"] == "extra_forbidden")
+    if unknown:
+        return InputError(f"{path}: unknown settings {unknown} (known: {list(_VARIABLES)})")
+    key = problems[0]["loc"][0]
+    if problems[0]["type"] in ("missing", "string_too_short"):
+        return InputError(f"{key} is not set: set the Space variable, or push with push-space")
+    return invalid(error, "Space variables" if key in environ else str(path))
 
 
 def _local(folder: Path, value: str) -> str:
     """A relative path that exists in `folder` is read from there; anything else is kept."""
     candidate = folder / value
     return str(candidate) if not Path(value).is_absolute() and candidate.exists() else value
-
-
-def _int_setting(values: Mapping[str, Any], key: str, default: int, minimum: int) -> int:
-    raw = values.get(key, default)
-    try:
-        value = int(str(raw).strip())
-    except ValueError:
-        raise InputError(f"{key} must be an integer, got {raw!r}") from None
-    if value < minimum:
-        raise InputError(f"{key} must be >= {minimum}, got {value}")
-    return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,16 +228,14 @@ def push_space(
 ) -> str:
     """Create the Space (gradio SDK) unless it exists and upload the app with its settings in
     one commit, both retried; returns the commit sha."""
-    from research_r1 import hub
-
     config_path = _check_space_inputs(model_id, retriever_config, template, max_turns, top_k)
-    settings: dict[str, Any] = {
-        "MODEL_ID": model_id,
-        "RETRIEVER_CONFIG": RETRIEVER_FILE,
-        "TEMPLATE": template if template in TEMPLATES else TEMPLATE_FILE,
-        "MAX_TURNS": max_turns,
-        "TOPK": top_k,
-    }
+    settings = SpaceSettings(
+        model_id=model_id,
+        retriever_config=RETRIEVER_FILE,
+        template=template if template in TEMPLATES else TEMPLATE_FILE,
+        max_turns=max_turns,
+        top_k=top_k,
+    )
     with tempfile.TemporaryDirectory(prefix="research-r1-space-") as tmp:
         stage = Path(tmp) / "space"
         shutil.copytree(SPACE_DIR, stage, ignore=_SKIP)
@@ -246,7 +243,9 @@ def push_space(
         shutil.copyfile(config_path, stage / RETRIEVER_FILE)
         if template not in TEMPLATES:
             shutil.copyfile(template, stage / TEMPLATE_FILE)
-        (stage / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+        (stage / SETTINGS_FILE).write_text(
+            json.dumps(settings.model_dump(by_alias=True), indent=2) + "\n"
+        )
         space_card(model_id).save(stage / "README.md")
         hub.retry(
             lambda: hub.create_repo(
@@ -266,13 +265,9 @@ def push_space(
         )
 
 
-def space_card(model_id: str) -> Any:
+def space_card(model_id: str) -> SpaceCard:
     """spaces/search_agent/README.md with the header set for this push: the installed gradio
     as `sdk_version` (the version the app was tested with) and the model it shows."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    from huggingface_hub import SpaceCard
-
     try:
         gradio_version = version("gradio")
     except PackageNotFoundError:
@@ -296,11 +291,6 @@ def _check_space_inputs(
     top_k: int,
 ) -> Path:
     """Refuse what the Space could not load; returns the retriever config's path."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    from research_r1.protocol import load_template
-    from research_r1.retrieval.config import parse_config
-
     if not SPACE_DIR.is_dir():
         raise InputError(f"the Space's sources {SPACE_DIR} are missing: run from a source checkout")
     if Path(model_id).exists():
@@ -325,9 +315,6 @@ def _check_space_inputs(
 def _check_reachable(config: Any, where: str) -> None:
     """Indexes and corpora must be `hf://` URIs and a remote server must not be this machine:
     the Space can read neither local files nor loopback servers of the machine that pushes."""
-    from research_r1.hub import is_hub_uri
-    from research_r1.retrieval.config import HybridConfig, RemoteConfig
-
     if isinstance(config, RemoteConfig):
         if urlsplit(config.url).hostname in _LOOPBACK_HOSTS:
             raise InputError(
@@ -340,7 +327,7 @@ def _check_reachable(config: Any, where: str) -> None:
     if isinstance(config, HybridConfig):
         paths.append(("corpus", config.corpus))
     for key, value in paths:
-        if value is not None and not is_hub_uri(value):
+        if value is not None and not hub.is_hub_uri(value):
             raise InputError(
                 f"{where}: key {key!r} is a local path ({value}) the Space cannot read: "
                 "push it to the Hub and use its hf:// URI"

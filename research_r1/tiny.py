@@ -19,6 +19,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import torch
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, trainers
+from tokenizers import pre_tokenizers as pre
+from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
 PAD, EOS = "<|pad|>", "<|endoftext|>"
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
 
@@ -31,11 +37,6 @@ CHAT_TEMPLATE = (
 
 def build_tokenizer(texts: Iterable[str], protocol_tags: Sequence[str], *, chat: bool = False):
     """A tokenizer whose vocabulary holds every word of `texts` as one token, plus the tags."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, trainers
-    from tokenizers import pre_tokenizers as pre
-    from transformers import PreTrainedTokenizerFast
-    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
-
     backend = Tokenizer(models.BPE())
     backend.normalizer = normalizers.NFC()
     backend.pre_tokenizer = pre.Sequence(
@@ -80,9 +81,6 @@ def build_tiny_model(
     kernel refuses narrow heads), so `hidden_size` must be a multiple of it. Embeddings are tied
     to keep the model small. `chat=True` adds a minimal chat template with special role tokens.
     """
-    import torch
-    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
-
     if hidden_size % head_dim:
         raise ValueError(f"hidden_size {hidden_size} is not a multiple of head_dim {head_dim}")
     out = Path(out_dir)

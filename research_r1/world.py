@@ -28,7 +28,7 @@ from pathlib import Path
 
 from research_r1.errors import InputError
 from research_r1.generation import Generation
-from research_r1.protocol import SEARCH_R1_PROMPT
+from research_r1.protocol import SEARCH_R1_PROMPT, parse_passages
 
 # kind -> (question pattern, relation read at each hop, in order)
 KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -220,7 +220,6 @@ NOT_FOUND = "<think> I found nothing </think>\n<answer> {answer} </answer>"
 TURNS = (FIRST_SEARCH, NEXT_SEARCH, ANSWER, GUESS, NOT_FOUND)
 
 _INFORMATION = re.compile(r"<information>(.*?)</information>", re.DOTALL)
-_DOC = re.compile(r"^Doc \d+\(Title: (.*?)\) (.*)$", re.MULTILINE)
 _FACT_PATTERNS = {
     relation: re.compile(
         "^"
@@ -236,8 +235,8 @@ _FACT_PATTERNS = {
 def read_fact(passages: str, relation: str, name: str | None) -> tuple[str, str] | None:
     """(person, value) of the first of an observation's passages (`Doc i(Title: t) text` lines)
     that states `relation` for `name` (for anyone when `name` is None), or None if none does."""
-    for _title, text in _DOC.findall(passages):
-        match = _FACT_PATTERNS[relation].match(text.strip())
+    for passage in parse_passages(passages):
+        match = _FACT_PATTERNS[relation].match(passage.text.strip())
         if match and (name is None or match["name"] == name):
             return match["name"], match["value"]
     return None

@@ -333,16 +333,17 @@ def test_hub_dataset_config_is_loaded_and_the_split_pushed(
 def test_hub_file_uri_and_missing_hub_config(
     tmp_path: Path, hub, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from research_r1.hub import create_repo, push_dataset, upload_file
+    from huggingface_hub import HfApi
+
+    from research_r1.hub import create_repo, push_dataset
 
     repo = hub.new_repo_id("qa-files")
     create_repo(repo, "dataset", token=hub.token)
-    upload_file(
-        write_jsonl(tmp_path / "train.jsonl", ROWS),
-        "nq/train.jsonl",
-        repo,
-        "dataset",
-        token=hub.token,
+    HfApi(token=hub.token).upload_file(
+        path_or_fileobj=write_jsonl(tmp_path / "train.jsonl", ROWS),
+        path_in_repo="nq/train.jsonl",
+        repo_id=repo,
+        repo_type="dataset",
     )
 
     merged, summaries = prepare([f"hf://datasets/{repo}/nq/train.jsonl"], "train", SEARCH_R1)

@@ -12,9 +12,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from datasets import load_dataset
 
 from research_r1 import train
-from research_r1.demo import PINNED_KERNELS
+from research_r1.demo import PINNED_KERNELS, TEMPLATE, vocabulary_texts, write_world
+from research_r1.protocol import SEARCH_R1, extract_answer, load_template
+from research_r1.retrieval.config import load_retriever
+from research_r1.retrieval.corpus import split_contents
+from research_r1.rollout import RolloutConfig, encode_prompt, run_rollout
+from research_r1.tiny import build_tokenizer
 from research_r1.world import FACTS, KINDS, ScriptedAgent, build_world, read_fact
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,8 +30,8 @@ def passage_texts(world) -> dict[str, set[str]]:
     """Each title's passage texts."""
     texts: dict[str, set[str]] = {}
     for passage in world.passages:
-        title, _, text = passage["contents"].partition("\n")
-        texts.setdefault(title.strip('"'), set()).add(text)
+        title, text = split_contents(passage["contents"])
+        texts.setdefault(title, set()).add(text)
     return texts
 
 
@@ -91,11 +97,6 @@ def test_read_fact_reads_the_named_persons_passage():
 @pytest.fixture(scope="module")
 def small_world(tmp_path_factory):
     """A small world with its real BM25 retriever and a word-level tokenizer."""
-    from research_r1.demo import TEMPLATE, vocabulary_texts, write_world
-    from research_r1.protocol import SEARCH_R1, load_template
-    from research_r1.retrieval.config import load_retriever
-    from research_r1.tiny import build_tokenizer
-
     out = tmp_path_factory.mktemp("world")
     world = build_world(5, num_people=40, num_test_questions=10)
     paths = write_world(world, out)
@@ -106,9 +107,6 @@ def small_world(tmp_path_factory):
 
 
 def play(world, tokenizer, retriever, template, behaviour):
-    from research_r1.protocol import extract_answer
-    from research_r1.rollout import RolloutConfig, encode_prompt, run_rollout
-
     agent = ScriptedAgent(world, tokenizer, seed=0)
     prompts = []
     for question in world.train:
@@ -131,8 +129,6 @@ def play(world, tokenizer, retriever, template, behaviour):
 
 
 def test_written_splits_follow_prepare_data_layout(small_world):
-    from datasets import load_dataset
-
     world, out, paths, *_ = small_world
     for split, questions in (("train", world.train), ("test", world.test)):
         rows = load_dataset("parquet", data_files=str(paths["data"] / f"{split}.parquet"))["train"]
@@ -181,6 +177,7 @@ def avx2_host() -> bool:
     return cpuinfo.is_file() and " avx2" in cpuinfo.read_text()
 
 
+@pytest.mark.slow
 def test_smoke_run_of_the_whole_demo_then_the_recipe_on_its_output(tmp_path, monkeypatch):
     """`research-r1 demo` in a fresh process, from a folder holding the repository's recipes
     (as a checkout does), writing the default outputs/demo; then the tiny recipe, unchanged,

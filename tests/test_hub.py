@@ -25,9 +25,21 @@ from research_r1.hub import (
     resolve,
     resolve_split,
     retry,
-    upload_file,
     upload_folder,
 )
+
+
+def upload_file(
+    data: bytes, path_in_repo: str, repo_id: str, repo_type: str = "model", *, token: str
+) -> str:
+    """Put a file on the loopback Hub (huggingface_hub's own call); the commit sha."""
+    return (
+        HfApi(token=token)
+        .upload_file(
+            path_or_fileobj=data, path_in_repo=path_in_repo, repo_id=repo_id, repo_type=repo_type
+        )
+        .oid
+    )
 
 
 def _random_bytes(n: int, seed: int) -> bytes:

@@ -11,23 +11,29 @@ from transformers import PreTrainedTokenizerFast
 
 from research_r1.errors import InputError
 from research_r1.protocol import (
+    FINAL_TURN_NOTICE,
     PROTOCOLS,
     RESEARCH,
     SEARCH_R1,
     SEARCH_R1_INVALID_NOTICE,
     TEMPLATES,
     Action,
+    ShownPassage,
     extract_answer,
     extract_boxed,
+    follows_format,
     format_observation,
     format_passages,
     get_protocol,
+    is_valid_research_sequence,
+    is_valid_search_r1_sequence,
     load_template,
+    parse_passages,
     parse_turn,
     render_prompt,
-    split_contents,
 )
 from research_r1.retrieval import Passage
+from research_r1.retrieval.corpus import split_contents
 
 # ---------------------------------------------------------------------------------------------
 # Protocols as data
@@ -178,7 +184,38 @@ def test_split_contents(contents: str, title: str, text: str) -> None:
     assert split_contents(contents) == (title, text)
 
 
-_DOC = re.compile(r"^Doc (\d+)\(Title: (.*?)\) (.*)$", re.MULTILINE)
+@pytest.mark.parametrize(
+    "passages",
+    [
+        [],
+        [ShownPassage("Paris", "Paris is the capital of France.")],
+        [
+            ShownPassage("Hamlet (play)", "A tragedy (c. 1600) by Shakespeare."),  # `)` ends it
+            ShownPassage("A (b (c)) d", "nested parentheses"),
+            ShownPassage("(1999)", ") a text that starts with a parenthesis"),
+            ShownPassage("Lines", "line one\nline two\n"),  # multi-line, a trailing newline
+            ShownPassage("", ""),  # an empty title and an empty text
+            ShownPassage(" Spaced ", " text with spaces "),
+        ],
+    ],
+)
+def test_parse_passages_inverts_format_passages(passages: list[ShownPassage]) -> None:
+    assert parse_passages(format_passages(passages)) == tuple(passages)
+    assert format_passages(parse_passages(format_passages(passages))) == format_passages(passages)
+
+
+def test_parse_passages_of_a_list_cut_inside_a_title() -> None:
+    """An observation cut at its token budget: the cut title is kept, with no text."""
+    assert parse_passages("Doc 1(Title: A (b)) one\ntwo\nDoc 2(Title: Cut (ti") == (
+        ("A (b)", "one\ntwo"),
+        ("Cut (ti", ""),
+    )
+
+
+def test_parse_passages_reads_only_doc_lines() -> None:
+    assert parse_passages("") == ()
+    assert parse_passages("Search failed: connection refused") == ()
+    assert parse_passages("before\nDoc 1(Title: T) text") == (("T", "text"),)
 
 
 @pytest.mark.parametrize("protocol", [SEARCH_R1, RESEARCH])
@@ -196,11 +233,10 @@ def test_observation_round_trip(protocol) -> None:
         re.DOTALL,
     )
     assert inner is not None
-    parsed = [(int(n), t, x) for n, t, x in _DOC.findall(inner.group(1))]
-    assert parsed == [
-        (1, "Paris", "Paris is the capital of France."),
-        (2, "Lyon", "Lyon is on the Rhône."),
-    ]
+    assert parse_passages(inner.group(1).strip()) == (
+        ("Paris", "Paris is the capital of France."),
+        ("Lyon", "Lyon is on the Rhône."),
+    )
 
 
 def test_invalid_notice() -> None:
@@ -208,6 +244,138 @@ def test_invalid_notice() -> None:
     assert SEARCH_R1_INVALID_NOTICE.startswith("\nMy previous action is invalid.")
     assert SEARCH_R1_INVALID_NOTICE.endswith("Let me try again.\n")
     assert RESEARCH.invalid_notice == SEARCH_R1_INVALID_NOTICE
+
+
+# ---------------------------------------------------------------------------------------------
+# Format checks: Search-R1's state machine
+
+INFO = format_observation([Passage("1", "Paris", "Paris is in France.", 1.0)], SEARCH_R1)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<think>easy</think><answer>Paris</answer>",
+        "\n<think>easy</think>\n<answer> Paris </answer>\n",
+        f"<think>a</think><search>q</search>{INFO}<think>b</think><answer>Paris</answer>",
+        f"<think>a</think> <search>q1</search>{INFO}<think>b</think>\n<search>q2</search>{INFO}"
+        "<think>c</think> <answer>Paris</answer>",
+        "<think></think><answer></answer>",
+    ],
+)
+def test_search_r1_valid_sequences(text: str) -> None:
+    assert is_valid_search_r1_sequence(text) == (True, "valid sequence")
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("<answer>Paris</answer>", "unexpected tag <answer> in state start"),  # answer first
+        ("<search>q</search>", "unexpected tag <search> in state start"),
+        (  # a search the environment did not answer
+            "<think>a</think><search>q</search><think>b</think><answer>x</answer>",
+            "unexpected tag <think> in state after_search",
+        ),
+        (  # information the model wrote itself, without searching
+            "<think>a</think><information>fake</information><think>b</think><answer>x</answer>",
+            "unexpected tag <information> in state after_think",
+        ),
+        (  # after information the model must think before answering
+            f"<think>a</think><search>q</search>{INFO}<answer>x</answer>",
+            "unexpected tag <answer> in state after_information",
+        ),
+        ("Sure. <think>a</think><answer>x</answer>", "unexpected text 'Sure.' in state start"),
+        ("<think>a</think> so <answer>x</answer>", "unexpected text 'so' in state after_think"),
+        ("<think>a</think><answer>x</answer> done", "unexpected text 'done' in state end"),
+        (
+            "<think>a</think><answer>x</answer><answer>y</answer>",
+            "unexpected tag <answer> in state end",
+        ),
+        ("<think>a<think>b</think></think>", "unexpected tag <think> in state in_think"),
+        ("<think>a</think><answer>x", "incomplete sequence, ended in state in_answer"),
+        ("<think>a</think>", "incomplete sequence, ended in state after_think"),
+        ("", "incomplete sequence, ended in state start"),
+        (
+            f"<think>a</think>{SEARCH_R1_INVALID_NOTICE}<think>b</think><answer>x</answer>",
+            "unexpected text 'My previous action is invalid. If I want' in state after_think",
+        ),
+    ],
+)
+def test_search_r1_invalid_sequences(text: str, reason: str) -> None:
+    assert is_valid_search_r1_sequence(text) == (False, reason)
+
+
+# ---------------------------------------------------------------------------------------------
+# ReSearch's format check
+
+RESULT = format_observation([Passage("1", "Paris", "Paris is in France.", 1.0)], RESEARCH)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<think>a</think><answer>The answer is \\[ \\boxed{Paris} \\]</answer>",
+        f"<think>a</think><search>q</search>{RESULT}<think>b</think><answer>\\boxed{{x}}</answer>",
+        f"<think>a</think><search>q1</search>{RESULT}<search>q2</search>{RESULT}"
+        "<answer>\\boxed{x}</answer>",
+        # ReSearch checks neither think-before-answer nor text between tags.
+        "<answer>\\boxed{x}</answer><think>a</think> trailing text",
+    ],
+)
+def test_research_valid_sequences(text: str) -> None:
+    assert is_valid_research_sequence(text) == (True, "valid sequence")
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("<answer>\\boxed{x}</answer>", "no <think> block"),
+        ("<think>a<answer>\\boxed{x}</answer>", "<think> and </think> are not paired"),
+        ("<think>a</think>", "there must be exactly one <answer> and one </answer>"),
+        (
+            "<think>a</think><answer>\\boxed{x}</answer><answer>\\boxed{y}</answer>",
+            "there must be exactly one <answer> and one </answer>",
+        ),
+        (
+            "<think>a</think><search>q</search><answer>\\boxed{x}</answer>",
+            "a <search> lacks its </search>, <result> or </result>",
+        ),
+        (
+            "<think>a</think><search>q<result>r</result></search><answer>\\boxed{x}</answer>",
+            "search and result tags are in the wrong order",
+        ),
+        (  # Search-R1's observation tag is not ReSearch's
+            f"<think>a</think><search>q</search>{INFO}<answer>\\boxed{{x}}</answer>",
+            "a <search> lacks its </search>, <result> or </result>",
+        ),
+        ("<think>a</think></answer>\\boxed{x}<answer>", "</answer> comes before <answer>"),
+        ("<think>a</think><answer>Paris</answer>", "the answer has no \\boxed{}"),
+    ],
+)
+def test_research_invalid_sequences(text: str, reason: str) -> None:
+    assert is_valid_research_sequence(text) == (False, reason)
+
+
+def test_follows_format_picks_the_protocols_check() -> None:
+    """ReSearch's check for ReSearch; Search-R1's grammar, the last-turn notice left out, for
+    Search-R1."""
+    warned = f"<think>a</think><search>q</search>{INFO}{FINAL_TURN_NOTICE}<think>b</think>"
+    warned += "<answer>Paris</answer>"
+    assert is_valid_search_r1_sequence(warned) == (
+        False,
+        "unexpected text 'I have no searches left, so my next step' in state after_information",
+    )
+    assert follows_format(warned, SEARCH_R1) == (True, "valid sequence")
+    assert follows_format(warned, RESEARCH) == (
+        False,
+        "a <search> lacks its </search>, <result> or </result>",
+    )
+    research = f"<think>a</think><search>q</search>{RESULT}<answer>\\boxed{{x}}</answer>"
+    assert follows_format(research, RESEARCH) == (True, "valid sequence")
+    assert follows_format(research, SEARCH_R1) == (
+        False,
+        "unexpected text '<result>\\nDoc 1(Title: Paris) Paris is in' in state after_search",
+    )
 
 
 # ---------------------------------------------------------------------------------------------

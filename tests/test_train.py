@@ -23,12 +23,12 @@ from trl import GRPOTrainer
 
 from research_r1 import hub as hub_io
 from research_r1 import rollout, train
-from research_r1.data import prepare, write_split
+from research_r1.data import load_split, prepare, write_split
 from research_r1.errors import InputError
-from research_r1.protocol import SEARCH_R1, format_passages, load_template, split_contents
+from research_r1.protocol import SEARCH_R1, format_passages, load_template
 from research_r1.retrieval import Passage
 from research_r1.retrieval.bm25 import build_bm25_index
-from research_r1.retrieval.corpus import load_corpus
+from research_r1.retrieval.corpus import load_corpus, split_contents
 from research_r1.rewards import completion_text
 from research_r1.rollout import FINAL_TURN_NOTICE
 from research_r1.tiny import build_tiny_model
@@ -131,7 +131,7 @@ def recipe(world: SimpleNamespace, output_dir: Path, *overrides: str) -> list[st
     return [
         str(TINY_RECIPE),
         *("--model_name_or_path", str(world.model)),
-        *("--dataset", str(world.data)),
+        *("--dataset_name", str(world.data)),
         *("--retriever", str(world.retriever), "--template", "search_r1"),
         *("--output_dir", str(output_dir)),
         *("--use_peft", "true", "--lora_r", "4", "--lora_alpha", "8"),
@@ -146,7 +146,10 @@ def recipe(world: SimpleNamespace, output_dir: Path, *overrides: str) -> list[st
 
 
 def hub_settings(hub, repo_id: str) -> list[str]:
-    return ["--push_to_hub", "true", "--hub_model_id", repo_id, "--hub_token", hub.token]
+    return [
+        *("--push_to_hub", "true", "--hub_model_id", repo_id, "--hub_token", hub.token),
+        *("--hub_strategy", "checkpoint"),
+    ]
 
 
 def adapter(output_dir: Path) -> dict[str, torch.Tensor]:
@@ -162,6 +165,7 @@ def assert_token_nowhere(token: str, folders: list[Path], *texts: str) -> None:
                 assert token.encode() not in path.read_bytes(), path
 
 
+@pytest.mark.slow
 def test_train_kill_resume_and_push(world, hub, tmp_path, caplog, capsys, monkeypatch):
     caplog.set_level("INFO")
     api = HfApi(token=hub.token)
@@ -299,8 +303,11 @@ def dead_server(world: SimpleNamespace, folder: Path) -> Path:
 
 
 START_UP_FAILURES = [
-    (["--train_split", "dev"], r"^dataset: no dev.parquet \(train_split\)"),
-    (["--dataset", data_without_answers], r"^dataset: split 'train' lacks .*golden_answers"),
+    (["--dataset_train_split", "dev"], r"^dataset_name: no dev.parquet \(dataset_train_split\)"),
+    (
+        ["--dataset_name", data_without_answers],
+        r"^dataset_name: split 'train' lacks .*golden_answers",
+    ),
     (["--template", "research_base"], r"^template: the recipe says 'research_base'"),
     (["--reward_funcs", "em"], r"^reward_funcs: unknown reward 'em'; known rewards: "),
     (["--reward_weights", "1.0", "0.5"], r"^reward_weights: 2 weights for 1 reward_funcs"),
@@ -339,11 +346,10 @@ def test_a_split_pushed_to_the_hub_trains_like_a_local_one(world, hub):
     repo = hub.new_repo_id("toy-qa")
     hub_io.push_dataset(local, repo, split="train", token=hub.token)
 
-    assert train.load_split(f"hf://datasets/{repo}", "train", "train_split").to_list() == (
-        local.to_list()
-    )
-    with pytest.raises(InputError, match=r"^dataset: no split 'dev' \(eval_split\)"):
-        train.load_split(f"hf://datasets/{repo}", "dev", "eval_split")
+    uri = f"hf://datasets/{repo}"
+    assert load_split(uri, "train", "dataset_train_split").to_list() == local.to_list()
+    with pytest.raises(InputError, match=r"^dataset_name: no split 'dev' \(dataset_test_split\)"):
+        load_split(uri, "dev", "dataset_test_split")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -439,6 +445,7 @@ def assert_every_search_read_real_passages(steps: list) -> None:
             assert all(block and passages.startswith(block) for block in blocks), blocks
 
 
+@pytest.mark.slow
 def test_a_retriever_outage_costs_time_not_training(world, searcher, outage, tmp_path, caplog):
     """The server dies after step 1 and is back 2 s later: step 2 waits for it, and every
     trained step's episodes read real passages."""
@@ -452,6 +459,7 @@ def test_a_retriever_outage_costs_time_not_training(world, searcher, outage, tmp
     assert waits and all(OUTAGE["url"] in wait for wait in waits)
 
 
+@pytest.mark.slow
 def test_a_retriever_gone_for_good_stops_the_run_and_the_checkpoint_resumes_it(
     world, searcher, outage, tmp_path, capsys
 ):

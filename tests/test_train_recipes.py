@@ -8,23 +8,26 @@ import pickle
 import subprocess
 import sys
 import threading
-from collections import defaultdict
 from pathlib import Path
 from types import SimpleNamespace
 
+import httpx2
 import pytest
 import yaml
+from huggingface_hub.errors import HfHubHTTPError
 
+from research_r1 import cli, launch, train
 from research_r1 import hub as hub_io
-from research_r1 import train
-from research_r1.callbacks import HubPushCallback
+from research_r1.callbacks import TRAINING_STATE_FILES, HubPushCallback
 from research_r1.cli import main as cli_main
+from research_r1.configs import parse_recipe
 from research_r1.errors import InputError
 from research_r1.protocol import FINAL_TURN_NOTICE, RESEARCH, SEARCH_R1
-from research_r1.publish import model_card, push_model, results_table
+from research_r1.publish import model_card, results_table
 from research_r1.retrieval.config import BM25Config, RemoteConfig, parse_config
-from research_r1.rollout import Episode, log_rollout_metrics
+from research_r1.rollout import Episode
 from research_r1.tiny import build_tokenizer
+from research_r1.trl_rollout import episodes_to_trl, make_episode_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
@@ -45,42 +48,57 @@ def bf16_gpu(monkeypatch):
     monkeypatch.setattr(transformers.training_args, "is_torch_bf16_gpu_available", lambda: True)
 
 
-def test_importing_the_training_module_does_not_import_trl():
-    """`research-r1 --help` imports every command's module; TRL takes seconds to import."""
-    code = "import sys, research_r1.train; print('trl' in sys.modules, 'torch' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.stdout.split() == ["False", "False"]
+@pytest.mark.slow
+def test_the_cli_imports_only_the_subcommand_it_runs():
+    """`research-r1 --help` imports no job module (TRL alone takes seconds), `research-r1 search`
+    only its own."""
+    code = (
+        "import sys; from research_r1 import cli; cli.build_parser({!r}); "
+        "print([m for m in ('torch', 'trl', 'research_r1.retrieval.cli', 'research_r1.train') "
+        "if m in sys.modules])"
+    )
+    for command, imported in [(None, []), ("search", ["torch", "research_r1.retrieval.cli"])]:
+        run = subprocess.run(
+            [sys.executable, "-c", code.format(command)], capture_output=True, text=True
+        )
+        assert run.stdout.strip() == str(imported), run.stderr
+
+
+def test_a_subcommand_that_cannot_import_breaks_only_itself(monkeypatch, capsys):
+    monkeypatch.setitem(cli.COMMANDS, "demo", ("research_r1.no_such_module", "broken"))
+    with pytest.raises(SystemExit) as done:
+        cli_main(["search", "--help"])
+    assert done.value.code == 0 and "--config" in capsys.readouterr().out
+    with pytest.raises(ModuleNotFoundError, match=r"research_r1\.no_such_module"):
+        cli_main(["demo"])
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda path: path.name)
 def test_every_recipe_parses_and_is_supported(path, in_repo, bf16_gpu):
-    script, args, model_args = train.parse_recipe([str(path.relative_to(ROOT))])
-    train.check_supported(args, model_args)
-    train.check_rewards(script, args)
+    script, args, model_args = parse_recipe([str(path.relative_to(ROOT))])
+    train.check_recipe(script, args, model_args)
+    train.load_rewards(script, args)
     parse_config(script.retriever)
     assert Path(script.accelerate_config).is_file()
-    header = path.read_text().split("\n\n")[0]
-    assert "Hardware:" in header and "emory" in header  # hardware and expected memory stated
     assert args.temperature == 1.0
     assert args.generation_batch_size % args.num_generations == 0
 
 
 @pytest.mark.parametrize("path", GPU_RECIPES, ids=lambda path: path.name)
 def test_gpu_recipes_use_the_papers_settings_and_a_lora_learning_rate(path, in_repo, bf16_gpu):
-    script, args, model_args = train.parse_recipe([str(path.relative_to(ROOT))])
+    script, args, model_args = parse_recipe([str(path.relative_to(ROOT))])
     assert (args.num_generations, args.beta, args.epsilon) == (5, 0.001, 0.2)
     assert (args.max_turns, args.retrieval_topk) == (4, 3)
     assert (args.max_new_tokens_per_turn, args.max_observation_tokens) == (500, 500)
     assert model_args.use_peft and model_args.dtype == "bfloat16" and args.bf16
     assert 1e-5 <= args.learning_rate <= 5e-5
-    assert "LoRA needs" in path.read_text()
     assert model_args.model_name_or_path.startswith("Qwen/Qwen2.5-")
     assert isinstance(parse_config(script.retriever), RemoteConfig)
 
 
 def test_recipe_specifics(in_repo, bf16_gpu):
     def parse(name: str):
-        return train.parse_recipe([f"recipes/{name}.yaml"])
+        return parse_recipe([f"recipes/{name}.yaml"])
 
     script, args, model_args = parse("qwen7b_grpo")
     assert model_args.model_name_or_path == "Qwen/Qwen2.5-7B"
@@ -104,7 +122,7 @@ def test_recipe_specifics(in_repo, bf16_gpu):
     # The demo's settings (G=8, 8 prompts per step, lr 3e-4 constant, DAPO, no KL, EM, BM25
     # top-2, at most 2 searches of 24 new tokens per turn, 60 steps), on what the demo writes.
     script, args, model_args = parse("tiny_cpu_grpo")
-    assert (model_args.model_name_or_path, script.dataset, script.template) == (
+    assert (model_args.model_name_or_path, script.dataset_name, script.template) == (
         "outputs/demo/model",
         "outputs/demo/data",
         "outputs/demo/template.yaml",
@@ -126,72 +144,84 @@ def test_recipe_specifics(in_repo, bf16_gpu):
 
 
 def test_unsupported_combinations_are_refused_at_start_up(in_repo, bf16_gpu):
-    _, args, model_args = train.parse_recipe(["recipes/qwen7b_grpo.yaml", "--load_in_8bit", "true"])
-    with pytest.raises(InputError, match=r"^load_in_8bit: 8-bit training is not supported"):
-        train.check_supported(args, model_args)
-    _, args, model_args = train.parse_recipe(
-        ["recipes/qwen7b_qlora_grpo.yaml", "--use_vllm", "true"]
-    )
-    with pytest.raises(InputError, match=r"^use_vllm: QLoRA with vLLM generation is not supported"):
-        train.check_supported(args, model_args)
-    _, args, model_args = train.parse_recipe(
-        ["recipes/qwen7b_grpo.yaml", "--vllm_tensor_parallel_size", "2"]
-    )
-    with pytest.raises(InputError, match=r"^vllm_tensor_parallel_size: "):
-        train.check_supported(args, model_args)
+    for recipe, overrides, message in [
+        ("qwen7b_grpo", ["--load_in_8bit", "true"], "load_in_8bit: 8-bit training is not"),
+        ("qwen7b_qlora_grpo", ["--use_vllm", "true"], "use_vllm: QLoRA with vLLM generation"),
+        ("qwen7b_grpo", ["--vllm_tensor_parallel_size", "2"], "vllm_tensor_parallel_size: "),
+        ("qwen7b_grpo", ["--push_to_hub", "true"], "hub_model_id: required with push_to_hub"),
+        ("qwen7b_grpo", ["--dataset_name", ""], "dataset_name: required"),
+    ]:
+        script, args, model_args = parse_recipe([f"recipes/{recipe}.yaml", *overrides])
+        with pytest.raises(InputError) as error:
+            train.check_recipe(script, args, model_args)
+        assert str(error.value).startswith(message)
 
 
 def test_any_key_is_overridden_and_a_bare_resume_flag_means_the_latest(in_repo, tmp_path):
-    _, args, _ = train.parse_recipe(
+    _, args, _ = parse_recipe(
         ["recipes/tiny_cpu_grpo.yaml", "--resume_from_checkpoint", "--max_steps", "7"]
     )
     assert (args.resume_from_checkpoint, args.max_steps) == ("latest", 7)
-    _, args, _ = train.parse_recipe(["recipes/tiny_cpu_grpo.yaml", "--resume_from_checkpoint"])
+    _, args, _ = parse_recipe(["recipes/tiny_cpu_grpo.yaml", "--resume_from_checkpoint"])
     assert args.resume_from_checkpoint == "latest"
 
-    assert train.resume_point("latest", str(tmp_path)) is None  # nothing saved yet: fresh start
+    def resume(value, output_dir=tmp_path):
+        return train.resume_point(
+            SimpleNamespace(resume_from_checkpoint=value, output_dir=str(output_dir))
+        )
+
+    assert resume("latest") is None  # nothing saved yet: fresh start
     for step in (3, 12, 9):
         (tmp_path / f"checkpoint-{step}").mkdir()
-    assert train.resume_point("latest", str(tmp_path)) == str(tmp_path / "checkpoint-12")
-    assert train.resume_point(True, str(tmp_path)) == str(tmp_path / "checkpoint-12")
-    assert train.resume_point(str(tmp_path / "checkpoint-3"), "x") == str(tmp_path / "checkpoint-3")
-    assert train.resume_point(None, str(tmp_path)) is None
+    assert resume("latest") == resume(True) == str(tmp_path / "checkpoint-12")
+    assert resume(str(tmp_path / "checkpoint-3"), "x") == str(tmp_path / "checkpoint-3")
+    assert resume(None) is None
+    with pytest.raises(InputError, match=r"^resume_from_checkpoint: /no/such is not a checkpoint"):
+        resume("/no/such")
 
     # Checkpoints pickle the config (training_args.bin).
     assert pickle.loads(pickle.dumps(args)).max_turns == args.max_turns == 2
 
 
-def test_research_r1_train_starts_accelerate_with_the_recipes_config(in_repo, monkeypatch):
-    commands = []
-    monkeypatch.setattr(train.subprocess, "call", lambda command: commands.append(command) or 0)
+def test_research_r1_train_hands_every_other_flag_to_accelerate(in_repo, monkeypatch, capsys):
+    launched = []
+    monkeypatch.setattr(launch, "launch_command", launched.append)
     recipe = "recipes/tiny_cpu_grpo.yaml"
 
     assert cli_main(["train", recipe, "--max_steps", "3"]) == 0
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--quiet"]
-    assert commands[-1] == [
-        *launch,
-        *("--config_file", "recipes/accelerate/cpu.yaml"),
-        *("-m", "research_r1.train", recipe, "--max_steps", "3"),
-    ]
-    other = "recipes/accelerate/zero2.yaml"
-    assert cli_main(["train", recipe, f"--accelerate_config={other}"]) == 0
-    assert commands[-1][4:6] == ["--config_file", other]
+    (run,) = launched
+    assert (run.config_file, run.quiet, run.module, run.training_script) == (
+        "recipes/accelerate/cpu.yaml",
+        True,
+        True,
+        "research_r1.train",
+    )
+    assert run.training_script_args == [recipe, "--max_steps", "3"]
 
-    # multi-machine flags go to accelerate, before the module; recipe keys stay after it
+    # Any accelerate flag goes to accelerate; recipe keys (and a bare resume flag) to training.
     multi = "recipes/accelerate/multi_node.yaml"
-    argv = ["--machine_rank", "1", "--learning_rate", "1e-5", "--main_process_ip=10.0.0.2"]
+    argv = [
+        *("--machine_rank", "1", "--learning_rate", "1e-5", "--main_process_ip=10.0.0.2"),
+        *("--num_processes", "16", "--mixed_precision", "bf16", "--resume_from_checkpoint"),
+    ]
     assert cli_main(["train", recipe, "--accelerate_config", multi, *argv]) == 0
-    assert commands[-1] == [
-        *launch,
-        *("--config_file", multi, "--machine_rank", "1", "--main_process_ip=10.0.0.2"),
-        *("-m", "research_r1.train", recipe, "--accelerate_config", multi),
-        *("--learning_rate", "1e-5"),
+    run = launched[-1]
+    assert (run.config_file, run.machine_rank, run.main_process_ip) == (multi, 1, "10.0.0.2")
+    assert (run.num_processes, run.mixed_precision) == (16, "bf16")
+    assert run.training_script_args == [
+        *(recipe, "--accelerate_config", multi, "--learning_rate", "1e-5"),
+        "--resume_from_checkpoint",
     ]
 
-    assert cli_main(["train", "recipes/missing.yaml"]) == 2
-    assert cli_main(["train", recipe, "--accelerate_config", "nope.yaml"]) == 2
-    assert cli_main(["train", recipe, "--machine_rank", "--max_steps", "3"]) == 2
-    assert len(commands) == 3
+    for argv, message in [
+        (["recipes/missing.yaml"], "error: recipe recipes/missing.yaml does not exist"),
+        ([recipe, "--accelerate_config", "nope.yaml"], "error: accelerate_config: nope.yaml does"),
+        ([recipe, "--no_such_key", "1"], "error: --no_such_key: neither a recipe key nor an"),
+    ]:
+        capsys.readouterr()
+        assert cli_main(["train", *argv]) == 2
+        assert capsys.readouterr().err.startswith(message)
+    assert len(launched) == 2
 
 
 def test_the_recipe_record_leaves_secrets_out_and_keeps_token_budgets(tmp_path):
@@ -224,8 +254,8 @@ def test_reward_options_and_import_paths_come_from_the_recipe(in_repo, tmp_path)
     recipe["reward_funcs"] = ["search_r1_format_em", "research_r1.rewards.search_r1_em"]
     recipe["reward_kwargs"] = {"search_r1_format_em": {"retrieval": 0.1, "wrong_valid": 0.3}}
     path.write_text(yaml.safe_dump(recipe))
-    script, args, _ = train.parse_recipe([str(path)])
-    format_em, em = train.check_rewards(script, args)
+    script, args, _ = parse_recipe([str(path)])
+    format_em, em = train.load_rewards(script, args)
     found_wrong = "<think>a</think><search>q</search><information>Doc 1(Title: Paris) Paris"
     found_wrong += "</information><think>b</think><answer>Lyon</answer>"
     assert format_em(["q"], [found_wrong], None, golden_answers=[["Paris"]]) == [0.3 + 0.1]
@@ -233,8 +263,8 @@ def test_reward_options_and_import_paths_come_from_the_recipe(in_repo, tmp_path)
 
     # A JSON string on the command line, as TRL's own dict keys take it.
     override = '{"search_r1_format_em": {"retrieval": 0.5}}'
-    script, args, _ = train.parse_recipe([str(path), "--reward_kwargs", override])
-    format_em, _ = train.check_rewards(script, args)
+    script, args, _ = parse_recipe([str(path), "--reward_kwargs", override])
+    format_em, _ = train.load_rewards(script, args)
     assert format_em(["q"], [found_wrong], None, golden_answers=[["Paris"]]) == [0.2 + 0.5]
 
     for overrides, message in [
@@ -251,8 +281,8 @@ def test_reward_options_and_import_paths_come_from_the_recipe(in_repo, tmp_path)
         ),
     ]:
         with pytest.raises(InputError) as error:
-            script, args, _ = train.parse_recipe([str(path), *overrides])
-            train.check_rewards(script, args)
+            script, args, _ = parse_recipe([str(path), *overrides])
+            train.load_rewards(script, args)
         assert str(error.value).startswith(message), error.value
 
 
@@ -278,6 +308,7 @@ def test_an_in_process_gpu_index_is_refused_under_several_processes(tmp_path):
     train.check_retriever_placement(str(cpu), 8)  # a CPU index is memory-mapped and shared
 
 
+@pytest.mark.slow
 def test_a_failed_run_through_the_launcher_ends_with_one_line(tmp_path):
     """`research-r1 train` under the real `accelerate launch`: our error, no launcher traceback."""
     run = subprocess.run(
@@ -285,7 +316,7 @@ def test_a_failed_run_through_the_launcher_ends_with_one_line(tmp_path):
             *(sys.executable, "-m", "research_r1.cli", "train"),
             str(ROOT / "recipes" / "tiny_cpu_grpo.yaml"),
             *("--accelerate_config", str(ROOT / "recipes" / "accelerate" / "cpu.yaml")),
-            *("--dataset", str(tmp_path / "nothing"), "--template", "search_r1"),
+            *("--dataset_name", str(tmp_path / "nothing"), "--template", "search_r1"),
             *("--output_dir", str(tmp_path / "run")),
         ],
         capture_output=True,
@@ -294,18 +325,11 @@ def test_a_failed_run_through_the_launcher_ends_with_one_line(tmp_path):
         timeout=300,
     )
     assert run.returncode != 0
-    assert f"error: dataset: no train.parquet (train_split) in {tmp_path / 'nothing'}" in run.stderr
-    assert "Traceback" not in run.stderr and "CalledProcessError" not in run.stderr
-
-
-def rollout_view(tokenizer) -> SimpleNamespace:
-    """What `log_rollout_metrics` reads from a GRPOTrainer, on one process."""
-    return SimpleNamespace(
-        processing_class=tokenizer,
-        accelerator=SimpleNamespace(device="cpu", gather=lambda tensor: tensor),
-        model=SimpleNamespace(training=True),
-        _metrics={"train": defaultdict(list), "eval": defaultdict(list)},
+    expected = (
+        f"error: dataset_name: no train.parquet (dataset_train_split) in {tmp_path / 'nothing'}"
     )
+    assert expected in run.stderr
+    assert "Traceback" not in run.stderr and "CalledProcessError" not in run.stderr
 
 
 def episode(tokenizer, parts: list[tuple[str, int]], **fields) -> Episode:
@@ -318,7 +342,24 @@ def episode(tokenizer, parts: list[tuple[str, int]], **fields) -> Episode:
     return result
 
 
-def test_rollout_metrics_are_recorded_per_batch():
+def score_episodes(tokenizer, episodes: list[Episode], protocol, golds: list[list[str]]):
+    """Call the episode metrics as GRPOTrainer does (decoded completions, the rollout's
+    fields, `log_metric`); returns the EM values and what was logged."""
+    logged: dict[str, float] = {}
+    columns = episodes_to_trl(episodes)
+    texts = tokenizer.batch_decode(columns.pop("completion_ids"), skip_special_tokens=True)
+    em = make_episode_metrics(protocol)(
+        ["prompt"] * len(episodes),
+        texts,
+        [e.completion_ids for e in episodes],
+        golden_answers=golds,
+        log_metric=logged.__setitem__,
+        **columns,
+    )
+    return em, logged
+
+
+def test_episode_metrics_report_the_batch_through_log_metric():
     tags = (*SEARCH_R1.tags, RESEARCH.observation_open, RESEARCH.observation_close)
     tokenizer = build_tokenizer(["a b c q x doc foo bar \\boxed{x}", FINAL_TURN_NOTICE], tags)
     valid = episode(
@@ -339,28 +380,28 @@ def test_rollout_metrics_are_recorded_per_batch():
         truncated=True,
         invalid_steps=1,
     )
-    view = rollout_view(tokenizer)
-    log_rollout_metrics(view, [valid, broken], SEARCH_R1)
+    em, logged = score_episodes(tokenizer, [valid, broken], SEARCH_R1, [["x"], ["x"]])
 
     def length(text: str) -> int:
         return len(tokenizer.encode(text, add_special_tokens=False))
 
     inserted = length("<information> doc </information>") + 1 + length(" bar")
     total = len(valid.completion_ids) + len(broken.completion_ids)
-    assert dict(view._metrics["train"]) == {
-        "rollout/searches_per_episode": [1.5],
-        "rollout/answered_rate": [0.5],
-        "rollout/truncated_rate": [0.5],
-        "rollout/invalid_steps_per_episode": [0.5],
-        "rollout/valid_format_rate": [0.5],
-        "rollout/masked_token_share": [pytest.approx(inserted / total)],
+    assert em == [1.0, 0.0]
+    assert logged == {
+        "rollout/searches_per_episode": 1.5,
+        "rollout/answered_rate": 0.5,
+        "rollout/truncated_rate": 0.5,
+        "rollout/invalid_steps_per_episode": 0.5,
+        "rollout/valid_format_rate": 0.5,
+        "rollout/masked_token_share": pytest.approx(inserted / total),
     }
 
-    view.model.training = False
     boxed = episode(tokenizer, [("<think> a </think><answer> \\boxed{x} </answer>", 1)])
-    log_rollout_metrics(view, [boxed], RESEARCH)
-    assert view._metrics["eval"]["rollout/valid_format_rate"] == [1.0]
-    assert view._metrics["eval"]["rollout/masked_token_share"] == [0.0]
+    em, logged = score_episodes(tokenizer, [boxed], RESEARCH, [["x"]])
+    assert em == [1.0]
+    assert logged["rollout/valid_format_rate"] == 1.0
+    assert logged["rollout/masked_token_share"] == 0.0
 
     # the notice before the last turn is ours, not the model's: the format still counts as valid
     warned = episode(
@@ -371,8 +412,8 @@ def test_rollout_metrics_are_recorded_per_batch():
             ("<think> b </think><answer> x </answer>", 1),
         ],
     )
-    log_rollout_metrics(view, [warned], SEARCH_R1)
-    assert view._metrics["eval"]["rollout/valid_format_rate"] == [1.0, 1.0]
+    _, logged = score_episodes(tokenizer, [warned], SEARCH_R1, [["y"]])
+    assert logged["rollout/valid_format_rate"] == 1.0
 
 
 def test_model_card_metadata_and_results():
@@ -450,25 +491,43 @@ def test_checkpoint_pushes_wait_their_turn_and_only_the_newest_waits(tmp_path, m
         HubPushCallback(None)
 
 
-def test_a_final_push_that_keeps_failing_is_logged_not_raised(hub, tmp_path, caplog, monkeypatch):
-    monkeypatch.setattr(hub_io, "retry", functools.partial(hub_io.retry, backoff_s=0.0))
-    (tmp_path / "adapter_config.json").write_text("{}")
-    card = model_card(
-        model_name="m",
-        base_model="Qwen/Qwen2.5-3B",
-        dataset="d",
-        template="search_r1",
-        observation_tag="<information>",
-        rewards=["search_r1_em"],
-        retriever="r.yaml",
-        recipe={},
-        eval_results={},
-        peft=True,
-    )
-    hub.inject_failure("/commit/", status=503, times=3)
+@pytest.mark.parametrize(
+    ("strategy", "pushed"),
+    [
+        ("checkpoint", [("checkpoint-4", "last-checkpoint", None)]),
+        ("all_checkpoints", [("checkpoint-4", "checkpoint-4", None)]),
+        ("every_save", [("checkpoint-4", "", TRAINING_STATE_FILES)]),
+        ("end", []),
+    ],
+)
+def test_checkpoint_pushes_follow_hub_strategy(tmp_path, monkeypatch, strategy, pushed):
+    uploads = []
 
-    assert push_model(tmp_path, hub.new_repo_id("failing"), card, hub.token) is False
-    assert "could not push" in caplog.text and hub.token not in caplog.text
-    assert yaml.safe_load((tmp_path / "README.md").read_text().split("---")[1])["base_model"] == (
-        "Qwen/Qwen2.5-3B"
+    def upload_folder(folder, repo_id, **kwargs):
+        uploads.append((Path(folder).name, kwargs["path_in_repo"], kwargs["ignore_patterns"]))
+
+    monkeypatch.setattr(hub_io, "create_repo", lambda *args, **kwargs: "")
+    monkeypatch.setattr(hub_io, "upload_folder", upload_folder)
+    pusher = HubPushCallback("org/run", strategy)
+    args = SimpleNamespace(output_dir=str(tmp_path))
+    pusher.on_save(args, SimpleNamespace(is_world_process_zero=True, global_step=4), None)
+    pusher.on_train_end(args, None, None)
+    assert uploads == pushed
+
+
+def test_a_final_push_that_keeps_failing_is_logged_not_raised(hub, caplog, monkeypatch):
+    monkeypatch.setattr(hub_io, "retry", functools.partial(hub_io.retry, backoff_s=0.0))
+    calls = []
+
+    def push_to_hub(commit_message: str, token: str | None) -> None:
+        calls.append((commit_message, token))
+        response = httpx2.Response(503, request=httpx2.Request("POST", "http://hub/commit"))
+        raise HfHubHTTPError(f"service unavailable for {token}", response=response)
+
+    trainer = SimpleNamespace(
+        push_to_hub=push_to_hub, args=SimpleNamespace(hub_model_id="org/agent")
     )
+    assert train.publish(trainer, hub.token) is False
+    assert calls == [("Final model", hub.token)] * 3  # retried, then given up
+    assert "could not push the final model to org/agent" in caplog.text
+    assert hub.token not in caplog.text

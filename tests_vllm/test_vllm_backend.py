@@ -207,6 +207,9 @@ class FixedRetriever:
 
 def test_search_episodes_with_vllm_equal_the_transformers_backend(llm, tiny):
     """The whole rollout, greedy: the same ids, masks and log-probabilities from both backends."""
+    from transformers import GenerationConfig
+
+    from research_r1.generation import TransformersGenerator
     from research_r1.rollout import RolloutConfig, run_episodes
 
     prompts = [tiny.tokenizer.decode(tiny.search_prompt), tiny.tokenizer.decode(tiny.long_prompt)]
@@ -215,7 +218,8 @@ def test_search_episodes_with_vllm_equal_the_transformers_backend(llm, tiny):
     )
     play = dict(protocol=SEARCH_R1, config=config, show_progress=False)
 
-    expected = run_episodes(tiny.model, tiny.tokenizer, FixedRetriever(), prompts, **play)
+    greedy = TransformersGenerator(tiny.model, tiny.tokenizer, GenerationConfig(do_sample=False))
+    expected = run_episodes(greedy, tiny.tokenizer, FixedRetriever(), prompts, **play)
     episodes = run_episodes(
         VLLMGenerator(llm, temperature=0.0), tiny.tokenizer, FixedRetriever(), prompts, **play
     )

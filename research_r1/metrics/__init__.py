@@ -16,6 +16,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import datasets
+import evaluate
+
 from research_r1.errors import InputError
 
 # module name -> the key its result is reported under
@@ -53,16 +56,11 @@ def metric_path(name: str) -> str:
 
 def load_metric(name: str, **kwargs: Any) -> Any:
     """`evaluate.load` of a shipped metric; kwargs go to `evaluate.load` (e.g. keep_in_memory)."""
-    import evaluate
-
     return evaluate.load(metric_path(name), **kwargs)
 
 
 def qa_metric_info(description: str) -> Any:
     """The `evaluate.MetricInfo` the three QA modules share: string predictions, gold lists."""
-    import datasets
-    import evaluate
-
     return evaluate.MetricInfo(
         description=description,
         citation=_CITATION,

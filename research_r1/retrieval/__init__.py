@@ -16,7 +16,8 @@ from typing import Protocol
 
 @dataclass(slots=True)
 class Passage:
-    """One retrieved passage; `title` is the corpus `contents` before its first newline.
+    """One retrieved passage; `title` is the corpus `contents` before its first newline
+    (`corpus.split_contents`).
 
     Not frozen: a frozen dataclass takes twice as long to build, and a search builds thousands.
     """

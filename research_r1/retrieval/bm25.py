@@ -10,7 +10,10 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+
+import bm25s
+import Stemmer
+from bm25s.tokenization import Tokenizer
 
 from research_r1.errors import InputError
 from research_r1.retrieval import Passage
@@ -20,9 +23,7 @@ STOPWORDS = "en"
 _TOKENIZE_ROWS = 10_000
 
 
-def _stemmer() -> Any:
-    import Stemmer
-
+def _stemmer() -> Stemmer.Stemmer:
     return Stemmer.Stemmer("english")
 
 
@@ -30,9 +31,6 @@ def build_bm25_index(
     corpus: Corpus, out_dir: str | os.PathLike, corpus_uri: str | None = None
 ) -> Path:
     """Index every corpus passage (title and text) and save the index to `out_dir`."""
-    import bm25s
-    from bm25s.tokenization import Tokenizer
-
     tokenizer = Tokenizer(stemmer=_stemmer(), stopwords=STOPWORDS)
     texts = (
         text
@@ -53,8 +51,6 @@ class BM25Retriever:
     query are returned, so a query of stopwords or unknown words gets an empty list."""
 
     def __init__(self, corpus: Corpus, index_dir: str | os.PathLike) -> None:
-        import bm25s
-
         index_dir = Path(index_dir)
         if not (index_dir / "params.index.json").is_file():
             raise InputError(f"{index_dir} is not a BM25 index folder (no params.index.json)")
@@ -69,8 +65,6 @@ class BM25Retriever:
         self._stemmer = _stemmer()
 
     def search(self, queries: Sequence[str], k: int) -> list[list[Passage]]:
-        import bm25s
-
         if not queries:
             return []
         tokens = bm25s.tokenize(

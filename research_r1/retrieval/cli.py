@@ -14,7 +14,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from rich.console import Console
+from rich.table import Table
+
 from research_r1.errors import InputError
+from research_r1.hub import create_repo, is_hub_uri, upload_folder
+from research_r1.retrieval.bm25 import build_bm25_index
+from research_r1.retrieval.config import load_retriever
+from research_r1.retrieval.corpus import load_corpus
+from research_r1.retrieval.dense import EMBEDDINGS_DIR, Encoder, build_dense_index
 
 _SHOWN_TEXT_CHARS = 300
 
@@ -43,18 +51,11 @@ def configure_build_index(parser: argparse.ArgumentParser) -> None:
 
 
 def run_build_index(args: argparse.Namespace) -> int:
-    from research_r1.hub import is_hub_uri
-    from research_r1.retrieval.corpus import load_corpus
-
     corpus = load_corpus(args.corpus)
     corpus_uri = args.corpus if is_hub_uri(args.corpus) else str(Path(args.corpus).resolve())
     if args.kind == "bm25":
-        from research_r1.retrieval.bm25 import build_bm25_index
-
         build_bm25_index(corpus, args.out, corpus_uri=corpus_uri)
     else:
-        from research_r1.retrieval.dense import Encoder, build_dense_index
-
         if not args.encoder:
             raise InputError("build-index dense needs --encoder (e.g. intfloat/e5-base-v2)")
         encoder = Encoder(
@@ -76,9 +77,6 @@ def run_build_index(args: argparse.Namespace) -> int:
         )
     print(f"wrote {args.kind} index for {len(corpus)} passages to {args.out}")
     if args.push_to_hub:
-        from research_r1.hub import create_repo, upload_folder
-        from research_r1.retrieval.dense import EMBEDDINGS_DIR
-
         create_repo(args.push_to_hub, "dataset", private=args.private)
         upload_folder(
             args.out, args.push_to_hub, "dataset", ignore_patterns=[f"{EMBEDDINGS_DIR}/*"]
@@ -94,11 +92,6 @@ def configure_search(parser: argparse.ArgumentParser) -> None:
 
 
 def run_search(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    from research_r1.retrieval.config import load_retriever
-
     if args.k < 1:
         raise InputError(f"-k must be >= 1, got {args.k}")
     results = load_retriever(args.config).search(args.queries, args.k)

@@ -25,8 +25,8 @@ import orjson
 import urllib3
 
 from research_r1.errors import InputError
-from research_r1.protocol import split_contents
 from research_r1.retrieval import Passage, RetrievalError, RetrieverUnavailable
+from research_r1.retrieval.corpus import split_contents
 
 logger = logging.getLogger(__name__)
 

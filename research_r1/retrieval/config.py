@@ -16,86 +16,91 @@ when the index was made by `build-index`, which records its corpus):
 A dense `index` is an index file, a `build-index` folder, or a folder of Search-R1's published
 parts. `encoder` defaults to the one recorded with the index, and `query_prompt` to the one it
 was built with (else the known prompt of the encoder's family). `device` is cpu (default), cuda,
-cuda:N or auto. Unknown keys and wrong types are errors that name the key.
+cuda:N or auto.
+
+Each type is a pydantic model. Types are strict, so a YAML `retries: true` or `nprobe: "8"` is
+an error rather than 1 or 8, and unknown keys are errors that name the key.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
-import re
-import typing
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from research_r1.errors import InputError
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from research_r1.errors import InputError, invalid
+from research_r1.hub import resolve
 from research_r1.retrieval import Retriever
+from research_r1.retrieval.bm25 import BM25Retriever
+from research_r1.retrieval.client import RemoteRetriever
+from research_r1.retrieval.corpus import Corpus, load_corpus, read_info
+from research_r1.retrieval.dense import (
+    DenseRetriever,
+    Encoder,
+    load_faiss_index,
+    resolve_index,
+    set_search_parameters,
+)
+from research_r1.retrieval.hybrid import HybridRetriever
 
 logger = logging.getLogger(__name__)
 
-_DEVICE = re.compile(r"cpu|auto|cuda(:\d+)?")
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
-@dataclass(frozen=True)
-class BM25Config:
+class BM25Config(_Config):
     index: str
     corpus: str | None = None
 
 
-@dataclass(frozen=True)
-class DenseConfig:
+class DenseConfig(_Config):
     index: str
     corpus: str | None = None
     encoder: str | None = None
     query_prompt: str | None = None
-    nprobe: int | None = None
-    ef_search: int | None = None
-    k_factor: int | None = None
-    device: str = "cpu"
-    batch_size: int = 64
-
-    def __post_init__(self) -> None:
-        if not _DEVICE.fullmatch(self.device):
-            raise InputError(f"key 'device' must be cpu, cuda, cuda:N or auto, got {self.device!r}")
-        for name in ("nprobe", "ef_search", "k_factor", "batch_size"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise InputError(f"key {name!r} must be >= 1, got {value}")
+    nprobe: int | None = Field(None, ge=1)
+    ef_search: int | None = Field(None, ge=1)
+    k_factor: int | None = Field(None, ge=1)
+    device: str = Field("cpu", pattern=r"^(cpu|auto|cuda(:\d+)?)$")
+    batch_size: int = Field(64, ge=1)
 
 
-@dataclass(frozen=True)
-class HybridConfig:
+class HybridConfig(_Config):
     bm25: BM25Config
     dense: DenseConfig
     corpus: str | None = None
-    rrf_k: int = 60
-    depth: int = 50
-
-    def __post_init__(self) -> None:
-        if self.rrf_k < 0:
-            raise InputError(f"key 'rrf_k' must be >= 0, got {self.rrf_k}")
-        if self.depth < 1:
-            raise InputError(f"key 'depth' must be >= 1, got {self.depth}")
+    rrf_k: int = Field(60, ge=0)
+    depth: int = Field(50, ge=1)
 
 
-@dataclass(frozen=True)
-class RemoteConfig:
+class RemoteConfig(_Config):
     url: str
     api: str = "search_r1"
-    token: str | None = dataclasses.field(default=None, repr=False)
+    token: str | None = Field(None, repr=False)  # configs get logged; tokens must not
     token_env: str | None = None
     timeout_s: float = 30.0
     retries: int = 3
 
-    def __post_init__(self) -> None:
-        if self.token is not None and self.token_env is not None:
-            raise InputError("give key 'token' or key 'token_env', not both")
+    @field_validator("token_env")
+    @classmethod
+    def _not_with_token(cls, token_env: str | None, info: ValidationInfo) -> str | None:
+        if token_env is not None and info.data.get("token") is not None:
+            raise ValueError("give key 'token' or key 'token_env', not both")
+        return token_env
 
 
 RetrieverConfig = BM25Config | DenseConfig | HybridConfig | RemoteConfig
-TYPES: dict[str, type] = {
+# The `type` key picks the model, which checks the other keys. Not a pydantic discriminated
+# union: that puts the type first in every error's key ('dense.nprobe' for a dense config's
+# nprobe) and needs a `type` field, which a hybrid's sections must not take.
+TYPES: dict[str, type[_Config]] = {
     "bm25": BM25Config,
     "dense": DenseConfig,
     "hybrid": HybridConfig,
@@ -109,13 +114,9 @@ def load_retriever(config: str | os.PathLike | Mapping[str, Any]) -> Retriever:
 
 
 def parse_config(config: str | os.PathLike | Mapping[str, Any]) -> RetrieverConfig:
-    """Validate a config without loading anything heavy."""
+    """Validate a config without loading any index, corpus or model."""
     if isinstance(config, Mapping):
         return _parse(config, "retriever config")
-    import yaml
-
-    from research_r1.hub import resolve
-
     path = resolve(config)
     try:
         mapping = yaml.safe_load(path.read_text())
@@ -126,8 +127,6 @@ def parse_config(config: str | os.PathLike | Mapping[str, Any]) -> RetrieverConf
 
 def build_retriever(config: RetrieverConfig) -> Retriever:
     if isinstance(config, RemoteConfig):
-        from research_r1.retrieval.client import RemoteRetriever
-
         token = config.token
         if config.token_env is not None:
             token = os.environ.get(config.token_env)
@@ -146,31 +145,17 @@ def build_retriever(config: RetrieverConfig) -> Retriever:
         return _bm25(config, None)
     if isinstance(config, DenseConfig):
         return _dense(config, None)
-    from research_r1.retrieval.hybrid import HybridRetriever
-
     retrievers = [_bm25(config.bm25, config.corpus), _dense(config.dense, config.corpus)]
     return HybridRetriever(retrievers, rrf_k=config.rrf_k, depth=config.depth)
 
 
 def _bm25(config: BM25Config, default_corpus: str | None) -> Retriever:
-    from research_r1.hub import resolve
-    from research_r1.retrieval.bm25 import BM25Retriever
-    from research_r1.retrieval.corpus import read_info
-
     index_dir = resolve(config.index)
     corpus = _corpus(config.corpus or default_corpus, read_info(index_dir), config.index)
     return BM25Retriever(corpus, index_dir)
 
 
 def _dense(config: DenseConfig, default_corpus: str | None) -> Retriever:
-    from research_r1.retrieval.dense import (
-        DenseRetriever,
-        Encoder,
-        load_faiss_index,
-        resolve_index,
-        set_search_parameters,
-    )
-
     path, info = resolve_index(config.index)
     built_with = info.get("encoder")
     name = config.encoder or built_with
@@ -195,9 +180,7 @@ def _dense(config: DenseConfig, default_corpus: str | None) -> Retriever:
     return DenseRetriever(corpus, index, encoder, device)
 
 
-def _corpus(uri: str | None, info: Mapping[str, Any], index: str) -> Any:
-    from research_r1.retrieval.corpus import load_corpus
-
+def _corpus(uri: str | None, info: Mapping[str, Any], index: str) -> Corpus:
     uri = uri or info.get("corpus")
     if uri is None:
         raise InputError(f"key 'corpus' is required: index {index} records no corpus")
@@ -207,8 +190,6 @@ def _corpus(uri: str | None, info: Mapping[str, Any], index: str) -> Any:
 def _device(device: str) -> str:
     if device == "cpu":
         return device
-    import torch
-
     if torch.cuda.is_available():
         return "cuda" if device == "auto" else device
     if device == "auto":
@@ -222,49 +203,20 @@ def _parse(mapping: Any, where: str) -> RetrieverConfig:
     kind = mapping.get("type")
     if kind not in TYPES:
         raise InputError(f"{where}: key 'type' must be one of {', '.join(TYPES)}, got {kind!r}")
-    fields = {key: value for key, value in mapping.items() if key != "type"}
-    return _build(TYPES[kind], fields, where, f"type {kind}")
-
-
-def _build(cls: type, mapping: Mapping[str, Any], where: str, what: str) -> Any:
-    """An instance of config dataclass `cls` from `mapping`, checking names and types."""
-    fields = {field.name: field for field in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    for key in mapping:
-        if key not in fields:
-            raise InputError(
-                f"{where}: unknown key {key!r} for {what} (allowed: {', '.join(fields)})"
-            )
-    for name, field in fields.items():
-        required = field.default is dataclasses.MISSING
-        if required and name not in mapping:
-            raise InputError(f"{where}: key {name!r} is required for {what}")
-    values = {}
-    for key, value in mapping.items():
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            if not isinstance(value, Mapping):
-                raise InputError(f"{where}: key {key!r} must be a mapping of keys, got {value!r}")
-            values[key] = _build(hint, value, f"{where}, section {key!r}", f"a {key} section")
-        elif _matches(value, hint):
-            values[key] = value
-        else:
-            raise InputError(f"{where}: key {key!r} must be {_describe(hint)}, got {value!r}")
     try:
-        return cls(**values)
-    except InputError as error:
-        raise InputError(f"{where}: {error}") from error
+        return TYPES[kind].model_validate({k: v for k, v in mapping.items() if k != "type"})
+    except ValidationError as error:
+        raise _invalid(error, where, kind) from error
 
 
-def _matches(value: Any, hint: Any) -> bool:
-    allowed = typing.get_args(hint) or (hint,)
-    if isinstance(value, bool):
-        return bool in allowed
-    if isinstance(value, int) and float in allowed:
-        return True
-    return isinstance(value, allowed)
-
-
-def _describe(hint: Any) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", type(None): "null"}
-    return " or ".join(names[kind] for kind in typing.get_args(hint) or (hint,))
+def _invalid(error: ValidationError, where: str, kind: str) -> InputError:
+    """`invalid`'s one line; an unknown key (a typo, often) also gets the keys allowed there."""
+    first = error.errors(include_url=False)[0]
+    if first["type"] != "extra_forbidden":
+        return invalid(error, where)
+    model = TYPES[kind]
+    for section in first["loc"][:-1]:
+        model = model.model_fields[section].annotation
+    key = ".".join(map(str, first["loc"]))
+    allowed = ", ".join(model.model_fields)
+    return InputError(f"{where}: unknown key {key!r} for type {kind} (allowed: {allowed})")

@@ -20,16 +20,24 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
+from huggingface_hub import constants
+from tqdm.auto import tqdm
 
 from research_r1.errors import InputError
 from research_r1.hub import is_hub_uri, resolve
-from research_r1.protocol import split_contents
 from research_r1.retrieval import Passage
 
 SCHEMA = pa.schema([("id", pa.string()), ("title", pa.string()), ("text", pa.string())])
 INFO_FILE = "index_info.json"  # written beside an index: the corpus it was built from, and how
 FORMAT_VERSION = "1"  # bump when the Arrow layout changes, so stale caches are rebuilt
 _BATCH_ROWS = 50_000
+
+
+def split_contents(contents: str) -> tuple[str, str]:
+    """Title and text of a corpus `contents` field: the first line (quotes stripped), the rest."""
+    title, _, text = contents.partition("\n")
+    return title.strip().strip('"'), text
 
 
 class Corpus:
@@ -137,8 +145,6 @@ def read_info(index_dir: Path) -> dict[str, Any]:
 
 def _read_jsonl(path: Path) -> Iterator[dict[str, list[str]]]:
     """Column batches of a (possibly gzipped) jsonl corpus; progress counts source bytes."""
-    from tqdm.auto import tqdm
-
     batch = _empty_batch()
     with (
         path.open("rb") as raw,
@@ -167,9 +173,6 @@ def _read_jsonl(path: Path) -> Iterator[dict[str, list[str]]]:
 
 def _read_parquet(path: Path) -> Iterator[dict[str, list[str]]]:
     """Column batches of a parquet corpus with `id` and either `contents` or `title` + `text`."""
-    import pyarrow.parquet as pq
-    from tqdm.auto import tqdm
-
     parquet = pq.ParquetFile(path)
     row_number = 0
     with tqdm(total=parquet.metadata.num_rows, unit="rows", desc=f"reading {path.name}") as bar:
@@ -216,8 +219,6 @@ def _cache_path(source: Path, cache_dir: str | os.PathLike | None, hub: bool) ->
     if cache_dir is None and not hub and os.access(source.parent, os.W_OK):
         return source.parent / name
     if cache_dir is None:
-        from huggingface_hub import constants
-
         cache_dir = Path(constants.HF_HOME) / "research_r1" / "corpora"
     # Different sources may share a file name; the resolved path tells them apart.
     digest = hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:12]

@@ -23,7 +23,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
+import torch
+from sentence_transformers import SentenceTransformer
+from tqdm.auto import tqdm
 
 from research_r1.errors import InputError
 from research_r1.hub import resolve, resolve_split
@@ -69,8 +73,6 @@ class Encoder:
         """`model` is an already loaded SentenceTransformer (else `model_name` is loaded on
         `device`); prompts left as None come from `known_prompts(model_name)`."""
         if model is None:
-            from sentence_transformers import SentenceTransformer
-
             model = SentenceTransformer(model_name, device=device)
         default_query, default_passage = known_prompts(model_name)
         self.name = model_name
@@ -118,9 +120,6 @@ def build_dense_index(
 
     The chunk files are deleted afterwards unless `save_embeddings`. Returns `out_dir`.
     """
-    import faiss
-    from tqdm.auto import tqdm
-
     if chunk_size < 1 or train_size < 1:
         raise InputError(f"chunk size and train size must be >= 1, got {chunk_size}, {train_size}")
     if encoder.batch_size < 1:
@@ -162,8 +161,6 @@ def make_index(factory: str, dimension: int) -> Any:
     filtering, which search here never turns on, and it took 226 of 230 s to build IVF32,PQ64
     over 1,818 passages on 2 cores.
     """
-    import faiss
-
     try:
         index = faiss.index_factory(dimension, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as error:
@@ -179,8 +176,6 @@ def make_index(factory: str, dimension: int) -> Any:
 
 def _parts(index: Any) -> list[Any]:
     """The index and every index it wraps (pre-transforms, refine stages), downcast."""
-    import faiss
-
     parts = []
     while index is not None:
         index = faiss.downcast_index(index)
@@ -197,8 +192,6 @@ def _encode_chunks(
     A manifest pins what the chunks were made with, so a restart with another encoder, prompt or
     chunk size fails loudly instead of mixing vectors.
     """
-    from tqdm.auto import tqdm
-
     chunk_dir.mkdir(parents=True, exist_ok=True)
     manifest = {
         "encoder": encoder.name,
@@ -293,8 +286,6 @@ def resolve_index(
 def load_faiss_index(path: Path) -> Any:
     """Read an index memory-mapped and read-only, so it is paged in from disk on demand; index
     types that cannot be mapped are read into RAM instead."""
-    import faiss
-
     try:
         return faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
     except RuntimeError as mmap_error:
@@ -311,8 +302,6 @@ def set_search_parameters(
     """Apply IVF `nprobe`, HNSW `ef_search` and the `k_factor` of an exact re-rank (`...,RFlat`:
     k_factor x k candidates rescored with the stored vectors), through any pre-transform; or
     say which index type does not have them."""
-    import faiss
-
     for key, name, value in (
         ("nprobe", "nprobe", nprobe),
         ("ef_search", "efSearch", ef_search),
@@ -341,8 +330,6 @@ def make_searcher(index: Any, device: str) -> Searcher:
     """
     if device == "cpu":
         return index.search
-    import faiss
-
     gpu = _gpu_number(device)
     gpus = faiss.get_num_gpus()
     if gpus > 0:
@@ -353,8 +340,6 @@ def make_searcher(index: Any, device: str) -> Searcher:
             logger.warning("faiss-gpu cannot hold this index (%s)", str(error).strip())
     flat = faiss.downcast_index(index)
     if isinstance(flat, faiss.IndexFlatIP):
-        import torch
-
         _check_gpu(device, gpu, torch.cuda.device_count(), "torch")
         return TorchFlatSearch(flat, f"cuda:{gpu}", torch.float16)
     logger.warning("no GPU search for %s here: searching on the CPU", type(flat).__name__)
@@ -368,8 +353,6 @@ def _gpu_number(device: str) -> int:
         raise InputError(f"device must be cpu, cuda or cuda:N, got {device!r}")
     if match[1] is not None:
         return int(match[1])
-    import torch
-
     return torch.cuda.current_device() if torch.cuda.is_available() else 0
 
 
@@ -387,8 +370,6 @@ class FaissGpuSearch:
     """
 
     def __init__(self, index: Any, gpu: int) -> None:
-        import faiss
-
         self.resources = faiss.StandardGpuResources()
         options = faiss.GpuClonerOptions()
         options.useFloat16 = True
@@ -406,9 +387,6 @@ class TorchFlatSearch:
     """
 
     def __init__(self, flat: Any, device: str, dtype: Any, block_rows: int = 1 << 20) -> None:
-        import faiss
-        import torch
-
         vectors = faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * flat.d)
         vectors = vectors.reshape(flat.ntotal, flat.d)
         self.device = device
@@ -419,8 +397,6 @@ class TorchFlatSearch:
         ]
 
     def __call__(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        import torch
-
         query = torch.from_numpy(queries).to(self.device, self.dtype)
         scores, rows, offset = [], [], 0
         for block in self.blocks:

@@ -13,10 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from research_r1.errors import RunStopped
+from research_r1.generation import Generator, TransformersGenerator
 from research_r1.protocol import Template, load_template
 from research_r1.retrieval import RetrievalError, Retriever
+from research_r1.retrieval.config import load_retriever
 from research_r1.rollout import RolloutConfig, run_episodes
 from research_r1.space import SpaceSettings, Turn, load_settings, transcript_turns
 
@@ -41,9 +45,13 @@ def to_message(turn: Turn) -> gr.ChatMessage:
 
 
 def build_app(
-    model: Any, tokenizer: Any, retriever: Retriever, template: Template, config: RolloutConfig
+    generator: Generator,
+    tokenizer: Any,
+    retriever: Retriever,
+    template: Template,
+    config: RolloutConfig,
 ) -> gr.Blocks:
-    """The chat UI; `model` is a transformers causal LM or any research_r1 `Generator`."""
+    """The chat UI; `generator` writes the model's turns (any research_r1 `Generator`)."""
 
     def ask(question: str, history: list) -> Any:
         question = question.strip()
@@ -56,7 +64,7 @@ def build_app(
         yield "", [*history, gr.ChatMessage(content="Playing the episode…", metadata=working)]
         try:
             [episode] = run_episodes(
-                model,
+                generator,
                 tokenizer,
                 retriever,
                 [template.prompt(question)],
@@ -91,19 +99,15 @@ def build_app(
 
 def load_app(settings: SpaceSettings) -> gr.Blocks:
     """Load the model (on a GPU when there is one), tokenizer and retriever, then build the UI."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from research_r1.retrieval.config import load_retriever
-
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = AutoTokenizer.from_pretrained(settings.model_id)
     model = AutoModelForCausalLM.from_pretrained(settings.model_id, dtype="auto").to(device)
+    greedy = GenerationConfig(do_sample=False)
     config = RolloutConfig(
         k=settings.top_k, max_turns=settings.max_turns, max_retriever_wait_s=RETRIEVER_WAIT_S
     )
     return build_app(
-        model.eval(),
+        TransformersGenerator(model.eval(), tokenizer, greedy, batch_size=1),
         tokenizer,
         load_retriever(settings.retriever_config),
         load_template(settings.template),

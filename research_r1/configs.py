@@ -1,0 +1,126 @@
+"""The recipe: the dataclasses a training YAML and its command-line overrides fill.
+
+`TrlParser` reads a recipe into three dataclasses, as TRL's own scripts do:
+`SearchScriptArguments` (TRL's `ScriptArguments`: data, plus the template, retriever and rewards),
+`SearchGRPOConfig` (TRL's `GRPOConfig`, plus the rollout's turn and token budgets) and TRL's
+`ModelConfig` (model, LoRA, 4-bit). Any key can be overridden on the command line.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trl import GRPOConfig, ModelConfig, ScriptArguments, TrlParser
+
+from research_r1.errors import InputError
+
+RESUME_LATEST = "latest"
+
+
+@dataclass
+class SearchScriptArguments(ScriptArguments):
+    """What to train on and how episodes are scored.
+
+    `dataset_name` is what `prepare-data` wrote: a folder of `{split}.parquet` files, or a Hub
+    dataset it pushed (`hf://datasets/ORG/NAME[@REV]`). The test split is loaded only when the
+    run evaluates (`eval_strategy`). Reward weights are TRL's own `reward_weights` key, one per
+    entry of `reward_funcs`.
+    """
+
+    retriever: str | None = field(
+        default=None, metadata={"help": "Retriever config YAML (see recipes/retrievers/)."}
+    )
+    template: str = field(
+        default="search_r1",
+        metadata={"help": "Prompt template the dataset was prepared with (name or YAML file)."},
+    )
+    reward_funcs: list[str] = field(
+        default_factory=lambda: ["search_r1_em"],
+        metadata={
+            "help": "Reward names from research_r1.rewards.REWARDS, or import paths of your own "
+            "functions (my_package.rewards.my_reward)."
+        },
+    )
+    reward_kwargs: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "Options per reward, e.g. {search_r1_format_em: {retrieval: 0.1}} in YAML or "
+            'a JSON string on the command line: \'{"search_r1_format_em": {"retrieval": 0.1}}\'.'
+        },
+    )
+    probe_query: str | None = field(
+        default=None,
+        metadata={
+            "help": "Query sent once at start-up to check the retriever answers "
+            "(default: the first training question)."
+        },
+    )
+    accelerate_config: str | None = field(
+        default=None, metadata={"help": "accelerate config file used by `research-r1 train`."}
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.reward_kwargs, str):
+            try:
+                self.reward_kwargs = json.loads(self.reward_kwargs)
+            except json.JSONDecodeError as error:
+                raise InputError(f"reward_kwargs: not valid JSON ({error})") from error
+
+
+@dataclass
+class SearchGRPOConfig(GRPOConfig):
+    """GRPOConfig plus the multi-turn search rollout's budgets (Search-R1's paper values)."""
+
+    max_turns: int = field(default=4, metadata={"help": "Searches allowed per episode."})
+    retrieval_topk: int = field(default=3, metadata={"help": "Passages per search."})
+    max_new_tokens_per_turn: int = field(
+        default=500, metadata={"help": "Tokens the model may write per turn."}
+    )
+    max_observation_tokens: int = field(
+        default=500, metadata={"help": "Inserted passages are cut to this many tokens."}
+    )
+    rollout_batch_size: int = field(
+        default=16,
+        metadata={"help": "Episodes per transformers generate call (unused with vLLM)."},
+    )
+    max_retriever_wait_s: float = field(
+        default=600.0,
+        metadata={
+            "help": "How long a rollout waits for an unreachable retriever (connection, "
+            "timeout, HTTP 5xx) before the run stops; resume it from its last checkpoint."
+        },
+    )
+
+
+Recipe = tuple[SearchScriptArguments, SearchGRPOConfig, ModelConfig]
+
+
+def make_parser() -> TrlParser:
+    return TrlParser((SearchScriptArguments, SearchGRPOConfig, ModelConfig))
+
+
+def recipe_argv(argv: list[str]) -> list[str]:
+    """`recipe.yaml [--key value ...]` as TrlParser reads it: the recipe as `--config`, and a
+    bare `--resume_from_checkpoint` as `--resume_from_checkpoint latest`."""
+    argv = list(argv)
+    if argv and argv[0].endswith((".yaml", ".yml")):
+        if not Path(argv[0]).is_file():
+            raise InputError(f"recipe {argv[0]} does not exist")
+        argv = ["--config", argv[0], *argv[1:]]
+    flag = "--resume_from_checkpoint"
+    for i in reversed(range(len(argv))):
+        if argv[i] == flag and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
+            argv.insert(i + 1, RESUME_LATEST)
+    return argv
+
+
+def parse_recipe(argv: list[str]) -> Recipe:
+    """The recipe's three dataclasses; command-line keys override the recipe's."""
+    try:
+        return make_parser().parse_args_and_config(recipe_argv(argv))
+    except InputError:
+        raise
+    except ValueError as error:
+        raise InputError(f"recipe: {error}") from error
