@@ -247,20 +247,13 @@ def push_space(
             json.dumps(settings.model_dump(by_alias=True), indent=2) + "\n"
         )
         space_card(model_id).save(stage / "README.md")
-        hub.retry(
-            lambda: hub.create_repo(
-                repo_id, repo_type="space", private=private, token=token, space_sdk="gradio"
-            ),
-            what=f"create Space {repo_id}",
-        )
-        return hub.retry(
-            lambda: hub.upload_folder(
-                stage,
-                repo_id,
-                repo_type="space",
-                commit_message=f"Search agent demo for {model_id}",
-                token=token,
-            ),
+        return hub.push_folder(
+            stage,
+            repo_id,
+            repo_type="space",
+            commit_message=f"Search agent demo for {model_id}",
+            private=private,
+            token=token,
             what=f"push Space {repo_id}",
         )
 
