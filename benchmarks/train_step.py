@@ -53,7 +53,7 @@ from research_r1.retrieval.corpus import load_corpus
 from research_r1.rewards import search_r1_em
 from research_r1.rollout import FINAL_TURN_NOTICE
 from research_r1.tiny import build_tiny_model, build_tokenizer
-from research_r1.trl_rollout import make_rollout_func
+from research_r1.trl_rollout import make_episode_metrics, make_rollout_func
 
 # How likely a random model is made to write each tag and EOS, whatever the vocabulary size: a
 # share s gets the probability mass of s x (vocabulary size) ordinary tokens.
@@ -258,6 +258,7 @@ def run(setup: Setup, questions: Dataset, retriever: Retriever, texts: list[str]
             logging_steps=1,
             disable_tqdm=True,
             seed=0,
+            reward_weights=[1.0, 0.0],  # the episode metrics only log, as in training
         )
         peft = None
         if setup.lora_rank:
@@ -278,7 +279,7 @@ def run(setup: Setup, questions: Dataset, retriever: Retriever, texts: list[str]
         )
         trainer = GRPOTrainer(
             model=model,
-            reward_funcs=[search_r1_em],
+            reward_funcs=[search_r1_em, make_episode_metrics(SEARCH_R1)],
             args=config,
             train_dataset=questions,
             processing_class=tokenizer,

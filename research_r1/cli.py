@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 
-from research_r1.errors import InputError, RunStopped
+from research_r1.errors import report
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -45,17 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((arg for arg in argv if not arg.startswith("-")), None)
     args = build_parser(command).parse_args(argv)
-    try:
-        return args._run(args) or 0
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except RunStopped as error:
-        print(f"\nstopped: {error}", file=sys.stderr)  # below any progress bar it cut off
-        return 3
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return report(lambda: args._run(args))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
 from pydantic import ValidationError
 
 
@@ -24,3 +27,19 @@ def invalid(error: ValidationError, where: str) -> InputError:
     given = "" if first["type"] == "missing" else f", got {first['input']!r}"[:80]
     more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
     return InputError(f"{where}: key {key!r}: {message}{given}{more}")
+
+
+def report(run: Callable[[], int | None]) -> int:
+    """`run()`'s exit status, with our errors printed as one line instead of a traceback: 2 for
+    bad input, 3 for a stopped run (its last checkpoint resumes it), 130 for Ctrl-C."""
+    try:
+        return run() or 0
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except RunStopped as error:
+        print(f"\nstopped: {error}", file=sys.stderr)  # below any progress bar it cut off
+        return 3
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

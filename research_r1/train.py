@@ -42,7 +42,7 @@ from research_r1.configs import (
     parse_recipe,
 )
 from research_r1.data import check_split, load_split
-from research_r1.errors import InputError, RunStopped
+from research_r1.errors import InputError, report
 from research_r1.generation_vllm import prepare_cpu_colocate
 from research_r1.protocol import Protocol, Template, load_template
 from research_r1.publish import model_card, read_eval_results
@@ -147,15 +147,11 @@ def train(argv: list[str]) -> SearchGRPOTrainer:
 
 def main(argv: list[str] | None = None) -> int:
     """The training process: `train`, with our one-line errors instead of tracebacks."""
-    try:
+
+    def run() -> None:
         train(sys.argv[1:] if argv is None else argv)
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except RunStopped as error:
-        print(f"\nstopped: {error}", file=sys.stderr)  # below any progress bar it cut off
-        return 3
-    return 0
+
+    return report(run)
 
 
 # ---------------------------------------------------------------------------------------------
