@@ -236,7 +236,8 @@ def test_train_kill_resume_and_push(world, hub, tmp_path, caplog, capsys, monkey
 
     monkeypatch.setattr(GRPOTrainer, "_load_optimizer_and_scheduler", load_and_record)
     repo_resumed = hub.new_repo_id("tiny-grpo-resumed")
-    hub.inject_failure("/commit/", status=500, times=3)
+    # Three failures give up the checkpoint push; the fourth fails the final push once.
+    hub.inject_failure("/commit/", status=500, times=4)
     trainer = train.train(
         recipe(world, resumed, "--resume_from_checkpoint", *hub_settings(hub, repo_resumed))
     )
@@ -258,6 +259,7 @@ def test_train_kill_resume_and_push(world, hub, tmp_path, caplog, capsys, monkey
     assert any(result[name].abs().sum() > 0 for name in result if "lora_B" in name)  # trained
 
     assert "giving up on pushing checkpoint 2" in caplog.text
+    assert f"push {repo_resumed} failed (attempt 1/3), retrying" in caplog.text
     files = set(api.list_repo_files(repo_resumed))
     assert {"README.md", "adapter_model.safetensors"} <= files
     assert not any(name.startswith("last-checkpoint/") for name in files)
