@@ -1,10 +1,12 @@
 """The tag protocols, as data: what the model writes, what we insert, and the prompt templates.
 
-Two protocols share the `<think> <search> <answer>` actions and differ in how observations are
-wrapped and how answers are written:
-
-- Search-R1: observations inside `<information>`, the answer is the text inside `<answer>`.
-- ReSearch: observations inside `<result>`, the answer is the `\\boxed{}` inside `<answer>`.
+A protocol says how a family of search agents writes actions and how we answer them: the search
+and answer tags, where generation pauses, how retrieved passages are written and wrapped, how the
+final answer is read, and what a turn that neither searches nor answers gets. Search-R1's
+(`<search>`, passages in `<information>`, the answer in `<answer>`) and ReSearch's (passages in
+`<result>`, the answer a `\\boxed{}` in the first `<answer>`) are the two we train; the others
+let published checkpoints be evaluated unchanged (`research_r1.families`), each with its own tags
+and observation format, and no per-model code path anywhere.
 
 Everything else in the package (rollout, rewards, data preparation, evaluation, the Space) reads
 tags, stop strings, notices, the format checks and the passage list from here rather than spelling
@@ -18,6 +20,7 @@ import re
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -29,8 +32,7 @@ SEARCH_OPEN, SEARCH_CLOSE = "<search>", "</search>"
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
-_ACTION = re.compile(r"<(search|answer)>(.*?)</\1>", re.DOTALL)
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_ANSWER = re.compile(re.escape(ANSWER_OPEN) + "(.*?)" + re.escape(ANSWER_CLOSE), re.DOTALL)
 
 # Search-R1's notice for a turn that neither searches nor answers (no penalty: the episode goes on).
 SEARCH_R1_INVALID_NOTICE = (
@@ -44,20 +46,35 @@ FINAL_TURN_NOTICE = "\nI have no searches left, so my next step must be the fina
 
 @dataclass(frozen=True)
 class Protocol:
-    """How one method writes observations and answers; actions are common to both."""
+    """How one family of agents writes actions and reads what we insert.
+
+    `passage_format` writes one passage (`{i}`: its rank from 1, `{title}`, `{text}`); the
+    passages, joined by `passage_separator` (and stripped when `strip_passages`), replace
+    `{passages}` in `observation_format`. `answer_block` says which `<answer>` block holds the
+    final answer, and `boxed_answer` that it is the `\\boxed{}` inside it. `invalid_notice` is
+    inserted after a turn that neither searches nor answers; without one, such a turn ends the
+    episode. `check` names the whole-completion format check (`follows_format`).
+    """
 
     name: str
     observation_open: str
     observation_close: str
-    # Text inserted around the formatted passages; `{passages}` is replaced.
     observation_format: str
-    boxed_answer: bool
-    invalid_notice: str
+    passage_format: str = "Doc {i}(Title: {title}) {text}"
+    passage_separator: str = "\n"
+    strip_passages: bool = True
+    boxed_answer: bool = False
+    answer_block: Literal["first", "last"] = "last"
+    invalid_notice: str | None = SEARCH_R1_INVALID_NOTICE
+    search_open: str = SEARCH_OPEN
+    search_close: str = SEARCH_CLOSE
+    extra_tags: tuple[str, ...] = ()
+    check: Literal["search_r1", "research", "answer"] = "answer"
 
     @property
     def stop_strings(self) -> tuple[str, str]:
         """Generation pauses after either: a search to run, or an answer that ends the episode."""
-        return (SEARCH_CLOSE, ANSWER_CLOSE)
+        return (self.search_close, ANSWER_CLOSE)
 
     @property
     def tags(self) -> tuple[str, ...]:
@@ -65,13 +82,20 @@ class Protocol:
         return (
             THINK_OPEN,
             THINK_CLOSE,
-            SEARCH_OPEN,
-            SEARCH_CLOSE,
+            self.search_open,
+            self.search_close,
             self.observation_open,
             self.observation_close,
             ANSWER_OPEN,
             ANSWER_CLOSE,
+            *self.extra_tags,
         )
+
+    @cached_property
+    def _action(self) -> re.Pattern[str]:
+        search = f"{re.escape(self.search_open)}(.*?){re.escape(self.search_close)}"
+        answer = f"{re.escape(ANSWER_OPEN)}(.*?){re.escape(ANSWER_CLOSE)}"
+        return re.compile(f"{search}|{answer}", re.DOTALL)
 
 
 SEARCH_R1 = Protocol(
@@ -79,20 +103,74 @@ SEARCH_R1 = Protocol(
     observation_open="<information>",
     observation_close="</information>",
     observation_format="\n\n<information>{passages}</information>\n\n",
-    boxed_answer=False,
-    invalid_notice=SEARCH_R1_INVALID_NOTICE,
+    check="search_r1",
 )
 
+# ReSearch: each passage is its corpus `contents` ("Title" on the first line), joined by blank
+# lines; a turn that neither searches nor answers ends the episode.
 RESEARCH = Protocol(
     name="research",
     observation_open="<result>",
     observation_close="</result>",
     observation_format=" <result>\n{passages}\n</result>",
+    passage_format='"{title}"\n{text}',
+    passage_separator="\n\n",
     boxed_answer=True,
-    invalid_notice=SEARCH_R1_INVALID_NOTICE,
+    answer_block="first",
+    invalid_notice=None,
+    check="research",
 )
 
-PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (SEARCH_R1, RESEARCH)}
+# AutoRefine: Search-R1's passages in `<documents>`; the model also writes `<refine>` summaries.
+AUTOREFINE = Protocol(
+    name="autorefine",
+    observation_open="<documents>",
+    observation_close="</documents>",
+    observation_format="\n\n<documents>{passages}</documents>\n\n",
+    extra_tags=("<refine>", "</refine>"),
+)
+
+# R1-Searcher: plain-text markers for queries and documents, documents numbered "(1)".
+R1_SEARCHER = Protocol(
+    name="r1_searcher",
+    observation_open="<|begin_of_documents|>",
+    observation_close="<|end_of_documents|>",
+    observation_format="\n\n<|begin_of_documents|>\n{passages}<|end_of_documents|>\n\n",
+    passage_format="({i}){title}\n{text}\n",
+    passage_separator="",
+    strip_passages=False,
+    invalid_notice=None,
+    search_open="<|begin_of_query|>",
+    search_close="<|end_of_query|>",
+)
+
+# ZeroSearch (wiki mode): Search-R1's tags and wrapper, passages without titles.
+ZEROSEARCH = Protocol(
+    name="zerosearch",
+    observation_open="<information>",
+    observation_close="</information>",
+    observation_format="\n\n<information>{passages}</information>\n\n",
+    passage_format="Doc {i}: {text}",
+)
+
+# StepSearch: `<plan>` and `<observation>` steps, passages in a spaced `<information>`.
+STEPSEARCH = Protocol(
+    name="stepsearch",
+    observation_open="<information>",
+    observation_close="</information>",
+    observation_format="\n\n<information> {passages} </information>\n\n",
+    passage_format="Doc {i}<## Title: {title} ##> {text}",
+    invalid_notice=(
+        "\n<warning> My previous action is invalid. If I want to search, I should put the query "
+        "between <search> and </search>. If I want to give the final answer, I should put the "
+        "answer between <answer> and </answer>. Let me try again. </warning>\n"
+    ),
+    extra_tags=("<plan>", "</plan>", "<observation>", "</observation>"),
+)
+
+PROTOCOLS: dict[str, Protocol] = {
+    p.name: p for p in (SEARCH_R1, RESEARCH, AUTOREFINE, R1_SEARCHER, ZEROSEARCH, STEPSEARCH)
+}
 
 
 def get_protocol(name: str) -> Protocol:
@@ -113,18 +191,18 @@ class Action:
     content: str = ""
 
 
-def parse_turn(text: str) -> Action:
-    """The first complete `<search>` or `<answer>` block of one turn, as Search-R1 reads it.
+def parse_turn(text: str, protocol: Protocol) -> Action:
+    """The first complete search or answer block of one turn, as Search-R1 reads it.
 
     An empty query is invalid rather than sent to the retriever, which would reject it.
     """
-    match = _ACTION.search(text)
+    match = protocol._action.search(text)
     if match is None:
         return Action("invalid")
-    kind, content = match.group(1), match.group(2).strip()
-    if kind == "search" and not content:
-        return Action("invalid")
-    return Action(kind, content)  # type: ignore[arg-type]
+    if match.group(1) is None:
+        return Action("answer", match.group(2).strip())
+    query = match.group(1).strip()
+    return Action("search", query) if query else Action("invalid")
 
 
 def extract_boxed(text: str) -> str | None:
@@ -144,16 +222,18 @@ def extract_boxed(text: str) -> str | None:
 
 
 def extract_answer(completion: str, protocol: Protocol) -> str | None:
-    """The final answer in a completion (never the prompt): the last `<answer>` block.
+    """The final answer in a completion (never the prompt): the last `<answer>` block, or the
+    first for ReSearch, whose answer is the `\\boxed{}` inside it (no box, no answer).
 
     The invalid-step notice we insert mentions `<answer> and </answer>`; it is not the model's
-    answer, so it is removed first. For ReSearch the answer is the `\\boxed{}` inside the block;
-    an answer without one is no answer.
+    answer, so it is removed first.
     """
-    answers = _ANSWER.findall(completion.replace(protocol.invalid_notice.strip(), ""))
+    if protocol.invalid_notice:
+        completion = completion.replace(protocol.invalid_notice.strip(), "")
+    answers = _ANSWER.findall(completion)
     if not answers:
         return None
-    answer = answers[-1].strip()
+    answer = (answers[0] if protocol.answer_block == "first" else answers[-1]).strip()
     return extract_boxed(answer) if protocol.boxed_answer else answer
 
 
@@ -229,11 +309,16 @@ def is_valid_research_sequence(text: str) -> tuple[bool, str]:
 
 def follows_format(text: str, protocol: Protocol) -> tuple[bool, str]:
     """Whether one of our completions follows its protocol's format, and why not: ReSearch's
-    check, or Search-R1's grammar once the last-turn notice our rollout inserts (Search-R1 has
-    none) is left out, so warning the model costs it no format bonus."""
-    if protocol.name == RESEARCH.name:
+    check, Search-R1's grammar once the last-turn notice our rollout inserts (Search-R1 has
+    none) is left out, so warning the model costs it no format bonus, or for the other
+    families, that an answer was given."""
+    if protocol.check == "research":
         return is_valid_research_sequence(text)
-    return is_valid_search_r1_sequence(text.replace(FINAL_TURN_NOTICE.strip(), ""))
+    if protocol.check == "search_r1":
+        return is_valid_search_r1_sequence(text.replace(FINAL_TURN_NOTICE.strip(), ""))
+    if extract_answer(text, protocol) is None:
+        return False, "no answer"
+    return True, "answered"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,18 +345,31 @@ class ShownPassage(NamedTuple):
 _DOC_START = re.compile(r"(?:^|\n)Doc \d+\(Title: ")
 
 
-def format_passages(passages: Sequence[PassageLike]) -> str:
-    """Search-R1's passage list: one `Doc i(Title: t) text` line per passage."""
-    return "\n".join(f"Doc {i}(Title: {p.title}) {p.text}" for i, p in enumerate(passages, 1))
+def format_passages(passages: Sequence[PassageLike], protocol: Protocol | None = None) -> str:
+    """The passage list as `protocol` writes it (Search-R1's `Doc i(Title: t) text` lines by
+    default)."""
+    protocol = protocol or SEARCH_R1
+    return protocol.passage_separator.join(
+        protocol.passage_format.format(i=i, title=p.title, text=p.text)
+        for i, p in enumerate(passages, 1)
+    )
 
 
-def parse_passages(body: str) -> tuple[ShownPassage, ...]:
-    """The passages of a `format_passages` list, read back: its exact inverse.
+def parse_passages(body: str, protocol: Protocol | None = None) -> tuple[ShownPassage, ...]:
+    """The passages of an observation's body, read back: the exact inverse of `format_passages`
+    for Search-R1's `Doc i(Title: t) text` lines (the default) and ReSearch's `"t"` + text
+    blocks; other formats give no passages (the Space then shows the body as it is).
 
-    A title ends at the first `)` that closes no `(` of its own, so "Hamlet (play)" survives; a
-    list cut inside a title (the observation ran out of tokens) gives that title and no text.
-    Text before the first `Doc` line is no passage.
+    In Search-R1's lines a title ends at the first `)` that closes no `(` of its own, so "Hamlet
+    (play)" survives; a list cut inside a title (the observation ran out of tokens) gives that
+    title and no text. Text before the first `Doc` line is no passage.
     """
+    protocol = protocol or SEARCH_R1
+    if protocol.passage_format == RESEARCH.passage_format:
+        blocks = body.split(protocol.passage_separator) if body.strip() else []
+        return tuple(ShownPassage(*_title_and_text(block)) for block in blocks)
+    if protocol.passage_format != SEARCH_R1.passage_format:
+        return ()
     passages = []
     for chunk in _DOC_START.split(body)[1:]:  # what follows each "Doc i(Title: "
         title, text, depth = chunk, "", 0
@@ -287,10 +385,18 @@ def parse_passages(body: str) -> tuple[ShownPassage, ...]:
     return tuple(passages)
 
 
+def _title_and_text(block: str) -> tuple[str, str]:
+    """`"Title"` on the first line, the text after it (ReSearch's passages)."""
+    title, _, text = block.partition("\n")
+    return title.removeprefix('"').removesuffix('"'), text
+
+
 def format_observation(passages: Sequence[PassageLike] | str, protocol: Protocol) -> str:
-    """The text inserted after a search: passages (or a message, e.g. an error) in the tags."""
-    body = passages if isinstance(passages, str) else format_passages(passages)
-    return protocol.observation_format.replace("{passages}", body.strip())
+    """The text inserted after a search: passages (or a message) in the protocol's wrapper."""
+    body = passages if isinstance(passages, str) else format_passages(passages, protocol)
+    return protocol.observation_format.replace(
+        "{passages}", body.strip() if protocol.strip_passages else body
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,13 +17,15 @@ Rules of an episode:
 
 - Turns: at most `max_turns + 1` model turns. Every turn but the last may search, so at most
   `max_turns` searches run; an invalid step (neither a search nor an answer) also uses a turn,
-  as in Search-R1. The observation inserted before the last turn ends with `FINAL_TURN_NOTICE`,
-  telling the model it has no searches left and must answer. A search asked for in the last
-  turn is not run and the episode ends there, unanswered.
+  as in Search-R1. The observation inserted before the last turn ends with
+  `config.final_turn_notice` (ours: `FINAL_TURN_NOTICE`, telling the model it has no searches
+  left and must answer). A search asked for in the last turn is not run and the episode ends
+  there, unanswered.
 - Only the first `<search>` or `<answer>` block of a turn is acted on; ids the backend sampled
   after it (within the stop's own token) stay in the completion as sampled.
 - Invalid steps get `protocol.invalid_notice` as an observation (no penalty); so does a turn cut
-  off by `max_new_tokens` while completion budget remains.
+  off by `max_new_tokens` while completion budget remains. A protocol without a notice
+  (ReSearch, R1-Searcher) ends the episode there instead, as its authors' loops do.
 - A retriever that cannot be reached (`RetrieverUnavailable`: a remote one, after its own quick
   retries) is waited for, with backoff and a log line per wait, for up to `max_retriever_wait_s`;
   then the rollout raises `RunStopped` naming it, and the run ends (its last checkpoint resumes
@@ -115,6 +117,7 @@ class RolloutConfig(BaseModel):
     max_observation_tokens: int = Field(500, ge=1)
     max_completion_tokens: int = Field(4096, ge=2)  # one sampled id and the final EOS
     max_retriever_wait_s: float = Field(600.0, ge=0)
+    final_turn_notice: str = FINAL_TURN_NOTICE  # "" to evaluate agents trained without it
 
     def __init__(self, **settings: Any) -> None:
         try:
@@ -166,7 +169,7 @@ def run_rollout(
         for row, generation, text in zip(active, generations, texts, strict=True):
             episode = episodes[row]
             episode.add_sampled(generation)
-            action = parse_turn(text)
+            action = parse_turn(text, protocol)
             if generation.finish == "eos":  # the model ended the episode itself
                 episode.answered = action.kind == "answer"
             elif action.kind == "answer":  # stopped at </answer>: the environment ends it
@@ -181,9 +184,14 @@ def run_rollout(
                 searches.append((row, action.content))
             elif generation.finish == "length" and _room(episode, config) <= 0:
                 episode.cut(config.max_completion_tokens)  # out of completion budget
+            elif protocol.invalid_notice is None:  # the protocol ends such an episode
+                if generation.finish == "length":
+                    episode.cut(len(episode.completion_ids))
+                else:
+                    episode.add_inserted([eos_id])
             else:  # an invalid step, or a turn cut off by max_new_tokens
                 invalid.append(row)
-        notice = FINAL_TURN_NOTICE if turn + 1 == config.max_turns else ""
+        notice = config.final_turn_notice if turn + 1 == config.max_turns else ""
         for row in invalid:
             episodes[row].invalid_steps += 1
         _observe(

@@ -103,7 +103,7 @@ def transcript_turns(episode: Episode, tokenizer: Any, protocol: Protocol) -> li
 
 def _model_turns(text: str, protocol: Protocol) -> list[Turn]:
     """The reasoning before the turn's action (tags removed), then the action itself."""
-    action = parse_turn(text)
+    action = parse_turn(text, protocol)
     before = text if action.kind == "invalid" else text[: text.find(f"<{action.kind}>")]
     thought = before.replace(THINK_OPEN, "").replace(THINK_CLOSE, "").strip()
     turns = [Turn("think", thought)] if thought else []
@@ -120,7 +120,7 @@ def _read_observation(text: str, protocol: Protocol) -> tuple[tuple[ShownPassage
     if not opened:
         return (), [text.strip()] if text.strip() else []
     body, _, tail = rest.partition(protocol.observation_close)
-    passages = parse_passages(body.strip())
+    passages = parse_passages(body.strip(), protocol)
     notices = [part.strip() for part in (head, tail) if part.strip()]
     if not passages and body.strip():
         notices.insert(0, body.strip())

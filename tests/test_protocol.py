@@ -11,12 +11,16 @@ from transformers import PreTrainedTokenizerFast
 
 from research_r1.errors import InputError
 from research_r1.protocol import (
+    AUTOREFINE,
     FINAL_TURN_NOTICE,
     PROTOCOLS,
+    R1_SEARCHER,
     RESEARCH,
     SEARCH_R1,
     SEARCH_R1_INVALID_NOTICE,
+    STEPSEARCH,
     TEMPLATES,
+    ZEROSEARCH,
     Action,
     ShownPassage,
     extract_answer,
@@ -59,9 +63,29 @@ def test_protocol_tags_and_stop_strings() -> None:
 def test_get_protocol() -> None:
     assert get_protocol("search_r1") is SEARCH_R1
     assert get_protocol("research") is RESEARCH
-    assert sorted(PROTOCOLS) == ["research", "search_r1"]
-    with pytest.raises(InputError, match=r"unknown protocol 'nope'.*\['research', 'search_r1'\]"):
+    assert sorted(PROTOCOLS) == [
+        "autorefine",
+        "r1_searcher",
+        "research",
+        "search_r1",
+        "stepsearch",
+        "zerosearch",
+    ]
+    with pytest.raises(InputError, match=r"unknown protocol 'nope'.*\['autorefine', 'r1_"):
         get_protocol("nope")
+
+
+def test_other_families_tags_and_stops() -> None:
+    assert R1_SEARCHER.stop_strings == ("<|end_of_query|>", "</answer>")
+    assert R1_SEARCHER.tags[2:6] == (
+        "<|begin_of_query|>",
+        "<|end_of_query|>",
+        "<|begin_of_documents|>",
+        "<|end_of_documents|>",
+    )
+    assert AUTOREFINE.tags[4:6] == ("<documents>", "</documents>")
+    assert AUTOREFINE.tags[-2:] == ("<refine>", "</refine>")
+    assert STEPSEARCH.tags[-4:] == ("<plan>", "</plan>", "<observation>", "</observation>")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,7 +115,18 @@ def test_get_protocol() -> None:
     ],
 )
 def test_parse_turn(text: str, expected: Action) -> None:
-    assert parse_turn(text) == expected
+    assert parse_turn(text, SEARCH_R1) == expected
+
+
+def test_parse_turn_reads_each_protocols_search_markers() -> None:
+    query = "capital of France"
+    turn = f"Let me look it up. <|begin_of_query|> {query} <|end_of_query|>"
+    assert parse_turn(turn, R1_SEARCHER) == Action("search", query)
+    assert parse_turn(turn, SEARCH_R1) == Action("invalid")
+    assert parse_turn("<answer> Paris </answer>", R1_SEARCHER) == Action("answer", "Paris")
+    assert parse_turn("<refine>P is in F</refine><search> q </search>", AUTOREFINE) == Action(
+        "search", "q"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,8 +161,9 @@ def test_extract_boxed(text: str, expected: str | None) -> None:
             "The answer is \\[ \\boxed{Paris} \\]",
             "Paris",
         ),
-        ("<answer>Lyon</answer> no, <answer>\\boxed{Paris}</answer>", "\\boxed{Paris}", "Paris"),
-        ("<answer>\\boxed{Lyon}</answer><answer>Paris</answer>", "Paris", None),  # last only
+        # Search-R1 reads the last answer block, ReSearch the first (and the box inside it).
+        ("<answer>Lyon</answer> no, <answer>\\boxed{Paris}</answer>", "\\boxed{Paris}", None),
+        ("<answer>\\boxed{Lyon}</answer><answer>Paris</answer>", "Paris", "Lyon"),
         ("<think>no answer yet</think>", None, None),
         ("<answer>unclosed", None, None),
         ("<answer>a\nb</answer>", "a\nb", None),
@@ -158,14 +194,28 @@ def test_format_passages_exact() -> None:
 
 
 def test_format_observation_exact() -> None:
+    """Byte for byte what each family's own loop inserts (see research_r1.protocol)."""
     body = format_passages(PASSAGES)
     assert format_observation(PASSAGES, SEARCH_R1) == f"\n\n<information>{body}</information>\n\n"
-    assert format_observation(PASSAGES, RESEARCH) == f" <result>\n{body}\n</result>"
-    # A message (e.g. a retrieval error) goes in the same tags, stripped.
-    assert format_observation("  no results \n", SEARCH_R1) == (
-        "\n\n<information>no results</information>\n\n"
+    # ReSearch: each passage's corpus contents, joined by a blank line.
+    assert format_observation(PASSAGES, RESEARCH) == (
+        ' <result>\n"Paris"\nParis is the capital of France.\n\n"Eiffel Tower"\n'
+        "A tower in Paris.\nBuilt in 1889.\n</result>"
     )
-    assert format_observation("no results", RESEARCH) == " <result>\nno results\n</result>"
+    # AutoRefine: Search-R1's passage lines inside <documents>.
+    assert format_observation(PASSAGES, AUTOREFINE) == f"\n\n<documents>{body}</documents>\n\n"
+    # R1-Searcher: numbered, each ending with a newline, nothing stripped.
+    assert format_observation(PASSAGES, R1_SEARCHER) == (
+        "\n\n<|begin_of_documents|>\n(1)Paris\nParis is the capital of France.\n"
+        "(2)Eiffel Tower\nA tower in Paris.\nBuilt in 1889.\n<|end_of_documents|>\n\n"
+    )
+    assert format_observation(PASSAGES[:1], ZEROSEARCH) == (
+        "\n\n<information>Doc 1: Paris is the capital of France.</information>\n\n"
+    )
+    assert format_observation(PASSAGES[:1], STEPSEARCH) == (
+        "\n\n<information> Doc 1<## Title: Paris ##> Paris is the capital of France. "
+        "</information>\n\n"
+    )
     assert format_observation([], SEARCH_R1) == "\n\n<information></information>\n\n"
 
 
@@ -218,7 +268,7 @@ def test_parse_passages_reads_only_doc_lines() -> None:
     assert parse_passages("before\nDoc 1(Title: T) text") == (("T", "text"),)
 
 
-@pytest.mark.parametrize("protocol", [SEARCH_R1, RESEARCH])
+@pytest.mark.parametrize("protocol", [SEARCH_R1, RESEARCH, AUTOREFINE])
 def test_observation_round_trip(protocol) -> None:
     """Corpus rows -> passages -> observation -> parsed back: the same titles and texts."""
     rows = ['"Paris"\nParis is the capital of France.', '"Lyon"\nLyon is on the Rhône.']
@@ -233,7 +283,7 @@ def test_observation_round_trip(protocol) -> None:
         re.DOTALL,
     )
     assert inner is not None
-    assert parse_passages(inner.group(1).strip()) == (
+    assert parse_passages(inner.group(1).strip(), protocol) == (
         ("Paris", "Paris is the capital of France."),
         ("Lyon", "Lyon is on the Rhône."),
     )
@@ -243,7 +293,8 @@ def test_invalid_notice() -> None:
     assert SEARCH_R1.invalid_notice == SEARCH_R1_INVALID_NOTICE
     assert SEARCH_R1_INVALID_NOTICE.startswith("\nMy previous action is invalid.")
     assert SEARCH_R1_INVALID_NOTICE.endswith("Let me try again.\n")
-    assert RESEARCH.invalid_notice == SEARCH_R1_INVALID_NOTICE
+    # ReSearch's and R1-Searcher's loops end an episode whose turn neither searches nor answers.
+    assert RESEARCH.invalid_notice is None and R1_SEARCHER.invalid_notice is None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,7 +425,7 @@ def test_follows_format_picks_the_protocols_check() -> None:
     assert follows_format(research, RESEARCH) == (True, "valid sequence")
     assert follows_format(research, SEARCH_R1) == (
         False,
-        "unexpected text '<result>\\nDoc 1(Title: Paris) Paris is in' in state after_search",
+        "unexpected text '<result>\\n\"Paris\"\\nParis is in France.\\n</r' in state after_search",
     )
 
 
