@@ -439,6 +439,62 @@ RESEARCH_SYSTEM_PROMPT = (
     + _RESEARCH_RULES
 )
 
+# Published agents' prompts, verbatim from their authors' data or evaluation code (the question
+# is stripped, and for all but ReSearch given a `?` when it lacks one, before it is inserted).
+AUTOREFINE_PROMPT = (
+    "You are a helpful assistant excel at answering questions with multi-turn search engine "
+    "calling. To answer questions, you must first reason through the available information "
+    "using <think> and </think>. If you identify missing knowledge, you may issue a search "
+    "request using <search> query </search> at any time. The retrieval system will provide you "
+    "with the three most relevant documents enclosed in <documents> and </documents>. After "
+    "each search, you need to summarize and refine the existing documents in <refine> and "
+    "</refine>. You may send multiple search requests if needed. Once you have sufficient "
+    "information, provide a concise final answer using <answer> and </answer>. For example, "
+    "<answer> Donald Trump </answer>. Question: {question}\n"
+)
+
+R1_SEARCHER_PROMPT = (
+    "The User asks a question, and the Assistant solves it.\n"
+    "The Assistant first thinks about the reasoning process in the mind and then provides the "
+    "User with the final answer.\n"
+    "The output format of reasoning process and final answer are enclosed within <think> "
+    '</think> and <answer> </answer> tags, respectively, i.e., "<think> reasoning process here '
+    '</think>\n\n<answer> final answer here </answer>".\n'
+    "During the thinking process, the Assistant can perform searching for uncertain knowledge "
+    'if necessary with the format of "<|begin_of_query|> search query (only keywords) here '
+    '<|end_of_query|>". **A query must involve only a single triple**.\n'
+    "Then, the system will provide the Assistant with helpful information with the format of "
+    '"<|begin_of_documents|> ...search results... <|end_of_documents|>".\n\n'
+    "User:{question}\nAssistant: <think>"
+)
+
+# ZeroSearch's paper prints Search-R1's prompt with three edits (a comma after `</search>`, "as
+# you want", no comma after `</answer>`); its training data were not available to check.
+ZEROSEARCH_PROMPT = (
+    "Answer the given question. You must conduct reasoning inside <think> and </think> first "
+    "every time you get new information. After reasoning, if you find you lack some knowledge, "
+    "you can call a search engine by <search> query </search>, and it will return the top "
+    "searched results between <information> and </information>. You can search as many times "
+    "as you want. If you find no further external knowledge needed, you can directly provide "
+    "the answer inside <answer> and </answer> without detailed illustrations. For example, "
+    "<answer> Beijing </answer>. Question: {question}\n"
+)
+
+STEPSEARCH_PROMPT = (
+    "## Background\nYou are a deep AI research assistant with search tool\n You should first "
+    "think about your research plan or what to search for next. \n\n## Response format\n1. You "
+    "must make search plan inside <plan> and </plan> for in the beginning and after "
+    "observation.\n2. After plan, if you find you lack some knowledge, you can call a search "
+    "engine by <search> search keyword </search> and it will return the search results between "
+    "<information> and </information>.\n3. You must conduct observation inside <observation> "
+    "and </observation> for EVERY searched document, e.g.<observation>Based on retrieved "
+    "inforamtion, Doc1 ....; Doc2...; Doc3 ...;</observation>\n4. If you find no further "
+    "external knowledge needed, you can directly provide the answer inside <answer> and "
+    "</answer> without detailed illustrations. For example, <answer> Beijing </answer>\n\n"
+    "Please follow the loop of plan, search, information, observation, plan ... until the you "
+    "can answer original question.\n Question: {question}\n"
+)
+
 Prompt = str | list[dict[str, str]]
 
 
@@ -456,6 +512,11 @@ class Template:
     system: str | None = None
     chat: bool = True
 
+    def as_mapping(self) -> dict[str, Any]:
+        """The template as `load_template` reads it back (model cards record it so)."""
+        spec = {"name": self.name, "protocol": self.protocol.name, "user": self.user}
+        return {**spec, "system": self.system, "chat": self.chat}
+
     def prompt(self, question: str) -> Prompt:
         """The dataset's `prompt` value: chat messages, or plain text for non-chat templates."""
         user = self.user.replace("{question}", question.strip())
@@ -471,18 +532,26 @@ TEMPLATES: dict[str, Template] = {
         Template("search_r1", SEARCH_R1, SEARCH_R1_PROMPT),
         Template("research_base", RESEARCH, RESEARCH_BASE_PROMPT, chat=False),
         Template("research_instruct", RESEARCH, "{question}", system=RESEARCH_SYSTEM_PROMPT),
+        Template("autorefine", AUTOREFINE, AUTOREFINE_PROMPT),
+        Template("r1_searcher", R1_SEARCHER, R1_SEARCHER_PROMPT, chat=False),
+        Template("zerosearch", ZEROSEARCH, ZEROSEARCH_PROMPT),
+        Template("stepsearch", STEPSEARCH, STEPSEARCH_PROMPT),
     )
 }
 
 _TEMPLATE_KEYS = {"name", "protocol", "user", "system", "chat"}
 
 
-def load_template(name_or_path: str | Path) -> Template:
-    """A built-in template by name, or a user template from a YAML file.
+def load_template(name_or_path: str | Path | Mapping[str, Any]) -> Template:
+    """A built-in template by name, a user template from a YAML file, or one given as a mapping
+    (as a model card records it).
 
-    The file holds `protocol` (search_r1 or research), `user` (with a `{question}` placeholder),
-    and optionally `system`, `chat` (default true) and `name` (default: the file's stem).
+    The file holds `protocol` (a name from `PROTOCOLS`), `user` (with a `{question}`
+    placeholder), and optionally `system`, `chat` (default true) and `name` (default: the file's
+    stem).
     """
+    if isinstance(name_or_path, Mapping):
+        return template_from_mapping(name_or_path, "template", "custom")
     if str(name_or_path) in TEMPLATES:
         return TEMPLATES[str(name_or_path)]
     path = Path(name_or_path)
@@ -495,33 +564,38 @@ def load_template(name_or_path: str | Path) -> Template:
         spec: Any = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         raise InputError(f"{path}: not valid YAML: {error}") from None
-    if not isinstance(spec, dict):
-        raise InputError(f"{path}: a template file must be a YAML mapping")
+    return template_from_mapping(spec, str(path), path.stem)
+
+
+def template_from_mapping(spec: Any, where: str, default_name: str) -> Template:
+    """A template from its fields, each checked; `where` names the source in messages."""
+    if not isinstance(spec, Mapping):
+        raise InputError(f"{where}: a template must be a mapping")
     unknown = set(spec) - _TEMPLATE_KEYS
     if unknown:
-        raise InputError(f"{path}: unknown template keys {sorted(unknown)}")
+        raise InputError(f"{where}: unknown template keys {sorted(unknown)}")
     for key in ("protocol", "user"):
         if not isinstance(spec.get(key), str):
-            raise InputError(f"{path}: field {key!r} is required and must be a string")
+            raise InputError(f"{where}: field {key!r} is required and must be a string")
     if "{question}" not in spec["user"]:
-        raise InputError(f"{path}: field 'user' must contain the placeholder {{question}}")
+        raise InputError(f"{where}: field 'user' must contain the placeholder {{question}}")
     if not isinstance(spec.get("system", ""), str | None):
-        raise InputError(f"{path}: field 'system' must be a string")
+        raise InputError(f"{where}: field 'system' must be a string")
     if not isinstance(spec.get("chat", True), bool):
-        raise InputError(f"{path}: field 'chat' must be true or false")
-    if not isinstance(spec.get("name", path.stem), str):
-        raise InputError(f"{path}: field 'name' must be a string")
+        raise InputError(f"{where}: field 'chat' must be true or false")
+    if not isinstance(spec.get("name", default_name), str):
+        raise InputError(f"{where}: field 'name' must be a string")
     if spec.get("system") and not spec.get("chat", True):
         raise InputError(
-            f"{path}: field 'system' needs a chat template (chat: true); for plain text, put the "
+            f"{where}: field 'system' needs a chat template (chat: true); for plain text, put the "
             "system text in 'user'"
         )
     try:
         protocol = get_protocol(spec["protocol"])
     except InputError as error:
-        raise InputError(f"{path}: field 'protocol': {error}") from None
+        raise InputError(f"{where}: field 'protocol': {error}") from None
     return Template(
-        name=spec.get("name", path.stem),
+        name=spec.get("name", default_name),
         protocol=protocol,
         user=spec["user"],
         system=spec.get("system"),

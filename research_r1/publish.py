@@ -76,9 +76,11 @@ def model_card(
     recipe: dict[str, Any],
     eval_results: dict[str, dict[str, float]],
     peft: bool,
+    settings: dict[str, Any] | None = None,
 ) -> ModelCard:
     """The card's metadata names a Hub base model and Hub dataset only: a local path there
-    would make the Hub reject the card's metadata."""
+    would make the Hub reject the card's metadata. `settings` (the template and rollout budgets
+    training used) go into the metadata as `research_r1`, where `research-r1 eval` reads them."""
     results = [
         EvalResult(
             task_type="question-answering",
@@ -98,6 +100,7 @@ def model_card(
         tags=["research_r1", "grpo", "search-agent", "trl"],
         model_name=model_name,
         eval_results=results or None,
+        research_r1=settings or None,
     )
     return ModelCard.from_template(
         data,

@@ -132,6 +132,14 @@ def train(argv: list[str]) -> SearchGRPOTrainer:
             retriever=script.retriever,
             recipe=recipe_record(argv),
             peft=model_args.use_peft,
+            settings={
+                "template": template.as_mapping(),
+                "k": args.retrieval_topk,
+                "max_turns": args.max_turns,
+                "max_new_tokens": args.max_new_tokens_per_turn,
+                "max_observation_tokens": args.max_observation_tokens,
+                "max_completion_tokens": args.max_completion_length,
+            },
         ),
     )
 

@@ -568,7 +568,7 @@ def test_load_template_from_yaml(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("- a\n- b\n", "a template file must be a YAML mapping"),
+        ("- a\n- b\n", "a template must be a mapping"),
         (
             "protocol: research\nuser: '{question}'\ncolour: red\n",
             r"unknown template keys \['colour'\]",
@@ -606,7 +606,9 @@ def test_load_template_errors_name_file_and_field(tmp_path: Path, text: str, mes
 def test_load_template_unknown_name(tmp_path: Path) -> None:
     missing = tmp_path / "missing.yaml"
     with pytest.raises(
-        InputError, match=r"neither a built-in \(search_r1, research_base, research_instruct\)"
+        InputError,
+        match=r"neither a built-in \(search_r1, research_base, research_instruct, autorefine, "
+        r"r1_searcher, zerosearch, stepsearch\)",
     ):
         load_template(missing)
     with pytest.raises(InputError, match="'no_such_template' is neither a built-in"):

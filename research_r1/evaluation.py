@@ -1,0 +1,690 @@
+"""`research-r1 eval MODEL`: a checkpoint, ours or published, on a published setting.
+
+    research-r1 eval PeterJinGo/SearchR1-nq_hotpotqa_train-qwen2.5-7b-em-ppo
+    research-r1 eval outputs/demo/grpo --datasets demo=outputs/demo/questions/test.jsonl \\
+        --retriever outputs/demo/retriever.yaml
+
+The model's family (`research_r1.families`) gives its template, protocol and settings; the
+suite (`research_r1.suites`) gives the question sets, retriever and budgets of the setting the
+papers report; any of them can be overridden for a run, which changes the run's `setting`
+string wherever it changes the setting. Three methods: `agent` (the search loop, through the same
+rollout as training), and the baselines `direct` (answer without retrieval) and `rag` (top-k
+passages for the question once, then answer).
+
+The output folder holds, per method, `traces/{dataset}.jsonl` (one line per question, written as
+each batch ends), `results.json` (the layout leaderboard Spaces read) and `results.md`. A run
+that stops resumes from its traces: questions already answered are skipped, those that failed
+are tried again. Greedy decoding throughout, as the papers evaluate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import logging
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from huggingface_hub import ModelCard
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+import research_r1
+from research_r1.data import FLASHRAG_REPO, check_rows, find_source, load_source
+from research_r1.errors import InputError, RunStopped
+from research_r1.families import FAMILIES, Resolved, resolve
+from research_r1.generation import Generator, TransformersGenerator
+from research_r1.generation_vllm import VLLMGenerator, size_cpu_kv_cache
+from research_r1.metrics import load_metric
+from research_r1.protocol import (
+    Prompt,
+    Protocol,
+    Template,
+    extract_answer,
+    follows_format,
+    format_passages,
+)
+from research_r1.retrieval import Retriever
+from research_r1.retrieval.config import (
+    BM25Config,
+    DenseConfig,
+    HybridConfig,
+    RemoteConfig,
+    load_retriever,
+    parse_config,
+)
+from research_r1.rewards import cover_match, exact_match, token_f1
+from research_r1.rollout import Episode, RolloutConfig, encode_prompt, run_rollout
+from research_r1.suites import SUITES, Suite, get_suite
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("agent", "rag", "direct")
+BOOTSTRAP_SAMPLES = 1000
+# Chat models end a turn with these; a base model prompted through the chat template writes them
+# too, and their authors' loops stop there (Search-R1: EOS ids 151645 and 151643 for Qwen2.5).
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>")
+
+_ANSWER_RULE = (
+    "Put the final answer inside <answer> and </answer>, without detailed illustrations. "
+    "For example, <answer> Beijing </answer>."
+)
+_BOXED_RULE = (
+    "Put the final answer inside <answer> and </answer>, the exact answer within \\boxed{}. "
+    "For example, <answer> The final answer is \\[ \\boxed{Beijing} \\] </answer>."
+)
+DIRECT_PROMPT = "Answer the given question directly. {rule} Question: {question}\n"
+RAG_PROMPT = (
+    "Answer the given question using the documents below. {rule}\n\nDocuments:\n{documents}\n\n"
+    "Question: {question}\n"
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# What a run does: resolved from the command line before anything is loaded
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything one `eval` command runs with; `describe()` is what `--dry-run` prints and
+    every `results.json` records."""
+
+    model: str
+    revision: str | None
+    family: Resolved
+    suite: Suite
+    datasets: Mapping[str, str]  # name -> `--datasets` entry (a FlashRAG name, file or hf:// URI)
+    splits: Mapping[str, str]  # name -> split
+    methods: tuple[str, ...]
+    backend: str
+    batch_size: int
+    tensor_parallel_size: int
+    limit: int | None
+    skip_bad: bool
+    source: str
+    out: Path
+
+    @property
+    def rollout(self) -> RolloutConfig:
+        """The agent's budgets; the completion budget is filled in per batch under a context
+        budget (`completion_budget`)."""
+        return RolloutConfig(
+            k=self.suite.k,
+            max_turns=self.suite.max_turns,
+            max_new_tokens=self.suite.max_new_tokens,
+            max_observation_tokens=self.suite.max_observation_tokens,
+            final_turn_notice=self.family.final_turn_notice,
+        )
+
+    def describe(self, method: str | None = None) -> dict[str, Any]:
+        template = self.family.template
+        config = {
+            "model": self.model,
+            "revision": self.revision,
+            "family": self.family.family,
+            "template": template.name,
+            "protocol": template.protocol.name,
+            "chat_template": template.chat,
+            "suite": self.suite.name,
+            "setting": self.suite.setting,
+            "datasets": {name: self.splits[name] for name in self.datasets},
+            "k": self.suite.k,
+            "max_turns": self.suite.max_turns,
+            "max_new_tokens": self.suite.max_new_tokens,
+            "max_observation_tokens": self.suite.max_observation_tokens,
+            "max_context": self.suite.max_context,
+            "max_completion_tokens": self.suite.max_completion_tokens,
+            "final_turn_notice": bool(self.family.final_turn_notice),
+            "question_mark": self.family.question_mark,
+            "retriever": self.suite.retriever,
+            "metric": self.suite.metric,
+            "decoding": {
+                "temperature": 0.0,
+                "backend": self.backend,
+                "batch_size": self.batch_size,
+            },
+            "subset": self.suite.subset,
+            "limit": self.limit,
+            "skip_bad": self.skip_bad,
+            "notes": self.family.notes,
+        }
+        return (
+            {"methods": list(self.methods), **config}
+            if method is None
+            else config | {"method": method}
+        )
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    """The run the command line asks for, every input checked but nothing heavy loaded."""
+    model, _, revision = args.model.partition("@")
+    methods = tuple(method.strip() for method in args.method.split(",") if method.strip())
+    unknown = sorted(set(methods) - set(METHODS))
+    if not methods or unknown:
+        raise InputError(f"--method: {unknown or 'none'}; choose from {', '.join(METHODS)}")
+    known = args.template is not None or any(f.matches(model) for f in FAMILIES)
+    card = None if known else _card_settings(model, revision or None)
+    family = resolve(model, card, args.template)
+    suite = _suite(family, args)
+    if args.datasets:
+        entries = [entry.strip() for entry in args.datasets.split(",") if entry.strip()]
+        datasets = {entry.partition("=")[0] if "=" in entry else entry: entry for entry in entries}
+    else:
+        datasets = {name: name for name in suite.datasets}
+    splits = {name: args.split or suite.datasets.get(name, "test") for name in datasets}
+    return Plan(
+        model=model,
+        revision=revision or None,
+        family=family,
+        suite=suite,
+        datasets=datasets,
+        splits=splits,
+        methods=methods,
+        backend=_backend(args.backend),
+        batch_size=args.batch_size,
+        tensor_parallel_size=args.tensor_parallel_size,
+        limit=args.limit,
+        skip_bad=args.skip_bad,
+        source=args.source,
+        out=args.out or Path("eval") / Path(model).name,
+    )
+
+
+def _card_settings(model: str, revision: str | None) -> Mapping[str, Any] | None:
+    """The `research_r1` metadata of our own checkpoints' model cards, None for any other."""
+    readme = Path(model) / "README.md"
+    if Path(model).is_dir():
+        card = ModelCard.load(readme) if readme.is_file() else None
+    elif Path(model).exists():
+        raise InputError(f"model {model}: not a folder")
+    else:
+        try:
+            card = ModelCard.load(model, repo_type="model", ignore_metadata_errors=True)
+        except (HfHubHTTPError, HFValidationError, OSError):  # no card there: --template decides
+            card = None
+    settings = card.data.to_dict().get("research_r1") if card is not None else None
+    return settings if isinstance(settings, Mapping) else None
+
+
+def _suite(family: Resolved, args: argparse.Namespace) -> Suite:
+    """The suite with the family's settings, then the command line's, applied."""
+    suite = get_suite(args.suite or family.suite)
+    changes: dict[str, Any] = dict(family.settings)
+    if "max_completion_tokens" in changes:
+        changes["max_context"] = None
+    for key in ("k", "max_turns", "subset"):
+        if getattr(args, key) is not None:
+            changes[key] = getattr(args, key)
+    if args.retriever is not None:
+        changes["retriever"] = args.retriever
+        changes["retriever_label"] = retriever_label(parse_config(args.retriever))
+    changes["question_mark"] = family.question_mark
+    return dataclasses.replace(suite, **changes)
+
+
+def retriever_label(config: Any) -> str:
+    """What a retriever config searches, for the setting string (its corpus and model)."""
+    if isinstance(config, RemoteConfig):
+        return f"remote {config.url}"
+    if isinstance(config, HybridConfig):
+        return f"hybrid of {retriever_label(config.bm25)} and {retriever_label(config.dense)}"
+    corpus = Path(str(config.corpus or config.index)).name
+    if isinstance(config, BM25Config):
+        return f"{corpus}, BM25"
+    assert isinstance(config, DenseConfig)
+    return f"{corpus}, {Path(str(config.encoder or 'dense')).name}"
+
+
+def _backend(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    try:
+        import vllm  # noqa: F401  (only to see whether the optional extra is installed)
+    except ImportError:
+        return "transformers"
+    return "vllm" if torch.cuda.is_available() else "transformers"
+
+
+# ---------------------------------------------------------------------------------------------
+# Questions
+
+
+@dataclass(frozen=True)
+class Question:
+    id: str
+    question: str
+    golden_answers: list[str]
+
+
+def load_questions(plan: Plan) -> dict[str, list[Question]]:
+    """Every dataset's questions, checked, before any model is loaded: an unknown dataset or
+    split, or an unreadable file, fails here and names itself."""
+    found = {}
+    for name, entry in plan.datasets.items():
+        source = find_source(entry, plan.splits[name], plan.source)
+        rows, skipped = check_rows(load_source(source), source, skip_bad=plan.skip_bad)
+        if skipped:
+            logger.warning("%s: skipped %s", name, dict(skipped))
+        if plan.suite.subset is not None and name not in plan.suite.whole_sets:
+            rows = rows.shuffle(seed=42).select(range(min(plan.suite.subset, len(rows))))
+        if plan.limit is not None:
+            rows = rows.select(range(min(plan.limit, len(rows))))
+        found[name] = [
+            Question(row["id"], _normalise(row["question"], plan), row["golden_answers"])
+            for row in rows
+        ]
+    return found
+
+
+def _normalise(question: str, plan: Plan) -> str:
+    """As the papers prepared their questions: stripped, and a `?` added where one is missing."""
+    question = question.strip()
+    if plan.suite.question_mark and not question.endswith("?"):
+        question += "?"
+    return question
+
+
+# ---------------------------------------------------------------------------------------------
+# Model, retriever, generator
+
+
+def load_generator(plan: Plan, tokenizer: Any) -> Generator:
+    """Greedy decoding, stopping at the model's EOS ids and the chat end-of-turn tokens."""
+    eos = sorted(
+        {tokenizer.eos_token_id}
+        | {tokenizer.convert_tokens_to_ids(t) for t in END_OF_TURN_TOKENS if t in tokenizer.vocab}
+        - {None}
+    )
+    if plan.backend == "vllm":
+        from vllm import LLM  # vLLM is an optional extra
+
+        if not torch.cuda.is_available():
+            size_cpu_kv_cache()
+        llm = LLM(
+            model=plan.model,
+            revision=plan.revision,
+            tensor_parallel_size=plan.tensor_parallel_size,
+            dtype="auto",
+            seed=0,
+        )
+        return VLLMGenerator(llm, temperature=0.0, generation_kwargs={"stop_token_ids": eos})
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(plan.model, revision=plan.revision, dtype="auto")
+    model = model.to(device).eval()
+    greedy = GenerationConfig(
+        do_sample=False, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id
+    )
+    return TransformersGenerator(model, tokenizer, greedy, batch_size=plan.batch_size)
+
+
+def load_tokenizer(plan: Plan) -> Any:
+    try:
+        AutoConfig.from_pretrained(plan.model, revision=plan.revision)
+        return AutoTokenizer.from_pretrained(plan.model, revision=plan.revision)
+    except OSError as error:
+        raise InputError(f"model {plan.model}: {error}") from error
+
+
+def probe(retriever: Retriever, plan: Plan, question: str) -> None:
+    """One search before the first question, so a dead retriever fails at once, named."""
+    try:
+        retriever.search([question], plan.suite.k)
+    except Exception as error:
+        raise InputError(
+            f"retriever {_name(plan.suite.retriever)}: the probe failed: {error}"
+        ) from error
+
+
+def _name(retriever: Mapping[str, Any] | str) -> str:
+    return retriever if isinstance(retriever, str) else str(retriever.get("index", retriever))
+
+
+# ---------------------------------------------------------------------------------------------
+# Playing the questions
+
+
+def method_template(method: str, template: Template) -> Template:
+    """The agent's own template, or a baseline's prompt in the agent's answer format."""
+    if method == "agent":
+        return template
+    rule = _BOXED_RULE if template.protocol.boxed_answer else _ANSWER_RULE
+    prompt = DIRECT_PROMPT if method == "direct" else RAG_PROMPT
+    user = prompt.replace("{rule}", rule)
+    return Template(
+        f"{method}_{template.protocol.name}", template.protocol, user, chat=template.chat
+    )
+
+
+def play(
+    method: str,
+    questions: Sequence[Question],
+    plan: Plan,
+    generator: Generator,
+    tokenizer: Any,
+    retriever: Retriever,
+) -> list[Episode]:
+    """One batch of questions: the search loop for `agent`, one turn without search for the
+    baselines (`rag` with the question's passages in its prompt)."""
+    template = method_template(method, plan.family.template)
+    prompts: list[Prompt] = [template.prompt(q.question) for q in questions]
+    if method == "rag":
+        found = retriever.search([q.question for q in questions], plan.suite.k)
+        documents = [format_passages(passages, template.protocol) for passages in found]
+        prompts = [_with_documents(p, d) for p, d in zip(prompts, documents, strict=True)]
+    prompt_ids = [encode_prompt(prompt, tokenizer) for prompt in prompts]
+    config = plan.rollout.model_copy(
+        update={
+            "max_turns": plan.rollout.max_turns if method == "agent" else 0,
+            "max_completion_tokens": completion_budget(plan.suite, prompt_ids),
+        }
+    )
+    return run_rollout(
+        prompt_ids,
+        generator=generator,
+        tokenizer=tokenizer,
+        retriever=retriever,
+        protocol=template.protocol,
+        config=config,
+    )
+
+
+def _with_documents(prompt: Prompt, documents: str) -> Prompt:
+    if isinstance(prompt, str):
+        return prompt.replace("{documents}", documents)
+    return [{**m, "content": m["content"].replace("{documents}", documents)} for m in prompt]
+
+
+def completion_budget(suite: Suite, prompt_ids: Sequence[Sequence[int]]) -> int:
+    """The completion length a batch may reach: the suite's, or what its longest prompt leaves
+    of the context (Search-R1 keeps prompt and completion within 4,096 tokens)."""
+    if suite.max_completion_tokens is not None:
+        return suite.max_completion_tokens
+    assert suite.max_context is not None
+    room = suite.max_context - max(len(ids) for ids in prompt_ids)
+    if room < 2:
+        raise InputError(
+            f"a prompt of {max(len(ids) for ids in prompt_ids)} tokens leaves no room in "
+            f"max_context ({suite.max_context})"
+        )
+    return room
+
+
+def trace(
+    question: Question, episode: Episode, tokenizer: Any, protocol: Protocol
+) -> dict[str, Any]:
+    """One question's line in `traces/{dataset}.jsonl`."""
+    completion = tokenizer.decode(episode.completion_ids, skip_special_tokens=True)
+    prediction = extract_answer(completion, protocol)
+    turns = sum(
+        1
+        for i, sampled in enumerate(episode.env_mask)
+        if sampled and (i == 0 or not episode.env_mask[i - 1])
+    )
+    if episode.answered:
+        finish = "answered"
+    elif episode.truncated:
+        finish = "truncated"
+    else:
+        finish = "no_answer"
+    return {
+        "id": question.id,
+        "question": question.question,
+        "golden_answers": question.golden_answers,
+        "prediction": prediction,
+        "transcript": tokenizer.decode(
+            episode.prompt_ids + episode.completion_ids, skip_special_tokens=False
+        ),
+        "queries": episode.queries,
+        "retrieved_ids": episode.retrieved_ids,
+        "searches": episode.num_searches,
+        "turns": turns,
+        "tokens": len(episode.completion_ids),
+        "finish": finish,
+        "em": exact_match(prediction, question.golden_answers),
+        "f1": token_f1(prediction, question.golden_answers),
+        "cover_em": cover_match(prediction, question.golden_answers),
+        "valid_format": follows_format(completion, protocol)[0],
+        "error": None,
+    }
+
+
+def failed(question: Question, error: Exception) -> dict[str, Any]:
+    """The line of a question whose episode raised: recorded, tried again on resume."""
+    return {
+        "id": question.id,
+        "question": question.question,
+        "golden_answers": question.golden_answers,
+        "prediction": None,
+        "finish": "error",
+        "em": 0.0,
+        "f1": 0.0,
+        "cover_em": 0.0,
+        "valid_format": False,
+        "searches": 0,
+        "error": f"{type(error).__name__}: {error}",
+    }
+
+
+def run_dataset(
+    name: str,
+    questions: Sequence[Question],
+    path: Path,
+    batch_size: int,
+    play_batch: Callable[[Sequence[Question]], list[dict[str, Any]]],
+) -> list[dict[str, Any]]:
+    """Every question's trace, appended to `path` batch by batch; questions already answered
+    there are skipped. A progress bar shows the running EM."""
+    done = read_traces(path)
+    todo = [q for q in questions if q.id not in done or done[q.id]["error"] is not None]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scored = [t["em"] for t in done.values() if t["error"] is None]
+    with path.open("a") as sink, tqdm(total=len(questions), desc=name, unit="q") as bar:
+        bar.update(len(questions) - len(todo))
+        for start in range(0, len(todo), batch_size):
+            for line in play_batch(todo[start : start + batch_size]):
+                sink.write(json.dumps(line) + "\n")
+                done[line["id"]] = line
+                scored.append(line["em"])
+            sink.flush()
+            bar.update(min(batch_size, len(todo) - start))
+            bar.set_postfix(em=f"{sum(scored) / max(1, len(scored)):.3f}")
+    return [done[q.id] for q in questions]
+
+
+def read_traces(path: Path) -> dict[str, dict[str, Any]]:
+    """The traces written so far, the last line of each question winning; a line cut off by a
+    crash is dropped (its question is played again)."""
+    found: dict[str, dict[str, Any]] = {}
+    if not path.is_file():
+        return found
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        found[record["id"]] = record
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+
+
+def summarize(traces: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One dataset's scores: EM, F1 and cover-EM through the package's `evaluate` modules, a
+    95% bootstrap interval of EM, searches per question and the share of well-formed runs."""
+    predictions = [t["prediction"] or "" for t in traces]
+    references = [t["golden_answers"] for t in traces]
+    scores = {
+        key: load_metric(module).compute(predictions=predictions, references=references)[result]
+        for key, module, result in (
+            ("em", "qa_exact_match", "exact_match"),
+            ("f1", "qa_f1", "f1"),
+            ("cover_em", "qa_cover_match", "cover_match"),
+        )
+    }
+    return {
+        **scores,
+        "n": len(traces),
+        "searches": float(np.mean([t["searches"] for t in traces])),
+        "valid_format_rate": float(np.mean([t["valid_format"] for t in traces])),
+        "errors": sum(t["error"] is not None for t in traces),
+        "em_ci95": bootstrap_ci([t["em"] for t in traces]),
+    }
+
+
+def bootstrap_ci(values: Sequence[float], samples: int = BOOTSTRAP_SAMPLES) -> list[float]:
+    """The 95% percentile bootstrap interval of the mean (fixed seed: reruns agree)."""
+    data = np.asarray(values, dtype=float)
+    means = np.random.default_rng(0).choice(data, (samples, len(data))).mean(axis=1)
+    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+
+
+def results_markdown(plan: Plan, method: str, results: Mapping[str, Mapping[str, Any]]) -> str:
+    lines = [
+        f"# {plan.model} · {method}",
+        "",
+        f"Setting: {plan.suite.setting}. Template `{plan.family.template.name}` "
+        f"(family {plan.family.family}), greedy, {plan.backend}.",
+        "",
+        "| dataset | n | EM | EM 95% CI | F1 | cover-EM | searches | valid format | errors |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        low, high = r["em_ci95"]
+        lines.append(
+            f"| {name} | {r['n']} | {r['em']:.3f} | {low:.3f}–{high:.3f} | {r['f1']:.3f} | "
+            f"{r['cover_em']:.3f} | {r['searches']:.2f} | {r['valid_format_rate']:.0%} | "
+            f"{r['errors']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def provenance() -> dict[str, Any]:
+    """Which code produced a result: the package version, the git commit of a checkout, when."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(research_r1.__file__).parent,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
+    return {
+        "version": research_r1.__version__,
+        "git_commit": commit,
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+
+
+def configure_eval(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Evaluate a checkpoint (a local folder or Hub id, optionally @revision) with its own "
+        "template on a published setting: traces, results.json and results.md per method."
+    )
+    parser.add_argument("model", help="local folder or Hub model id, optionally MODEL@REVISION")
+    parser.add_argument(
+        "--suite", choices=sorted(SUITES), help="setting (default: the model family's)"
+    )
+    parser.add_argument(
+        "--datasets",
+        help="comma-separated, as prepare-data takes them (names, files, NAME=FILE); "
+        "default: the suite's",
+    )
+    parser.add_argument("--split", help="split of every dataset (default: the suite's, or test)")
+    parser.add_argument("--source", default=FLASHRAG_REPO, help="where named datasets come from")
+    parser.add_argument("--method", default="agent", help=f"comma-separated: {', '.join(METHODS)}")
+    parser.add_argument("--template", help="template (built-in name or YAML) for unknown models")
+    parser.add_argument("--retriever", help="retriever config (default: the suite's)")
+    parser.add_argument("--k", type=int, help="passages per search (default: the family's)")
+    parser.add_argument("--max-turns", type=int, help="searches per question")
+    parser.add_argument("--subset", type=int, help="a fixed sample per set (Bamboogle whole)")
+    parser.add_argument("--limit", type=int, help="the first N questions of each set")
+    parser.add_argument("--skip-bad", action="store_true", help="skip bad rows and count them")
+    parser.add_argument(
+        "--backend", choices=("auto", "transformers", "vllm"), default="auto", help="generation"
+    )
+    parser.add_argument("--batch-size", type=int, default=16, help="questions played together")
+    parser.add_argument("--tensor-parallel-size", type=int, default=1, help="vLLM only")
+    parser.add_argument("--out", type=Path, help="output folder (default: eval/MODEL_NAME)")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the resolved settings and load nothing"
+    )
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    plan = make_plan(args)
+    if args.dry_run:
+        print(json.dumps(plan.describe(), indent=2, ensure_ascii=False))
+        return 0
+    tokenizer = load_tokenizer(plan)
+    questions = load_questions(plan)
+    retriever = load_retriever(plan.suite.retriever)
+    first = next(q for qs in questions.values() for q in qs)
+    probe(retriever, plan, first.question)
+    generator = load_generator(plan, tokenizer)
+    for method in plan.methods:
+        protocol = method_template(method, plan.family.template).protocol
+
+        def play_batch(
+            batch: Sequence[Question], method: str = method, protocol: Protocol = protocol
+        ) -> list[dict[str, Any]]:
+            return play_robustly(method, batch, plan, generator, tokenizer, retriever, protocol)
+
+        results = {}
+        for name, qs in questions.items():
+            path = plan.out / method / "traces" / f"{name}.jsonl"
+            results[name] = summarize(run_dataset(name, qs, path, plan.batch_size, play_batch))
+        folder = plan.out / method
+        record = {"config": plan.describe(method) | provenance(), "results": results}
+        (folder / "results.json").write_text(
+            json.dumps(record, indent=2, ensure_ascii=False) + "\n"
+        )
+        markdown = results_markdown(plan, method, results)
+        (folder / "results.md").write_text(markdown)
+        print(markdown)
+    return 0
+
+
+def play_robustly(
+    method: str,
+    batch: Sequence[Question],
+    plan: Plan,
+    generator: Generator,
+    tokenizer: Any,
+    retriever: Retriever,
+    protocol: Protocol,
+) -> list[dict[str, Any]]:
+    """The batch's traces; when the batch raises, each question is played alone, and one that
+    still raises is recorded with its error. A retriever that stays unreachable stops the run
+    (`RunStopped`): the traces so far resume it."""
+    try:
+        episodes = play(method, batch, plan, generator, tokenizer, retriever)
+        return [trace(q, e, tokenizer, protocol) for q, e in zip(batch, episodes, strict=True)]
+    except RunStopped:
+        raise
+    except Exception as error:
+        if len(batch) == 1:
+            logger.warning("question %s failed: %s", batch[0].id, error)
+            return [failed(batch[0], error)]
+    return [
+        line
+        for question in batch
+        for line in play_robustly(
+            method, [question], plan, generator, tokenizer, retriever, protocol
+        )
+    ]

@@ -1,0 +1,456 @@
+"""`research-r1 eval`: the families' settings and prompts, byte for byte; a run end to end on a
+tiny local world with a scripted policy (exact traces and scores), resume after a crash, a
+question that raises, every bad input, the baselines, and the real tiny model."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from huggingface_hub import HfApi
+
+from research_r1 import evaluation
+from research_r1.cli import main as cli_main
+from research_r1.generation import Generation
+from research_r1.protocol import SEARCH_R1, TEMPLATES, render_prompt
+from research_r1.publish import model_card
+from research_r1.retrieval import Passage
+from research_r1.retrieval.bm25 import build_bm25_index
+from research_r1.retrieval.corpus import load_corpus
+from research_r1.tiny import EOS, build_tiny_model, build_tokenizer
+
+FIXTURES = Path(__file__).parent / "fixtures"
+QA = [
+    ("q1", "who wrote hamlet", ["Shakespeare"]),
+    ("q2", "capital of france?", ["Paris"]),
+    ("q3", "tallest mountain", ["Everest"]),
+]
+CORPUS = [
+    '"Hamlet"\nHamlet is a tragedy written by Shakespeare.',
+    '"France"\nThe capital of France is Paris.',
+    '"Everest"\nThe tallest mountain is Everest.',
+]
+# What the scripted policy writes for each question, turn by turn.
+SCRIPTS = {
+    "who wrote hamlet?": [
+        "<think> I need to search </think><search> hamlet author </search>",
+        "<think> found it </think><answer> Shakespeare </answer>",
+    ],
+    "capital of france?": ["<think> I know it </think><answer> Lyon </answer>"],
+    "tallest mountain?": ["<think> no idea </think>" + EOS],
+}
+
+
+class Scripted:
+    """A `Generator` that writes fixed turns per question. The question is found in the
+    context's text, and the turn is the number of observations after it, so a batch that is
+    played again question by question replays the same turns."""
+
+    def __init__(self, tokenizer, scripts=SCRIPTS, fail_on: str | None = None) -> None:
+        self.tokenizer, self.scripts, self.fail_on = tokenizer, scripts, fail_on
+        self.contexts: list[str] = []
+
+    def generate(self, contexts, max_new_tokens, stop) -> list[Generation]:
+        generations = []
+        for context, budget in zip(contexts, max_new_tokens, strict=True):
+            text = self.tokenizer.decode(context)
+            self.contexts.append(text)
+            question = next(q for q in self.scripts if q in text)
+            if question == self.fail_on:
+                raise KeyboardInterrupt  # stands for the process dying mid-run
+            turn = self.scripts[question][text.split(question, 1)[1].count("</information>")]
+            ids = self.tokenizer.encode(turn, add_special_tokens=False)[:budget]
+            finish = "eos" if turn.endswith(EOS) else "stop" if turn.endswith(tuple(stop)) else ""
+            generations.append(Generation(ids, [0.0] * len(ids), finish or "length"))
+        return generations
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> SimpleNamespace:
+    """A QA file, a BM25 corpus and its config, and a tiny model with its tokenizer."""
+    root = tmp_path_factory.mktemp("eval")
+    qa = root / "toy.jsonl"
+    qa.write_text(
+        "".join(json.dumps({"id": i, "question": q, "golden_answers": a}) + "\n" for i, q, a in QA)
+    )
+    corpus = root / "corpus.jsonl"
+    corpus.write_text(
+        "".join(json.dumps({"id": str(i), "contents": c}) + "\n" for i, c in enumerate(CORPUS))
+    )
+    build_bm25_index(load_corpus(corpus), root / "bm25", corpus_uri=str(corpus))
+    retriever = root / "bm25.yaml"
+    retriever.write_text(f"type: bm25\nindex: {root / 'bm25'}\ncorpus: {corpus}\n")
+    texts = [TEMPLATES["search_r1"].user, *CORPUS, *(t for ts in SCRIPTS.values() for t in ts)]
+    texts += [q for _, q, _ in QA] + [evaluation.DIRECT_PROMPT, evaluation.RAG_PROMPT]
+    model = build_tiny_model(root / "model", texts, SEARCH_R1.tags, hidden_size=64, seed=0)
+    return SimpleNamespace(root=root, qa=qa, retriever=retriever, model=model)
+
+
+@pytest.fixture
+def scripted(world, monkeypatch):
+    """The scripted policy in place of the model's generation; `load_generator` calls counted."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(world.model)
+    policy = SimpleNamespace(loads=0, generator=Scripted(tokenizer))
+
+    def load_generator(plan, tokenizer):
+        policy.loads += 1
+        return policy.generator
+
+    monkeypatch.setattr(evaluation, "load_generator", load_generator)
+    return policy
+
+
+def eval_args(world, out: Path, *extra: str) -> list[str]:
+    return [
+        *("eval", str(world.model), "--template", "search_r1"),
+        *("--datasets", f"toy={world.qa}", "--retriever", str(world.retriever)),
+        *("--out", str(out), "--batch-size", "2"),
+        *extra,
+    ]
+
+
+def results(out: Path, method: str = "agent") -> dict:
+    return json.loads((out / method / "results.json").read_text())
+
+
+def traces(out: Path, method: str = "agent") -> list[dict]:
+    path = out / method / "traces" / "toy.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# ---------------------------------------------------------------------------------------------
+# Families and prompts
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        (
+            "PeterJinGo/SearchR1-nq_hotpotqa_train-qwen2.5-7b-it-em-grpo-v0.3",
+            ("search_r1", "search_r1", "search_r1", 3, 4, False, "search_r1"),
+        ),
+        (
+            "agentrl/ReSearch-Qwen-7B-Instruct",
+            ("research", "research_instruct", "research", 5, 64, False, "research"),
+        ),
+        (
+            "agentrl/ReSearch-Qwen-7B",
+            ("research", "research_base", "research", 5, 64, False, "research"),
+        ),
+        (
+            "yrshi/AutoRefine-Qwen2.5-3B-Base",
+            ("autorefine", "autorefine", "autorefine", 3, 3, False, "search_r1"),
+        ),
+        (
+            "XXsongLALA/Qwen-2.5-7B-base-RAG-RL",
+            ("r1_searcher", "r1_searcher", "r1_searcher", 5, 8, False, "search_r1"),
+        ),
+        (
+            "Alibaba-NLP/ZeroSearch_wiki_V2_Qwen2.5_7B_Instruct",
+            ("zerosearch", "zerosearch", "zerosearch", 5, 5, False, "search_r1"),
+        ),
+        (
+            "Zill1/StepSearch-7B-Base",
+            ("stepsearch", "stepsearch", "stepsearch", 3, 5, True, "search_r1"),
+        ),
+    ],
+)
+def test_dry_run_resolves_each_family_without_loading_anything(model, expected, capsys):
+    assert cli_main(["eval", model, "--dry-run"]) == 0
+    config = json.loads(capsys.readouterr().out)
+    family, template, protocol, k, turns, notice, suite = expected
+    assert (config["family"], config["template"], config["protocol"]) == (
+        family,
+        template,
+        protocol,
+    )
+    assert (config["k"], config["max_turns"], config["final_turn_notice"]) == (k, turns, notice)
+    assert config["suite"] == suite and config["methods"] == ["agent"]
+    assert config["setting"] == f"{suite} · wiki-18, e5-base-v2 · top-{k} · EM"
+    assert config["decoding"]["temperature"] == 0.0
+
+
+def test_dry_run_of_a_search_r1_checkpoint_lists_the_papers_sets(capsys):
+    assert (
+        cli_main(["eval", "PeterJinGo/SearchR1-nq_hotpotqa_train-qwen2.5-3b-em-ppo", "--dry-run"])
+        == 0
+    )
+    config = json.loads(capsys.readouterr().out)
+    assert config["datasets"] == {
+        "nq": "test",
+        "triviaqa": "test",
+        "popqa": "test",
+        "hotpotqa": "dev",
+        "2wikimultihopqa": "dev",
+        "musique": "dev",
+        "bamboogle": "test",
+    }
+    assert (config["max_new_tokens"], config["max_observation_tokens"]) == (500, 500)
+    assert (config["max_context"], config["question_mark"]) == (4096, True)
+    assert config["retriever"]["encoder"] == "intfloat/e5-base-v2"
+
+
+def test_our_checkpoints_are_read_back_from_their_model_card(world, hub, tmp_path, capsys):
+    """Training writes the template and budgets into the card; eval reads them back, from a
+    folder or from the Hub."""
+    model = tmp_path / "ours"
+    model.mkdir()
+    card = model_card(
+        model_name="ours",
+        base_model="Qwen/Qwen2.5-3B",
+        dataset="data",
+        template="demo",
+        observation_tag="<information>",
+        rewards=["search_r1_em"],
+        retriever="r.yaml",
+        recipe={},
+        eval_results={},
+        peft=False,
+        settings={
+            "template": {
+                "name": "demo",
+                "protocol": "search_r1",
+                "user": "Q: {question}\n",
+                "chat": False,
+            },
+            "k": 2,
+            "max_turns": 2,
+            "max_new_tokens": 24,
+            "max_observation_tokens": 96,
+            "max_completion_tokens": 256,
+        },
+    )
+    card.save(model / "README.md")
+    repo = hub.new_repo_id("ours")
+    HfApi().create_repo(repo, token=hub.token)
+    card.push_to_hub(repo, token=hub.token)
+    for where in (str(model), repo):
+        assert cli_main(["eval", where, "--datasets", f"toy={world.qa}", "--dry-run"]) == 0
+        config = json.loads(capsys.readouterr().out)
+        assert (config["family"], config["template"], config["k"]) == ("research_r1", "demo", 2)
+    assert (config["family"], config["template"], config["chat_template"]) == (
+        "research_r1",
+        "demo",
+        False,
+    )
+    assert (config["k"], config["max_turns"], config["max_new_tokens"]) == (2, 2, 24)
+    assert (config["max_completion_tokens"], config["max_context"]) == (256, None)
+    assert config["final_turn_notice"] is True and config["datasets"] == {"toy": "test"}
+
+
+def qwen_tokenizer():
+    """A tiny tokenizer with Qwen2.5's public chat template (tests/fixtures)."""
+    tokenizer = build_tokenizer(["x"], SEARCH_R1.tags, chat=True)
+    tokenizer.chat_template = (FIXTURES / "qwen2_5_chat_template.jinja").read_text()
+    return tokenizer
+
+
+def test_search_r1_prompt_through_qwens_chat_template_is_the_original_byte_for_byte():
+    """The fixture is `make_prefix` of Search-R1's scripts/data_process/nq_search.py
+    (template_type "base"), copied verbatim."""
+    question = "who wrote hamlet?"
+    prefix = (FIXTURES / "search_r1_base_prefix.txt").read_text().format(question=question)
+    expected = (
+        "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+        f"<|im_end|>\n<|im_start|>user\n{prefix}<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert render_prompt(TEMPLATES["search_r1"].prompt(question), qwen_tokenizer()) == expected
+
+
+def test_research_prompts_are_the_originals_byte_for_byte():
+    """The fixtures are ReSearch's base-model template (filled with `.format(prompt=...)`) and
+    its instruct system prompt, copied verbatim from its FlashRAG pipeline."""
+    question = "who wrote hamlet?"
+    base = (FIXTURES / "research_base_template.txt").read_text().format(prompt=question)
+    system = (FIXTURES / "research_system_prompt.txt").read_text()
+    tokenizer = qwen_tokenizer()
+    assert render_prompt(TEMPLATES["research_base"].prompt(question), tokenizer) == base
+    assert render_prompt(TEMPLATES["research_instruct"].prompt(question), tokenizer) == (
+        f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# A run, end to end
+
+
+def test_a_run_writes_exact_traces_results_and_markdown(world, scripted, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert cli_main(eval_args(world, out)) == 0
+
+    lines = traces(out)
+    assert [t["id"] for t in lines] == ["toy-test-q1", "toy-test-q2", "toy-test-q3"]
+    first, second, third = lines
+    assert (first["question"], first["golden_answers"]) == ("who wrote hamlet?", ["Shakespeare"])
+    assert (first["prediction"], first["em"], first["searches"], first["turns"]) == (
+        "Shakespeare",
+        1.0,
+        1,
+        2,
+    )
+    assert first["queries"] == ["hamlet author"] and first["retrieved_ids"] == [["0"]]
+    assert first["finish"] == "answered" and first["valid_format"] and first["error"] is None
+    assert "<information>Doc 1(Title: Hamlet) Hamlet is a tragedy" in first["transcript"]
+    assert (second["prediction"], second["em"], second["f1"], second["finish"]) == (
+        "Lyon",
+        0.0,
+        0.0,
+        "answered",
+    )
+    assert (third["prediction"], third["em"], third["finish"], third["turns"]) == (
+        None,
+        0.0,
+        "no_answer",
+        1,
+    )
+
+    record = results(out)
+    toy = record["results"]["toy"]
+    assert (toy["n"], toy["em"], toy["f1"], toy["cover_em"]) == (3, 1 / 3, 1 / 3, 1 / 3)
+    assert (toy["searches"], toy["errors"], toy["valid_format_rate"]) == (1 / 3, 0, 2 / 3)
+    low, high = toy["em_ci95"]
+    assert low == 0.0 and high == 1.0  # three questions: the interval is wide, as it should be
+    config = record["config"]
+    assert config["method"] == "agent" and config["family"] == "custom"
+    assert config["setting"] == "search_r1 · corpus.jsonl, BM25 · top-3 · EM"
+    assert config["version"] and config["date"]
+    assert (out / "agent" / "results.md").read_text().splitlines()[4:] == [
+        "| dataset | n | EM | EM 95% CI | F1 | cover-EM | searches | valid format | errors |",
+        "|---|---|---|---|---|---|---|---|---|",
+        "| toy | 3 | 0.333 | 0.000–1.000 | 0.333 | 0.333 | 0.33 | 67% | 0 |",
+    ]
+    assert "| toy | 3 | 0.333 |" in capsys.readouterr().out
+
+
+def test_a_run_killed_mid_way_resumes_to_the_same_results(world, scripted, tmp_path):
+    straight = tmp_path / "straight"
+    assert cli_main(eval_args(world, straight, "--batch-size", "1")) == 0
+
+    resumed = tmp_path / "resumed"
+    scripted.generator = Scripted(scripted.generator.tokenizer, fail_on="capital of france?")
+    assert cli_main(eval_args(world, resumed, "--batch-size", "1")) == 130  # interrupted
+    assert [t["id"] for t in traces(resumed)] == ["toy-test-q1"]
+    assert not (resumed / "agent" / "results.json").exists()
+
+    scripted.generator = Scripted(scripted.generator.tokenizer)
+    assert cli_main(eval_args(world, resumed, "--batch-size", "1")) == 0
+    played = {q for q in SCRIPTS if any(q in c for c in scripted.generator.contexts)}
+    assert played == {"capital of france?", "tallest mountain?"}  # the answered one was skipped
+    assert results(resumed)["results"] == results(straight)["results"]
+    assert [t["id"] for t in traces(resumed)] == [t["id"] for t in traces(straight)]
+
+
+class Raising:
+    """The BM25 retriever of the world, except that one query raises."""
+
+    def __init__(self, inner, query: str) -> None:
+        self.inner, self.query = inner, query
+
+    def search(self, queries: Sequence[str], k: int) -> list[list[Passage]]:
+        if self.query in queries:
+            raise ValueError(f"cannot search {self.query!r}")
+        return self.inner.search(queries, k)
+
+
+def test_a_question_that_raises_is_recorded_and_tried_again_on_resume(
+    world, scripted, tmp_path, monkeypatch
+):
+    real = evaluation.load_retriever
+    monkeypatch.setattr(evaluation, "load_retriever", lambda c: Raising(real(c), "hamlet author"))
+    out = tmp_path / "out"
+    assert cli_main(eval_args(world, out)) == 0
+    first = traces(out)[0]
+    assert first["finish"] == "error"
+    assert first["error"] == "ValueError: cannot search 'hamlet author'"
+    assert results(out)["results"]["toy"]["errors"] == 1
+    assert [t["id"] for t in traces(out)[1:]] == ["toy-test-q2", "toy-test-q3"]  # the run went on
+
+    monkeypatch.setattr(evaluation, "load_retriever", real)
+    scripted.generator = Scripted(scripted.generator.tokenizer)
+    assert cli_main(eval_args(world, out)) == 0
+    toy = results(out)["results"]["toy"]
+    assert (toy["errors"], toy["em"]) == (0, 1 / 3)
+
+
+def test_the_baselines_answer_in_one_turn_rag_with_the_questions_passages(
+    world, scripted, tmp_path
+):
+    scripts = {
+        "who wrote hamlet?": ["<answer> Shakespeare </answer>"] * 2,
+        "capital of france?": ["<answer> Paris </answer>"] * 2,
+        "tallest mountain?": ["<search> everest </search>"] * 2,  # a baseline cannot search
+    }
+    scripted.generator = Scripted(scripted.generator.tokenizer, scripts)
+    out = tmp_path / "out"
+    assert cli_main(eval_args(world, out, "--method", "rag,direct")) == 0
+    for method in ("rag", "direct"):
+        toy = results(out, method)["results"]["toy"]
+        assert (toy["em"], toy["searches"]) == (2 / 3, 0.0)
+        assert traces(out, method)[2]["finish"] == "no_answer"
+    rag, direct = scripted.generator.contexts[:3], scripted.generator.contexts[3:]
+    assert "Documents:\nDoc 1(Title: Hamlet) Hamlet is a tragedy written by Shakespeare." in rag[0]
+    assert all("Documents" not in context for context in direct)
+    assert direct[0].startswith("Answer the given question directly. Put the final answer")
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input fails before any work
+
+
+def test_bad_input_fails_before_anything_is_loaded(world, scripted, hub, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": 1, "question": "q", "golden_answers": ["a"]}\nnot json\n')
+    flashrag = tmp_path / "flashrag"
+    (flashrag / "nq").mkdir(parents=True)
+    (flashrag / "nq" / "test.jsonl").write_text(world.qa.read_text())
+    out = tmp_path / "out"
+    for argv, message in [
+        (["--datasets", "nope", "--source", str(flashrag)], f"{flashrag}: no nope/test.jsonl"),
+        (
+            ["--datasets", "nq", "--source", str(flashrag), "--split", "dev"],
+            f"{flashrag}: no nq/dev.jsonl or",
+        ),
+        (["--datasets", f"bad={bad}"], f"{bad}: row 2: not valid JSON"),
+        (["--template", "nope.yaml"], "template 'nope.yaml' is neither a built-in"),
+        (["--method", "agent,greedy"], "--method: ['greedy']; choose from agent, rag, direct"),
+    ]:
+        args = [*eval_args(world, out), *argv]
+        assert cli_main(args) == 2
+        assert capsys.readouterr().err.splitlines()[-1].startswith(f"error: {message}"), argv
+    missing = tmp_path / "missing-model"
+    assert cli_main(["eval", str(missing), "--template", "search_r1", "--datasets", "nq"]) == 2
+    assert capsys.readouterr().err.startswith(f"error: model {missing}: ")
+    assert cli_main(["eval", "someone/unknown-model", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "no known family" in err and "--template" in err
+    assert scripted.loads == 0 and not out.exists()
+
+
+def test_a_dead_retriever_fails_at_once_naming_it(world, scripted, tmp_path, capsys):
+    dead = tmp_path / "dead.yaml"
+    dead.write_text("type: remote\nurl: http://127.0.0.1:9\nretries: 0\ntimeout_s: 1\n")
+    args = eval_args(world, tmp_path / "out")
+    args[args.index("--retriever") + 1] = str(dead)
+    assert cli_main(args) == 2
+    assert capsys.readouterr().err.startswith(f"error: retriever {dead}: the probe failed")
+    assert scripted.loads == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The real tiny model
+
+
+@pytest.mark.slow
+def test_the_tiny_model_runs_through_transformers(world, tmp_path):
+    out = tmp_path / "out"
+    assert cli_main(eval_args(world, out, "--limit", "2")) == 0
+    lines = traces(out)
+    assert len(lines) == 2 and all(t["error"] is None and t["tokens"] > 0 for t in lines)
+    assert all(t["transcript"].startswith("Answer the given question.") for t in lines)
+    assert results(out)["results"]["toy"]["n"] == 2
