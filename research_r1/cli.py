@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("research_r1.demo", "Show on a CPU in minutes that GRPO teaches search."),
     "eval": ("research_r1.evaluation", "Evaluate a checkpoint on a published setting."),
     "leaderboard": ("research_r1.leaderboard", "Merge eval runs into one leaderboard per setting."),
+    "ask": ("research_r1.ask", "Ask one question; watch the agent think and search, live."),
+    "download": ("research_r1.download", "Prefetch a checkpoint and its suite's index."),
 }
 
 

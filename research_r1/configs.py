@@ -25,7 +25,8 @@ class SearchScriptArguments(ScriptArguments):
 
     `dataset_name` is what `prepare-data` wrote: a folder of `{split}.parquet` files, or a Hub
     dataset it pushed (`hf://datasets/ORG/NAME[@REV]`). The test split is loaded only when the
-    run evaluates (`eval_strategy`). Reward weights are TRL's own `reward_weights` key, one per
+    run evaluates during training (`eval_strategy`); `eval_suite` runs `research-r1 eval` on the
+    trained model once training ends. Reward weights are TRL's own `reward_weights` key, one per
     entry of `reward_funcs`.
     """
 
@@ -59,6 +60,23 @@ class SearchScriptArguments(ScriptArguments):
     )
     accelerate_config: str | None = field(
         default=None, metadata={"help": "accelerate config file used by `research-r1 train`."}
+    )
+    eval_suite: str | None = field(
+        default=None,
+        metadata={
+            "help": "Evaluate the trained model on this suite (research_r1.suites) after "
+            "training, into OUTPUT_DIR/eval; the scores go into its model card."
+        },
+    )
+    eval_limit: int | None = field(
+        default=None, metadata={"help": "Questions per dataset of that eval (default: all)."}
+    )
+    eval_datasets: str | None = field(
+        default=None,
+        metadata={"help": "That eval's datasets, as `research-r1 eval --datasets` takes them."},
+    )
+    eval_retriever: str | None = field(
+        default=None, metadata={"help": "That eval's retriever config (default: the suite's)."}
     )
 
     def __post_init__(self) -> None:

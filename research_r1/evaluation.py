@@ -35,9 +35,10 @@ import torch
 from huggingface_hub import ModelCard
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 import research_r1
+from research_r1 import hub
 from research_r1.data import FLASHRAG_REPO, check_rows, find_source, load_source
 from research_r1.errors import InputError, RunStopped
 from research_r1.families import FAMILIES, Resolved, resolve
@@ -52,6 +53,7 @@ from research_r1.protocol import (
     follows_format,
     format_passages,
 )
+from research_r1.publish import update_model_card
 from research_r1.retrieval import Retriever
 from research_r1.retrieval.config import (
     BM25Config,
@@ -278,13 +280,13 @@ def load_questions(plan: Plan) -> dict[str, list[Question]]:
         if plan.limit is not None:
             rows = rows.select(range(min(plan.limit, len(rows))))
         found[name] = [
-            Question(row["id"], _normalise(row["question"], plan), row["golden_answers"])
+            Question(row["id"], normalise_question(row["question"], plan), row["golden_answers"])
             for row in rows
         ]
     return found
 
 
-def _normalise(question: str, plan: Plan) -> str:
+def normalise_question(question: str, plan: Plan) -> str:
     """As the papers prepared their questions: stripped, and a `?` added where one is missing."""
     question = question.strip()
     if plan.suite.question_mark and not question.endswith("?"):
@@ -298,12 +300,14 @@ def _normalise(question: str, plan: Plan) -> str:
 
 def load_generator(plan: Plan, tokenizer: Any) -> Generator:
     """Greedy decoding, stopping at the model's EOS ids and the chat end-of-turn tokens."""
-    eos = sorted(
-        {tokenizer.eos_token_id}
-        | {tokenizer.convert_tokens_to_ids(t) for t in END_OF_TURN_TOKENS if t in tokenizer.vocab}
-        - {None}
-    )
+    ends = {tokenizer.convert_tokens_to_ids(t) for t in END_OF_TURN_TOKENS if t in tokenizer.vocab}
+    eos = sorted((ends | {tokenizer.eos_token_id}) - {None})
     if plan.backend == "vllm":
+        if (Path(plan.model) / "adapter_config.json").is_file():
+            raise InputError(
+                f"model {plan.model}: a LoRA adapter, which this vLLM path does not load; merge "
+                "it (peft's merge_and_unload) or use --backend transformers"
+            )
         from vllm import LLM  # vLLM is an optional extra
 
         if not torch.cuda.is_available():
@@ -326,10 +330,11 @@ def load_generator(plan: Plan, tokenizer: Any) -> Generator:
 
 
 def load_tokenizer(plan: Plan) -> Any:
+    """The checkpoint's tokenizer: a model that cannot be found fails here, named, before any
+    question is read. A LoRA checkpoint (`adapter_config.json`) carries its tokenizer too."""
     try:
-        AutoConfig.from_pretrained(plan.model, revision=plan.revision)
         return AutoTokenizer.from_pretrained(plan.model, revision=plan.revision)
-    except OSError as error:
+    except (OSError, ValueError) as error:
         raise InputError(f"model {plan.model}: {error}") from error
 
 
@@ -622,8 +627,25 @@ def configure_eval(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tensor-parallel-size", type=int, default=1, help="vLLM only")
     parser.add_argument("--out", type=Path, help="output folder (default: eval/MODEL_NAME)")
     parser.add_argument(
+        "--push-to-hub",
+        metavar="ORG/NAME",
+        help="upload the run (results.json, results.md, traces) to this Hub results dataset",
+    )
+    parser.add_argument(
+        "--update-model-card",
+        action="store_true",
+        help="write the scores into the model card's model-index (local README.md or the Hub)",
+    )
+    parser.add_argument(
         "--dry-run", action="store_true", help="print the resolved settings and load nothing"
     )
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """`research-r1 eval` arguments, for callers in Python (a recipe's eval after training)."""
+    parser = argparse.ArgumentParser(prog="research-r1 eval")
+    configure_eval(parser)
+    return parser.parse_args(list(argv))
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -637,6 +659,7 @@ def run_eval(args: argparse.Namespace) -> int:
     first = next(q for qs in questions.values() for q in qs)
     probe(retriever, plan, first.question)
     generator = load_generator(plan, tokenizer)
+    records = []
     for method in plan.methods:
         protocol = method_template(method, plan.family.template).protocol
 
@@ -657,7 +680,46 @@ def run_eval(args: argparse.Namespace) -> int:
         markdown = results_markdown(plan, method, results)
         (folder / "results.md").write_text(markdown)
         print(markdown)
+        records.append(record)
+    if args.update_model_card:
+        update_model_card(plan.model, records)
+        print(f"wrote the scores into the model card of {plan.model}")
+    if args.push_to_hub:
+        where = push_results(plan, args.push_to_hub)
+        print(f"pushed the run to hf://datasets/{args.push_to_hub}/{where}")
     return 0
+
+
+def push_results(plan: Plan, repo_id: str) -> str:
+    """Upload each method's folder (results.json, results.md, traces) to a Hub results dataset
+    as `runs/{model}/{time}/{method}/`, where `research-r1 leaderboard hf://datasets/ORG/NAME`
+    finds it; return that folder. A push that fails after its retries stops with a message:
+    the output folder holds everything, and the same command pushes it again at once (every
+    question is done)."""
+    local = Path(plan.model).exists()
+    model = Path(plan.model).resolve().name if local else plan.model.replace("/", "__")
+    if plan.revision:
+        model += f"@{plan.revision}"
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    where = f"runs/{model}/{stamp}"
+    try:
+        hub.push_folder(
+            plan.out,
+            repo_id,
+            repo_type="dataset",
+            path_in_repo=where,
+            allow_patterns=[f"{method}/**" for method in plan.methods],
+            commit_message=f"eval {plan.model} ({plan.suite.setting})",
+            what=f"push the results to {repo_id}",
+        )
+    except InputError:
+        raise
+    except Exception as error:
+        raise RunStopped(
+            f"could not push the results to {repo_id}: {hub.scrub(str(error))}. They are in "
+            f"{plan.out}; run the same command again to push them"
+        ) from error
+    return where
 
 
 def play_robustly(

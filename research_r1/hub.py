@@ -255,6 +255,7 @@ def push_folder(
     repo_type: str = "model",
     path_in_repo: str = "",
     commit_message: str | None = None,
+    allow_patterns: Sequence[str] | None = None,
     ignore_patterns: Sequence[str] | None = None,
     private: bool = False,
     token: str | bool | None = None,
@@ -273,6 +274,7 @@ def push_folder(
             repo_type=repo_type,
             path_in_repo=path_in_repo,
             commit_message=commit_message,
+            allow_patterns=allow_patterns,
             ignore_patterns=ignore_patterns,
             token=token,
         ),
@@ -313,8 +315,9 @@ def retry(
     """Run `fn`, retrying network errors, HTTP 5xx and 429 with exponential backoff
     (`backoff_s`, then twice that, ...). Other errors and the last failure are re-raised.
 
-    Each failure is logged with its message scrubbed of tokens (never with a traceback, which
-    could hold one).
+    Each retried failure is logged with its message scrubbed of tokens (never with a traceback,
+    which could hold one), and so is the last when retries ran out; an error that is not
+    retried is left to the caller, which reports it once.
     """
     if attempts < 1:
         raise InputError(f"retry attempts must be at least 1, got {attempts}")
@@ -340,7 +343,8 @@ def retry(
         return retrying(fn)
     except Exception as error:
         number = retrying.statistics["attempt_number"]
-        logger.error("%s failed (attempt %d/%d): %s", what, number, attempts, _scrubbed(error))
+        if number > 1:
+            logger.error("%s failed (attempt %d/%d): %s", what, number, attempts, _scrubbed(error))
         raise
 
 

@@ -205,6 +205,16 @@ def parse_turn(text: str, protocol: Protocol) -> Action:
     return Action("search", query) if query else Action("invalid")
 
 
+def split_turn(text: str, protocol: Protocol) -> tuple[str, Action]:
+    """One model turn as a reader sees it: the reasoning before its search or answer block
+    (think tags removed), and the action."""
+    match = protocol._action.search(text)
+    before = text if match is None else text[: match.start()]
+    return before.replace(THINK_OPEN, "").replace(THINK_CLOSE, "").strip(), parse_turn(
+        text, protocol
+    )
+
+
 def extract_boxed(text: str) -> str | None:
     """Content of the last `\\boxed{...}`, with nested braces balanced (`\\boxed{\\{a\\}}`)."""
     start = text.rfind("\\boxed{")

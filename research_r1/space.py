@@ -44,14 +44,12 @@ from research_r1 import hub
 from research_r1.errors import InputError, invalid
 from research_r1.protocol import (
     TEMPLATES,
-    THINK_CLOSE,
-    THINK_OPEN,
     Protocol,
     ShownPassage,
     extract_answer,
     load_template,
     parse_passages,
-    parse_turn,
+    split_turn,
 )
 from research_r1.retrieval.config import HybridConfig, RemoteConfig, parse_config
 from research_r1.rollout import Episode
@@ -103,9 +101,7 @@ def transcript_turns(episode: Episode, tokenizer: Any, protocol: Protocol) -> li
 
 def _model_turns(text: str, protocol: Protocol) -> list[Turn]:
     """The reasoning before the turn's action (tags removed), then the action itself."""
-    action = parse_turn(text, protocol)
-    before = text if action.kind == "invalid" else text[: text.find(f"<{action.kind}>")]
-    thought = before.replace(THINK_OPEN, "").replace(THINK_CLOSE, "").strip()
+    thought, action = split_turn(text, protocol)
     turns = [Turn("think", thought)] if thought else []
     if action.kind == "search":
         turns.append(Turn("search", action.content))

@@ -33,7 +33,7 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.trainer_utils import get_last_checkpoint
 from trl import GRPOTrainer, ModelConfig, get_peft_config, get_quantization_config
 
-from research_r1 import hub
+from research_r1 import evaluation, hub
 from research_r1.callbacks import HubPushCallback, RewardPlotCallback
 from research_r1.configs import (
     RESUME_LATEST,
@@ -45,11 +45,12 @@ from research_r1.data import check_split, load_split
 from research_r1.errors import InputError, report
 from research_r1.generation_vllm import prepare_cpu_colocate
 from research_r1.protocol import Protocol, Template, load_template
-from research_r1.publish import model_card, read_eval_results
+from research_r1.publish import EVAL_FOLDER, model_card, read_evaluations
 from research_r1.retrieval import Retriever
 from research_r1.retrieval.config import DenseConfig, HybridConfig, load_retriever, parse_config
 from research_r1.rewards import REWARDS, get_reward
 from research_r1.rollout import encode_prompt
+from research_r1.suites import SUITES
 from research_r1.trl_rollout import make_episode_metrics, make_rollout_func
 
 logger = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ class SearchGRPOTrainer(GRPOTrainer):
         output_dir = Path(self.args.output_dir)
         card = model_card(
             model_name=model_name or output_dir.name,
-            eval_results=read_eval_results(output_dir),
+            evaluations=read_evaluations(output_dir),
             **self.card,
         )
         card.save(output_dir / "README.md")
@@ -148,8 +149,11 @@ def train(argv: list[str]) -> SearchGRPOTrainer:
     trainer.save_metrics("train", result.metrics)
     trainer.save_state()
     trainer.save_model(args.output_dir)
+    trainer.create_model_card()  # with the template and budgets `research-r1 eval` reads back
     if args.push_to_hub:
         publish(trainer, args.hub_token)
+    if script.eval_suite is not None and trainer.is_world_process_zero():
+        evaluate_trained(trainer, script, args)
     return trainer
 
 
@@ -215,6 +219,15 @@ def check_recipe(
     if args.push_to_hub and not args.hub_model_id:
         raise InputError("hub_model_id: required with push_to_hub")
     check_retriever_placement(script.retriever, args.world_size)
+    if script.eval_suite is not None:
+        if script.eval_suite not in SUITES:
+            raise InputError(
+                f"eval_suite: unknown suite {script.eval_suite!r}; known: {', '.join(SUITES)}"
+            )
+        if script.eval_limit is not None and script.eval_limit < 1:
+            raise InputError(f"eval_limit: {script.eval_limit}; give at least 1 question")
+        if script.eval_retriever is not None:
+            parse_config(script.eval_retriever)
 
 
 def check_retriever_placement(retriever: str, num_processes: int) -> None:
@@ -444,6 +457,40 @@ def publish(trainer: SearchGRPOTrainer, token: str | None) -> bool:
         return False
     logger.info("pushed the final model to %s", repo_id)
     return True
+
+
+def evaluate_trained(
+    trainer: SearchGRPOTrainer, script: SearchScriptArguments, args: SearchGRPOConfig
+) -> None:
+    """The recipe's eval: `research-r1 eval OUTPUT_DIR` on the saved model, into
+    OUTPUT_DIR/eval, through transformers (a vLLM engine of the run may still hold the GPU).
+    Its scores go into the card, and to the Hub when the run pushes; it runs after the final
+    push, on the main process alone, so no other process waits on it."""
+    output_dir = Path(args.output_dir)
+    argv = [str(output_dir), "--suite", script.eval_suite, "--backend", "transformers"]
+    argv += ["--out", str(output_dir / EVAL_FOLDER)]
+    for flag, value in (
+        ("--limit", script.eval_limit),
+        ("--datasets", script.eval_datasets),
+        ("--retriever", script.eval_retriever),
+    ):
+        if value is not None:
+            argv += [flag, str(value)]
+    evaluation.run_eval(evaluation.parse_args(argv))
+    trainer.create_model_card()
+    if args.push_to_hub:
+        repo_id = args.hub_model_id
+        try:
+            hub.push_folder(
+                output_dir,
+                repo_id,
+                allow_patterns=["README.md", f"{EVAL_FOLDER}/**"],
+                commit_message="Evaluation results",
+                token=args.hub_token,
+                what=f"push the evaluation to {repo_id}",
+            )
+        except Exception as error:
+            logger.error("could not push the evaluation to %s: %s", repo_id, hub.scrub(str(error)))
 
 
 if __name__ == "__main__":

@@ -212,6 +212,30 @@ def test_smoke_run_of_the_whole_demo_then_the_recipe_on_its_output(tmp_path, mon
     assert (out / "reward_curve.png").read_bytes()[:4] == b"\x89PNG"
     assert "EM GRPO" in run.stdout
 
+    # `research-r1 eval` on the trained model, reading its settings from the model card, plays
+    # the demo's greedy episodes (same batches, same pinned kernels): the same scores.
+    evaluated = subprocess.run(
+        [
+            *(sys.executable, "-m", "research_r1.cli", "eval", "outputs/demo/grpo"),
+            *("--datasets", "demo=outputs/demo/questions/test.jsonl"),
+            *("--retriever", "outputs/demo/retriever.yaml", "--batch-size", "100"),
+            *("--out", "outputs/demo/eval"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env | PINNED_KERNELS,
+        timeout=600,
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    record = json.loads((out / "eval" / "agent" / "results.json").read_text())
+    assert record["config"]["family"] == "research_r1"
+    measured, reported = record["results"]["demo"], results["grpo"]
+    assert measured["n"] == 10
+    assert measured["em"] == pytest.approx(reported["em"], abs=1e-9)
+    assert measured["searches"] == pytest.approx(reported["searches"], abs=1e-9)
+    assert measured["valid_format_rate"] == pytest.approx(reported["valid_format"], abs=1e-9)
+
     monkeypatch.chdir(tmp_path)
     trainer = train.train(["recipes/tiny_cpu_grpo.yaml", "--max_steps", "1"])
     assert trainer.state.global_step == 1

@@ -5,18 +5,21 @@ question that raises, every bad input, the baselines, and the real tiny model.""
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from huggingface_hub import HfApi
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, hf_hub_download
 
 from research_r1 import evaluation
 from research_r1.cli import main as cli_main
+from research_r1.errors import InputError
 from research_r1.generation import Generation
 from research_r1.protocol import SEARCH_R1, TEMPLATES, render_prompt
-from research_r1.publish import model_card
+from research_r1.publish import model_card, update_model_card
 from research_r1.retrieval import Passage
 from research_r1.retrieval.bm25 import build_bm25_index
 from research_r1.retrieval.corpus import load_corpus
@@ -209,7 +212,7 @@ def test_our_checkpoints_are_read_back_from_their_model_card(world, hub, tmp_pat
         rewards=["search_r1_em"],
         retriever="r.yaml",
         recipe={},
-        eval_results={},
+        evaluations=[],
         peft=False,
         settings={
             "template": {
@@ -454,3 +457,93 @@ def test_the_tiny_model_runs_through_transformers(world, tmp_path):
     assert len(lines) == 2 and all(t["error"] is None and t["tokens"] > 0 for t in lines)
     assert all(t["transcript"].startswith("Answer the given question.") for t in lines)
     assert results(out)["results"]["toy"]["n"] == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Results on the Hub and in the model card
+
+
+def test_a_run_goes_to_a_results_dataset_the_card_and_the_leaderboard(
+    world, scripted, hub, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("HF_TOKEN", hub.token)
+    model = tmp_path / "model"
+    shutil.copytree(world.model, model)  # the card is written into the model's folder
+    repo = hub.new_repo_id("results")
+    out = tmp_path / "out"
+    args = eval_args(world, out, "--method", "agent,direct", "--push-to-hub", repo)
+    args[1] = str(model)
+    assert cli_main([*args, "--update-model-card"]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote the scores into the model card of {model}" in printed
+    where = re.search(rf"pushed the run to hf://datasets/{repo}/(\S+)", printed).group(1)
+    assert re.fullmatch(r"runs/model/\d{8}T\d{6}Z", where)
+
+    files = set(HfApi().list_repo_files(repo, repo_type="dataset"))
+    for method in ("agent", "direct"):
+        assert {f"{where}/{method}/results.json", f"{where}/{method}/traces/toy.jsonl"} <= files
+    pushed = json.loads(
+        Path(hf_hub_download(repo, f"{where}/agent/results.json", repo_type="dataset")).read_text()
+    )
+    assert pushed == results(out)
+
+    card = ModelCard.load(model / "README.md")
+    setting = "search_r1 · corpus.jsonl, BM25 · top-3 · EM"
+    assert sorted(
+        (r.metric_name, r.dataset_name, r.dataset_split, r.metric_value)
+        for r in card.data.eval_results
+        if r.metric_type == "exact_match"
+    ) == [
+        (f"EM (agent; {setting})", "toy", "test", 1 / 3),
+        (f"EM (direct; {setting})", "toy", "test", results(out, "direct")["results"]["toy"]["em"]),
+    ]
+    assert len(card.data.eval_results) == 6  # EM, F1, cover-EM per method
+    assert cli_main([*args[:-2], "--update-model-card"]) == 0  # again: replaced, not added
+    assert len(ModelCard.load(model / "README.md").data.eval_results) == 6
+
+    board = tmp_path / "board"
+    assert cli_main(["leaderboard", f"hf://datasets/{repo}", "--out", str(board)]) == 0
+    table = (board / "leaderboard.md").read_text()
+    ours = table.split(f"## {setting}\n")[1].split("\n## ")[0]  # a table of its own
+    rows = [
+        line.split(" | ")
+        for line in ours.splitlines()
+        if line.startswith("| 1 ") or line.startswith("| 2 ")
+    ]
+    assert [(row[2], row[3], row[4]) for row in rows] == [
+        ("agent", "measured", "0.333"),
+        ("direct", "measured", "0.000"),
+    ]
+    assert "## search_r1 · wiki-18, e5-base-v2 · top-3 · EM" in table  # the papers', apart
+    assert (board / "leaderboard.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_hub_model_card_keeps_its_text_and_other_entries(hub):
+    repo = hub.new_repo_id("published")
+    HfApi().create_repo(repo, token=hub.token)
+    other = EvalResult(
+        task_type="question-answering",
+        dataset_type="nq",
+        dataset_name="nq",
+        metric_type="exact_match",
+        metric_value=0.4,
+    )
+    ModelCard.from_template(
+        ModelCardData(model_name="published", eval_results=[other]),
+        template_str="---\n{{ card_data }}\n---\n# Published\n\nThe authors' text.\n",
+    ).push_to_hub(repo, token=hub.token)
+    record = {
+        "config": {"method": "agent", "setting": "search_r1 · top-3", "datasets": {"nq": "test"}},
+        "results": {"nq": {"em": 0.38, "f1": 0.45, "cover_em": 0.5}},
+    }
+    update_model_card(repo, [record], token=hub.token)
+    card = ModelCard.load(repo)
+    assert "The authors' text." in card.text
+    assert sorted((r.metric_name or "", r.metric_value) for r in card.data.eval_results) == [
+        ("", 0.4),
+        ("EM (agent; search_r1 · top-3)", 0.38),
+        ("F1 (agent; search_r1 · top-3)", 0.45),
+        ("cover-EM (agent; search_r1 · top-3)", 0.5),
+    ]
+    with pytest.raises(InputError, match="no such repository"):
+        update_model_card(hub.new_repo_id("missing"), [record], token=hub.token)

@@ -35,6 +35,7 @@ from research_r1.protocol import (
     parse_passages,
     parse_turn,
     render_prompt,
+    split_turn,
 )
 from research_r1.retrieval import Passage
 from research_r1.retrieval.corpus import split_contents
@@ -613,3 +614,28 @@ def test_load_template_unknown_name(tmp_path: Path) -> None:
         load_template(missing)
     with pytest.raises(InputError, match="'no_such_template' is neither a built-in"):
         load_template("no_such_template")
+
+
+@pytest.mark.parametrize(
+    ("protocol", "text", "expected"),
+    [
+        (
+            SEARCH_R1,
+            "<think> I need the author </think>\n<search> hamlet author </search>",
+            ("I need the author", Action("search", "hamlet author")),
+        ),
+        (
+            R1_SEARCHER,
+            "<think> hm </think><|begin_of_query|> hamlet <|end_of_query|>",
+            ("hm", Action("search", "hamlet")),
+        ),
+        (
+            SEARCH_R1,
+            "<think> sure </think> <answer> Paris </answer>",
+            ("sure", Action("answer", "Paris")),
+        ),
+        (SEARCH_R1, "<think> lost </think>", ("lost", Action("invalid"))),
+    ],
+)
+def test_split_turn_gives_the_thought_before_the_action(protocol, text, expected):
+    assert split_turn(text, protocol) == expected

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import torch
-from huggingface_hub import HfApi, hf_hub_download
+from huggingface_hub import HfApi, ModelCard, hf_hub_download
 from live_server import LiveServer
 from safetensors.torch import load_file
 from trl import GRPOTrainer
@@ -110,7 +110,9 @@ def world(tmp_path_factory) -> SimpleNamespace:
     tokenizer = AutoTokenizer.from_pretrained(model)
     pushes = {tokenizer.convert_tokens_to_ids(tag): push for tag, push in PUSHES.items()}
     steer_towards_tags(model, {**pushes, tokenizer.eos_token_id: EOS_PUSH})
-    return SimpleNamespace(root=root, data=root / "data", retriever=retriever, model=model)
+    return SimpleNamespace(
+        root=root, qa=source, data=root / "data", retriever=retriever, model=model
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -170,13 +172,16 @@ def test_train_kill_resume_and_push(world, hub, tmp_path, caplog, capsys, monkey
     caplog.set_level("INFO")
     api = HfApi(token=hub.token)
 
-    # An uninterrupted 2-step run; its first checkpoint push fails once and is retried.
+    # An uninterrupted 2-step run; its first checkpoint push fails once and is retried. Its
+    # recipe names an eval, run on the trained model once training ends.
     straight = tmp_path / "straight"
-    straight.mkdir()
-    (straight / "eval_results.json").write_text(json.dumps({"bamboogle": {"exact_match": 0.25}}))
     repo = hub.new_repo_id("tiny-grpo")
     hub.inject_failure("/commit/", status=500, times=1)
-    trainer = train.train(recipe(world, straight, *hub_settings(hub, repo)))
+    evaluation = [
+        *("--eval_suite", "search_r1", "--eval_limit", "3"),
+        *("--eval_datasets", f"toy={world.qa}", "--eval_retriever", str(world.retriever)),
+    ]
+    trainer = train.train(recipe(world, straight, *hub_settings(hub, repo), *evaluation))
 
     assert trainer.state.global_step == 2
     assert sorted(p.name for p in straight.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
@@ -199,6 +204,7 @@ def test_train_kill_resume_and_push(world, hub, tmp_path, caplog, capsys, monkey
 
     files = set(api.list_repo_files(repo))
     assert {"README.md", "adapter_model.safetensors", "reward_curve.png"} <= files
+    assert {"eval/agent/results.json", "eval/agent/traces/toy.jsonl"} <= files
     assert "last-checkpoint/optimizer.pt" in files
     assert not any(name.startswith("checkpoint-") for name in files)
     pushed_state = json.loads(
@@ -207,10 +213,17 @@ def test_train_kill_resume_and_push(world, hub, tmp_path, caplog, capsys, monkey
         ).read_text()
     )
     assert pushed_state["global_step"] == 2
-    card = Path(hf_hub_download(repo, "README.md", token=hub.token)).read_text()
-    assert f"`{world.model}`" in card and "search_r1_format_em" in card
-    assert "library_name: peft" in card and "type: exact_match" in card and "value: 0.25" in card
-    assert "| bamboogle | 0.250 |" in card and "lora_r 4" in card and "max_steps: 60" in card
+    scores = json.loads((straight / "eval" / "agent" / "results.json").read_text())
+    toy = scores["results"]["toy"]
+    assert scores["config"]["family"] == "research_r1" and toy["n"] == 3  # read from the card
+    assert scores["config"]["k"] == 2 and scores["config"]["max_new_tokens"] == 12
+    card = ModelCard.load(hf_hub_download(repo, "README.md", token=hub.token))
+    assert f"`{world.model}`" in card.text and "search_r1_format_em" in card.text
+    assert card.data.library_name == "peft" and "lora_r 4" in card.text
+    assert "max_steps: 60" in card.text
+    em = next(r for r in card.data.eval_results if r.metric_type == "exact_match")
+    assert (em.dataset_name, em.dataset_split, em.metric_value) == ("toy", "test", toy["em"])
+    assert f"| agent | toy | 3 | {toy['em']:.3f} |" in card.text
 
     # The same run killed right after its first checkpoint...
     resumed = tmp_path / "resumed"
@@ -325,6 +338,8 @@ START_UP_FAILURES = [
     (["--use_vllm", "true", "--vllm_enable_sleep_mode", "true"], r"^vllm_enable_sleep_mode"),
     (["--resume_from_checkpoint", "/no/such/dir"], r"^resume_from_checkpoint: /no/such/dir"),
     (["--push_to_hub", "true"], r"^hub_model_id: required with push_to_hub"),
+    (["--eval_suite", "nope"], r"^eval_suite: unknown suite 'nope'; known: search_r1, research"),
+    (["--eval_suite", "search_r1", "--eval_limit", "0"], r"^eval_limit: 0; give at least 1"),
     (["--no_such_key", "1"], r"^recipe: .*--no_such_key"),
 ]
 

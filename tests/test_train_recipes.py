@@ -416,6 +416,21 @@ def test_episode_metrics_report_the_batch_through_log_metric():
     assert logged["rollout/valid_format_rate"] == 1.0
 
 
+def eval_record(method: str, setting: str, results: dict[str, tuple[float, float]]) -> dict:
+    """A `research-r1 eval` results.json record: dataset -> (EM, F1) on 100 questions."""
+    return {
+        "config": {
+            "method": method,
+            "setting": setting,
+            "datasets": {name: "test" for name in results},
+        },
+        "results": {
+            name: {"n": 100, "em": em, "f1": f1, "cover_em": f1, "em_ci95": [em - 0.1, em + 0.1]}
+            for name, (em, f1) in results.items()
+        },
+    }
+
+
 def test_model_card_metadata_and_results():
     common = dict(
         template="search_r1",
@@ -424,37 +439,47 @@ def test_model_card_metadata_and_results():
         retriever="recipes/retrievers/remote.yaml",
         recipe={"learning_rate": 2e-5},
     )
+    setting = "search_r1 · wiki-18, e5-base-v2 · top-3 · EM"
+    evaluations = [
+        eval_record("agent", setting, {"nq": (0.48, 0.55), "hotpotqa": (0.43, 0.5)}),
+        eval_record("direct", setting, {"nq": (0.2, 0.25)}),
+    ]
     card = model_card(
         model_name="agent",
         base_model="Qwen/Qwen2.5-7B",
         dataset="hf://datasets/org/nq_hotpotqa@v1",
-        eval_results={"nq": {"exact_match": 0.48}, "hotpotqa": {"exact_match": 0.43, "f1": 0.5}},
+        evaluations=evaluations,
         peft=True,
         **common,
     )
     assert card.data.base_model == "Qwen/Qwen2.5-7B"
     assert card.data.datasets == ["org/nq_hotpotqa"]
     assert card.data.library_name == "peft"
-    assert [(r.dataset_name, r.metric_type, r.metric_value) for r in card.data.eval_results] == [
-        ("hotpotqa", "exact_match", 0.43),
-        ("hotpotqa", "f1", 0.5),
-        ("nq", "exact_match", 0.48),
+    assert sorted(
+        (r.dataset_name, r.dataset_split, r.metric_type, r.metric_name, r.metric_value)
+        for r in card.data.eval_results
+        if r.metric_type == "exact_match"
+    ) == [
+        ("hotpotqa", "test", "exact_match", f"EM (agent; {setting})", 0.43),
+        ("nq", "test", "exact_match", f"EM (agent; {setting})", 0.48),
+        ("nq", "test", "exact_match", f"EM (direct; {setting})", 0.2),
     ]
+    assert len(card.data.eval_results) == 9  # EM, F1 and cover-EM for each
     assert "<information>" in card.text and "learning_rate: 2.0e-05" in card.text
-    assert results_table(
-        {"nq": {"exact_match": 0.48}, "hotpotqa": {"exact_match": 0.43, "f1": 0.5}}
-    ).splitlines() == [
-        "| dataset | exact_match | f1 |",
-        "|---|---|---|",
-        "| hotpotqa | 0.430 | 0.500 |",
-        "| nq | 0.480 |  |",
+    assert results_table(evaluations).splitlines() == [
+        "| setting | method | dataset | n | EM | EM 95% CI | F1 | cover-EM |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| {setting} | agent | nq | 100 | 0.480 | 0.380–0.580 | 0.550 | 0.550 |",
+        f"| {setting} | agent | hotpotqa | 100 | 0.430 | 0.330–0.530 | 0.500 | 0.500 |",
+        f"| {setting} | direct | nq | 100 | 0.200 | 0.100–0.300 | 0.250 | 0.250 |",
     ]
+    assert results_table(evaluations) in card.text
 
     local = model_card(
         model_name="tiny",
         base_model="/tmp",
         dataset="data/x",
-        eval_results={},
+        evaluations=[],
         peft=False,
         **common,
     )

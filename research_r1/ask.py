@@ -1,0 +1,144 @@
+"""`research-r1 ask "question" --model M`: one episode, watched live in the terminal.
+
+    research-r1 ask "who wrote hamlet?" \\
+        --model PeterJinGo/SearchR1-nq_hotpotqa_train-qwen2.5-3b-em-ppo
+    research-r1 ask "who wrote hamlet?" --model outputs/demo/grpo \\
+        --retriever outputs/demo/retriever.yaml
+
+Scores say how often an agent is right; reading one episode says how it got there. `ask` shows
+each thought, each search with the titles of the passages it brought back, and the answer, as
+they happen. It runs exactly what `eval`'s `agent` method scores (the same plan, model family
+resolution, prompt, greedy decoding and `play`), so what it shows is what `eval` measures: the
+rollout is left untouched and the generator and retriever are wrapped in proxies that print
+what passes through them.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rich.console import Console
+from rich.panel import Panel
+from rich.rule import Rule
+from rich.text import Text
+
+from research_r1 import evaluation
+from research_r1.errors import InputError
+from research_r1.generation import Generation, Generator
+from research_r1.protocol import Protocol, split_turn
+from research_r1.retrieval import Passage, Retriever
+from research_r1.retrieval.config import load_retriever
+
+_LABEL_WIDTH = 8  # "think", "search" and the title numbers line up after it
+
+
+def configure_ask(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Ask one question and watch the agent think, search and answer, as `eval` runs it "
+        "(the agent method, greedy)."
+    )
+    parser.add_argument("question", help="the question to ask")
+    parser.add_argument(
+        "--model", required=True, help="local folder or Hub model id, optionally MODEL@REVISION"
+    )
+    parser.add_argument("--template", help="template (built-in name or YAML) for unknown models")
+    parser.add_argument("--retriever", help="retriever config (default: the suite's)")
+    parser.add_argument("--k", type=int, help="passages per search (default: the family's)")
+    parser.add_argument("--max-turns", type=int, help="searches at most (default: the family's)")
+    parser.add_argument(
+        "--backend", choices=("auto", "transformers", "vllm"), default="auto", help="generation"
+    )
+
+
+def run_ask(args: argparse.Namespace) -> int:
+    ask(args, Console())
+    return 0
+
+
+def ask(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    """Play `args.question` as `eval` would, printing it to `console`; its `eval` trace line."""
+    if not args.question.strip():
+        raise InputError("the question is empty")
+    if not args.model.strip():
+        raise InputError("--model is empty")
+    plan = make_plan(args)
+    question = evaluation.Question("ask", evaluation.normalise_question(args.question, plan), [])
+    protocol = plan.family.template.protocol
+    tokenizer = evaluation.load_tokenizer(plan)
+    retriever = load_retriever(plan.suite.retriever)
+    evaluation.probe(retriever, plan, question.question)
+    generator = evaluation.load_generator(plan, tokenizer)
+
+    console.print(Rule(Text(question.question, style="bold")))
+    console.print(Text(f"{plan.model} · {plan.family.template.name} · {plan.suite.setting}"))
+    [episode] = evaluation.play(
+        "agent",
+        [question],
+        plan,
+        ShowTurns(generator, tokenizer, protocol, console),
+        tokenizer,
+        ShowPassages(retriever, console),
+    )
+    line = evaluation.trace(question, episode, tokenizer, protocol)
+    answer = Text(line["prediction"]) if line["prediction"] is not None else Text("no answer")
+    console.print(Panel(answer, title="answer", title_align="left", expand=False))
+    searches = f"{line['searches']} search" + ("" if line["searches"] == 1 else "es")
+    console.print(Text(f"{searches} · {line['tokens']} tokens · {line['finish']}", style="dim"))
+    return line
+
+
+def make_plan(args: argparse.Namespace) -> evaluation.Plan:
+    """`eval`'s plan for the model: eval's defaults, this command's options, and one question
+    at a time with the agent method."""
+    parser = argparse.ArgumentParser()
+    evaluation.configure_eval(parser)
+    given = argparse.Namespace(**vars(args), method="agent", batch_size=1)
+    return evaluation.make_plan(parser.parse_args(["--", args.model], namespace=given))
+
+
+@dataclass(frozen=True)
+class ShowTurns:
+    """A generator that prints each turn's thought and search query as it comes back."""
+
+    inner: Generator
+    tokenizer: Any
+    protocol: Protocol
+    console: Console
+
+    def generate(
+        self, contexts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], stop: Sequence[str]
+    ) -> list[Generation]:
+        generations = self.inner.generate(contexts, max_new_tokens, stop)
+        for generation in generations:
+            text = self.tokenizer.decode(generation.token_ids, skip_special_tokens=True)
+            thought, action = split_turn(text, self.protocol)
+            if thought:
+                self.console.print(_labelled("think", thought, "italic"))
+            if action.kind == "search":
+                self.console.print(_labelled("search", action.content, "bold cyan"))
+        return generations
+
+
+@dataclass(frozen=True)
+class ShowPassages:
+    """A retriever that prints the titles of the passages found for each query."""
+
+    inner: Retriever
+    console: Console
+
+    def search(self, queries: Sequence[str], k: int) -> list[list[Passage]]:
+        results = self.inner.search(queries, k)
+        for passages in results:
+            for rank, passage in enumerate(passages, 1):
+                self.console.print(_labelled(f"{rank:>5}.", passage.title, "green"))
+            if not passages:
+                self.console.print(_labelled("", "nothing found", "dim"))
+        return results
+
+
+def _labelled(label: str, text: str, style: str) -> Text:
+    """One line: a label padded to `_LABEL_WIDTH`, then `text` (never read as markup)."""
+    return Text.assemble((label.ljust(_LABEL_WIDTH), "dim"), (text, style))

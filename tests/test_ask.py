@@ -1,0 +1,195 @@
+"""`research-r1 ask`: on a tiny local world with a scripted policy, the exact lines it prints
+(thoughts, queries, the titles found, the answer, the footer), that it plays what `eval` scores,
+bad input named before anything loads, and the real tiny model end to end."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from types import SimpleNamespace
+
+import pytest
+from rich.console import Console
+from transformers import AutoTokenizer
+
+from research_r1 import evaluation
+from research_r1.ask import ask, configure_ask
+from research_r1.cli import main as cli_main
+from research_r1.generation import Generation
+from research_r1.protocol import SEARCH_R1, TEMPLATES
+from research_r1.retrieval.bm25 import build_bm25_index
+from research_r1.retrieval.corpus import load_corpus
+from research_r1.tiny import EOS, build_tiny_model
+
+CORPUS = [
+    '"Hamlet"\nHamlet is a tragedy written by Shakespeare.',
+    '"France"\nThe capital of France is Paris.',
+    '"Everest"\nThe tallest mountain is Everest.',
+]
+HAMLET = [
+    "<think> I need to search </think><search> hamlet author </search>",
+    "<think> found it </think><answer> Shakespeare </answer>",
+]
+# What the scripted policy writes for each question (as the prompt has it), turn by turn.
+SCRIPTS = {
+    "who wrote hamlet?": HAMLET,
+    "capital of france?": ["<think> I know it </think><answer> Paris </answer>"],
+    "tallest mountain?": ["<think> no idea </think>" + EOS],
+}
+OBSERVATION_HEAD = (
+    "\n\n<information>Doc 1(Title: Hamlet) Hamlet is a tragedy written by Shakespeare."
+)
+OBSERVATION_TAIL = "</information>\n\n"
+
+
+class Scripted:
+    """A `Generator` that writes fixed turns per question; the turn is the number of
+    observations in the context after the question."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.contexts: list[str] = []
+
+    def generate(self, contexts, max_new_tokens, stop) -> list[Generation]:
+        generations = []
+        for context, budget in zip(contexts, max_new_tokens, strict=True):
+            text = self.tokenizer.decode(context)
+            self.contexts.append(text)
+            question = next(q for q in SCRIPTS if q in text)
+            turn = SCRIPTS[question][text.split(question, 1)[1].count("</information>")]
+            ids = self.tokenizer.encode(turn, add_special_tokens=False)[:budget]
+            finish = "eos" if turn.endswith(EOS) else "stop" if turn.endswith(tuple(stop)) else ""
+            generations.append(Generation(ids, [0.0] * len(ids), finish or "length"))
+        return generations
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> SimpleNamespace:
+    """A QA file, a BM25 corpus and its config, and a tiny model with its tokenizer."""
+    root = tmp_path_factory.mktemp("ask")
+    qa = root / "toy.jsonl"
+    qa.write_text(
+        json.dumps({"id": "q1", "question": "who wrote hamlet", "golden_answers": ["x"]}) + "\n"
+    )
+    corpus = root / "corpus.jsonl"
+    corpus.write_text(
+        "".join(json.dumps({"id": str(i), "contents": c}) + "\n" for i, c in enumerate(CORPUS))
+    )
+    build_bm25_index(load_corpus(corpus), root / "bm25", corpus_uri=str(corpus))
+    retriever = root / "bm25.yaml"
+    retriever.write_text(f"type: bm25\nindex: {root / 'bm25'}\ncorpus: {corpus}\n")
+    texts = [TEMPLATES["search_r1"].user, *CORPUS, *(t for ts in SCRIPTS.values() for t in ts)]
+    model = build_tiny_model(root / "model", texts, SEARCH_R1.tags, hidden_size=64, seed=0)
+    return SimpleNamespace(qa=qa, retriever=retriever, model=model)
+
+
+@pytest.fixture
+def scripted(world, monkeypatch) -> SimpleNamespace:
+    """The scripted policy in place of the model's generation; the plans it is loaded for."""
+    policy = SimpleNamespace(
+        plans=[], generator=Scripted(AutoTokenizer.from_pretrained(world.model))
+    )
+
+    def load_generator(plan, tokenizer):
+        policy.plans.append(plan)
+        return policy.generator
+
+    monkeypatch.setattr(evaluation, "load_generator", load_generator)
+    return policy
+
+
+def ask_args(world, question: str, *extra: str) -> list[str]:
+    return [
+        *("ask", question, "--model", str(world.model), "--template", "search_r1"),
+        *("--retriever", str(world.retriever)),
+        *extra,
+    ]
+
+
+def asked(argv: list[str]) -> tuple[list[str], dict]:
+    """What `ask` prints (lines, trailing spaces cut) and its trace line, as the CLI parses
+    `argv`."""
+    parser = argparse.ArgumentParser()
+    configure_ask(parser)
+    console = Console(record=True, width=100)
+    line = ask(parser.parse_args(argv[1:]), console)
+    return [row.rstrip() for row in console.export_text().splitlines()], line
+
+
+def test_a_search_shows_the_thought_query_titles_answer_and_footer(world, scripted):
+    lines, _ = asked(ask_args(world, "who wrote hamlet"))
+    tokenizer = scripted.generator.tokenizer
+    tokens = sum(
+        len(tokenizer.encode(text, add_special_tokens=False))
+        for text in (*HAMLET, OBSERVATION_HEAD, OBSERVATION_TAIL)
+    )
+    assert lines == [
+        "─" * 40 + " who wrote hamlet? " + "─" * 41,
+        f"{world.model} · search_r1 · search_r1 · corpus.jsonl, BM25 · top-3 · EM",
+        "think   I need to search",
+        "search  hamlet author",
+        "    1.  Hamlet",
+        "think   found it",
+        "╭─ answer ────╮",
+        "│ Shakespeare │",
+        "╰─────────────╯",
+        f"1 search · {tokens + 1} tokens · answered",  # + the EOS the rollout appends
+    ]
+    [plan] = scripted.plans
+    assert (plan.batch_size, plan.methods) == (1, ("agent",))
+
+
+def test_an_answer_without_search_prints_no_search(world, scripted):
+    lines, line = asked(ask_args(world, "capital of france"))
+    assert lines[2:] == [
+        "think   I know it",
+        "╭─ answer ─╮",
+        "│ Paris    │",
+        "╰──────────╯",
+        f"0 searches · {line['tokens']} tokens · answered",
+    ]
+    assert line["searches"] == 0 and line["queries"] == []
+
+
+def test_an_episode_without_answer_says_so(world, scripted):
+    lines, line = asked(ask_args(world, "tallest mountain"))
+    assert lines[2:] == [
+        "think   no idea",
+        "╭─ answer ──╮",
+        "│ no answer │",
+        "╰───────────╯",
+        f"0 searches · {line['tokens']} tokens · no_answer",
+    ]
+
+
+def test_ask_plays_what_eval_scores(world, scripted, tmp_path):
+    _, line = asked(ask_args(world, "who wrote hamlet"))
+    out = tmp_path / "eval"
+    argv = ["eval", str(world.model), "--template", "search_r1", "--datasets", f"toy={world.qa}"]
+    assert cli_main([*argv, "--retriever", str(world.retriever), "--out", str(out)]) == 0
+    scored = json.loads((out / "agent" / "traces" / "toy.jsonl").read_text())
+    keys = ("question", "prediction", "transcript", "queries", "retrieved_ids", "tokens", "finish")
+    assert {key: line[key] for key in keys} == {key: scored[key] for key in keys}
+
+
+def test_bad_input_is_named_before_anything_loads(world, scripted, hub, tmp_path, capsys):
+    """(`hub`: the model card of an unknown Hub id is looked for on the loopback Hub.)"""
+    missing = tmp_path / "missing-model"
+    for argv, message in [
+        (ask_args(world, "  "), "error: the question is empty"),
+        (["ask", "who?", "--model", ""], "error: --model is empty"),
+        (["ask", "who?", "--model", "someone/unknown-model"], "no known family"),
+        (ask_args(world, "who?", "--template", "nope.yaml"), "template 'nope.yaml' is neither"),
+        (["ask", "who?", "--model", str(missing), "--template", "search_r1"], f"model {missing}"),
+    ]:
+        assert cli_main(argv) == 2, argv
+        assert message in capsys.readouterr().err, argv
+    assert scripted.plans == []
+
+
+@pytest.mark.slow
+def test_the_real_tiny_model_completes_and_prints_the_footer(world, capsys):
+    assert cli_main(ask_args(world, "who wrote hamlet", "--max-turns", "1")) == 0
+    footer = capsys.readouterr().out.splitlines()[-1]
+    assert footer.split(" · ")[0] in ("0 searches", "1 search")
+    assert footer.split(" · ")[2] in ("answered", "truncated", "no_answer")
