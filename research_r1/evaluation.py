@@ -43,7 +43,7 @@ from research_r1.data import FLASHRAG_REPO, check_rows, find_source, load_source
 from research_r1.errors import InputError, RunStopped
 from research_r1.families import FAMILIES, Resolved, resolve
 from research_r1.generation import Generator, TransformersGenerator
-from research_r1.generation_vllm import VLLMGenerator, size_cpu_kv_cache
+from research_r1.generation_vllm import VLLMGenerator, size_cpu_kv_cache, spawn_cpu_workers
 from research_r1.metrics import load_metric
 from research_r1.protocol import (
     Prompt,
@@ -312,12 +312,14 @@ def load_generator(plan: Plan, tokenizer: Any) -> Generator:
 
         if not torch.cuda.is_available():
             size_cpu_kv_cache()
+            spawn_cpu_workers()
         llm = LLM(
             model=plan.model,
             revision=plan.revision,
             tensor_parallel_size=plan.tensor_parallel_size,
             dtype="auto",
             seed=0,
+            enforce_eager=not torch.cuda.is_available(),  # CPU: no minutes of compiling first
         )
         return VLLMGenerator(llm, temperature=0.0, generation_kwargs={"stop_token_ids": eos})
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -289,6 +289,20 @@ def size_cpu_kv_cache(gib: int = 1) -> None:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(gib))
 
 
+def spawn_cpu_workers() -> None:
+    """Start the workers of a CPU engine in fresh processes (spawn), unless
+    `VLLM_WORKER_MULTIPROC_METHOD` is set.
+
+    vllm-cpu 0.32 registers C++ stand-ins for its Triton kernels in the worker by scanning every
+    imported module, and the scan fails on llvmlite's function wrappers once numba is imported
+    (bm25s imports it): `'_lib_fn_wrapper' object has no attribute 'get'`. A forked worker
+    inherits those modules; a spawned one imports only what it needs. An engine inside this
+    process (TRL's colocate mode) cannot avoid the scan: there, serve BM25 from another process
+    (`type: remote`). Recheck when vLLM is upgraded.
+    """
+    os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+
+
 def keep_cpu_linear_weights() -> None:
     """Make vLLM's CPU backend compute every 2-D linear layer with `torch.nn.functional.linear`
     on the weight it loaded, so that weights pushed into the engine later are the ones it uses.
