@@ -279,9 +279,11 @@ def load_questions(plan: Plan) -> dict[str, list[Question]]:
             rows = rows.shuffle(seed=42).select(range(min(plan.suite.subset, len(rows))))
         if plan.limit is not None:
             rows = rows.select(range(min(plan.limit, len(rows))))
+        columns = rows.select_columns(["id", "question", "golden_answers"]).to_dict()
+        ids, texts, golds = columns["id"], columns["question"], columns["golden_answers"]
         found[name] = [
-            Question(row["id"], normalise_question(row["question"], plan), row["golden_answers"])
-            for row in rows
+            Question(i, normalise_question(text, plan), gold)
+            for i, text, gold in zip(ids, texts, golds, strict=True)
         ]
     return found
 
@@ -531,7 +533,9 @@ def summarize(traces: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     predictions = [t["prediction"] or "" for t in traces]
     references = [t["golden_answers"] for t in traces]
     scores = {
-        key: load_metric(module).compute(predictions=predictions, references=references)[result]
+        key: load_metric(module, keep_in_memory=True).compute(
+            predictions=predictions, references=references
+        )[result]
         for key, module, result in (
             ("em", "qa_exact_match", "exact_match"),
             ("f1", "qa_f1", "f1"),
