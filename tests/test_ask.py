@@ -10,15 +10,13 @@ from types import SimpleNamespace
 
 import pytest
 from rich.console import Console
+from toy import Scripted, write_bm25
 from transformers import AutoTokenizer
 
 from research_r1 import evaluation
 from research_r1.ask import ask, configure_ask
 from research_r1.cli import main as cli_main
-from research_r1.generation import Generation
 from research_r1.protocol import SEARCH_R1, TEMPLATES
-from research_r1.retrieval.bm25 import build_bm25_index
-from research_r1.retrieval.corpus import load_corpus
 from research_r1.tiny import EOS, build_tiny_model
 
 CORPUS = [
@@ -42,27 +40,6 @@ OBSERVATION_HEAD = (
 OBSERVATION_TAIL = "</information>\n\n"
 
 
-class Scripted:
-    """A `Generator` that writes fixed turns per question; the turn is the number of
-    observations in the context after the question."""
-
-    def __init__(self, tokenizer) -> None:
-        self.tokenizer = tokenizer
-        self.contexts: list[str] = []
-
-    def generate(self, contexts, max_new_tokens, stop) -> list[Generation]:
-        generations = []
-        for context, budget in zip(contexts, max_new_tokens, strict=True):
-            text = self.tokenizer.decode(context)
-            self.contexts.append(text)
-            question = next(q for q in SCRIPTS if q in text)
-            turn = SCRIPTS[question][text.split(question, 1)[1].count("</information>")]
-            ids = self.tokenizer.encode(turn, add_special_tokens=False)[:budget]
-            finish = "eos" if turn.endswith(EOS) else "stop" if turn.endswith(tuple(stop)) else ""
-            generations.append(Generation(ids, [0.0] * len(ids), finish or "length"))
-        return generations
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> SimpleNamespace:
     """A QA file, a BM25 corpus and its config, and a tiny model with its tokenizer."""
@@ -71,13 +48,7 @@ def world(tmp_path_factory) -> SimpleNamespace:
     qa.write_text(
         json.dumps({"id": "q1", "question": "who wrote hamlet", "golden_answers": ["x"]}) + "\n"
     )
-    corpus = root / "corpus.jsonl"
-    corpus.write_text(
-        "".join(json.dumps({"id": str(i), "contents": c}) + "\n" for i, c in enumerate(CORPUS))
-    )
-    build_bm25_index(load_corpus(corpus), root / "bm25", corpus_uri=str(corpus))
-    retriever = root / "bm25.yaml"
-    retriever.write_text(f"type: bm25\nindex: {root / 'bm25'}\ncorpus: {corpus}\n")
+    retriever = write_bm25(root, CORPUS)
     texts = [TEMPLATES["search_r1"].user, *CORPUS, *(t for ts in SCRIPTS.values() for t in ts)]
     model = build_tiny_model(root / "model", texts, SEARCH_R1.tags, hidden_size=64, seed=0)
     return SimpleNamespace(qa=qa, retriever=retriever, model=model)
@@ -87,7 +58,7 @@ def world(tmp_path_factory) -> SimpleNamespace:
 def scripted(world, monkeypatch) -> SimpleNamespace:
     """The scripted policy in place of the model's generation; the plans it is loaded for."""
     policy = SimpleNamespace(
-        plans=[], generator=Scripted(AutoTokenizer.from_pretrained(world.model))
+        plans=[], generator=Scripted(AutoTokenizer.from_pretrained(world.model), SCRIPTS)
     )
 
     def load_generator(plan, tokenizer):

@@ -13,16 +13,14 @@ from types import SimpleNamespace
 
 import pytest
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, hf_hub_download
+from toy import Scripted, write_bm25
 
 from research_r1 import evaluation
 from research_r1.cli import main as cli_main
 from research_r1.errors import InputError
-from research_r1.generation import Generation
 from research_r1.protocol import SEARCH_R1, TEMPLATES, render_prompt
 from research_r1.publish import model_card, update_model_card
 from research_r1.retrieval import Passage
-from research_r1.retrieval.bm25 import build_bm25_index
-from research_r1.retrieval.corpus import load_corpus
 from research_r1.tiny import EOS, build_tiny_model, build_tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -47,30 +45,6 @@ SCRIPTS = {
 }
 
 
-class Scripted:
-    """A `Generator` that writes fixed turns per question. The question is found in the
-    context's text, and the turn is the number of observations after it, so a batch that is
-    played again question by question replays the same turns."""
-
-    def __init__(self, tokenizer, scripts=SCRIPTS, fail_on: str | None = None) -> None:
-        self.tokenizer, self.scripts, self.fail_on = tokenizer, scripts, fail_on
-        self.contexts: list[str] = []
-
-    def generate(self, contexts, max_new_tokens, stop) -> list[Generation]:
-        generations = []
-        for context, budget in zip(contexts, max_new_tokens, strict=True):
-            text = self.tokenizer.decode(context)
-            self.contexts.append(text)
-            question = next(q for q in self.scripts if q in text)
-            if question == self.fail_on:
-                raise KeyboardInterrupt  # stands for the process dying mid-run
-            turn = self.scripts[question][text.split(question, 1)[1].count("</information>")]
-            ids = self.tokenizer.encode(turn, add_special_tokens=False)[:budget]
-            finish = "eos" if turn.endswith(EOS) else "stop" if turn.endswith(tuple(stop)) else ""
-            generations.append(Generation(ids, [0.0] * len(ids), finish or "length"))
-        return generations
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> SimpleNamespace:
     """A QA file, a BM25 corpus and its config, and a tiny model with its tokenizer."""
@@ -79,13 +53,7 @@ def world(tmp_path_factory) -> SimpleNamespace:
     qa.write_text(
         "".join(json.dumps({"id": i, "question": q, "golden_answers": a}) + "\n" for i, q, a in QA)
     )
-    corpus = root / "corpus.jsonl"
-    corpus.write_text(
-        "".join(json.dumps({"id": str(i), "contents": c}) + "\n" for i, c in enumerate(CORPUS))
-    )
-    build_bm25_index(load_corpus(corpus), root / "bm25", corpus_uri=str(corpus))
-    retriever = root / "bm25.yaml"
-    retriever.write_text(f"type: bm25\nindex: {root / 'bm25'}\ncorpus: {corpus}\n")
+    retriever = write_bm25(root, CORPUS)
     texts = [TEMPLATES["search_r1"].user, *CORPUS, *(t for ts in SCRIPTS.values() for t in ts)]
     texts += [q for _, q, _ in QA] + [evaluation.DIRECT_PROMPT, evaluation.RAG_PROMPT]
     model = build_tiny_model(root / "model", texts, SEARCH_R1.tags, hidden_size=64, seed=0)
@@ -98,7 +66,7 @@ def scripted(world, monkeypatch):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(world.model)
-    policy = SimpleNamespace(loads=0, generator=Scripted(tokenizer))
+    policy = SimpleNamespace(loads=0, generator=Scripted(tokenizer, SCRIPTS))
 
     def load_generator(plan, tokenizer):
         policy.loads += 1
@@ -336,12 +304,14 @@ def test_a_run_killed_mid_way_resumes_to_the_same_results(world, scripted, tmp_p
     assert cli_main(eval_args(world, straight, "--batch-size", "1")) == 0
 
     resumed = tmp_path / "resumed"
-    scripted.generator = Scripted(scripted.generator.tokenizer, fail_on="capital of france?")
+    scripted.generator = Scripted(
+        scripted.generator.tokenizer, SCRIPTS, fail_on="capital of france?"
+    )
     assert cli_main(eval_args(world, resumed, "--batch-size", "1")) == 130  # interrupted
     assert [t["id"] for t in traces(resumed)] == ["toy-test-q1"]
     assert not (resumed / "agent" / "results.json").exists()
 
-    scripted.generator = Scripted(scripted.generator.tokenizer)
+    scripted.generator = Scripted(scripted.generator.tokenizer, SCRIPTS)
     assert cli_main(eval_args(world, resumed, "--batch-size", "1")) == 0
     played = {q for q in SCRIPTS if any(q in c for c in scripted.generator.contexts)}
     assert played == {"capital of france?", "tallest mountain?"}  # the answered one was skipped
@@ -375,7 +345,7 @@ def test_a_question_that_raises_is_recorded_and_tried_again_on_resume(
     assert [t["id"] for t in traces(out)[1:]] == ["toy-test-q2", "toy-test-q3"]  # the run went on
 
     monkeypatch.setattr(evaluation, "load_retriever", real)
-    scripted.generator = Scripted(scripted.generator.tokenizer)
+    scripted.generator = Scripted(scripted.generator.tokenizer, SCRIPTS)
     assert cli_main(eval_args(world, out)) == 0
     toy = results(out)["results"]["toy"]
     assert (toy["errors"], toy["em"]) == (0, 1 / 3)
