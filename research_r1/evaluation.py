@@ -227,22 +227,31 @@ def _suite(family: Resolved, args: argparse.Namespace) -> Suite:
             changes[key] = getattr(args, key)
     if args.retriever is not None:
         changes["retriever"] = args.retriever
-        changes["retriever_label"] = retriever_label(parse_config(args.retriever))
+        config = parse_config(args.retriever)
+        if _searches(config) != _searches(parse_config(suite.retriever)):
+            changes["retriever_label"] = retriever_label(config)
     changes["question_mark"] = family.question_mark
     return dataclasses.replace(suite, **changes)
 
 
+def _searches(config: Any) -> dict[str, Any]:
+    """What makes two retriever configs return the same passages: all but where they run."""
+    return config.model_dump(exclude={"device", "batch_size"})
+
+
 def retriever_label(config: Any) -> str:
-    """What a retriever config searches, for the setting string (its corpus and model)."""
+    """How a retriever config searches, for the setting string: its corpus (file and folder, so
+    two `corpus.jsonl` of different folders differ), and BM25 or the encoder and index."""
     if isinstance(config, RemoteConfig):
         return f"remote {config.url}"
     if isinstance(config, HybridConfig):
         return f"hybrid of {retriever_label(config.bm25)} and {retriever_label(config.dense)}"
-    corpus = Path(str(config.corpus or config.index)).name
+    corpus = "/".join(Path(str(config.corpus or config.index)).parts[-2:])
     if isinstance(config, BM25Config):
         return f"{corpus}, BM25"
     assert isinstance(config, DenseConfig)
-    return f"{corpus}, {Path(str(config.encoder or 'dense')).name}"
+    encoder, index = Path(str(config.encoder or "dense")).name, Path(config.index).name
+    return f"{corpus}, {encoder} ({index})"
 
 
 def _backend(choice: str) -> str:

@@ -82,7 +82,7 @@ def asked(argv: list[str]) -> tuple[list[str], dict]:
     `argv`."""
     parser = argparse.ArgumentParser()
     configure_ask(parser)
-    console = Console(record=True, width=100)
+    console = Console(record=True, width=200)  # wide enough for a temporary path
     line = ask(parser.parse_args(argv[1:]), console)
     return [row.rstrip() for row in console.export_text().splitlines()], line
 
@@ -95,8 +95,9 @@ def test_a_search_shows_the_thought_query_titles_answer_and_footer(world, script
         for text in (*HAMLET, OBSERVATION_HEAD, OBSERVATION_TAIL)
     )
     assert lines == [
-        "─" * 40 + " who wrote hamlet? " + "─" * 41,
-        f"{world.model} · search_r1 · search_r1 · corpus.jsonl, BM25 · top-3 · EM",
+        "─" * 90 + " who wrote hamlet? " + "─" * 91,
+        f"{world.model} · search_r1 · search_r1 · {world.model.parent.name}/corpus.jsonl, BM25 "
+        "· top-3 · EM",
         "think   I need to search",
         "search  hamlet author",
         "    1.  Hamlet",

@@ -12,6 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import yaml
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, hf_hub_download
 from toy import Scripted, write_bm25
 
@@ -23,6 +24,7 @@ from research_r1.publish import model_card, update_model_card
 from research_r1.retrieval import Passage
 from research_r1.tiny import EOS, build_tiny_model, build_tokenizer
 
+ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
 QA = [
     ("q1", "who wrote hamlet", ["Shakespeare"]),
@@ -166,6 +168,31 @@ def test_dry_run_of_a_search_r1_checkpoint_lists_the_papers_sets(capsys):
     assert config["retriever"]["encoder"] == "intfloat/e5-base-v2"
 
 
+def test_the_setting_names_the_retriever_only_when_it_is_not_the_suites(tmp_path, capsys):
+    """The suite's own index given as a config is the suite's setting (where it runs does not
+    count); any other index, or a corpus of another folder, is a setting of its own."""
+    model = "PeterJinGo/SearchR1-nq_hotpotqa_train-qwen2.5-7b-em-ppo"
+    flat = yaml.safe_load((ROOT / "recipes/retrievers/e5_wiki18_flat.yaml").read_text())
+    configs = {
+        "same.yaml": flat | {"device": "cuda:1", "batch_size": 8},
+        "hnsw.yaml": flat | {"index": "hf://datasets/PeterJinGo/wiki-18-e5-index-HNSW64"},
+        "a.yaml": {"type": "bm25", "index": "a/bm25", "corpus": "a/corpus.jsonl"},
+        "b.yaml": {"type": "bm25", "index": "b/bm25", "corpus": "b/corpus.jsonl"},
+    }
+    settings = []
+    for name, config in configs.items():
+        (tmp_path / name).write_text(yaml.safe_dump(config))
+        assert cli_main(["eval", model, "--retriever", str(tmp_path / name), "--dry-run"]) == 0
+        settings.append(json.loads(capsys.readouterr().out)["setting"])
+    assert settings == [
+        "search_r1 · wiki-18, e5-base-v2 · top-3 · EM",
+        "search_r1 · wiki-18-corpus/wiki-18.jsonl.gz, e5-base-v2 (wiki-18-e5-index-HNSW64) "
+        "· top-3 · EM",
+        "search_r1 · a/corpus.jsonl, BM25 · top-3 · EM",
+        "search_r1 · b/corpus.jsonl, BM25 · top-3 · EM",
+    ]
+
+
 def test_our_checkpoints_are_read_back_from_their_model_card(world, hub, tmp_path, capsys):
     """Training writes the template and budgets into the card; eval reads them back, from a
     folder or from the Hub."""
@@ -289,7 +316,7 @@ def test_a_run_writes_exact_traces_results_and_markdown(world, scripted, tmp_pat
     assert low == 0.0 and high == 1.0  # three questions: the interval is wide, as it should be
     config = record["config"]
     assert config["method"] == "agent" and config["family"] == "custom"
-    assert config["setting"] == "search_r1 · corpus.jsonl, BM25 · top-3 · EM"
+    assert config["setting"] == f"search_r1 · {world.root.name}/corpus.jsonl, BM25 · top-3 · EM"
     assert config["version"] and config["date"]
     assert (out / "agent" / "results.md").read_text().splitlines()[4:] == [
         "| dataset | n | EM | EM 95% CI | F1 | cover-EM | searches | valid format | errors |",
@@ -458,7 +485,7 @@ def test_a_run_goes_to_a_results_dataset_the_card_and_the_leaderboard(
     assert pushed == results(out)
 
     card = ModelCard.load(model / "README.md")
-    setting = "search_r1 · corpus.jsonl, BM25 · top-3 · EM"
+    setting = f"search_r1 · {world.root.name}/corpus.jsonl, BM25 · top-3 · EM"
     assert sorted(
         (r.metric_name, r.dataset_name, r.dataset_split, r.metric_value)
         for r in card.data.eval_results
