@@ -368,8 +368,9 @@ def write_csv(board: Mapping[str, Sequence[Row]], path: Path, metric: str = "em"
     return path
 
 
-def plot(board: Mapping[str, Sequence[Row]], path: Path, metric: str = "em") -> Path:
-    """One horizontal bar chart of the averages per setting; reported bars are hatched."""
+def chart(board: Mapping[str, Sequence[Row]], metric: str = "em") -> Figure:
+    """One horizontal bar chart of the averages per setting; reported bars are hatched. Every
+    axis starts at 0, also where every score is 0 (a random model's)."""
     heights = [len(rows) for rows in board.values()]  # bars, plus 0.9 in per chart for text
     figure = Figure(figsize=(11, 0.5 + sum(0.32 * n + 0.9 for n in heights)), layout="constrained")
     axes = figure.subplots(len(board), 1, squeeze=False, height_ratios=heights)[:, 0]
@@ -395,7 +396,7 @@ def plot(board: Mapping[str, Sequence[Row]], path: Path, metric: str = "em") -> 
         ]
         axis.set_yticks(list(positions), labels, fontsize=9)
         axis.set_ylim(len(rows) - 0.4, -0.6)  # best on top; one bar as thick in every chart
-        axis.set_xlim(0, max(row.average for row in rows) * 1.18)
+        axis.set_xlim(0, max(max(row.average for row in rows) * 1.18, 0.1))
         plural = "s" if len(datasets) > 1 else ""
         axis.set_title(f"{setting}  ({len(datasets)} dataset{plural})", loc="left", fontsize=11)
         axis.set_xlabel(f"average {metric}; one followed by (k) is over the k datasets its row has")
@@ -406,7 +407,11 @@ def plot(board: Mapping[str, Sequence[Row]], path: Path, metric: str = "em") -> 
         loc="outside upper right",
         ncols=2,
     )
-    figure.savefig(path, dpi=110)
+    return figure
+
+
+def plot(board: Mapping[str, Sequence[Row]], path: Path, metric: str = "em") -> Path:
+    chart(board, metric).savefig(path, dpi=110)
     return path
 
 

@@ -13,7 +13,14 @@ import pytest
 from huggingface_hub import HfApi
 
 from research_r1.errors import InputError
-from research_r1.leaderboard import SEARCH_R1_SETTING, configure_leaderboard, run_leaderboard
+from research_r1.leaderboard import (
+    SEARCH_R1_SETTING,
+    chart,
+    configure_leaderboard,
+    load_runs,
+    run_leaderboard,
+    sections,
+)
 
 BM25_SETTING = "search_r1 · wiki-18, bm25 · top-3 · EM"
 FULL = {  # dataset: (em, n)
@@ -210,6 +217,14 @@ def test_no_reported_leaves_only_the_runs(tmp_path) -> None:
         ["| 1", "org/searcher-7b@step-200", "agent"],
         ["| 2", "org/searcher-3b", "agent"],
     ]
+
+
+def test_every_axis_starts_at_zero_even_when_every_score_is_zero(tmp_path) -> None:
+    zero = run_json("org/random", BM25_SETTING, {"bamboogle": (0.0, 125)}, "2026-11-29T00:00:00Z")
+    board = sections(load_runs([str(write(tmp_path / "zero.json", zero))]))
+    [axis] = chart(board).axes
+    assert axis.get_xlim() == (0.0, 0.1)
+    assert [text.get_text() for text in axis.texts] == [" 0.000"]
 
 
 def test_metric_picks_the_column_and_drops_the_papers_em(tmp_path) -> None:
