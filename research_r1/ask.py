@@ -8,9 +8,8 @@
 Scores say how often an agent is right; reading one episode says how it got there. `ask` shows
 each thought, each search with the titles of the passages it brought back, and the answer, as
 they happen. It runs exactly what `eval`'s `agent` method scores (the same plan, model family
-resolution, prompt, greedy decoding and `play`), so what it shows is what `eval` measures: the
-rollout is left untouched and the generator and retriever are wrapped in proxies that print
-what passes through them.
+resolution, prompt, greedy decoding and `play`), so what it shows is what `eval` measures: a
+`Watcher` prints each turn and each search's titles as the rollout plays them.
 """
 
 from __future__ import annotations
@@ -27,9 +26,8 @@ from rich.text import Text
 
 from research_r1 import evaluation
 from research_r1.errors import InputError
-from research_r1.generation import Generation, Generator
 from research_r1.protocol import Protocol, split_turn
-from research_r1.retrieval import Passage, Retriever
+from research_r1.retrieval import Passage
 from research_r1.retrieval.config import load_retriever
 
 _LABEL_WIDTH = 8  # "think", "search" and the title numbers line up after it
@@ -78,9 +76,10 @@ def ask(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         "agent",
         [question],
         plan,
-        ShowTurns(generator, tokenizer, protocol, console),
+        generator,
         tokenizer,
-        ShowPassages(retriever, console),
+        retriever,
+        watcher=Show(protocol, console, tokenizer.all_special_tokens),
     )
     line = evaluation.trace(question, episode, tokenizer, protocol)
     answer = Text(line["prediction"]) if line["prediction"] is not None else Text("no answer")
@@ -100,43 +99,28 @@ def make_plan(args: argparse.Namespace) -> evaluation.Plan:
 
 
 @dataclass(frozen=True)
-class ShowTurns:
-    """A generator that prints each turn's thought and search query as it comes back."""
+class Show:
+    """A rollout `Watcher` that prints each turn's thought and search query, and the titles of
+    the passages each search brought back, as they happen."""
 
-    inner: Generator
-    tokenizer: Any
     protocol: Protocol
     console: Console
+    special_tokens: Sequence[str] = ()  # end-of-turn markers and the like, not shown
 
-    def generate(
-        self, contexts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], stop: Sequence[str]
-    ) -> list[Generation]:
-        generations = self.inner.generate(contexts, max_new_tokens, stop)
-        for generation in generations:
-            text = self.tokenizer.decode(generation.token_ids, skip_special_tokens=True)
-            thought, action = split_turn(text, self.protocol)
-            if thought:
-                self.console.print(_labelled("think", thought, "italic"))
-            if action.kind == "search":
-                self.console.print(_labelled("search", action.content, "bold cyan"))
-        return generations
+    def turn(self, row: int, text: str) -> None:
+        for token in self.special_tokens:
+            text = text.replace(token, "")
+        thought, action = split_turn(text, self.protocol)
+        if thought:
+            self.console.print(_labelled("think", thought, "italic"))
+        if action.kind == "search":
+            self.console.print(_labelled("search", action.content, "bold cyan"))
 
-
-@dataclass(frozen=True)
-class ShowPassages:
-    """A retriever that prints the titles of the passages found for each query."""
-
-    inner: Retriever
-    console: Console
-
-    def search(self, queries: Sequence[str], k: int) -> list[list[Passage]]:
-        results = self.inner.search(queries, k)
-        for passages in results:
-            for rank, passage in enumerate(passages, 1):
-                self.console.print(_labelled(f"{rank:>5}.", passage.title, "green"))
-            if not passages:
-                self.console.print(_labelled("", "nothing found", "dim"))
-        return results
+    def searched(self, row: int, query: str, passages: Sequence[Passage]) -> None:
+        for rank, passage in enumerate(passages, 1):
+            self.console.print(_labelled(f"{rank:>5}.", passage.title, "green"))
+        if not passages:
+            self.console.print(_labelled("", "nothing found", "dim"))
 
 
 def _labelled(label: str, text: str, style: str) -> Text:

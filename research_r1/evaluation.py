@@ -64,7 +64,7 @@ from research_r1.retrieval.config import (
     parse_config,
 )
 from research_r1.rewards import cover_match, exact_match, token_f1
-from research_r1.rollout import Episode, RolloutConfig, encode_prompt, run_rollout
+from research_r1.rollout import Episode, RolloutConfig, Watcher, encode_prompt, run_rollout
 from research_r1.suites import SUITES, Suite, get_suite
 
 logger = logging.getLogger(__name__)
@@ -388,9 +388,11 @@ def play(
     generator: Generator,
     tokenizer: Any,
     retriever: Retriever,
+    watcher: Watcher | None = None,
 ) -> list[Episode]:
     """One batch of questions: the search loop for `agent`, one turn without search for the
-    baselines (`rag` with the question's passages in its prompt)."""
+    baselines (`rag` with the question's passages in its prompt). A `watcher` sees the
+    episodes as they are played."""
     template = method_template(method, plan.family.template)
     prompts: list[Prompt] = [template.prompt(q.question) for q in questions]
     if method == "rag":
@@ -411,6 +413,7 @@ def play(
         retriever=retriever,
         protocol=template.protocol,
         config=config,
+        watcher=watcher,
     )
 
 

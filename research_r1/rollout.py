@@ -37,6 +37,9 @@ Rules of an episode:
   `max_completion_tokens` less one id kept for the final EOS. An episode that runs out (or whose
   last turn is cut off by a token budget) is cut to `max_completion_tokens` and marked
   `truncated`, with NO EOS, so TRL counts it as truncated too.
+- A `Watcher` (optional) sees each model turn as it is decoded and each search's passages as
+  they come back, before the next turn starts: the live views (`research-r1 ask`, the Space)
+  watch the same episode that training and evaluation play.
 - Finished episodes end with EOS. When the model sampled it, it is a sampled token. When the
   episode ends otherwise (stopped at `</answer>`, or out of turns), the environment appends EOS
   as an inserted token (mask 0: the model did not choose it, so it is not trained on). It is
@@ -46,6 +49,7 @@ Rules of an episode:
 from __future__ import annotations
 
 import logging
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,6 +109,16 @@ class Episode:
         self.truncated = True
 
 
+class Watcher(typing.Protocol):
+    """Sees episodes as they are played; `row` is the episode's index in the batch."""
+
+    def turn(self, row: int, text: str) -> None:
+        """The model's turn, decoded as the rollout parses it (special tokens kept)."""
+
+    def searched(self, row: int, query: str, passages: Sequence[Passage]) -> None:
+        """A search of that turn and what it found, before it is inserted as an observation."""
+
+
 class RolloutConfig(BaseModel):
     """How far an episode may go (Search-R1's paper values by default), and how long a search
     waits for a retriever that cannot be reached before the run stops."""
@@ -134,6 +148,7 @@ def run_rollout(
     retriever: Retriever,
     protocol: Protocol,
     config: RolloutConfig,
+    watcher: Watcher | None = None,
 ) -> list[Episode]:
     """Play one episode per prompt, all turns batched; episodes come back in prompt order."""
     eos_id = tokenizer.eos_token_id
@@ -167,6 +182,8 @@ def run_rollout(
             else []
         )
         for row, generation, text in zip(active, generations, texts, strict=True):
+            if watcher is not None:
+                watcher.turn(row, text)
             episode = episodes[row]
             episode.add_sampled(generation)
             action = parse_turn(text, protocol)
@@ -201,7 +218,7 @@ def run_rollout(
             tokenizer,
             config,
         )
-        _run_searches(searches, episodes, retriever, protocol, tokenizer, config, notice)
+        _run_searches(searches, episodes, retriever, protocol, tokenizer, config, notice, watcher)
         active = sorted(invalid + [row for row, _ in searches])
     return episodes
 
@@ -230,6 +247,7 @@ def _run_searches(
     tokenizer: Any,
     config: RolloutConfig,
     notice: str,
+    watcher: Watcher | None,
 ) -> None:
     """Run the turn's queries in one retriever call and insert each result as an observation,
     followed by `notice` (empty unless the next turn is the last)."""
@@ -242,6 +260,8 @@ def _run_searches(
     closing = protocol.observation_format.split("{passages}")[-1]
     heads = []
     for (row, query), passages in zip(searches, results, strict=True):
+        if watcher is not None:
+            watcher.searched(row, query, passages)
         episode = episodes[row]
         episode.num_searches += 1
         episode.queries.append(query)

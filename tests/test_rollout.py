@@ -138,7 +138,7 @@ def encode(tokenizer, text: str) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False)
 
 
-def play(tokenizer, scripts, retriever=None, protocol=SEARCH_R1, **limits):
+def play(tokenizer, scripts, retriever=None, protocol=SEARCH_R1, watcher=None, **limits):
     """Run the scripted prompts as one batch; returns the episodes and the policy."""
     policy = ScriptedPolicy(tokenizer, scripts)
     episodes = run_rollout(
@@ -148,6 +148,7 @@ def play(tokenizer, scripts, retriever=None, protocol=SEARCH_R1, **limits):
         retriever=retriever or RecordingRetriever(),
         protocol=protocol,
         config=RolloutConfig(**{"k": 2, **limits}),
+        watcher=watcher,
     )
     return episodes, policy
 
@@ -235,6 +236,40 @@ def test_mixed_batch_makes_one_retrieval_call_per_turn(tokenizer):
         + EOS
     )
     assert transcript(tokenizer, b) == expected_b
+
+
+class Recorder:
+    """A `Watcher` that writes down what it sees, in order."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple] = []
+
+    def turn(self, row: int, text: str) -> None:
+        self.seen.append(("turn", row, text))
+
+    def searched(self, row: int, query: str, passages) -> None:
+        self.seen.append(("searched", row, query, [p.id for p in passages]))
+
+
+def test_a_watcher_sees_each_turn_then_its_searches_as_they_happen(tokenizer):
+    scripts = {
+        "Question A\n": ["<answer> paris </answer>"],
+        "Question B\n": ["<search> b one </search>", "<answer> b </answer>"],
+        "Question C\n": ["<search> c one </search>", "<search> c two </search>", "stop" + EOS],
+    }
+    recorder = Recorder()
+    play(tokenizer, scripts, watcher=recorder)
+    assert recorder.seen == [
+        ("turn", 0, "<answer> paris </answer>"),
+        ("turn", 1, "<search> b one </search>"),
+        ("turn", 2, "<search> c one </search>"),
+        ("searched", 1, "b one", ["b one#0", "b one#1"]),
+        ("searched", 2, "c one", ["c one#0", "c one#1"]),
+        ("turn", 1, "<answer> b </answer>"),
+        ("turn", 2, "<search> c two </search>"),
+        ("searched", 2, "c two", ["c two#0", "c two#1"]),
+        ("turn", 2, "stop" + EOS),
+    ]
 
 
 def test_turn_limit_refuses_the_last_search_and_warns_before_the_last_turn(tokenizer):
