@@ -79,7 +79,7 @@ def ask(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         generator,
         tokenizer,
         retriever,
-        watcher=Show(protocol, console, tokenizer.all_special_tokens),
+        watcher=Show(protocol, console),
     )
     line = evaluation.trace(question, episode, tokenizer, protocol)
     answer = Text(line["prediction"]) if line["prediction"] is not None else Text("no answer")
@@ -105,11 +105,8 @@ class Show:
 
     protocol: Protocol
     console: Console
-    special_tokens: Sequence[str] = ()  # end-of-turn markers and the like, not shown
 
     def turn(self, row: int, text: str) -> None:
-        for token in self.special_tokens:
-            text = text.replace(token, "")
         thought, action = split_turn(text, self.protocol)
         if thought:
             self.console.print(_labelled("think", thought, "italic"))

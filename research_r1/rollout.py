@@ -113,7 +113,7 @@ class Watcher(typing.Protocol):
     """Sees episodes as they are played; `row` is the episode's index in the batch."""
 
     def turn(self, row: int, text: str) -> None:
-        """The model's turn, decoded as the rollout parses it (special tokens kept)."""
+        """The model's turn as a reader sees it (decoded without special tokens)."""
 
     def searched(self, row: int, query: str, passages: Sequence[Passage]) -> None:
         """A search of that turn and what it found, before it is inserted as an observation."""
@@ -183,7 +183,7 @@ def run_rollout(
         )
         for row, generation, text in zip(active, generations, texts, strict=True):
             if watcher is not None:
-                watcher.turn(row, text)
+                watcher.turn(row, tokenizer.decode(generation.token_ids, skip_special_tokens=True))
             episode = episodes[row]
             episode.add_sampled(generation)
             action = parse_turn(text, protocol)

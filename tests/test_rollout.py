@@ -268,7 +268,7 @@ def test_a_watcher_sees_each_turn_then_its_searches_as_they_happen(tokenizer):
         ("turn", 1, "<answer> b </answer>"),
         ("turn", 2, "<search> c two </search>"),
         ("searched", 2, "c two", ["c two#0", "c two#1"]),
-        ("turn", 2, "stop" + EOS),
+        ("turn", 2, "stop"),  # as a reader sees it: without the special EOS token
     ]
 
 
