@@ -19,9 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import shutil
 import tempfile
-from collections.abc import Mapping
+import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
 from itertools import groupby
@@ -51,6 +53,7 @@ from research_r1.protocol import (
     parse_passages,
     split_turn,
 )
+from research_r1.retrieval import Passage
 from research_r1.retrieval.config import HybridConfig, RemoteConfig, parse_config
 from research_r1.rollout import Episode
 
@@ -72,13 +75,14 @@ class Turn:
     """One step of an episode as the demo shows it.
 
     `kind` is "think" (the model's reasoning), "search" (`text` is the query and `passages` the
-    (title, text) pairs the model read back), "answer" (the final answer), or "notice" (other
-    text the environment inserted: the invalid-step or last-turn notice).
+    (title, text) pairs the model read back, once they are back), "answer" (the final answer),
+    or "notice" (other text the environment inserted: the invalid-step or last-turn notice).
     """
 
     kind: Literal["think", "search", "answer", "notice"]
     text: str
     passages: tuple[ShownPassage, ...] = ()
+    pending: bool = False  # a search whose passages have not come back yet
 
 
 def transcript_turns(episode: Episode, tokenizer: Any, protocol: Protocol) -> list[Turn]:
@@ -97,6 +101,42 @@ def transcript_turns(episode: Episode, tokenizer: Any, protocol: Protocol) -> li
             turns[-1] = replace(turns[-1], passages=passages)
         turns += [Turn("notice", notice) for notice in notices]
     return turns
+
+
+class LiveTurns:
+    """A rollout `Watcher` for one episode: its steps so far, a copy of them put on `updates` at
+    each change (a search is pending until its passages are back; the player puts None when the
+    episode is over), and `stop()`, which ends the episode at its next step (`EpisodeStopped`),
+    for a time limit."""
+
+    def __init__(self, protocol: Protocol) -> None:
+        self.protocol = protocol
+        self.steps: list[Turn] = []
+        self.updates: queue.SimpleQueue[list[Turn] | None] = queue.SimpleQueue()
+        self._stopped = threading.Event()
+
+    def turn(self, row: int, text: str) -> None:
+        self._go_on()
+        turns = _model_turns(text, self.protocol)
+        self.steps += [replace(t, pending=True) if t.kind == "search" else t for t in turns]
+        self.updates.put(list(self.steps))
+
+    def searched(self, row: int, query: str, passages: Sequence[Passage]) -> None:
+        self._go_on()
+        shown = tuple(ShownPassage(p.title, p.text) for p in passages)
+        self.steps[-1] = replace(self.steps[-1], passages=shown, pending=False)
+        self.updates.put(list(self.steps))
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _go_on(self) -> None:
+        if self._stopped.is_set():
+            raise EpisodeStopped("the episode was stopped")
+
+
+class EpisodeStopped(Exception):
+    """Raised inside the rollout when a live view stops its episode."""
 
 
 def _model_turns(text: str, protocol: Protocol) -> list[Turn]:

@@ -12,6 +12,7 @@ import os
 import re
 import socket
 import sys
+import time
 from collections.abc import Sequence
 from importlib.metadata import version
 from pathlib import Path
@@ -335,6 +336,10 @@ def launch(demo):
     return Client(demo.local_url, verbose=False)
 
 
+def statuses(history: list[dict]) -> list[str | None]:
+    return [(message.get("metadata") or {}).get("status") for message in history]
+
+
 def summary(history: list[dict]) -> list[tuple[str, str | None, str]]:
     """(role, metadata title, text) per message, as gradio_client returns the chat."""
     return [
@@ -353,7 +358,7 @@ def app():
 
 
 @pytest.mark.slow
-def test_the_app_shows_each_step_and_the_answer(app, tokenizer):
+def test_the_app_streams_each_step_then_the_answer(app, tokenizer):
     from gradio_client.exceptions import AppError
 
     generator = ScriptedGenerator(
@@ -363,24 +368,34 @@ def test_the_app_shows_each_step_and_the_answer(app, tokenizer):
     demo = app.build_app(generator, tokenizer, HamletRetriever(), TEMPLATES["search_r1"], config)
     client = launch(demo)
     try:
-        box, history = client.predict("who wrote hamlet?", [], api_name="/ask")
+        job = client.submit("who wrote hamlet?", [], api_name="/ask")
+        updates = [(summary(history), statuses(history)) for _, history in job]
         passages = (
-            "**Hamlet (play)**: Hamlet is a tragedy by William Shakespeare.\n\n"
-            "**William Shakespeare**: Shakespeare (1564-1616) was a playwright."
+            "Hamlet (play)\nHamlet is a tragedy by William Shakespeare.\n\n"
+            "William Shakespeare\nShakespeare (1564-1616) was a playwright."
         )
-        first = [
-            ("user", None, "who wrote hamlet?"),
-            ("assistant", "Thinking", "I need the author."),
-            ("assistant", "Search: hamlet author", passages),
+        question = ("user", None, "who wrote hamlet?")
+        thought = ("assistant", "Thinking", "I need the author.")
+        found = [question, thought, ("assistant", "Search: hamlet author", passages)]
+        answered = [
+            *found,
             ("assistant", "Thinking", "Shakespeare wrote it."),
             ("assistant", None, "William Shakespeare"),
         ]
-        assert box == "" and summary(history) == first
-        assert {message["metadata"].get("status") for message in history[1:4]} == {"done"}
+        assert updates == [
+            ([question], [None]),
+            (
+                [question, thought, ("assistant", "Searching: hamlet author", "…")],
+                [None, "done", "pending"],
+            ),
+            (found, [None, "done", "done"]),
+            (answered, [None, "done", "done", "done", None]),
+            (answered, [None, "done", "done", "done", None]),  # redrawn from the episode
+        ]
 
-        _, history = client.predict("and macbeth?", history, api_name="/ask")
+        _, history = client.predict("and macbeth?", job.result()[1], api_name="/ask")
         assert summary(history) == [
-            *first,
+            *answered,
             ("user", None, "and macbeth?"),
             ("assistant", "Thinking", "no idea"),
             ("assistant", None, app.NO_ANSWER),
@@ -389,6 +404,40 @@ def test_the_app_shows_each_step_and_the_answer(app, tokenizer):
             client.predict("   ", [], api_name="/ask")
     finally:
         demo.close()
+
+
+class SlowGenerator(ScriptedGenerator):
+    def generate(self, contexts, max_new_tokens, stop):
+        time.sleep(1.0)
+        return super().generate(contexts, max_new_tokens, stop)
+
+
+@pytest.mark.slow
+def test_a_question_over_the_time_limit_fails_with_a_message(app, tokenizer):
+    from gradio_client.exceptions import AppError
+
+    generator = SlowGenerator(tokenizer, [SEARCH_TURN, ANSWER_TURN])
+    config = RolloutConfig(k=2, max_turns=2)
+    demo = app.build_app(
+        generator, tokenizer, HamletRetriever(), TEMPLATES["search_r1"], config, time_limit_s=0.5
+    )
+    client = launch(demo)
+    try:
+        with pytest.raises(AppError, match=r"The agent took longer than 0.5 s"):
+            client.predict("who wrote hamlet?", [], api_name="/ask")
+    finally:
+        demo.close()
+
+
+def test_passages_and_the_models_text_are_shown_as_text(app):
+    """HTML and Markdown in a passage or in what the model wrote reach the page escaped (the
+    chat renders no Markdown); the browser test checks the page itself."""
+    evil = "<img src=x onerror=alert(1)> [a link](http://example.com) & more"
+    search = app.to_message(Turn("search", evil, ((evil, evil),)))
+    escaped = "&lt;img src=x onerror=alert(1)&gt; [a link](http://example.com) &amp; more"
+    assert search.metadata["title"] == f"Search: {escaped}"
+    assert search.content == f"{escaped}\n{escaped}"
+    assert app.to_message(Turn("answer", evil)).content == escaped
 
 
 class UnreachableRetriever:
