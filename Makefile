@@ -82,3 +82,13 @@ $(VLLM_STAMP): setup.cfg pyproject.toml requirements/torch.in requirements/vllm.
 
 test-vllm: install-vllm
 	$(VLLM_PY) -m pytest -q tests_vllm
+
+# The browser suite: the app in a real Chromium (Debian's package, installed with apt-get when
+# it is missing), driven by Playwright's Python package; screenshots go to outputs/browser.
+.PHONY: test-browser
+CHROMIUM ?= /usr/bin/chromium
+
+test-browser: install
+	test -x $(CHROMIUM) || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
+	$(PY) -m pip install -q -r requirements/browser.txt
+	CHROMIUM=$(CHROMIUM) $(PY) -m pytest -q tests_browser

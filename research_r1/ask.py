@@ -62,7 +62,7 @@ def ask(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         raise InputError("the question is empty")
     if not args.model.strip():
         raise InputError("--model is empty")
-    plan = make_plan(args)
+    plan = evaluation.agent_plan(args)
     question = evaluation.Question("ask", evaluation.normalise_question(args.question, plan), [])
     protocol = plan.family.template.protocol
     tokenizer = evaluation.load_tokenizer(plan)
@@ -87,15 +87,6 @@ def ask(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     searches = f"{line['searches']} search" + ("" if line["searches"] == 1 else "es")
     console.print(Text(f"{searches} · {line['tokens']} tokens · {line['finish']}", style="dim"))
     return line
-
-
-def make_plan(args: argparse.Namespace) -> evaluation.Plan:
-    """`eval`'s plan for the model: eval's defaults, this command's options, and one question
-    at a time with the agent method."""
-    parser = argparse.ArgumentParser()
-    evaluation.configure_eval(parser)
-    given = argparse.Namespace(**vars(args), method="agent", batch_size=1)
-    return evaluation.make_plan(parser.parse_args(["--", args.model], namespace=given))
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "search": ("research_r1.retrieval.cli", "Search with a retriever config; print a table."),
     "train": ("research_r1.launch", "Train with GRPO from a recipe (under accelerate)."),
     "push-space": ("research_r1.space", "Push the Gradio demo Space for a trained model."),
+    "space": ("research_r1.app", "Run the demo app here (default: the demo's model)."),
     "demo": ("research_r1.demo", "Show on a CPU in minutes that GRPO teaches search."),
     "eval": ("research_r1.evaluation", "Evaluate a checkpoint on a published setting."),
     "leaderboard": ("research_r1.leaderboard", "Merge eval runs into one leaderboard per setting."),

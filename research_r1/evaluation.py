@@ -113,6 +113,7 @@ class Plan:
     skip_bad: bool
     source: str
     out: Path
+    max_retriever_wait_s: float = 600.0  # a live view (the Space) waits less than a run
 
     @property
     def rollout(self) -> RolloutConfig:
@@ -124,6 +125,7 @@ class Plan:
             max_new_tokens=self.suite.max_new_tokens,
             max_observation_tokens=self.suite.max_observation_tokens,
             final_turn_notice=self.family.final_turn_notice,
+            max_retriever_wait_s=self.max_retriever_wait_s,
         )
 
     def describe(self, method: str | None = None) -> dict[str, Any]:
@@ -198,6 +200,16 @@ def make_plan(args: argparse.Namespace) -> Plan:
         source=args.source,
         out=args.out or Path("eval") / Path(model).name,
     )
+
+
+def agent_plan(args: argparse.Namespace) -> Plan:
+    """`eval`'s plan for playing one question at a time with the agent method, as `ask` and the
+    Space do: eval's defaults and the options `args` has (model, template, retriever, k,
+    max_turns, backend)."""
+    parser = argparse.ArgumentParser()
+    configure_eval(parser)
+    given = argparse.Namespace(**vars(args), method="agent", batch_size=1)
+    return make_plan(parser.parse_args(["--", args.model], namespace=given))
 
 
 def _card_settings(model: str, revision: str | None) -> Mapping[str, Any] | None:

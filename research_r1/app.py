@@ -1,0 +1,233 @@
+"""The demo app: ask a question, watch the agent think, search and answer, step by step.
+
+The same app runs as the Hub Space (`spaces/search_agent/app.py`, settings from
+`space_config.json` and the Space variables) and on this machine (`research-r1 space`, by
+default on what `make demo` wrote). Each question is one episode of `eval`'s `agent` method
+(`evaluation.play`, as `research-r1 ask` plays it), in a worker thread the page watches through
+a rollout watcher: each thought, each search (pending until its passages are back), then the
+answer. When the episode ends, its steps are redrawn from the episode itself: passages as the
+model read them (cut where its observation was cut) and the environment's notices.
+
+Everything the model writes and every passage is shown as text: HTML-escaped, with Markdown
+rendering off, so a passage holding `<img onerror=...>` or a link shows as those characters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import html
+import itertools
+import json
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from research_r1 import evaluation
+from research_r1.errors import InputError, RunStopped
+from research_r1.generation import Generator
+from research_r1.retrieval import RetrievalError, Retriever
+from research_r1.retrieval.config import load_retriever
+from research_r1.space import EpisodeStopped, LiveTurns, SpaceSettings, Turn, transcript_turns
+
+MAX_QUESTION_CHARS = 1000
+QUEUE_SIZE = 16  # questions waiting; more are turned away with a "busy" message
+TIME_LIMIT_S = 300.0  # per question; the episode stops at its next step after that
+# A visitor waits for the answer: an unreachable retriever is waited for this long, not the ten
+# minutes a training run allows, then the question fails with a message.
+RETRIEVER_WAIT_S = 30.0
+NO_ANSWER = "The agent gave no answer (it ran out of searches or tokens)."
+DEMO = Path("outputs/demo")  # what `make demo` writes: the default of `research-r1 space`
+EXAMPLES = 5
+
+
+def shown(text: str) -> str:
+    """`text` as the chat shows it: HTML-escaped (Markdown rendering is off)."""
+    return html.escape(text, quote=False)
+
+
+def to_message(turn: Turn) -> gr.ChatMessage:
+    """Thoughts, searches and notices are collapsed steps; the answer is the assistant's reply.
+    A search is pending until its passages are back."""
+    if turn.kind == "answer":
+        return gr.ChatMessage(content=shown(turn.text))
+    if turn.kind == "search":
+        found = [f"{title}\n{text}" for title, text in turn.passages]
+        title = f"Searching: {turn.text}" if turn.pending else f"Search: {turn.text}"
+        body = "…" if turn.pending else "\n\n".join(found) or "No passages found."
+    else:
+        title, body = ("Thinking" if turn.kind == "think" else "Environment"), turn.text
+    status = "pending" if turn.pending else "done"
+    return gr.ChatMessage(content=shown(body), metadata={"title": shown(title), "status": status})
+
+
+def build_app(
+    plan: evaluation.Plan,
+    generator: Generator,
+    tokenizer: Any,
+    retriever: Retriever,
+    *,
+    examples: Sequence[str] = (),
+    time_limit_s: float = TIME_LIMIT_S,
+) -> gr.Blocks:
+    """The chat UI for `plan`'s model and settings; `generator` writes the model's turns (any
+    research_r1 `Generator`)."""
+    protocol = plan.family.template.protocol
+
+    def play(question: str, live: LiveTurns, outcome: dict[str, Any]) -> None:
+        asked = evaluation.Question("space", evaluation.normalise_question(question, plan), [])
+        try:
+            [outcome["episode"]] = evaluation.play(
+                "agent", [asked], plan, generator, tokenizer, retriever, watcher=live
+            )
+        except Exception as error:  # handed to the page, which shows it or raises it
+            outcome["error"] = error
+        finally:
+            live.updates.put(None)  # the episode is over
+
+    def ask(question: str, history: list) -> Any:
+        question = question.strip()
+        if not question:
+            raise gr.Error("Ask a question first.")
+        if len(question) > MAX_QUESTION_CHARS:
+            raise gr.Error(f"Questions are limited to {MAX_QUESTION_CHARS} characters.")
+        history = [*history, gr.ChatMessage(role="user", content=shown(question))]
+        yield "", history
+        live, outcome = LiveTurns(protocol), {}
+        worker = threading.Thread(target=play, args=(question, live, outcome), daemon=True)
+        worker.start()
+        deadline, shown_so_far = time.monotonic() + time_limit_s, []
+        while True:
+            try:
+                steps = live.updates.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                live.stop()
+                raise gr.Error(
+                    f"The agent took longer than {time_limit_s:g} s; try a simpler question."
+                ) from None
+            if steps is None:
+                break
+            shown_so_far = [to_message(turn) for turn in steps]
+            yield "", [*history, *shown_so_far]
+        final = replies(outcome)
+        if final != shown_so_far:  # redrawn only where it differs: open steps stay open
+            yield "", [*history, *final]
+
+    def replies(outcome: dict[str, Any]) -> list[gr.ChatMessage]:
+        """The finished episode's steps, or the reason it has none."""
+        error = outcome.get("error")
+        if isinstance(error, RunStopped | RetrievalError):
+            raise gr.Error(f"The search engine did not answer: {error}") from error
+        if isinstance(error, EpisodeStopped):
+            raise gr.Error("The question was stopped.") from error
+        if error is not None:
+            raise error
+        turns = transcript_turns(outcome["episode"], tokenizer, protocol)
+        messages = [to_message(turn) for turn in turns]
+        if not any(turn.kind == "answer" for turn in turns):
+            messages.append(gr.ChatMessage(content=NO_ANSWER))
+        return messages
+
+    with gr.Blocks(title="research_r1 search agent") as demo:
+        gr.Markdown(
+            "# Search agent\nAsk a factual question. The agent reasons, searches a corpus, reads "
+            "the passages and answers; each step appears as it happens, open it to read it."
+        )
+        gr.Textbox(describe(plan), label="Running", interactive=False, max_lines=3)
+        chatbot = gr.Chatbot(label="Agent", height=560, render_markdown=False)
+        box = gr.Textbox(
+            placeholder="Ask a question",
+            show_label=False,
+            max_length=MAX_QUESTION_CHARS,
+        )
+        if examples:
+            gr.Examples(list(examples), box, label="Questions it can answer")
+        box.submit(ask, [box, chatbot], [box, chatbot], api_name="ask")
+        gr.ClearButton([box, chatbot])
+    return demo
+
+
+def describe(plan: evaluation.Plan) -> str:
+    """One line for the page: the model, its template, the retriever and the episode's limits."""
+    suite = plan.suite
+    return (
+        f"model {plan.model} · template {plan.family.template.name} · {suite.retriever_label}, "
+        f"top-{suite.k} · at most {suite.max_turns} searches, {suite.max_new_tokens} tokens per "
+        "turn, greedy"
+    )
+
+
+def load_app(
+    model: str,
+    retriever: str | dict[str, Any] | None = None,
+    template: str | None = None,
+    *,
+    k: int | None = None,
+    max_turns: int | None = None,
+    examples: Sequence[str] = (),
+) -> gr.Blocks:
+    """The app for `model` as `eval` would play it (its family's or card's template and
+    settings, then these), loaded on a GPU when there is one."""
+    options = argparse.Namespace(
+        model=model, template=template, retriever=retriever, k=k, max_turns=max_turns
+    )
+    options.backend = "auto"
+    plan = dataclasses.replace(
+        evaluation.agent_plan(options), max_retriever_wait_s=RETRIEVER_WAIT_S
+    )
+    tokenizer = evaluation.load_tokenizer(plan)
+    searcher = load_retriever(plan.suite.retriever)
+    generator = evaluation.load_generator(plan, tokenizer)
+    return build_app(plan, generator, tokenizer, searcher, examples=examples)
+
+
+def load_space(settings: SpaceSettings) -> gr.Blocks:
+    """The Hub Space's app from its settings."""
+    return load_app(
+        settings.model_id,
+        settings.retriever_config,
+        settings.template,
+        k=settings.top_k,
+        max_turns=settings.max_turns,
+    )
+
+
+def read_examples(path: Path, count: int = EXAMPLES) -> list[str]:
+    """The first `count` questions of a QA file (JSON lines with a "question")."""
+    with path.open() as lines:
+        return [json.loads(line)["question"] for line in itertools.islice(lines, count)]
+
+
+# ---------------------------------------------------------------------------------------------
+# research-r1 space
+
+
+def configure_space(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Run the demo app on this machine (127.0.0.1): by default the demo's trained model on its "
+        "synthetic corpus, as `make demo` wrote them to outputs/demo."
+    )
+    parser.add_argument("--model", default=str(DEMO / "grpo"), help="local folder or Hub id")
+    parser.add_argument(
+        "--retriever", default=None, help="retriever config (default: the demo's, or the suite's)"
+    )
+    parser.add_argument("--template", help="template (built-in name or YAML) for unknown models")
+    parser.add_argument("--examples", type=Path, help="a QA file whose first questions are shown")
+    parser.add_argument("--port", type=int, default=7860, help="port on 127.0.0.1")
+
+
+def run_space(args: argparse.Namespace) -> int:
+    demo_model = args.model == str(DEMO / "grpo")
+    if demo_model and not Path(args.model).is_dir():
+        raise InputError(f"{args.model} does not exist: run `make demo` first, or pass --model")
+    retriever = args.retriever or (str(DEMO / "retriever.yaml") if demo_model else None)
+    questions = args.examples or (DEMO / "questions" / "test.jsonl" if demo_model else None)
+    examples = read_examples(questions) if questions else []
+    app = load_app(args.model, retriever, args.template, examples=examples)
+    app.queue(max_size=QUEUE_SIZE).launch(server_name="127.0.0.1", server_port=args.port)
+    return 0
