@@ -28,7 +28,7 @@ from typing import Any
 
 import gradio as gr
 
-from research_r1 import evaluation
+from research_r1 import evaluation, leaderboard
 from research_r1.errors import InputError, RunStopped
 from research_r1.generation import Generator
 from research_r1.retrieval import RetrievalError, Retriever
@@ -73,10 +73,12 @@ def build_app(
     retriever: Retriever,
     *,
     examples: Sequence[str] = (),
+    results: Sequence[str] = (),
     time_limit_s: float = TIME_LIMIT_S,
 ) -> gr.Blocks:
-    """The chat UI for `plan`'s model and settings; `generator` writes the model's turns (any
-    research_r1 `Generator`)."""
+    """The chat UI for `plan`'s model and settings, and a leaderboard tab of the `results`
+    (eval runs: files, folders or `hf://datasets/ORG/NAME`) beside the papers' numbers;
+    `generator` writes the model's turns (any research_r1 `Generator`)."""
     protocol = plan.family.template.protocol
 
     def play(question: str, live: LiveTurns, outcome: dict[str, Any]) -> None:
@@ -134,22 +136,50 @@ def build_app(
         return messages
 
     with gr.Blocks(title="research_r1 search agent") as demo:
-        gr.Markdown(
-            "# Search agent\nAsk a factual question. The agent reasons, searches a corpus, reads "
-            "the passages and answers; each step appears as it happens, open it to read it."
-        )
-        gr.Textbox(describe(plan), label="Running", interactive=False, max_lines=3)
-        chatbot = gr.Chatbot(label="Agent", height=560, render_markdown=False)
-        box = gr.Textbox(
-            placeholder="Ask a question",
-            show_label=False,
-            max_length=MAX_QUESTION_CHARS,
-        )
-        if examples:
-            gr.Examples(list(examples), box, label="Questions it can answer")
-        box.submit(ask, [box, chatbot], [box, chatbot], api_name="ask")
-        gr.ClearButton([box, chatbot])
+        with gr.Tab("Ask"):
+            gr.Markdown(
+                "# Search agent\nAsk a factual question. The agent reasons, searches a corpus, "
+                "reads the passages and answers; each step appears as it happens, open it to "
+                "read it."
+            )
+            gr.Textbox(describe(plan), label="Running", interactive=False, max_lines=3)
+            chatbot = gr.Chatbot(label="Agent", height=560, render_markdown=False)
+            box = gr.Textbox(
+                placeholder="Ask a question", show_label=False, max_length=MAX_QUESTION_CHARS
+            )
+            if examples:
+                gr.Examples(list(examples), box, label="Questions it can answer")
+            box.submit(ask, [box, chatbot], [box, chatbot], api_name="ask")
+            gr.ClearButton([box, chatbot])
+        with gr.Tab("Leaderboard"):
+            leaderboard_tab(results)
     return demo
+
+
+def leaderboard_tab(results: Sequence[str]) -> None:
+    """The runs of `results` and the papers' reported rows: a sortable table (a rank within
+    each setting only), a setting filter and the chart of what is shown."""
+    rows = [*(leaderboard.load_runs(results) if results else ()), *leaderboard.REPORTED_ROWS]
+    board = leaderboard.sections(rows)
+    every = "every setting"
+
+    def view(setting: str) -> tuple[dict[str, list], Any]:
+        picked = board if setting == every else {setting: board[setting]}
+        records = leaderboard.table(picked)
+        headers = [key for key in records[0] if any(r[key] is not None for r in records)]
+        frame = {"headers": headers, "data": [[r[key] for key in headers] for r in records]}
+        return frame, leaderboard.chart(picked)
+
+    gr.Markdown(
+        "Exact match per dataset. Rows are ranked only within their setting (corpus, retriever, "
+        "top-k, metric); `reported` rows are the papers' own numbers, `measured` rows runs of "
+        "`research-r1 eval`."
+    )
+    setting = gr.Dropdown([every, *board], value=every, label="Setting")
+    frame, figure = view(every)
+    shown = gr.Dataframe(frame, interactive=False, label="Leaderboard")
+    plot = gr.Plot(figure, label="Average per row")
+    setting.change(view, setting, [shown, plot], api_name="leaderboard")
 
 
 def describe(plan: evaluation.Plan) -> str:
@@ -170,6 +200,7 @@ def load_app(
     k: int | None = None,
     max_turns: int | None = None,
     examples: Sequence[str] = (),
+    results: Sequence[str] = (),
 ) -> gr.Blocks:
     """The app for `model` as `eval` would play it (its family's or card's template and
     settings, then these), loaded on a GPU when there is one."""
@@ -183,7 +214,7 @@ def load_app(
     tokenizer = evaluation.load_tokenizer(plan)
     searcher = load_retriever(plan.suite.retriever)
     generator = evaluation.load_generator(plan, tokenizer)
-    return build_app(plan, generator, tokenizer, searcher, examples=examples)
+    return build_app(plan, generator, tokenizer, searcher, examples=examples, results=results)
 
 
 def load_space(settings: SpaceSettings) -> gr.Blocks:
@@ -194,6 +225,7 @@ def load_space(settings: SpaceSettings) -> gr.Blocks:
         settings.template,
         k=settings.top_k,
         max_turns=settings.max_turns,
+        results=[settings.results] if settings.results else [],
     )
 
 
@@ -218,6 +250,12 @@ def configure_space(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--template", help="template (built-in name or YAML) for unknown models")
     parser.add_argument("--examples", type=Path, help="a QA file whose first questions are shown")
+    parser.add_argument(
+        "--results",
+        nargs="*",
+        default=[],
+        help="eval runs for the leaderboard tab: results files, folders or hf://datasets/ORG/NAME",
+    )
     parser.add_argument("--port", type=int, default=7860, help="port on 127.0.0.1")
 
 
@@ -228,6 +266,6 @@ def run_space(args: argparse.Namespace) -> int:
     retriever = args.retriever or (str(DEMO / "retriever.yaml") if demo_model else None)
     questions = args.examples or (DEMO / "questions" / "test.jsonl" if demo_model else None)
     examples = read_examples(questions) if questions else []
-    app = load_app(args.model, retriever, args.template, examples=examples)
+    app = load_app(args.model, retriever, args.template, examples=examples, results=args.results)
     app.queue(max_size=QUEUE_SIZE).launch(server_name="127.0.0.1", server_port=args.port)
     return 0

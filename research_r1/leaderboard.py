@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
@@ -335,6 +336,26 @@ def markdown(board: Mapping[str, Sequence[Row]], metric: str = "em") -> str:
                 "datasets its row has.",
             ]
     return "\n".join(lines) + "\n"
+
+
+def table(board: Mapping[str, Sequence[Row]]) -> list[dict[str, Any]]:
+    """The leaderboard as records for a sortable table (the app's tab): one per row, with its
+    setting and rank in it, a column per dataset (None where the row has none)."""
+    datasets = datasets_of(row for rows in board.values() for row in rows)
+    return [
+        {
+            "setting": setting,
+            "rank": rank,
+            "model": row.name,
+            "method": row.method,
+            "kind": row.kind,
+            **{name: row.scores[name].value if name in row.scores else None for name in datasets},
+            "average": round(row.average, 4),
+            "n": row.n,
+        }
+        for setting, rows in board.items()
+        for rank, row in zip(_ranks(rows), rows, strict=True)
+    ]
 
 
 def write_csv(board: Mapping[str, Sequence[Row]], path: Path, metric: str = "em") -> Path:

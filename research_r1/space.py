@@ -10,8 +10,9 @@ imports it from its root, next to app.py; requirements.txt lists the package's r
 dependencies); the retriever config as `retriever.yaml`; the settings as `space_config.json`;
 and the README, whose YAML header configures the Space (sdk, sdk_version, app_file, models).
 The Hub reads no variables from that header, so settings travel in `space_config.json`; Space
-variables of the same names (MODEL_ID, RETRIEVER_CONFIG, TEMPLATE, MAX_TURNS, TOPK), set on the
-Space's settings page, override it without a new push.
+variables of the same names (MODEL_ID, RETRIEVER_CONFIG, TEMPLATE, MAX_TURNS, TOPK, and RESULTS:
+the Hub results dataset its leaderboard tab reads), set on the Space's settings page, override it
+without a new push.
 """
 
 from __future__ import annotations
@@ -182,6 +183,7 @@ class SpaceSettings(BaseModel):
     template: str = Field("search_r1", alias="TEMPLATE")
     max_turns: int = Field(4, alias="MAX_TURNS", ge=0)
     top_k: int = Field(3, alias="TOPK", ge=1)
+    results: str | None = Field(None, alias="RESULTS")  # hf://datasets/ORG/NAME of eval runs
 
     @field_validator("retriever_config", mode="before")
     @classmethod
@@ -259,6 +261,7 @@ def push_space(
     template: str = "search_r1",
     max_turns: int = 4,
     top_k: int = 3,
+    results: str | None = None,
     private: bool = False,
     token: str | None = None,
 ) -> str:
@@ -271,6 +274,7 @@ def push_space(
         template=template if template in TEMPLATES else TEMPLATE_FILE,
         max_turns=max_turns,
         top_k=top_k,
+        results=results,
     )
     with tempfile.TemporaryDirectory(prefix="research-r1-space-") as tmp:
         stage = Path(tmp) / "space"
@@ -384,6 +388,9 @@ def configure_push_space(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-turns", type=int, default=4, help="searches per question")
     parser.add_argument("--top-k", type=int, default=3, help="passages per search")
+    parser.add_argument(
+        "--results", metavar="hf://datasets/ORG/NAME", help="eval runs for the leaderboard tab"
+    )
     parser.add_argument("--private", action="store_true", help="create the Space private")
 
 
@@ -395,6 +402,7 @@ def run_push_space(args: argparse.Namespace) -> int:
         template=args.template,
         max_turns=args.max_turns,
         top_k=args.top_k,
+        results=args.results,
         private=args.private,
     )
     print(f"pushed Space {args.repo} (commit {sha[:12]})")

@@ -258,7 +258,7 @@ def test_unknown_keys_in_the_settings_file_are_named(tmp_path):
         load_settings(tmp_path, {})
     assert str(raised.value) == (
         f"{path}: unknown settings ['TOP_K'] (known: "
-        "['MODEL_ID', 'RETRIEVER_CONFIG', 'TEMPLATE', 'MAX_TURNS', 'TOPK'])"
+        "['MODEL_ID', 'RETRIEVER_CONFIG', 'TEMPLATE', 'MAX_TURNS', 'TOPK', 'RESULTS'])"
     )
 
 
@@ -553,6 +553,7 @@ def test_push_space_uploads_the_app_package_config_and_card(hub, tmp_path, monke
         "TEMPLATE": "template.yaml",
         "MAX_TURNS": 4,
         "TOPK": 2,
+        "RESULTS": None,
     }
     assert load_settings(folder, {}) == SpaceSettings(
         model_id="org/agent",
@@ -594,3 +595,57 @@ def test_push_space_refuses_a_model_that_is_not_on_the_hub(tmp_path):
         push_space("org/space", "org/agent/v2", retriever)
     with pytest.raises(InputError, match=r"missing\.yaml is not a file"):
         push_space("org/space", "org/agent", tmp_path / "missing.yaml")
+
+
+def test_space_without_the_demos_output_says_to_run_it(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("gradio")
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["space"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: outputs/demo/grpo does not exist: run `make demo` first, or pass --model"
+    )
+
+
+def run_file(folder: Path, model: str, setting: str, em: dict[str, float]) -> None:
+    """A run as `research-r1 eval` writes it (the keys the leaderboard reads)."""
+    results = {name: {"em": value, "n": 100} for name, value in em.items()}
+    config = {"model": model, "revision": None, "method": "agent", "setting": setting}
+    config["date"] = "2026-11-29T00:00:00Z"
+    (folder / f"{model.replace('/', '_')}.json").write_text(
+        json.dumps({"config": config, "results": results})
+    )
+
+
+@pytest.mark.slow
+def test_the_leaderboard_tab_ranks_runs_with_the_papers_rows_of_their_setting(
+    app, tokenizer, tmp_path
+):
+    from research_r1.leaderboard import SEARCH_R1_SETTING
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    run_file(runs, "org/strong", SEARCH_R1_SETTING, {"nq": 0.9, "bamboogle": 0.9})
+    run_file(runs, "org/bm25", "search_r1 · wiki/corpus.jsonl, BM25 · top-3 · EM", {"nq": 0.99})
+    generator = ScriptedGenerator(tokenizer, [ANSWER_TURN])
+    demo = app.build_app(
+        plan_for(tmp_path), generator, tokenizer, HamletRetriever(), results=[str(runs)]
+    )
+    client = launch(demo)
+    try:
+        table, _ = client.predict(SEARCH_R1_SETTING, api_name="/leaderboard")
+        bm25, _ = client.predict(
+            "search_r1 · wiki/corpus.jsonl, BM25 · top-3 · EM", api_name="/leaderboard"
+        )
+    finally:
+        demo.close()
+    records = [dict(zip(table["headers"], row, strict=True)) for row in table["data"]]
+    assert {r["setting"] for r in records} == {SEARCH_R1_SETTING}
+    assert [(r["rank"], r["model"], r["kind"]) for r in records[:3]] == [
+        (1, "org/strong", "measured"),
+        (2, "Qwen2.5-7B", "reported"),
+        (3, "Qwen2.5-7B", "reported"),
+    ]
+    assert {r["kind"] for r in records[1:]} == {"reported"}
+    assert [row[:5] for row in bm25["data"]] == [
+        ["search_r1 · wiki/corpus.jsonl, BM25 · top-3 · EM", 1, "org/bm25", "agent", "measured"]
+    ]
