@@ -225,6 +225,7 @@ def load_space(settings: SpaceSettings) -> gr.Blocks:
         settings.template,
         k=settings.top_k,
         max_turns=settings.max_turns,
+        examples=read_examples(Path(settings.examples)) if settings.examples else [],
         results=[settings.results] if settings.results else [],
     )
 

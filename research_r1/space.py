@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+import yaml
 from huggingface_hub import SpaceCard
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from pydantic import (
@@ -55,13 +56,14 @@ from research_r1.protocol import (
     split_turn,
 )
 from research_r1.retrieval import Passage
-from research_r1.retrieval.config import HybridConfig, RemoteConfig, parse_config
+from research_r1.retrieval.config import TYPES, HybridConfig, RemoteConfig, parse_config
 from research_r1.rollout import Episode
 
 SPACE_DIR = Path(__file__).resolve().parent.parent / "spaces" / "search_agent"
 SETTINGS_FILE = "space_config.json"
 RETRIEVER_FILE = "retriever.yaml"
 TEMPLATE_FILE = "template.yaml"
+EXAMPLES_FILE = "examples.jsonl"
 
 _LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
 _SKIP = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
@@ -180,10 +182,12 @@ class SpaceSettings(BaseModel):
 
     model_id: _NonBlank = Field(alias="MODEL_ID")
     retriever_config: _NonBlank | dict[str, Any] = Field(alias="RETRIEVER_CONFIG")
-    template: str = Field("search_r1", alias="TEMPLATE")
-    max_turns: int = Field(4, alias="MAX_TURNS", ge=0)
-    top_k: int = Field(3, alias="TOPK", ge=1)
+    # None: the model's own, from its family or its model card (as `eval` resolves them)
+    template: str | None = Field(None, alias="TEMPLATE")
+    max_turns: int | None = Field(None, alias="MAX_TURNS", ge=0)
+    top_k: int | None = Field(None, alias="TOPK", ge=1)
     results: str | None = Field(None, alias="RESULTS")  # hf://datasets/ORG/NAME of eval runs
+    examples: str | None = Field(None, alias="EXAMPLES")  # a QA file: its first questions
 
     @field_validator("retriever_config", mode="before")
     @classmethod
@@ -221,11 +225,13 @@ def load_settings(
         settings = SpaceSettings.model_validate(values)
     except ValidationError as error:
         raise _settings_error(error, path, environ) from None
-    config, template = settings.retriever_config, settings.template
+    config, template, examples = settings.retriever_config, settings.template, settings.examples
     return settings.model_copy(
         update={
+            "model_id": _local(folder, settings.model_id),
             "retriever_config": config if isinstance(config, dict) else _local(folder, config),
-            "template": template if template in TEMPLATES else _local(folder, template),
+            "template": template if template in (None, *TEMPLATES) else _local(folder, template),
+            "examples": examples and _local(folder, examples),
         }
     )
 
@@ -253,54 +259,156 @@ def _local(folder: Path, value: str) -> str:
 # push-space
 
 
+DEMO = Path("outputs/demo")  # what `make demo` writes: the Space's embedded default
+SHIP_LIMIT_BYTES = 2**30  # local files a push puts into the Space repo; larger ones go to the Hub
+
+
 def push_space(
     repo_id: str,
-    model_id: str,
-    retriever_config: str | os.PathLike,
+    model: str | None = None,
+    retriever_config: str | os.PathLike | None = None,
     *,
-    template: str = "search_r1",
-    max_turns: int = 4,
-    top_k: int = 3,
+    template: str | None = None,
+    max_turns: int | None = None,
+    top_k: int | None = None,
     results: str | None = None,
+    examples: str | os.PathLike | None = None,
     private: bool = False,
     token: str | None = None,
 ) -> str:
     """Create the Space (gradio SDK) unless it exists and upload the app with its settings in
-    one commit, both retried; returns the commit sha."""
-    config_path = _check_space_inputs(model_id, retriever_config, template, max_turns, top_k)
+    one commit, both retried; returns the commit sha. Without a model, the Space runs the
+    demo's trained model on its corpus (`make demo`'s output), so a free CPU Space works. A
+    local model folder, index or corpus goes into the Space itself (up to 1 GiB in all)."""
+    if model is None:
+        if not (DEMO / "grpo").is_dir():
+            raise InputError(
+                f"{DEMO / 'grpo'} does not exist: run `make demo` first, or pass --model"
+            )
+        model, retriever_config = str(DEMO / "grpo"), retriever_config or DEMO / "retriever.yaml"
+        examples = examples or DEMO / "questions" / "test.jsonl"
+    if retriever_config is None:
+        raise InputError("--retriever-config is needed with --model")
+    config_path = Path(retriever_config)
+    if not config_path.is_file():
+        raise InputError(f"retriever config {config_path} is not a file")
+    config = parse_config(config_path)
+    shipped = _shipped(model, config, config_path)
+    if template is not None:
+        load_template(template)
     settings = SpaceSettings(
-        model_id=model_id,
+        model_id="model" if Path(model).exists() else _hub_model(model),
         retriever_config=RETRIEVER_FILE,
-        template=template if template in TEMPLATES else TEMPLATE_FILE,
+        template=template if template in (None, *TEMPLATES) else TEMPLATE_FILE,
         max_turns=max_turns,
         top_k=top_k,
         results=results,
+        examples=EXAMPLES_FILE if examples else None,
     )
     with tempfile.TemporaryDirectory(prefix="research-r1-space-") as tmp:
         stage = Path(tmp) / "space"
         shutil.copytree(SPACE_DIR, stage, ignore=_SKIP)
         shutil.copytree(Path(__file__).resolve().parent, stage / "research_r1", ignore=_SKIP)
-        shutil.copyfile(config_path, stage / RETRIEVER_FILE)
-        if template not in TEMPLATES:
+        for source, target in shipped.items():
+            copy = shutil.copytree if source.is_dir() else shutil.copyfile
+            copy(source, stage / target)
+        (stage / RETRIEVER_FILE).write_text(yaml.safe_dump(_relocated(config, shipped)))
+        if settings.template == TEMPLATE_FILE:
             shutil.copyfile(template, stage / TEMPLATE_FILE)
+        if examples:
+            shutil.copyfile(examples, stage / EXAMPLES_FILE)
         (stage / SETTINGS_FILE).write_text(
             json.dumps(settings.model_dump(by_alias=True), indent=2) + "\n"
         )
-        space_card(model_id).save(stage / "README.md")
+        space_card(None if settings.model_id == "model" else model).save(stage / "README.md")
         return hub.push_folder(
             stage,
             repo_id,
             repo_type="space",
-            commit_message=f"Search agent demo for {model_id}",
+            commit_message=f"Search agent demo for {model}",
             private=private,
             token=token,
             what=f"push Space {repo_id}",
         )
 
 
-def space_card(model_id: str) -> SpaceCard:
+def _hub_model(model: str) -> str:
+    try:
+        validate_repo_id(model.partition("@")[0])
+    except HFValidationError as error:
+        raise InputError(
+            f"--model {model!r} is neither a local folder nor a Hub repo id: {error}"
+        ) from None
+    return model
+
+
+def _shipped(model: str, config: Any, config_path: Path) -> dict[Path, str]:
+    """The local files the Space needs (a model folder, indexes, corpora), each with its name in
+    the Space; refuses a loopback retrieval server and more than `SHIP_LIMIT_BYTES`."""
+    if isinstance(config, RemoteConfig) and config.token is not None:
+        raise InputError(
+            f"retriever config {config_path}: key 'token' would be published with the Space: "
+            "use token_env and set that variable as a secret of the Space"
+        )
+    if isinstance(config, RemoteConfig) and urlsplit(config.url).hostname in _LOOPBACK_HOSTS:
+        raise InputError(
+            f"retriever config {config_path}: key 'url' ({config.url}) is this machine, which "
+            "the Space cannot reach: serve the retriever at a public address"
+        )
+    shipped = {Path(model): "model"} if Path(model).exists() else {}
+    for value in _local_paths(config):
+        shipped[Path(value)] = f"retriever/{Path(value).name}"
+    for source in shipped:
+        if not source.exists():
+            raise InputError(f"retriever config {config_path}: {source} does not exist")
+    size = sum(_size(source) for source in shipped)
+    if size > SHIP_LIMIT_BYTES:
+        raise InputError(
+            f"{', '.join(map(str, shipped))}: {size / 2**30:.1f} GiB, more than a Space holds "
+            "(1 GiB): push the model and the index to the Hub and use their ids and hf:// URIs"
+        )
+    return shipped
+
+
+def _local_paths(config: Any) -> list[str]:
+    """The index and corpus paths of a config that are not on the Hub."""
+    if isinstance(config, RemoteConfig):
+        return []
+    sections = [config.bm25, config.dense] if isinstance(config, HybridConfig) else [config]
+    values = [getattr(section, key) for section in sections for key in ("index", "corpus")]
+    if isinstance(config, HybridConfig):
+        values.append(config.corpus)
+    return [value for value in values if value is not None and not hub.is_hub_uri(value)]
+
+
+def _relocated(config: Any, shipped: Mapping[Path, str]) -> dict[str, Any]:
+    """The config with each shipped path replaced by its place in the Space."""
+    moved = {str(source): target for source, target in shipped.items()}
+
+    def move(section: dict[str, Any]) -> dict[str, Any]:
+        return {
+            key: moved.get(value, value) if key in ("index", "corpus") else value
+            for key, value in section.items()
+        }
+
+    kind = next(name for name, cls in TYPES.items() if isinstance(config, cls))
+    dumped = {"type": kind, **move(config.model_dump(exclude_none=True))}
+    for key in ("bm25", "dense"):
+        if key in dumped:
+            dumped[key] = move(dumped[key])
+    return dumped
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
+
+
+def space_card(model_id: str | None) -> SpaceCard:
     """spaces/search_agent/README.md with the header set for this push: the installed gradio
-    as `sdk_version` (the version the app was tested with) and the model it shows."""
+    as `sdk_version` (the version the app was tested with) and the Hub model it shows (none
+    when the model is in the Space itself)."""
     try:
         gradio_version = version("gradio")
     except PackageNotFoundError:
@@ -312,85 +420,34 @@ def space_card(model_id: str) -> SpaceCard:
     card.data.sdk = "gradio"
     card.data.sdk_version = gradio_version
     card.data.app_file = "app.py"
-    card.data.models = [model_id]
+    card.data.models = [model_id] if model_id else None
     return card
-
-
-def _check_space_inputs(
-    model_id: str,
-    retriever_config: str | os.PathLike,
-    template: str,
-    max_turns: int,
-    top_k: int,
-) -> Path:
-    """Refuse what the Space could not load; returns the retriever config's path."""
-    if not SPACE_DIR.is_dir():
-        raise InputError(f"the Space's sources {SPACE_DIR} are missing: run from a source checkout")
-    if Path(model_id).exists():
-        raise InputError(
-            f"--model {model_id} is a local path; the Space loads the model from the Hub: "
-            "push the checkpoint and pass its repo id"
-        )
-    try:
-        validate_repo_id(model_id)
-    except HFValidationError as error:
-        raise InputError(f"--model {model_id!r} is not a Hub repo id: {error}") from None
-    path = Path(retriever_config)
-    if not path.is_file():
-        raise InputError(f"retriever config {path} is not a file")
-    _check_reachable(parse_config(path), f"retriever config {path}")
-    load_template(template)
-    if max_turns < 0 or top_k < 1:
-        raise InputError(f"--max-turns must be >= 0 and --top-k >= 1, got {max_turns}, {top_k}")
-    return path
-
-
-def _check_reachable(config: Any, where: str) -> None:
-    """Indexes and corpora must be `hf://` URIs and a remote server must not be this machine:
-    the Space can read neither local files nor loopback servers of the machine that pushes."""
-    if isinstance(config, RemoteConfig):
-        if urlsplit(config.url).hostname in _LOOPBACK_HOSTS:
-            raise InputError(
-                f"{where}: key 'url' ({config.url}) is this machine, which the Space cannot "
-                "reach: serve the retriever at a public address"
-            )
-        return
-    sections = [config.bm25, config.dense] if isinstance(config, HybridConfig) else [config]
-    paths = [(key, getattr(section, key)) for section in sections for key in ("index", "corpus")]
-    if isinstance(config, HybridConfig):
-        paths.append(("corpus", config.corpus))
-    for key, value in paths:
-        if value is not None and not hub.is_hub_uri(value):
-            raise InputError(
-                f"{where}: key {key!r} is a local path ({value}) the Space cannot read: "
-                "push it to the Hub and use its hf:// URI"
-            )
 
 
 def configure_push_space(parser: argparse.ArgumentParser) -> None:
     parser.description = (
-        "Create (or update) a Gradio Space that shows MODEL_ID searching and answering: the "
-        "app, a copy of research_r1, the retriever config and the settings go up in one commit. "
-        "The token comes from HF_TOKEN or `hf auth login`."
+        "Create (or update) a Gradio Space that shows a search agent at work: the app, a copy of "
+        "research_r1, the retriever config and the settings go up in one commit, with any local "
+        "model folder, index or corpus they need (up to 1 GiB). Without --model: the demo's "
+        "trained model and corpus (run `make demo` first). The token comes from HF_TOKEN or "
+        "`hf auth login`."
     )
     parser.add_argument("--repo", required=True, metavar="ORG/NAME", help="the Space repo")
-    parser.add_argument("--model", required=True, metavar="MODEL_ID", help="Hub model repo id")
+    parser.add_argument("--model", help="Hub model id or local folder (default: the demo's)")
     parser.add_argument(
-        "--retriever-config",
-        required=True,
-        metavar="FILE",
-        help="retriever YAML whose index and corpus are hf:// URIs (or a remote server)",
+        "--retriever-config", metavar="FILE", help="retriever YAML (default: the demo's)"
     )
     parser.add_argument(
-        "--template",
-        default="search_r1",
-        help="built-in template (search_r1, research_base, research_instruct) or a YAML file",
+        "--template", help="template (built-in name or YAML file; default: the model's own)"
     )
-    parser.add_argument("--max-turns", type=int, default=4, help="searches per question")
-    parser.add_argument("--top-k", type=int, default=3, help="passages per search")
+    parser.add_argument(
+        "--max-turns", type=int, help="searches per question (default: the model's)"
+    )
+    parser.add_argument("--top-k", type=int, help="passages per search (default: the model's)")
     parser.add_argument(
         "--results", metavar="hf://datasets/ORG/NAME", help="eval runs for the leaderboard tab"
     )
+    parser.add_argument("--examples", metavar="FILE", help="a QA file: its first questions")
     parser.add_argument("--private", action="store_true", help="create the Space private")
 
 
@@ -403,6 +460,7 @@ def run_push_space(args: argparse.Namespace) -> int:
         max_turns=args.max_turns,
         top_k=args.top_k,
         results=args.results,
+        examples=args.examples,
         private=args.private,
     )
     print(f"pushed Space {args.repo} (commit {sha[:12]})")

@@ -24,13 +24,14 @@ import torch
 import yaml
 from huggingface_hub import HfApi, SpaceCard, hf_hub_download, snapshot_download
 
-from research_r1 import evaluation
+from research_r1 import evaluation, space
 from research_r1.cli import main as cli_main
 from research_r1.errors import InputError
 from research_r1.generation import Generation
 from research_r1.protocol import RESEARCH, SEARCH_R1
 from research_r1.retrieval import Passage, RetrieverUnavailable
 from research_r1.retrieval.bm25 import build_bm25_index
+from research_r1.retrieval.config import parse_config
 from research_r1.retrieval.corpus import load_corpus
 from research_r1.rollout import FINAL_TURN_NOTICE, Episode, RolloutConfig, run_rollout
 from research_r1.space import (
@@ -179,9 +180,7 @@ def test_settings_read_the_file_under_the_space_variables(tmp_path):
     assert load_settings(tmp_path, {}) == SpaceSettings(
         model_id="org/agent",
         retriever_config=str(tmp_path / "retriever.yaml"),
-        template="search_r1",
-        max_turns=4,
-        top_k=5,
+        top_k=5,  # template and searches: the model's own
     )
     variables = {
         "RETRIEVER_CONFIG": '{"type": "remote", "url": "http://search.example"}',
@@ -258,7 +257,8 @@ def test_unknown_keys_in_the_settings_file_are_named(tmp_path):
         load_settings(tmp_path, {})
     assert str(raised.value) == (
         f"{path}: unknown settings ['TOP_K'] (known: "
-        "['MODEL_ID', 'RETRIEVER_CONFIG', 'TEMPLATE', 'MAX_TURNS', 'TOPK', 'RESULTS'])"
+        "['MODEL_ID', 'RETRIEVER_CONFIG', 'TEMPLATE', 'MAX_TURNS', 'TOPK', 'RESULTS', "
+        "'EXAMPLES'])"
     )
 
 
@@ -476,6 +476,7 @@ def test_the_app_loads_a_checkpoint_and_retriever_from_its_settings(app, tmp_pat
     settings = SpaceSettings(
         model_id=str(model_dir),
         retriever_config={"type": "bm25", "index": str(index), "corpus": str(corpus)},
+        template="search_r1",
         max_turns=0,
     )
     threads = torch.get_num_threads()
@@ -544,22 +545,22 @@ def test_push_space_uploads_the_app_package_config_and_card(hub, tmp_path, monke
     assert "# research_r1 search agent" in card.text
 
     folder = Path(snapshot_download(repo_id, repo_type="space", token=hub.token))
-    assert (folder / "retriever.yaml").read_text() == retriever.read_text()
+    assert parse_config(folder / "retriever.yaml") == parse_config(retriever)
     assert (folder / "app.py").read_text() == (SPACE_DIR / "app.py").read_text()
     assert (folder / "template.yaml").read_text() == template.read_text()
     assert json.loads((folder / "space_config.json").read_text()) == {
         "MODEL_ID": "org/agent",
         "RETRIEVER_CONFIG": "retriever.yaml",
         "TEMPLATE": "template.yaml",
-        "MAX_TURNS": 4,
+        "MAX_TURNS": None,
         "TOPK": 2,
         "RESULTS": None,
+        "EXAMPLES": None,
     }
     assert load_settings(folder, {}) == SpaceSettings(
         model_id="org/agent",
         retriever_config=str(folder / "retriever.yaml"),
         template=str(folder / "template.yaml"),
-        max_turns=4,
         top_k=2,
     )
 
@@ -567,17 +568,9 @@ def test_push_space_uploads_the_app_package_config_and_card(hub, tmp_path, monke
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ({"type": "bm25", "index": "outputs/bm25"}, "key 'index' is a local path"),
-        (
-            {
-                "type": "hybrid",
-                "corpus": "corpus.jsonl",
-                "bm25": {"index": "hf://datasets/o/i/bm25"},
-                "dense": {"index": "hf://datasets/o/i/e5"},
-            },
-            "key 'corpus' is a local path",
-        ),
+        ({"type": "bm25", "index": "outputs/bm25"}, r"outputs/bm25 does not exist"),
         ({"type": "remote", "url": "http://127.0.0.1:8000"}, "key 'url'.* is this machine"),
+        ({"type": "remote", "url": "http://x.org", "token": "s"}, "key 'token' would be publ"),
         ({"type": "bm25"}, "key 'index': Field required"),
     ],
 )
@@ -587,14 +580,66 @@ def test_push_space_refuses_a_retriever_the_space_could_not_load(tmp_path, confi
         push_space("org/space", "org/agent", retriever)
 
 
-def test_push_space_refuses_a_model_that_is_not_on_the_hub(tmp_path):
+def test_push_space_refuses_a_bad_model_and_more_than_a_space_holds(tmp_path, monkeypatch):
     retriever = write_config(tmp_path / "retriever.yaml", {"type": "remote", "url": "http://x.org"})
-    with pytest.raises(InputError, match="is a local path; the Space loads the model from the Hub"):
-        push_space("org/space", str(tmp_path), retriever)
-    with pytest.raises(InputError, match="'org/agent/v2' is not a Hub repo id"):
+    with pytest.raises(InputError, match="'org/agent/v2' is neither a local folder nor a Hub"):
         push_space("org/space", "org/agent/v2", retriever)
     with pytest.raises(InputError, match=r"missing\.yaml is not a file"):
         push_space("org/space", "org/agent", tmp_path / "missing.yaml")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "weights").write_bytes(b"0" * 2048)
+    monkeypatch.setattr(space, "SHIP_LIMIT_BYTES", 1024)
+    with pytest.raises(InputError, match=r"model: 0\.0 GiB, more than a Space holds"):
+        push_space("org/space", str(model), retriever)
+
+
+@pytest.mark.slow
+def test_the_demo_space_ships_its_model_and_corpus_and_starts_from_its_files(
+    app, hub, tmp_path, monkeypatch
+):
+    """Without a model, push-space ships what `make demo` wrote (a tiny model with its card,
+    BM25 over its corpus, its questions); the pushed Space starts from its own files alone."""
+    demo = tmp_path / "work" / "outputs" / "demo"
+    corpus = demo / "corpus.jsonl"
+    demo.mkdir(parents=True)
+    corpus.write_text(
+        "".join(
+            json.dumps({"id": p.id, "contents": f'"{p.title}"\n{p.text}'}) + "\n"
+            for p in (HAMLET, SHAKESPEARE)
+        )
+    )
+    build_bm25_index(load_corpus(corpus), demo / "bm25")
+    write_config(
+        demo / "retriever.yaml",
+        {"type": "bm25", "index": "outputs/demo/bm25", "corpus": "outputs/demo/corpus.jsonl"},
+    )
+    build_tiny_model(demo / "grpo", TEXTS, SEARCH_R1.tags, hidden_size=64)
+    (demo / "questions").mkdir()
+    (demo / "questions" / "test.jsonl").write_text(
+        json.dumps({"id": "1", "question": "who wrote hamlet?", "golden_answers": ["x"]}) + "\n"
+    )
+    monkeypatch.chdir(tmp_path / "work")
+    monkeypatch.setenv("HF_TOKEN", hub.token)
+    repo_id = hub.new_repo_id("demo-default")
+    assert cli_main(["push-space", "--repo", repo_id, "--template", "search_r1"]) == 0
+
+    folder = Path(snapshot_download(repo_id, repo_type="space", token=hub.token))
+    assert (folder / "model" / "config.json").is_file() and (folder / "examples.jsonl").is_file()
+    assert parse_config(folder / "retriever.yaml").model_dump(include={"index", "corpus"}) == {
+        "index": "retriever/bm25",
+        "corpus": "retriever/corpus.jsonl",
+    }
+    assert SpaceCard.load(folder / "README.md").data.models is None
+    monkeypatch.chdir(folder)
+    demo_app = app.load_space(load_settings(folder, {}))
+    client = launch(demo_app)
+    try:
+        _, history = client.predict("who wrote hamlet?", [], api_name="/ask")
+    finally:
+        demo_app.close()
+    assert summary(history)[0] == ("user", None, "who wrote hamlet?")
+    assert summary(history)[-1] == ("assistant", None, app.NO_ANSWER)  # a random model
 
 
 def test_space_without_the_demos_output_says_to_run_it(tmp_path, monkeypatch, capsys):
