@@ -78,6 +78,14 @@ class SearchScriptArguments(ScriptArguments):
     eval_retriever: str | None = field(
         default=None, metadata={"help": "That eval's retriever config (default: the suite's)."}
     )
+    space_repo: str | None = field(
+        default=None,
+        metadata={
+            "help": "After training, push the demo Space to this repo (ORG/NAME): the app for "
+            "the pushed model (or, without push_to_hub, the saved model shipped in the Space), "
+            "with the recipe's retriever and template. A failed push is logged, never fatal."
+        },
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.reward_kwargs, str):

@@ -29,11 +29,12 @@ import datasets
 import transformers
 import yaml
 from accelerate import PartialState
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.trainer_utils import get_last_checkpoint
 from trl import GRPOTrainer, ModelConfig, get_peft_config, get_quantization_config
 
-from research_r1 import evaluation, hub
+from research_r1 import evaluation, hub, space
 from research_r1.callbacks import HubPushCallback, RewardPlotCallback
 from research_r1.configs import (
     RESUME_LATEST,
@@ -150,10 +151,11 @@ def train(argv: list[str]) -> SearchGRPOTrainer:
     trainer.save_state()
     trainer.save_model(args.output_dir)
     trainer.create_model_card()  # with the template and budgets `research-r1 eval` reads back
-    if args.push_to_hub:
-        publish(trainer, args.hub_token)
+    pushed = publish(trainer, args.hub_token) if args.push_to_hub else False
     if script.eval_suite is not None and trainer.is_world_process_zero():
         evaluate_trained(trainer, script, args)
+    if script.space_repo is not None and trainer.is_world_process_zero():
+        publish_space(script, args, pushed)
     return trainer
 
 
@@ -228,6 +230,13 @@ def check_recipe(
             raise InputError(f"eval_limit: {script.eval_limit}; give at least 1 question")
         if script.eval_retriever is not None:
             parse_config(script.eval_retriever)
+    if script.space_repo is not None:
+        try:
+            validate_repo_id(script.space_repo)
+        except HFValidationError as error:
+            raise InputError(
+                f"space_repo: {script.space_repo!r} is not a repo id ({error})"
+            ) from None
 
 
 def check_retriever_placement(retriever: str, num_processes: int) -> None:
@@ -491,6 +500,29 @@ def evaluate_trained(
             )
         except Exception as error:
             logger.error("could not push the evaluation to %s: %s", repo_id, hub.scrub(str(error)))
+
+
+def publish_space(script: SearchScriptArguments, args: SearchGRPOConfig, pushed: bool) -> None:
+    """The recipe's demo Space (`space_repo`): the app for the pushed model, or for the saved
+    model shipped in the Space when the run does not push, with the recipe's retriever config
+    and template. A failure (retried first) is logged, never raised: the model is trained and
+    saved, and `research-r1 push-space` pushes the Space later."""
+    if args.push_to_hub and not pushed:
+        logger.error("not pushing the Space %s: the model is not on the Hub", script.space_repo)
+        return
+    model = args.hub_model_id if args.push_to_hub else args.output_dir
+    try:
+        sha = space.push_space(
+            script.space_repo,
+            model,
+            script.retriever,
+            template=script.template,
+            token=args.hub_token,
+        )
+    except Exception as error:
+        logger.error("could not push the Space %s: %s", script.space_repo, hub.scrub(str(error)))
+        return
+    logger.info("pushed the Space %s (commit %s) for %s", script.space_repo, sha[:12], model)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import torch
-from huggingface_hub import HfApi, ModelCard, hf_hub_download
+from huggingface_hub import HfApi, ModelCard, SpaceCard, hf_hub_download, snapshot_download
 from live_server import LiveServer
 from safetensors.torch import load_file
 from trl import GRPOTrainer
@@ -181,7 +181,11 @@ def test_train_kill_resume_and_push(world, hub, tmp_path, caplog, capsys, monkey
         *("--eval_suite", "search_r1", "--eval_limit", "3"),
         *("--eval_datasets", f"toy={world.qa}", "--eval_retriever", str(world.retriever)),
     ]
-    trainer = train.train(recipe(world, straight, *hub_settings(hub, repo), *evaluation))
+    space_repo = hub.new_repo_id("tiny-grpo-space")
+    demo_space = ["--space_repo", space_repo]
+    trainer = train.train(
+        recipe(world, straight, *hub_settings(hub, repo), *evaluation, *demo_space)
+    )
 
     assert trainer.state.global_step == 2
     assert sorted(p.name for p in straight.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
@@ -224,6 +228,15 @@ def test_train_kill_resume_and_push(world, hub, tmp_path, caplog, capsys, monkey
     em = next(r for r in card.data.eval_results if r.metric_type == "exact_match")
     assert (em.dataset_name, em.dataset_split, em.metric_value) == ("toy", "test", toy["em"])
     assert f"| agent | toy | 3 | {toy['em']:.3f} |" in card.text
+
+    # ...and its demo Space: the app for the pushed model, with the recipe's BM25 shipped in it.
+    space = Path(snapshot_download(space_repo, repo_type="space", token=hub.token))
+    assert json.loads((space / "space_config.json").read_text())["MODEL_ID"] == repo
+    assert json.loads((space / "space_config.json").read_text())["TEMPLATE"] == "search_r1"
+    assert (space / "app.py").is_file() and (space / "research_r1" / "app.py").is_file()
+    assert (space / "retriever" / "bm25").is_dir()
+    assert SpaceCard.load(space / "README.md").data.models == [repo]
+    assert SpaceCard.load(space / "README.md").data.sdk == "gradio"
 
     # The same run killed right after its first checkpoint...
     resumed = tmp_path / "resumed"
@@ -340,6 +353,7 @@ START_UP_FAILURES = [
     (["--push_to_hub", "true"], r"^hub_model_id: required with push_to_hub"),
     (["--eval_suite", "nope"], r"^eval_suite: unknown suite 'nope'; known: search_r1, research"),
     (["--eval_suite", "search_r1", "--eval_limit", "0"], r"^eval_limit: 0; give at least 1"),
+    (["--space_repo", "not a repo"], r"^space_repo: 'not a repo' is not a repo id"),
     (["--no_such_key", "1"], r"^recipe: .*--no_such_key"),
 ]
 
@@ -497,3 +511,18 @@ def test_a_retriever_gone_for_good_stops_the_run_and_the_checkpoint_resumes_it(
     trainer = train.train([*argv, "--resume_from_checkpoint"])
     assert trainer.state.global_step == 3
     assert_every_search_read_real_passages(OUTAGE["steps"])
+
+
+def test_a_failed_space_push_is_logged_and_training_goes_on(tmp_path, caplog, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError("the Hub said no")
+
+    monkeypatch.setattr(train.space, "push_space", refuse)
+    script = SimpleNamespace(space_repo="org/demo", retriever="r.yaml", template="search_r1")
+    args = SimpleNamespace(
+        push_to_hub=True, hub_model_id="org/model", output_dir=str(tmp_path), hub_token=None
+    )
+    train.publish_space(script, args, pushed=True)
+    assert "could not push the Space org/demo: the Hub said no" in caplog.text
+    train.publish_space(script, args, pushed=False)
+    assert "not pushing the Space org/demo: the model is not on the Hub" in caplog.text
