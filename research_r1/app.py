@@ -22,7 +22,7 @@ import json
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -149,11 +149,22 @@ def build_app(
             )
             if examples:
                 gr.Examples(list(examples), box, label="Questions it can answer")
-            box.submit(ask, [box, chatbot], [box, chatbot], api_name="ask")
+            box.submit(on_gpu(ask), [box, chatbot], [box, chatbot], api_name="ask")
             gr.ClearButton([box, chatbot])
         with gr.Tab("Leaderboard"):
             leaderboard_tab(results)
     return demo
+
+
+def on_gpu(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """On a ZeroGPU Space (the `spaces` package is there), `handler` runs under its decorator,
+    which lends a GPU for each question, up to the time limit; anywhere else it is unchanged.
+    Never run here: this project's machines have neither ZeroGPU nor that package."""
+    try:
+        from spaces import GPU  # only on Hugging Face Spaces (not this repo's spaces/ folder)
+    except ImportError:
+        return handler
+    return GPU(duration=int(TIME_LIMIT_S))(handler)
 
 
 def leaderboard_tab(results: Sequence[str]) -> None:

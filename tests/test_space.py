@@ -694,3 +694,35 @@ def test_the_leaderboard_tab_ranks_runs_with_the_papers_rows_of_their_setting(
     assert [row[:5] for row in bm25["data"]] == [
         ["search_r1 · wiki/corpus.jsonl, BM25 · top-3 · EM", 1, "org/bm25", "agent", "measured"]
     ]
+
+
+def test_on_a_zerogpu_space_questions_run_under_its_decorator(app, monkeypatch):
+    """A stand-in for the `spaces` package (not installed here): its `GPU(duration=...)` wraps
+    the question handler; without the package the handler is left as it is."""
+    import types
+
+    def handler(question, history):
+        yield question
+
+    monkeypatch.delitem(sys.modules, "spaces", raising=False)
+    monkeypatch.setattr("builtins.__import__", _refusing("spaces"))
+    assert app.on_gpu(handler) is handler
+    monkeypatch.undo()
+
+    calls = []
+    fake = types.ModuleType("spaces")
+    fake.GPU = lambda duration: lambda function: calls.append(duration) or ("on a GPU", function)
+    monkeypatch.setitem(sys.modules, "spaces", fake)
+    assert app.on_gpu(handler) == ("on a GPU", handler)
+    assert calls == [int(app.TIME_LIMIT_S)]
+
+
+def _refusing(name: str):
+    real = __import__
+
+    def importer(module, *args, **kwargs):
+        if module == name:
+            raise ImportError(f"No module named {name!r}")
+        return real(module, *args, **kwargs)
+
+    return importer

@@ -237,6 +237,8 @@ def test_train_kill_resume_and_push(world, hub, tmp_path, caplog, capsys, monkey
     assert (space / "retriever" / "bm25").is_dir()
     assert SpaceCard.load(space / "README.md").data.models == [repo]
     assert SpaceCard.load(space / "README.md").data.sdk == "gradio"
+    answered = ask_space(space, "who wrote hamlet?", monkeypatch)
+    assert answered[0]["content"][0]["text"] == "who wrote hamlet?" and len(answered) > 1
 
     # The same run killed right after its first checkpoint...
     resumed = tmp_path / "resumed"
@@ -526,3 +528,23 @@ def test_a_failed_space_push_is_logged_and_training_goes_on(tmp_path, caplog, mo
     assert "could not push the Space org/demo: the Hub said no" in caplog.text
     train.publish_space(script, args, pushed=False)
     assert "not pushing the Space org/demo: the model is not on the Hub" in caplog.text
+
+
+def ask_space(folder: Path, question: str, monkeypatch) -> list[dict]:
+    """Start a pushed Space's app from its own files (its folder as the working directory, as
+    on the Hub) and ask it one question through gradio_client; the chat it returns."""
+    app = pytest.importorskip("research_r1.app")
+    from gradio_client import Client
+
+    from research_r1.space import load_settings
+
+    monkeypatch.chdir(folder)
+    demo = app.load_space(load_settings(folder, {}))
+    demo.queue(max_size=4).launch(
+        server_name="127.0.0.1", prevent_thread_lock=True, ssr_mode=False, quiet=True
+    )
+    try:
+        _, history = Client(demo.local_url, verbose=False).predict(question, [], api_name="/ask")
+    finally:
+        demo.close()
+    return history
