@@ -67,6 +67,11 @@ EXAMPLES_FILE = "examples.jsonl"
 
 _LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
 _SKIP = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
+# What a training run's folder holds beside the model, which a Space does not need: resumable
+# checkpoints (optimizer states), the pickled training arguments, logs and eval traces.
+_NOT_SHIPPED = shutil.ignore_patterns(
+    "checkpoint-*", "training_args.bin", "runs", "eval", "__pycache__", ".*"
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,8 +315,10 @@ def push_space(
         shutil.copytree(SPACE_DIR, stage, ignore=_SKIP)
         shutil.copytree(Path(__file__).resolve().parent, stage / "research_r1", ignore=_SKIP)
         for source, target in shipped.items():
-            copy = shutil.copytree if source.is_dir() else shutil.copyfile
-            copy(source, stage / target)
+            if source.is_dir():
+                shutil.copytree(source, stage / target, ignore=_NOT_SHIPPED)
+            else:
+                shutil.copyfile(source, stage / target)
         (stage / RETRIEVER_FILE).write_text(yaml.safe_dump(_relocated(config, shipped)))
         if settings.template == TEMPLATE_FILE:
             shutil.copyfile(template, stage / TEMPLATE_FILE)
@@ -357,7 +364,10 @@ def _shipped(model: str, config: Any, config_path: Path) -> dict[Path, str]:
         )
     shipped = {Path(model): "model"} if Path(model).exists() else {}
     for value in _local_paths(config):
-        shipped[Path(value)] = f"retriever/{Path(value).name}"
+        name = f"retriever/{Path(value).name}"
+        while name in shipped.values():  # two indexes of one name, from different folders
+            name = f"retriever/{len(shipped)}-{Path(value).name}"
+        shipped[Path(value)] = name
     for source in shipped:
         if not source.exists():
             raise InputError(f"retriever config {config_path}: {source} does not exist")
@@ -400,9 +410,11 @@ def _relocated(config: Any, shipped: Mapping[Path, str]) -> dict[str, Any]:
 
 
 def _size(path: Path) -> int:
+    """Bytes a push ships of `path` (what `_NOT_SHIPPED` leaves out not counted)."""
     if path.is_file():
         return path.stat().st_size
-    return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
+    skipped = _NOT_SHIPPED(str(path), [child.name for child in path.iterdir()])
+    return sum(_size(child) for child in path.iterdir() if child.name not in skipped)
 
 
 def space_card(model_id: str | None) -> SpaceCard:

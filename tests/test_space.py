@@ -615,6 +615,9 @@ def test_the_demo_space_ships_its_model_and_corpus_and_starts_from_its_files(
         {"type": "bm25", "index": "outputs/demo/bm25", "corpus": "outputs/demo/corpus.jsonl"},
     )
     build_tiny_model(demo / "grpo", TEXTS, SEARCH_R1.tags, hidden_size=64)
+    (demo / "grpo" / "checkpoint-60").mkdir()  # what training leaves beside the model
+    (demo / "grpo" / "checkpoint-60" / "optimizer.pt").write_bytes(b"0" * 100)
+    (demo / "grpo" / "training_args.bin").write_bytes(b"pickle")
     (demo / "questions").mkdir()
     (demo / "questions" / "test.jsonl").write_text(
         json.dumps({"id": "1", "question": "who wrote hamlet?", "golden_answers": ["x"]}) + "\n"
@@ -626,6 +629,9 @@ def test_the_demo_space_ships_its_model_and_corpus_and_starts_from_its_files(
 
     folder = Path(snapshot_download(repo_id, repo_type="space", token=hub.token))
     assert (folder / "model" / "config.json").is_file() and (folder / "examples.jsonl").is_file()
+    assert not [
+        p for p in (folder / "model").iterdir() if p.name.startswith(("checkpoint", "training"))
+    ]
     assert parse_config(folder / "retriever.yaml").model_dump(include={"index", "corpus"}) == {
         "index": "retriever/bm25",
         "corpus": "retriever/corpus.jsonl",
@@ -726,3 +732,24 @@ def _refusing(name: str):
         return real(module, *args, **kwargs)
 
     return importer
+
+
+def test_two_local_indexes_of_one_name_are_shipped_apart(tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder / "index").mkdir(parents=True)
+    (tmp_path / "corpus.jsonl").write_text("{}\n")
+    config = {
+        "type": "hybrid",
+        "corpus": str(tmp_path / "corpus.jsonl"),
+        "bm25": {"index": str(tmp_path / "a" / "index")},
+        "dense": {"index": str(tmp_path / "b" / "index")},
+    }
+    path = write_config(tmp_path / "hybrid.yaml", config)
+    parsed = parse_config(path)
+    shipped = space._shipped("org/agent", parsed, path)
+    relocated = space._relocated(parsed, shipped)
+    assert (relocated["bm25"]["index"], relocated["dense"]["index"]) == (
+        "retriever/index",
+        "retriever/1-index",
+    )
+    assert relocated["corpus"] == "retriever/corpus.jsonl" and relocated["type"] == "hybrid"
