@@ -1,8 +1,8 @@
 """Watch a research_r1 search agent work: ask a question, see each thought, each search with the
 passages it read, and the final answer, as they happen (`research_r1/app.py`).
 
-Settings come from the Space variables MODEL_ID, RETRIEVER_CONFIG, TEMPLATE, MAX_TURNS and TOPK,
-over the values `research-r1 push-space` wrote to space_config.json.
+Settings come from the Space variables MODEL_ID, RETRIEVER_CONFIG, TEMPLATE, MAX_TURNS, TOPK,
+RESULTS and EXAMPLES, over the values `research-r1 push-space` wrote to space_config.json.
 """
 
 from pathlib import Path
