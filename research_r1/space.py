@@ -1,8 +1,9 @@
-"""The demo Space: a chat UI that shows a trained search agent at work, and `push-space`.
+"""The demo Space: an episode's steps, the Space's settings, and `push-space`.
 
-The app (spaces/search_agent/app.py) plays one episode per question with the project's own
-rollout and shows it step by step; `transcript_turns` splits the episode into those steps, and
-`load_settings` reads what the app needs (model, retriever, template, limits).
+The app (`research_r1/app.py`, run by spaces/search_agent/app.py) plays one episode per question
+and shows it step by step: `LiveTurns` holds the steps as they happen, `transcript_turns` reads
+them from a finished episode, and `load_settings` reads what the app needs (model, retriever,
+template, limits).
 
 `push-space` uploads, in one commit: the app folder; a copy of this package's source, because
 research_r1 is not on PyPI and a copy pins the very code the model was trained with (the Space
@@ -10,9 +11,10 @@ imports it from its root, next to app.py; requirements.txt lists the package's r
 dependencies); the retriever config as `retriever.yaml`; the settings as `space_config.json`;
 and the README, whose YAML header configures the Space (sdk, sdk_version, app_file, models).
 The Hub reads no variables from that header, so settings travel in `space_config.json`; Space
-variables of the same names (MODEL_ID, RETRIEVER_CONFIG, TEMPLATE, MAX_TURNS, TOPK, and RESULTS:
-the Hub results dataset its leaderboard tab reads), set on the Space's settings page, override it
-without a new push.
+variables of the same names (MODEL_ID, RETRIEVER_CONFIG, TEMPLATE, MAX_TURNS, TOPK, RESULTS: the
+Hub results dataset its leaderboard tab reads, and EXAMPLES: a QA file of example questions), set
+on the Space's settings page, override it without a new push. Without a model, `push-space`
+ships what `make demo` wrote (model, BM25 index, corpus, questions) into the Space itself.
 """
 
 from __future__ import annotations
