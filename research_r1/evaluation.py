@@ -54,7 +54,7 @@ from research_r1.protocol import (
     format_passages,
 )
 from research_r1.publish import update_model_card
-from research_r1.retrieval import Retriever
+from research_r1.retrieval import RetrievalError, Retriever
 from research_r1.retrieval.config import (
     BM25Config,
     DenseConfig,
@@ -367,7 +367,7 @@ def probe(retriever: Retriever, plan: Plan, question: str) -> None:
     """One search before the first question, so a dead retriever fails at once, named."""
     try:
         retriever.search([question], plan.suite.k)
-    except Exception as error:
+    except RetrievalError as error:
         raise InputError(
             f"retriever {_name(plan.suite.retriever)}: the probe failed: {error}"
         ) from error
@@ -742,14 +742,16 @@ def push_results(plan: Plan, repo_id: str) -> str:
             commit_message=f"eval {plan.model} ({plan.suite.setting})",
             what=f"push the results to {repo_id}",
         )
-    except InputError:
-        raise
-    except Exception as error:
+    except hub.PUSH_ERRORS as error:
         raise RunStopped(
             f"could not push the results to {repo_id}: {hub.scrub(str(error))}. They are in "
             f"{plan.out}; run the same command again to push them"
         ) from error
     return where
+
+
+# Exceptions that say the code is wrong, whatever the question.
+CODE_ERRORS = (TypeError, AttributeError, NameError, KeyError, IndexError, AssertionError)
 
 
 def play_robustly(
@@ -763,11 +765,12 @@ def play_robustly(
 ) -> list[dict[str, Any]]:
     """The batch's traces; when the batch raises, each question is played alone, and one that
     still raises is recorded with its error. A retriever that stays unreachable stops the run
-    (`RunStopped`): the traces so far resume it."""
+    (`RunStopped`): the traces so far resume it. An error of the code rather than of a question
+    (`CODE_ERRORS`) is raised at once: a bug must not become a column of failed questions."""
     try:
         episodes = play(method, batch, plan, generator, tokenizer, retriever)
         return [trace(q, e, tokenizer, protocol) for q, e in zip(batch, episodes, strict=True)]
-    except RunStopped:
+    except (RunStopped, *CODE_ERRORS):
         raise
     except Exception as error:
         if len(batch) == 1:

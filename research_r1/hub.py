@@ -464,6 +464,11 @@ def _offline() -> bool:
     return constants.HF_HUB_OFFLINE or value.upper() in constants.ENV_VARS_TRUE_VALUES
 
 
+# What a push can fail with from outside this program (the Hub's answer, the network, the disk):
+# a caller that must survive a failed push catches these, and lets a bug in its own code raise.
+PUSH_ERRORS: tuple[type[Exception], ...] = (HfHubHTTPError, httpx2.HTTPError, OSError)
+
+
 def _is_transient(error: BaseException) -> bool:
     if isinstance(error, HfHubHTTPError):
         response = error.response

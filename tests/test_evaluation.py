@@ -347,14 +347,14 @@ def test_a_run_killed_mid_way_resumes_to_the_same_results(world, scripted, tmp_p
 
 
 class Raising:
-    """The BM25 retriever of the world, except that one query raises."""
+    """The BM25 retriever of the world, except that one query raises `error`."""
 
-    def __init__(self, inner, query: str) -> None:
-        self.inner, self.query = inner, query
+    def __init__(self, inner, query: str, error: type[Exception] = ValueError) -> None:
+        self.inner, self.query, self.error = inner, query, error
 
     def search(self, queries: Sequence[str], k: int) -> list[list[Passage]]:
         if self.query in queries:
-            raise ValueError(f"cannot search {self.query!r}")
+            raise self.error(f"cannot search {self.query!r}")
         return self.inner.search(queries, k)
 
 
@@ -376,6 +376,14 @@ def test_a_question_that_raises_is_recorded_and_tried_again_on_resume(
     assert cli_main(eval_args(world, out)) == 0
     toy = results(out)["results"]["toy"]
     assert (toy["errors"], toy["em"]) == (0, 1 / 3)
+
+
+def test_a_bug_is_raised_not_recorded_as_a_failed_question(world, scripted, tmp_path, monkeypatch):
+    real = evaluation.load_retriever
+    broken = lambda c: Raising(real(c), "hamlet author", TypeError)  # noqa: E731
+    monkeypatch.setattr(evaluation, "load_retriever", broken)
+    with pytest.raises(TypeError, match="cannot search 'hamlet author'"):
+        cli_main(eval_args(world, tmp_path / "out"))
 
 
 def test_the_baselines_answer_in_one_turn_rag_with_the_questions_passages(
