@@ -13,9 +13,9 @@ retriever from the cache alone:
 - With `--with-index`, the retriever eval would use: `--retriever CFG`, else that of `--suite`,
   else of the model family's suite (resolved by eval's own `make_plan`; `--template` as eval
   takes it, for a model of no known family). Its index, corpus and dense encoder are fetched
-  with the resolution functions `load_retriever` calls, so the same cache entries are read
-  back; a split index is reassembled and the corpus converted to Arrow here, as
-  `load_retriever` would do on first use.
+  with the functions `load_retriever` calls (`resolve`, `resolve_index`, `corpus_uri`,
+  `encoder_name`), so the same cache entries are read back; a split index is reassembled and
+  the corpus converted to Arrow here, as `load_retriever` would do on first use.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ from research_r1.retrieval.config import (
     DenseConfig,
     HybridConfig,
     RemoteConfig,
+    corpus_uri,
+    encoder_name,
     parse_config,
 )
 from research_r1.retrieval.corpus import load_corpus, read_info
@@ -156,9 +158,7 @@ def _bm25(config: BM25Config, default_corpus: str | None) -> list[Fetched]:
 
 def _dense(config: DenseConfig, default_corpus: str | None) -> list[Fetched]:
     path, info = _fetch(resolve_index, config.index)
-    encoder = config.encoder or info.get("encoder")
-    if encoder is None:
-        raise InputError(f"key 'encoder' is required: index {config.index} records no encoder")
+    encoder = encoder_name(config, info)
     corpus = _corpus(config.corpus or default_corpus, info, config.index)
     if Path(encoder).exists():
         model = Fetched("encoder", encoder, Path(encoder))
@@ -169,9 +169,7 @@ def _dense(config: DenseConfig, default_corpus: str | None) -> list[Fetched]:
 
 def _corpus(uri: str | None, info: Mapping[str, Any], index: str) -> list[Fetched]:
     """The corpus source, and the Arrow file it is converted to (what searches read)."""
-    uri = uri or info.get("corpus")
-    if uri is None:
-        raise InputError(f"key 'corpus' is required: index {index} records no corpus")
+    uri = corpus_uri(uri, info, index)
     source = _fetch(resolve, uri)
     arrow = load_corpus(uri).path
     converted = [Fetched("corpus, as Arrow", uri, arrow)] if arrow != source else []

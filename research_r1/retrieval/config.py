@@ -158,9 +158,7 @@ def _bm25(config: BM25Config, default_corpus: str | None) -> Retriever:
 def _dense(config: DenseConfig, default_corpus: str | None) -> Retriever:
     path, info = resolve_index(config.index)
     built_with = info.get("encoder")
-    name = config.encoder or built_with
-    if name is None:
-        raise InputError(f"key 'encoder' is required: index {config.index} records no encoder")
+    name = encoder_name(config, info)
     if built_with is not None and name != built_with:
         logger.warning("index %s was built with encoder %s, not %s", config.index, built_with, name)
     query_prompt = config.query_prompt
@@ -181,10 +179,23 @@ def _dense(config: DenseConfig, default_corpus: str | None) -> Retriever:
 
 
 def _corpus(uri: str | None, info: Mapping[str, Any], index: str) -> Corpus:
-    uri = uri or info.get("corpus")
+    return load_corpus(corpus_uri(uri, info, index))
+
+
+def corpus_uri(configured: str | None, info: Mapping[str, Any], index: str) -> str:
+    """The corpus a retriever reads: the config's, else the one its index records."""
+    uri = configured or info.get("corpus")
     if uri is None:
         raise InputError(f"key 'corpus' is required: index {index} records no corpus")
-    return load_corpus(uri)
+    return uri
+
+
+def encoder_name(config: DenseConfig, info: Mapping[str, Any]) -> str:
+    """The encoder a dense retriever embeds queries with: the config's, else the index's."""
+    name = config.encoder or info.get("encoder")
+    if name is None:
+        raise InputError(f"key 'encoder' is required: index {config.index} records no encoder")
+    return name
 
 
 def _device(device: str) -> str:
