@@ -216,9 +216,13 @@ def load_app(
     """The app for `model` as `eval` would play it (its family's or card's template and
     settings, then these), loaded on a GPU when there is one."""
     options = argparse.Namespace(
-        model=model, template=template, retriever=retriever, k=k, max_turns=max_turns
+        model=model,
+        template=template,
+        retriever=retriever,
+        k=k,
+        max_turns=max_turns,
+        backend="auto",
     )
-    options.backend = "auto"
     plan = dataclasses.replace(
         evaluation.agent_plan(options), max_retriever_wait_s=RETRIEVER_WAIT_S
     )

@@ -67,9 +67,13 @@ def page_url(tmp_path_factory):
     texts = [TEMPLATES["search_r1"].user, *TURNS, *(p.text for p in PASSAGES), EOS]
     tokenizer = build_tokenizer(texts, SEARCH_R1.tags, chat=True)
     options = argparse.Namespace(
-        model="scripted", template="search_r1", retriever=str(config), k=2, max_turns=2
+        model="scripted",
+        template="search_r1",
+        retriever=str(config),
+        k=2,
+        max_turns=2,
+        backend="transformers",
     )
-    options.backend = "transformers"
     plan = evaluation.agent_plan(options)
     app = build_app(plan, Scripted(tokenizer), tokenizer, Found(), examples=[QUESTION])
     with socket.socket() as sock:
