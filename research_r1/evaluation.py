@@ -22,8 +22,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import hashlib
 import json
 import logging
+import shutil
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from huggingface_hub import ModelCard
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from tqdm.auto import tqdm
@@ -39,7 +42,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 import research_r1
 from research_r1 import hub
-from research_r1.data import FLASHRAG_REPO, check_rows, find_source, load_source
+from research_r1.data import ALIASES, FLASHRAG_REPO, check_rows, find_source, load_source
 from research_r1.errors import InputError, RunStopped
 from research_r1.families import FAMILIES, Resolved, resolve
 from research_r1.generation import Generator, TransformersGenerator
@@ -113,6 +116,7 @@ class Plan:
     skip_bad: bool
     source: str
     out: Path
+    identity: str  # the model's content (a local folder) or Hub id and revision
     max_retriever_wait_s: float = 600.0  # a live view (the Space) waits less than a run
 
     @property
@@ -166,6 +170,23 @@ class Plan:
             else config | {"method": method}
         )
 
+    def result_settings(self, method: str) -> dict[str, Any]:
+        """Everything that can change a question's result under `method`: the model's content,
+        the template's text and every setting, but not which questions are asked, how many are
+        played together (a question's result never depends on its batch) or the notes."""
+        config = self.describe(method)
+        for key in ("datasets", "limit", "subset", "skip_bad", "notes"):
+            config.pop(key)
+        config["decoding"] = {k: v for k, v in config["decoding"].items() if k != "batch_size"}
+        return config | {
+            "identity": self.identity,
+            "template_text": method_template(method, self.family.template).as_mapping(),
+        }
+
+    def dataset_settings(self, name: str) -> dict[str, str]:
+        """Where one dataset's questions come from: a trace file holds one such set."""
+        return {"entry": self.datasets[name], "split": self.splits[name], "source": self.source}
+
 
 def make_plan(args: argparse.Namespace) -> Plan:
     """The run the command line asks for, every input checked but nothing heavy loaded."""
@@ -183,8 +204,12 @@ def make_plan(args: argparse.Namespace) -> Plan:
         datasets = {entry.partition("=")[0] if "=" in entry else entry: entry for entry in entries}
     else:
         datasets = {name: name for name in suite.datasets}
-    splits = {name: args.split or suite.datasets.get(name, "test") for name in datasets}
-    return Plan(
+    splits = {
+        name: args.split or suite.datasets.get(ALIASES.get(name.lower(), name), "test")
+        for name in datasets
+    }
+    identity = model_identity(model, revision or None)
+    plan = Plan(
         model=model,
         revision=revision or None,
         family=family,
@@ -198,8 +223,10 @@ def make_plan(args: argparse.Namespace) -> Plan:
         limit=args.limit,
         skip_bad=args.skip_bad,
         source=args.source,
-        out=args.out or Path("eval") / Path(model).name,
+        out=args.out or Path("."),
+        identity=identity,
     )
+    return plan if args.out else dataclasses.replace(plan, out=default_out(plan))
 
 
 def agent_plan(args: argparse.Namespace) -> Plan:
@@ -210,6 +237,44 @@ def agent_plan(args: argparse.Namespace) -> Plan:
     configure_eval(parser)
     given = argparse.Namespace(**vars(args), method="agent", batch_size=1)
     return make_plan(parser.parse_args(["--", args.model], namespace=given))
+
+
+def model_identity(model: str, revision: str | None) -> str:
+    """What the model is, for telling runs apart: a Hub id with its revision, or for a local
+    folder a digest of its files (name, size, first and last MiB of each; the model card is left
+    out, since eval writes scores into it), so a folder trained again is another model."""
+    folder = Path(model)
+    if not folder.is_dir():
+        return f"{model}@{revision or 'main'}"
+    digest = hashlib.sha256()
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.suffix == ".md":
+            continue
+        size = path.stat().st_size
+        digest.update(f"{path.name}\0{size}\0".encode())
+        with path.open("rb") as file:
+            digest.update(file.read(1 << 20))
+            if size > 2 << 20:
+                file.seek(-(1 << 20), 2)
+                digest.update(file.read())
+    return f"sha256:{digest.hexdigest()}"
+
+
+def fingerprint(settings: Mapping[str, Any]) -> str:
+    """A short digest of settings: equal settings, equal fingerprints."""
+    text = json.dumps(settings, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def default_out(plan: Plan) -> Path:
+    """`eval/<model>-<digest>`: one folder per model and setting, so two runs never share one
+    (two checkpoints both called `final` included)."""
+    if Path(plan.model).is_dir():
+        name = "_".join(Path(plan.model).resolve().parts[-2:])
+    else:
+        name = plan.model.replace("/", "__") + (f"@{plan.revision}" if plan.revision else "")
+    settings = {method: plan.result_settings(method) for method in plan.methods}
+    return Path("eval") / f"{name}-{fingerprint(settings)[:8]}"
 
 
 def _card_settings(model: str, revision: str | None) -> Mapping[str, Any] | None:
@@ -512,10 +577,18 @@ def run_dataset(
     path: Path,
     batch_size: int,
     play_batch: Callable[[Sequence[Question]], list[dict[str, Any]]],
+    stamp: Mapping[str, Any],
 ) -> list[dict[str, Any]]:
-    """Every question's trace, appended to `path` batch by batch; questions already answered
-    there are skipped. A progress bar shows the running EM."""
+    """Every question's trace, appended to `path` batch by batch, each line stamped with the
+    model and the run's fingerprint (`stamp`); questions already answered there are skipped,
+    and a line of another run is refused. A progress bar shows the running EM."""
     done = read_traces(path)
+    foreign = sorted({str(t.get("run")) for t in done.values() if t.get("run") != stamp["run"]})
+    if foreign:
+        raise InputError(
+            f"{path} holds traces of another run (fingerprint {', '.join(foreign)}, this run's "
+            f"is {stamp['run']}); give another --out, or --overwrite to replace them"
+        )
     todo = [q for q in questions if q.id not in done or done[q.id]["error"] is not None]
     path.parent.mkdir(parents=True, exist_ok=True)
     scored = [t["em"] for t in done.values() if t["error"] is None]
@@ -523,6 +596,7 @@ def run_dataset(
         bar.update(len(questions) - len(todo))
         for start in range(0, len(todo), batch_size):
             for line in play_batch(todo[start : start + batch_size]):
+                line = {**line, **stamp}
                 sink.write(json.dumps(line) + "\n")
                 done[line["id"]] = line
                 scored.append(line["em"])
@@ -530,6 +604,54 @@ def run_dataset(
             bar.update(min(batch_size, len(todo) - start))
             bar.set_postfix(em=f"{sum(scored) / max(1, len(scored)):.3f}")
     return [done[q.id] for q in questions]
+
+
+def claim_folder(folder: Path, plan: Plan, method: str, *, overwrite: bool) -> dict[str, Any]:
+    """Make `folder` this run's, and return the run's result settings.
+
+    `run.yaml` records what the folder's traces were played with; a run with other settings
+    (another model, another k, another file under a dataset's name...) is refused, naming
+    what differs, unless `overwrite` clears the folder first."""
+    settings = plan.result_settings(method)
+    datasets = {name: plan.dataset_settings(name) for name in plan.datasets}
+    record_path = folder / "run.yaml"
+    if overwrite and folder.exists():
+        shutil.rmtree(folder)
+    if record_path.is_file():
+        record = yaml.safe_load(record_path.read_text())
+        before = {"settings": record["settings"], "datasets": {}}
+        after = {"settings": settings, "datasets": {}}
+        for name in datasets.keys() & record["datasets"].keys():
+            before["datasets"][name] = record["datasets"][name]
+            after["datasets"][name] = datasets[name]
+        changed = differences(before, after)
+        if changed:
+            raise InputError(
+                f"{folder} holds the traces of another run ({'; '.join(changed)}); give another "
+                "--out, or --overwrite to replace them"
+            )
+        datasets = record["datasets"] | datasets
+    folder.mkdir(parents=True, exist_ok=True)
+    record_path.write_text(
+        yaml.safe_dump({"settings": settings, "datasets": datasets}, allow_unicode=True)
+    )
+    return settings
+
+
+def differences(before: Any, after: Any, key: str = "") -> list[str]:
+    """`key: old → new` for every leaf that differs between two JSON-like values."""
+    if isinstance(before, Mapping) and isinstance(after, Mapping):
+        return [
+            line
+            for name in sorted(before.keys() | after.keys())
+            for line in differences(
+                before.get(name), after.get(name), f"{key}.{name}" if key else name
+            )
+        ]
+    if before == after:
+        return []
+    shown = [json.dumps(value, ensure_ascii=False, default=str) for value in (before, after)]
+    return [f"{key.removeprefix('settings.')}: {shown[0][:60]} → {shown[1][:60]}"]
 
 
 def read_traces(path: Path) -> dict[str, dict[str, Any]]:
@@ -655,7 +777,16 @@ def configure_eval(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=16, help="questions played together")
     parser.add_argument("--tensor-parallel-size", type=int, default=1, help="vLLM only")
-    parser.add_argument("--out", type=Path, help="output folder (default: eval/MODEL_NAME)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="output folder (default: eval/MODEL-DIGEST, one per model and setting)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the traces of another run in --out instead of refusing to mix them",
+    )
     parser.add_argument(
         "--push-to-hub",
         metavar="ORG/NAME",
@@ -698,11 +829,19 @@ def run_eval(args: argparse.Namespace) -> int:
         ) -> list[dict[str, Any]]:
             return play_robustly(method, batch, plan, generator, tokenizer, retriever, protocol)
 
+        folder = plan.out / method
+        settings = claim_folder(folder, plan, method, overwrite=args.overwrite)
         results = {}
         for name, qs in questions.items():
-            path = plan.out / method / "traces" / f"{name}.jsonl"
-            results[name] = summarize(run_dataset(name, qs, path, plan.batch_size, play_batch))
-        folder = plan.out / method
+            stamp = {
+                "model": plan.model,
+                "revision": plan.revision,
+                "run": fingerprint({**settings, "dataset": plan.dataset_settings(name)}),
+            }
+            path = folder / "traces" / f"{name}.jsonl"
+            results[name] = summarize(
+                run_dataset(name, qs, path, plan.batch_size, play_batch, stamp)
+            )
         record = {"config": plan.describe(method) | provenance(), "results": results}
         (folder / "results.json").write_text(
             json.dumps(record, indent=2, ensure_ascii=False) + "\n"

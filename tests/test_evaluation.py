@@ -552,3 +552,77 @@ def test_a_hub_model_card_keeps_its_text_and_other_entries(hub):
     ]
     with pytest.raises(InputError, match="no such repository"):
         update_model_card(hub.new_repo_id("missing"), [record], token=hub.token)
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs that can never be mixed up
+
+
+def test_another_model_or_setting_never_resumes_from_a_folders_traces(world, scripted, tmp_path):
+    """The trained model's folder, then the cold-start model (same files, other weights) or
+    another k: refused with what differs and the way out; --overwrite starts afresh."""
+    out = tmp_path / "out"
+    assert cli_main(eval_args(world, out)) == 0
+    first = traces(out)
+    assert {t["model"] for t in first} == {str(world.model)}
+    assert len({t["run"] for t in first}) == 1
+
+    other = tmp_path / "cold-start"
+    build_tiny_model(other, ["x"], SEARCH_R1.tags, hidden_size=64, seed=1)
+    args = eval_args(world, out)
+    args[1] = str(other)
+    with pytest.raises(InputError) as refused:
+        evaluation.run_eval(evaluation.parse_args(args[1:]))
+    message = str(refused.value)
+    assert message.startswith(f"{out / 'agent'} holds the traces of another run (identity: ")
+    assert "model: " in message and message.endswith(
+        "give another --out, or --overwrite to replace them"
+    )
+
+    with pytest.raises(InputError, match=r"another run \(k: 3 → 1; setting: "):
+        evaluation.run_eval(evaluation.parse_args([*eval_args(world, out)[1:], "--k", "1"]))
+    assert traces(out) == first  # nothing was written
+
+    assert cli_main([*eval_args(world, out), "--k", "1", "--overwrite"]) == 0
+    assert results(out)["config"]["k"] == 1
+    assert all(t["run"] != first[0]["run"] for t in traces(out))
+
+
+def test_a_trace_line_of_another_run_is_refused(world, scripted, tmp_path):
+    out = tmp_path / "out"
+    assert cli_main(eval_args(world, out)) == 0
+    path = out / "agent" / "traces" / "toy.jsonl"
+    path.write_text(path.read_text() + json.dumps({"id": "x", "run": "0123456789abcdef"}) + "\n")
+    with pytest.raises(InputError, match=r"holds traces of another run \(fingerprint 0123"):
+        evaluation.run_eval(evaluation.parse_args(eval_args(world, out)[1:]))
+
+
+def test_the_default_folder_is_one_per_model_and_setting(world, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    finals = []
+    for run in ("a", "b"):
+        final = tmp_path / "runs" / run / "final"
+        shutil.copytree(world.model, final)
+        finals.append(final)
+    (finals[1] / "config.json").write_text((finals[1] / "config.json").read_text() + "\n")
+
+    def out(*extra: str) -> Path:
+        args = evaluation.parse_args(
+            [str(extra[0]), "--template", "search_r1", "--datasets", f"toy={world.qa}", *extra[1:]]
+        )
+        return evaluation.make_plan(args).out
+
+    a, b = out(finals[0]), out(finals[1])
+    assert a.parent == b.parent == Path("eval") and a != b
+    assert a.name.startswith("a_final-") and b.name.startswith("b_final-")
+    assert out(finals[0], "--k", "1") != a
+    assert out(finals[0], "--batch-size", "64", "--limit", "2") == a  # no result changes
+    hub_id = out("PeterJinGo/SearchR1-nq_hotpotqa_train-qwen2.5-7b-em-ppo@v1")
+    assert hub_id.name.startswith("PeterJinGo__SearchR1-nq_hotpotqa_train-qwen2.5-7b-em-ppo@v1-")
+
+
+def test_dataset_aliases_get_the_suites_split(capsys):
+    model = "PeterJinGo/SearchR1-nq_hotpotqa_train-qwen2.5-7b-em-ppo"
+    assert cli_main(["eval", model, "--datasets", "2wiki,hotpot,nq", "--dry-run"]) == 0
+    config = json.loads(capsys.readouterr().out)
+    assert config["datasets"] == {"2wiki": "dev", "hotpot": "dev", "nq": "test"}
