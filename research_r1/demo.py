@@ -63,7 +63,7 @@ from research_r1.protocol import (
 from research_r1.retrieval import Passage, Retriever
 from research_r1.retrieval.bm25 import build_bm25_index
 from research_r1.retrieval.config import load_retriever
-from research_r1.retrieval.corpus import load_corpus, split_contents
+from research_r1.retrieval.corpus import load_corpus
 from research_r1.rewards import exact_match
 from research_r1.rollout import RolloutConfig, encode_prompt, run_episodes, run_rollout
 from research_r1.tiny import build_tiny_model
@@ -166,7 +166,7 @@ def vocabulary_texts(world: World, template: Template) -> list[str]:
     """Every text the model will read or write, so each word becomes one token."""
     texts = [render_prompt(template.prompt(q.question)) for q in world.train + world.test]
     texts += [
-        format_observation([Passage(p["id"], *split_contents(p["contents"]), 0.0)], SEARCH_R1)
+        format_observation([Passage(p["id"], p["contents"], 0.0)], SEARCH_R1)
         for p in world.passages
     ]
     return [*texts, SEARCH_R1.invalid_notice, FINAL_TURN_NOTICE, *TURNS]

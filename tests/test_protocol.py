@@ -181,8 +181,8 @@ def test_extract_answer(completion: str, search_r1: str | None, research: str | 
 # Observations
 
 PASSAGES = [
-    Passage(id="1", title="Paris", text="Paris is the capital of France.", score=2.5),
-    Passage(id="7", title="Eiffel Tower", text="A tower in Paris.\nBuilt in 1889.", score=1.0),
+    Passage(id="1", contents='"Paris"\nParis is the capital of France.', score=2.5),
+    Passage(id="7", contents='"Eiffel Tower"\nA tower in Paris.\nBuilt in 1889.', score=1.0),
 ]
 
 
@@ -274,7 +274,7 @@ def test_observation_round_trip(protocol) -> None:
     """Corpus rows -> passages -> observation -> parsed back: the same titles and texts."""
     rows = ['"Paris"\nParis is the capital of France.', '"Lyon"\nLyon is on the Rhône.']
     passages = [
-        Passage(id=str(i), title=title, text=text, score=0.0)
+        Passage(id=str(i), contents=f'"{title}"\n{text}', score=0.0)
         for i, (title, text) in enumerate(split_contents(row) for row in rows)
     ]
     observation = format_observation(passages, protocol)
@@ -301,7 +301,7 @@ def test_invalid_notice() -> None:
 # ---------------------------------------------------------------------------------------------
 # Format checks: Search-R1's state machine
 
-INFO = format_observation([Passage("1", "Paris", "Paris is in France.", 1.0)], SEARCH_R1)
+INFO = format_observation([Passage("1", '"Paris"\nParis is in France.', 1.0)], SEARCH_R1)
 
 
 @pytest.mark.parametrize(
@@ -360,7 +360,7 @@ def test_search_r1_invalid_sequences(text: str, reason: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # ReSearch's format check
 
-RESULT = format_observation([Passage("1", "Paris", "Paris is in France.", 1.0)], RESEARCH)
+RESULT = format_observation([Passage("1", '"Paris"\nParis is in France.', 1.0)], RESEARCH)
 
 
 @pytest.mark.parametrize(

@@ -31,7 +31,7 @@ from research_r1.retrieval.config import (
     load_retriever,
     parse_config,
 )
-from research_r1.retrieval.corpus import Corpus, load_corpus
+from research_r1.retrieval.corpus import SCHEMA, Corpus, load_corpus
 from research_r1.retrieval.hybrid import HybridRetriever, reciprocal_rank_fusion
 
 PASSAGES = [
@@ -94,10 +94,10 @@ def test_corpus_parses_titles_from_every_format_the_same_way(tmp_path: Path) -> 
         parquet,
     )
     expected = [
-        Passage("a", "Hamlet", "A tragedy.\nSecond line.", 0.0),
-        Passage("7", "No quotes", "text", 0.0),
-        Passage("c", "Only a title", "", 0.0),
-        Passage("d", "Given title", "given text", 0.0),
+        Passage("a", '"Hamlet"\nA tragedy.\nSecond line.', 0.0),
+        Passage("7", "No quotes\ntext", 0.0),
+        Passage("c", '"Only a title"\n', 0.0),
+        Passage("d", '"Given title"\ngiven text', 0.0),
     ]
     for source in (jsonl, gz, parquet):
         corpus = load_corpus(source)
@@ -108,10 +108,28 @@ def test_corpus_parses_titles_from_every_format_the_same_way(tmp_path: Path) -> 
         assert [p.text for p in got] == [p.text for p in expected]
     corpus = load_corpus(jsonl)
     assert corpus.passages([3, 0], [2.5, 1.0]) == [
-        Passage("d", "Given title", "given text", 2.5),
-        Passage("a", "Hamlet", "A tragedy.\nSecond line.", 1.0),
+        Passage("d", '"Given title"\ngiven text', 2.5),
+        Passage("a", '"Hamlet"\nA tragedy.\nSecond line.', 1.0),
     ]
-    assert corpus.contents(0, 2) == ['"Hamlet"\nA tragedy.\nSecond line.', '"No quotes"\ntext']
+    assert corpus.contents(0, 2) == ['"Hamlet"\nA tragedy.\nSecond line.', "No quotes\ntext"]
+    # titles as stored: an agent is shown them as its own loop showed them
+    assert [p.title_line for p in corpus.passages([0, 1, 2], [0.0] * 3)] == [
+        '"Hamlet"',
+        "No quotes",
+        '"Only a title"',
+    ]
+
+
+def test_a_corpus_file_of_format_1_gets_its_titles_quotes_back(tmp_path: Path) -> None:
+    """Format 1 stored titles without their quotes; such a file, given as is, reads as before."""
+    arrow = tmp_path / "old.arrow"
+    schema = SCHEMA.with_metadata({"research_r1_format": "1"})
+    with pa.OSFile(str(arrow), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+        writer.write_batch(
+            pa.record_batch({"id": ["a"], "title": ["Hamlet"], "text": ["A tragedy."]}, schema)
+        )
+    [passage] = load_corpus(arrow).passages([0], [1.0])
+    assert passage == Passage("a", '"Hamlet"\nA tragedy.', 1.0)
 
 
 def test_corpus_is_memory_mapped_not_copied(tmp_path: Path) -> None:
@@ -270,7 +288,7 @@ def test_bm25_index_of_another_corpus_is_refused(bm25_setup, tmp_path: Path) -> 
 
 
 def passage(id_: str, score: float = 0.0, title: str = "") -> Passage:
-    return Passage(id_, title or id_.upper(), f"text {id_}", score)
+    return Passage(id_, f'"{title or id_.upper()}"\ntext {id_}', score)
 
 
 def test_reciprocal_rank_fusion_known_case() -> None:

@@ -57,7 +57,7 @@ class OverlapRetriever:
 
     def _rank(self, query: str) -> list[Passage]:
         passages = [
-            Passage(pid, title, text, float(len(words(query) & words(f"{title} {text}"))))
+            Passage(pid, f'"{title}"\n{text}', float(len(words(query) & words(f"{title} {text}"))))
             for pid, title, text in CORPUS
         ]
         return sorted(passages, key=lambda p: (-p.score, p.id))
@@ -142,7 +142,7 @@ def test_client_returns_the_same_passages_in_both_api_modes() -> None:
         with RemoteRetriever(f"{url}/retrieve/") as full_url:
             assert full_url.url == f"{url}/retrieve"
             assert full_url.search(QUERIES[:1], 1) == [[expected[0][0]]]
-    assert expected[0][0] == Passage("p1", "Paris", "Paris is the capital of France.", 3.0)
+    assert expected[0][0] == Passage("p1", '"Paris"\nParis is the capital of France.', 3.0)
 
 
 def post_concurrently(http: httpx.Client, url: str, bodies: list[dict[str, Any]]) -> list[Any]:

@@ -130,8 +130,8 @@ def test_token_f1(prediction: str | None, golds: Any, expected: float) -> None:
 # ---------------------------------------------------------------------------------------------
 # Observations the rewards read (the format checks themselves are tested in test_protocol.py)
 
-INFO = format_observation([Passage("1", "Paris", "Paris is in France.", 1.0)], SEARCH_R1)
-RESULT = format_observation([Passage("1", "Paris", "Paris is in France.", 1.0)], RESEARCH)
+INFO = format_observation([Passage("1", '"Paris"\nParis is in France.', 1.0)], SEARCH_R1)
+RESULT = format_observation([Passage("1", '"Paris"\nParis is in France.', 1.0)], RESEARCH)
 
 
 # ---------------------------------------------------------------------------------------------

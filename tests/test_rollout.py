@@ -32,7 +32,7 @@ CLOSE = "</information>\n\n"  # what follows the passages in a Search-R1 observa
 
 def passages_for(query: str, k: int) -> list[Passage]:
     return [
-        Passage(f"{query}#{i}", f"title {query}", f"fact {i} about {query}", 1.0 / (i + 1))
+        Passage(f"{query}#{i}", f'"title {query}"\nfact {i} about {query}', 1.0 / (i + 1))
         for i in range(k)
     ]
 

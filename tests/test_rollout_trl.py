@@ -27,7 +27,7 @@ class EchoRetriever:
 
     def search(self, queries: Sequence[str], k: int) -> list[list[Passage]]:
         self.calls.append(list(queries))
-        return [[Passage(f"id-{q}", "title", f"about {q}", 1.0)] * k for q in queries]
+        return [[Passage(f"id-{q}", f"title\nabout {q}", 1.0)] * k for q in queries]
 
 
 @pytest.fixture(autouse=True)

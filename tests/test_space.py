@@ -46,8 +46,8 @@ from research_r1.tiny import EOS, build_tiny_model, build_tokenizer
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # read when gradio is imported: no calls home
 
-HAMLET = Passage("h1", "Hamlet (play)", "Hamlet is a tragedy by William Shakespeare.", 2.0)
-SHAKESPEARE = Passage("h2", "William Shakespeare", "Shakespeare (1564-1616) was a playwright.", 1.0)
+HAMLET = Passage("h1", '"Hamlet (play)"\nHamlet is a tragedy by William Shakespeare.', 2.0)
+SHAKESPEARE = Passage("h2", '"William Shakespeare"\nShakespeare (1564-1616) was a playwright.', 1.0)
 HAMLET_PAIRS = (
     ("Hamlet (play)", "Hamlet is a tragedy by William Shakespeare."),
     ("William Shakespeare", "Shakespeare (1564-1616) was a playwright."),

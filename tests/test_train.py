@@ -28,7 +28,7 @@ from research_r1.errors import InputError
 from research_r1.protocol import SEARCH_R1, format_passages, load_template
 from research_r1.retrieval import Passage
 from research_r1.retrieval.bm25 import build_bm25_index
-from research_r1.retrieval.corpus import load_corpus, split_contents
+from research_r1.retrieval.corpus import load_corpus
 from research_r1.rewards import completion_text
 from research_r1.rollout import FINAL_TURN_NOTICE
 from research_r1.tiny import build_tiny_model
@@ -424,7 +424,7 @@ class FirstPassages:
     ("fi", "") read real passages."""
 
     def search(self, queries: list[str], k: int) -> list[list[Passage]]:
-        top = [Passage(str(i), *split_contents(c), 1.0) for i, c in enumerate(PASSAGES[:k])]
+        top = [Passage(str(i), c, 1.0) for i, c in enumerate(PASSAGES[:k])]
         return [list(top) for _ in queries]
 
 

@@ -16,16 +16,30 @@ from typing import Protocol
 
 @dataclass(slots=True)
 class Passage:
-    """One retrieved passage; `title` is the corpus `contents` before its first newline
-    (`corpus.split_contents`).
+    """One retrieved passage: its corpus `contents` exactly as stored (wiki-18's `"Title"` line,
+    then the text), so an agent can be shown it as its own loop showed it.
 
     Not frozen: a frozen dataclass takes twice as long to build, and a search builds thousands.
     """
 
     id: str
-    title: str
-    text: str
+    contents: str
     score: float
+
+    @property
+    def title_line(self) -> str:
+        """The first line of `contents` as stored (wiki-18: the title in quotes)."""
+        return self.contents.partition("\n")[0]
+
+    @property
+    def title(self) -> str:
+        """The title as people read it: the first line without its quotes and outer spaces."""
+        return self.title_line.strip().strip('"')
+
+    @property
+    def text(self) -> str:
+        """Everything after the first line."""
+        return self.contents.partition("\n")[2]
 
 
 class RetrievalError(RuntimeError):

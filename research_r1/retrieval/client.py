@@ -26,7 +26,6 @@ import urllib3
 
 from research_r1.errors import InputError
 from research_r1.retrieval import Passage, RetrievalError, RetrieverUnavailable
-from research_r1.retrieval.corpus import split_contents
 
 logger = logging.getLogger(__name__)
 
@@ -152,8 +151,7 @@ def _detail(body: bytes) -> str:
 
 
 def _passage(document: dict[str, Any], score: float) -> Passage:
-    title, text = split_contents(document["contents"])
-    return Passage(id=str(document["id"]), title=title, text=text, score=float(score))
+    return Passage(id=str(document["id"]), contents=document["contents"], score=float(score))
 
 
 def _parse_search_r1(body: Any) -> list[list[Passage]]:

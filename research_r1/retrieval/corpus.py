@@ -3,7 +3,8 @@
 Search-R1 and FlashRAG ship corpora as JSON lines (`{"id": str, "contents": "\\"Title\\"\\ntext"}`,
 often gzipped) or parquet. Parsing 21M JSON rows into Python objects on every start-up would take
 minutes and tens of GB, so the source is converted once into an uncompressed Arrow IPC file with
-the columns `id`, `title`, `text` (cached beside the source, or under `$HF_HOME/research_r1` for
+the columns `id`, `title` (the first line of `contents` exactly as stored, quotes and all), `text`
+(cached beside the source, or under `$HF_HOME/research_r1` for
 `hf://` sources), and later loads map that file: the OS pages in only the rows a search returns.
 Row `i` of the corpus is row `i` of every index built from it.
 """
@@ -30,14 +31,18 @@ from research_r1.retrieval import Passage
 
 SCHEMA = pa.schema([("id", pa.string()), ("title", pa.string()), ("text", pa.string())])
 INFO_FILE = "index_info.json"  # written beside an index: the corpus it was built from, and how
-FORMAT_VERSION = "1"  # bump when the Arrow layout changes, so stale caches are rebuilt
+FORMAT_VERSION = "2"  # bump when the Arrow layout changes, so stale caches are rebuilt
+# Format 1 kept titles without their quotes; such a file (an .arrow given as is) is read with the
+# quotes put back, which is exact for every title that neither starts nor ends with one.
+_UNQUOTED_TITLES = "1"
 _BATCH_ROWS = 50_000
 
 
 def split_contents(contents: str) -> tuple[str, str]:
-    """Title and text of a corpus `contents` field: the first line (quotes stripped), the rest."""
-    title, _, text = contents.partition("\n")
-    return title.strip().strip('"'), text
+    """Title and text of a corpus `contents` field as people read them: the first line (quotes
+    stripped), the rest."""
+    passage = Passage("", contents, 0.0)
+    return passage.title, passage.text
 
 
 class Corpus:
@@ -48,6 +53,8 @@ class Corpus:
         self._table = pa.ipc.open_file(pa.memory_map(str(self.path))).read_all()
         if self._table.schema.remove_metadata() != SCHEMA:
             raise InputError(f"{self.path} is not a corpus file (columns must be {SCHEMA.names})")
+        metadata = self._table.schema.metadata or {}
+        self._quote = metadata.get(b"research_r1_format", b"1").decode() == _UNQUOTED_TITLES
 
     def __len__(self) -> int:
         return self._table.num_rows
@@ -55,11 +62,10 @@ class Corpus:
     def passages(self, rows: Sequence[int], scores: Sequence[float]) -> list[Passage]:
         """The passages at `rows`, in that order, each carrying its score."""
         picked = self._table.take(pa.array(rows, type=pa.int64())).to_pydict()
+        contents = self._contents(picked["title"], picked["text"])
         return [
-            Passage(id=id_, title=title, text=text, score=float(score))
-            for id_, title, text, score in zip(
-                picked["id"], picked["title"], picked["text"], scores, strict=True
-            )
+            Passage(id=id_, contents=text, score=float(score))
+            for id_, text, score in zip(picked["id"], contents, scores, strict=True)
         ]
 
     def results(
@@ -77,11 +83,15 @@ class Corpus:
         return split
 
     def contents(self, start: int, stop: int) -> list[str]:
-        """Rows `start..stop` as Search-R1 `contents` strings (`"Title"` line, then the text):
-        the exact form its published e5 index was encoded from."""
+        """Rows `start..stop` as their `contents` strings (`"Title"` line, then the text): the
+        exact form Search-R1's published e5 index was encoded from."""
         chunk = self._table.slice(start, stop - start).to_pydict()
-        pairs = zip(chunk["title"], chunk["text"], strict=True)
-        return [f'"{title}"\n{text}' for title, text in pairs]
+        return self._contents(chunk["title"], chunk["text"])
+
+    def _contents(self, titles: Sequence[str], texts: Sequence[str]) -> list[str]:
+        if self._quote:
+            titles = [f'"{title}"' for title in titles]
+        return [f"{title}\n{text}" for title, text in zip(titles, texts, strict=True)]
 
 
 def load_corpus(
@@ -114,7 +124,7 @@ def convert_corpus(source: Path, target: Path, metadata: dict[str, str] | None =
     """Write `source` (jsonl, jsonl.gz or parquet) as an Arrow IPC corpus file at `target`,
     atomically, with a progress bar. `metadata` goes into the file's schema."""
     reader = _read_parquet if source.name.endswith(".parquet") else _read_jsonl
-    schema = SCHEMA.with_metadata(metadata or {})
+    schema = SCHEMA.with_metadata({"research_r1_format": FORMAT_VERSION, **(metadata or {})})
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
@@ -196,7 +206,7 @@ def _append(batch: dict[str, list[str]], row: Any, where: str) -> None:
         contents = row["contents"]
         if not isinstance(contents, str):
             raise InputError(f"{where}: field 'contents' must be a string, got {contents!r}")
-        title, text = split_contents(contents)
+        title, _, text = contents.partition("\n")
     else:
         title, text = row.get("title"), row.get("text")
         for field, value in (("title", title), ("text", text)):
@@ -205,6 +215,7 @@ def _append(batch: dict[str, list[str]], row: Any, where: str) -> None:
                     f"{where}: needs a string field 'contents' (or 'title' and 'text'); "
                     f"field '{field}' is {value!r}"
                 )
+        title = f'"{title}"'  # as a `contents` field would hold it
     batch["id"].append(str(id_))
     batch["title"].append(title)
     batch["text"].append(text)

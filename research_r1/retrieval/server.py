@@ -27,7 +27,8 @@ counts the rest, so the answer stays small whatever the request. NaN, Infinity a
 surrogates, which Python's json module reads but no JSON answer can hold, get 422 at their
 location.
 
-`contents` is rebuilt Search-R1 style, `"Title"` on the first line and the text after it.
+`contents` is each passage's as the corpus stores it (wiki-18: `"Title"` on the first line, then
+the text).
 No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations at run
 time, and the request models are built per app from its limits.
 """
@@ -292,8 +293,8 @@ class MicroBatcher:
 
 
 def _document(passage: Passage) -> dict[str, str]:
-    """A passage as a corpus row, `contents` rebuilt the way Search-R1's corpus stores it."""
-    return {"id": passage.id, "contents": f'"{passage.title}"\n{passage.text}'}
+    """A passage as a corpus row: its `contents` as the corpus stores them."""
+    return {"id": passage.id, "contents": passage.contents}
 
 
 def _not_blank(query: str) -> str:
