@@ -39,6 +39,16 @@ class Generator(Protocol):
         ...
 
 
+def stop_token_ids(tokenizer: Any, generation_eos: Any, extra: Sequence[str] = ()) -> list[int]:
+    """The ids generation stops at, as vLLM picks them: the tokenizer's EOS and the EOS ids of
+    the checkpoint's generation config (`generation_eos`: an id, a list or None), then any
+    `extra` tokens a family's loop adds by name."""
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    ids += [generation_eos] if isinstance(generation_eos, int) else list(generation_eos or [])
+    ids += [tokenizer.convert_tokens_to_ids(token) for token in extra]
+    return sorted(set(ids))
+
+
 class TransformersGenerator:
     """A transformers model as a `Generator`: batched, left-padded `model.generate` calls.
 
@@ -186,7 +196,8 @@ class _TurnEnds:
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
     def _has_stop(self, ids: list[int]) -> bool:
+        """Special tokens are left out, as vLLM leaves them out of the text it matches."""
         text = self.tokenizer.decode(
-            ids, skip_special_tokens=False, clean_up_tokenization_spaces=False
+            ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
         )
         return any(s in text for s in self.stop)

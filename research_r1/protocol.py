@@ -1,12 +1,13 @@
 """The tag protocols, as data: what the model writes, what we insert, and the prompt templates.
 
 A protocol says how a family of search agents writes actions and how we answer them: the search
-and answer tags, where generation pauses, how retrieved passages are written and wrapped, how the
-final answer is read, and what a turn that neither searches nor answers gets. Search-R1's
-(`<search>`, passages in `<information>`, the answer in `<answer>`) and ReSearch's (passages in
-`<result>`, the answer a `\\boxed{}` in the first `<answer>`) are the two we train; the others
-let published checkpoints be evaluated unchanged (`research_r1.families`), each with its own tags
-and observation format, and no per-model code path anywhere.
+and answer tags, where generation pauses, how a turn is read (what its loop keeps of it, what it
+asks for), how retrieved passages are written and wrapped, how the final answer is read, and what
+a turn that neither searches nor answers gets. Search-R1's (`<search>`, passages in
+`<information>`, the answer in `<answer>`) and ReSearch's (passages in `<result>`, the answer a
+`\\boxed{}` in the first `<answer>`) are the two we train; published families
+(`research_r1.families`) build theirs from the same fields, read from their audited data, so
+their checkpoints are played as their own loops play them with no per-model code path anywhere.
 
 Everything else in the package (rollout, rewards, data preparation, evaluation, the Space) reads
 tags, stop strings, notices, the format checks and the passage list from here rather than spelling
@@ -44,16 +45,42 @@ SEARCH_R1_INVALID_NOTICE = (
 FINAL_TURN_NOTICE = "\nI have no searches left, so my next step must be the final answer.\n"
 
 
+TurnTokens = Literal["sampled", "turn", "text"]
+QueryFault = Literal["invalid", "search", "end", "observe"]
+
+
 @dataclass(frozen=True)
 class Protocol:
-    """How one family of agents writes actions and reads what we insert.
+    """How one family of agents writes actions, what we insert, and how its loop reads a turn.
 
-    `passage_format` writes one passage (`{i}`: its rank from 1, `{title}`, `{text}`); the
-    passages, joined by `passage_separator` (and stripped when `strip_passages`), replace
-    `{passages}` in `observation_format`. `answer_block` says which `<answer>` block holds the
-    final answer, and `boxed_answer` that it is the `\\boxed{}` inside it. `invalid_notice` is
-    inserted after a turn that neither searches nor answers; without one, such a turn ends the
-    episode. `check` names the whole-completion format check (`follows_format`).
+    Writing. `passage_format` writes one passage (`{i}`: its rank from 1; `{title}` and
+    `{text}` as people read them; `{title_line}`: the first line of its corpus `contents` as
+    stored, quotes and all; `{contents}`: all of it); the passages, joined by
+    `passage_separator` (and stripped when `strip_passages`), replace `{passages}` in
+    `observation_format` (`no_passages` when a search found none). `invalid_notice` is inserted
+    after a turn that neither searches nor answers; None ends the episode there instead, and ""
+    goes on without inserting anything. `observation_cut` says how an observation over its token
+    budget is cut: `passages` (ours: passage text goes, the closing tag stays), `head` (the first
+    tokens of the whole observation are kept, as Search-R1's loop keeps them) or `tail` (the
+    last ones).
+
+    Reading a turn. Generation stops at `stop` (by default the search and answer closing tags),
+    kept in the turn or not (`keep_stop`, vLLM's include_stop_str_in_output). `tokens` says what
+    the next call sees: the very ids sampled (`sampled`, ours: training needs them), the turn's
+    text re-encoded alone with special tokens dropped (`turn`, the veRL loops), or the whole
+    transcript as text, encoded again at every call (`text`, loops that send strings to a
+    server; `special_tokens` is then how that text is encoded, as it is for prompts). A turn is
+    cut after the first `cut_after` marker found (in that order of priority) and stripped when
+    `strip_turn`. `action` is `first_block` (the first complete search or answer block decides)
+    or `stop` (the stop string the turn ended at decides: the search closing tag searches, the
+    answer closing tag answers, anything else ends the episode). The query runs from the first
+    or last search opening tag (`query_from`) to its closing tag, with `query_replace` applied
+    and `strip_query`. An empty query, or (with `action: stop`) a closing tag without an
+    opening one, is handled as `empty_query` / `missing_query` says: an invalid step, a search
+    anyway, the end of the episode, or `bad_query_observation` inserted with no search. A turn
+    that ends at EOS with neither action ends the episode or is an invalid step
+    (`eos_without_action`). `answer_block` and `boxed_answer` say how our rewards read answers;
+    `check` names the whole-completion format check (`follows_format`).
     """
 
     name: str
@@ -63,18 +90,39 @@ class Protocol:
     passage_format: str = "Doc {i}(Title: {title}) {text}"
     passage_separator: str = "\n"
     strip_passages: bool = True
+    no_passages: str = ""
     boxed_answer: bool = False
     answer_block: Literal["first", "last"] = "last"
     invalid_notice: str | None = SEARCH_R1_INVALID_NOTICE
+    observation_cut: Literal["passages", "head", "tail"] = "passages"
     search_open: str = SEARCH_OPEN
     search_close: str = SEARCH_CLOSE
     extra_tags: tuple[str, ...] = ()
     check: Literal["search_r1", "research", "answer"] = "answer"
+    stop: tuple[str, ...] | None = None
+    keep_stop: bool = True
+    tokens: TurnTokens = "sampled"
+    special_tokens: bool | None = None
+    cut_after: tuple[str, ...] = ()
+    strip_turn: bool = False
+    action: Literal["first_block", "stop"] = "first_block"
+    query_from: Literal["first", "last"] = "first"
+    query_replace: tuple[tuple[str, str], ...] = ()
+    strip_query: bool = True
+    empty_query: QueryFault = "invalid"
+    missing_query: QueryFault = "invalid"
+    bad_query_observation: str = ""
+    eos_without_action: Literal["end", "invalid"] = "end"
 
     @property
-    def stop_strings(self) -> tuple[str, str]:
-        """Generation pauses after either: a search to run, or an answer that ends the episode."""
-        return (self.search_close, ANSWER_CLOSE)
+    def stop_strings(self) -> tuple[str, ...]:
+        """Where generation pauses: the family's stop strings, and the first `cut_after` marker,
+        since everything after it is cut anyway (stopping there saves the tokens and changes
+        nothing: the text before a stop is sampled the same whether or not generation goes
+        on)."""
+        stops = (self.search_close, ANSWER_CLOSE) if self.stop is None else self.stop
+        extra = self.cut_after[:1] if self.cut_after and self.cut_after[0] not in stops else ()
+        return (*stops, *extra)
 
     @property
     def tags(self) -> tuple[str, ...]:
@@ -121,56 +169,7 @@ RESEARCH = Protocol(
     check="research",
 )
 
-# AutoRefine: Search-R1's passages in `<documents>`; the model also writes `<refine>` summaries.
-AUTOREFINE = Protocol(
-    name="autorefine",
-    observation_open="<documents>",
-    observation_close="</documents>",
-    observation_format="\n\n<documents>{passages}</documents>\n\n",
-    extra_tags=("<refine>", "</refine>"),
-)
-
-# R1-Searcher: plain-text markers for queries and documents, documents numbered "(1)".
-R1_SEARCHER = Protocol(
-    name="r1_searcher",
-    observation_open="<|begin_of_documents|>",
-    observation_close="<|end_of_documents|>",
-    observation_format="\n\n<|begin_of_documents|>\n{passages}<|end_of_documents|>\n\n",
-    passage_format="({i}){title}\n{text}\n",
-    passage_separator="",
-    strip_passages=False,
-    invalid_notice=None,
-    search_open="<|begin_of_query|>",
-    search_close="<|end_of_query|>",
-)
-
-# ZeroSearch (wiki mode): Search-R1's tags and wrapper, passages without titles.
-ZEROSEARCH = Protocol(
-    name="zerosearch",
-    observation_open="<information>",
-    observation_close="</information>",
-    observation_format="\n\n<information>{passages}</information>\n\n",
-    passage_format="Doc {i}: {text}",
-)
-
-# StepSearch: `<plan>` and `<observation>` steps, passages in a spaced `<information>`.
-STEPSEARCH = Protocol(
-    name="stepsearch",
-    observation_open="<information>",
-    observation_close="</information>",
-    observation_format="\n\n<information> {passages} </information>\n\n",
-    passage_format="Doc {i}<## Title: {title} ##> {text}",
-    invalid_notice=(
-        "\n<warning> My previous action is invalid. If I want to search, I should put the query "
-        "between <search> and </search>. If I want to give the final answer, I should put the "
-        "answer between <answer> and </answer>. Let me try again. </warning>\n"
-    ),
-    extra_tags=("<plan>", "</plan>", "<observation>", "</observation>"),
-)
-
-PROTOCOLS: dict[str, Protocol] = {
-    p.name: p for p in (SEARCH_R1, RESEARCH, AUTOREFINE, R1_SEARCHER, ZEROSEARCH, STEPSEARCH)
-}
+PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (SEARCH_R1, RESEARCH)}
 
 
 def get_protocol(name: str) -> Protocol:
@@ -185,24 +184,83 @@ def get_protocol(name: str) -> Protocol:
 
 @dataclass(frozen=True)
 class Action:
-    """What one model turn asks for: run a search, give the answer, or neither (invalid)."""
+    """What one model turn asks for: run a search, give the answer, neither (invalid), end
+    the episode, or insert `content` without searching (`observe`)."""
 
-    kind: Literal["search", "answer", "invalid"]
+    kind: Literal["search", "answer", "invalid", "end", "observe"]
     content: str = ""
 
 
 def parse_turn(text: str, protocol: Protocol) -> Action:
-    """The first complete search or answer block of one turn, as Search-R1 reads it.
-
-    An empty query is invalid rather than sent to the retriever, which would reject it.
-    """
+    """The first complete search or answer block of one turn, as Search-R1 reads it (an empty
+    query is handled as the protocol's `empty_query` says)."""
     match = protocol._action.search(text)
     if match is None:
         return Action("invalid")
     if match.group(1) is None:
         return Action("answer", match.group(2).strip())
-    query = match.group(1).strip()
-    return Action("search", query) if query else Action("invalid")
+    return _query(match.group(1), protocol, protocol.empty_query)
+
+
+def _query(raw: str, protocol: Protocol, fault: QueryFault) -> Action:
+    """A search for `raw` cleaned as the protocol cleans queries, or `fault` when it is empty."""
+    for old, new in protocol.query_replace:
+        raw = raw.replace(old, new)
+    query = raw.strip() if protocol.strip_query else raw
+    if query:
+        return Action("search", query)
+    return _fault(query, protocol, fault)
+
+
+def _fault(query: str, protocol: Protocol, fault: QueryFault) -> Action:
+    if fault == "search":
+        return Action("search", query)
+    if fault == "observe":
+        return Action("observe", protocol.bad_query_observation)
+    return Action(fault)
+
+
+def read_turn(text: str, finish: str, protocol: Protocol) -> tuple[str, Action]:
+    """One turn as the family's loop keeps it (the text the transcript holds) and what it asks
+    for. `text` is the turn as generated (decoded with special tokens dropped, except in
+    `sampled` mode, where the ids are kept and the text is only parsed), `finish` why it ended
+    ("stop", "eos" or "length")."""
+    matched = None
+    if protocol.tokens != "sampled" and finish == "stop":
+        text, matched = _cut_at_stop(text, protocol)
+    for marker in protocol.cut_after:
+        if marker in text:
+            text = text[: text.index(marker) + len(marker)]
+            break
+    if protocol.strip_turn:
+        text = text.strip()
+    if protocol.action == "first_block":
+        action = parse_turn(text, protocol)
+        if action.kind == "invalid" and finish == "eos" and protocol.eos_without_action == "end":
+            action = Action("end")
+        return text, action
+    if matched == protocol.search_close:
+        before = text[: text.rindex(matched)] if protocol.keep_stop else text
+        start = before.find if protocol.query_from == "first" else before.rfind
+        opening = start(protocol.search_open)
+        if opening < 0:
+            return text, _fault("", protocol, protocol.missing_query)
+        return text, _query(
+            before[opening + len(protocol.search_open) :], protocol, protocol.empty_query
+        )
+    if matched == ANSWER_CLOSE and ANSWER_OPEN in text:
+        return text, Action("answer")
+    return text, Action("end")
+
+
+def _cut_at_stop(text: str, protocol: Protocol) -> tuple[str, str | None]:
+    """The text up to the stop string generation ended at (the first to be complete), with it
+    or without it as `keep_stop` says, and which one it was."""
+    ends = {stop: text.find(stop) + len(stop) for stop in protocol.stop_strings if stop in text}
+    if not ends:
+        return text, None
+    stop = min(ends, key=lambda s: ends[s])
+    return text[: ends[stop]] if protocol.keep_stop else text[: ends[stop] - len(stop)], stop
 
 
 def split_turn(text: str, protocol: Protocol) -> tuple[str, Action]:
@@ -344,12 +402,26 @@ class PassageLike(typing.Protocol):
     @property
     def text(self) -> str: ...
 
+    @property
+    def title_line(self) -> str: ...
+
+    @property
+    def contents(self) -> str: ...
+
 
 class ShownPassage(NamedTuple):
     """A passage read back from an observation: only its title and text are shown."""
 
     title: str
     text: str
+
+    @property
+    def title_line(self) -> str:
+        return self.title
+
+    @property
+    def contents(self) -> str:
+        return f"{self.title}\n{self.text}"
 
 
 _DOC_START = re.compile(r"(?:^|\n)Doc \d+\(Title: ")
@@ -360,7 +432,9 @@ def format_passages(passages: Sequence[PassageLike], protocol: Protocol | None =
     default)."""
     protocol = protocol or SEARCH_R1
     return protocol.passage_separator.join(
-        protocol.passage_format.format(i=i, title=p.title, text=p.text)
+        protocol.passage_format.format(
+            i=i, title=p.title, text=p.text, title_line=p.title_line, contents=p.contents
+        )
         for i, p in enumerate(passages, 1)
     )
 
@@ -403,7 +477,10 @@ def _title_and_text(block: str) -> tuple[str, str]:
 
 def format_observation(passages: Sequence[PassageLike] | str, protocol: Protocol) -> str:
     """The text inserted after a search: passages (or a message) in the protocol's wrapper."""
-    body = passages if isinstance(passages, str) else format_passages(passages, protocol)
+    if isinstance(passages, str):
+        body = passages
+    else:
+        body = format_passages(passages, protocol) if passages else protocol.no_passages
     return protocol.observation_format.replace(
         "{passages}", body.strip() if protocol.strip_passages else body
     )
@@ -449,62 +526,6 @@ RESEARCH_SYSTEM_PROMPT = (
     + _RESEARCH_RULES
 )
 
-# Published agents' prompts, verbatim from their authors' data or evaluation code (the question
-# is stripped, and for all but ReSearch given a `?` when it lacks one, before it is inserted).
-AUTOREFINE_PROMPT = (
-    "You are a helpful assistant excel at answering questions with multi-turn search engine "
-    "calling. To answer questions, you must first reason through the available information "
-    "using <think> and </think>. If you identify missing knowledge, you may issue a search "
-    "request using <search> query </search> at any time. The retrieval system will provide you "
-    "with the three most relevant documents enclosed in <documents> and </documents>. After "
-    "each search, you need to summarize and refine the existing documents in <refine> and "
-    "</refine>. You may send multiple search requests if needed. Once you have sufficient "
-    "information, provide a concise final answer using <answer> and </answer>. For example, "
-    "<answer> Donald Trump </answer>. Question: {question}\n"
-)
-
-R1_SEARCHER_PROMPT = (
-    "The User asks a question, and the Assistant solves it.\n"
-    "The Assistant first thinks about the reasoning process in the mind and then provides the "
-    "User with the final answer.\n"
-    "The output format of reasoning process and final answer are enclosed within <think> "
-    '</think> and <answer> </answer> tags, respectively, i.e., "<think> reasoning process here '
-    '</think>\n\n<answer> final answer here </answer>".\n'
-    "During the thinking process, the Assistant can perform searching for uncertain knowledge "
-    'if necessary with the format of "<|begin_of_query|> search query (only keywords) here '
-    '<|end_of_query|>". **A query must involve only a single triple**.\n'
-    "Then, the system will provide the Assistant with helpful information with the format of "
-    '"<|begin_of_documents|> ...search results... <|end_of_documents|>".\n\n'
-    "User:{question}\nAssistant: <think>"
-)
-
-# ZeroSearch's paper prints Search-R1's prompt with three edits (a comma after `</search>`, "as
-# you want", no comma after `</answer>`); its training data were not available to check.
-ZEROSEARCH_PROMPT = (
-    "Answer the given question. You must conduct reasoning inside <think> and </think> first "
-    "every time you get new information. After reasoning, if you find you lack some knowledge, "
-    "you can call a search engine by <search> query </search>, and it will return the top "
-    "searched results between <information> and </information>. You can search as many times "
-    "as you want. If you find no further external knowledge needed, you can directly provide "
-    "the answer inside <answer> and </answer> without detailed illustrations. For example, "
-    "<answer> Beijing </answer>. Question: {question}\n"
-)
-
-STEPSEARCH_PROMPT = (
-    "## Background\nYou are a deep AI research assistant with search tool\n You should first "
-    "think about your research plan or what to search for next. \n\n## Response format\n1. You "
-    "must make search plan inside <plan> and </plan> for in the beginning and after "
-    "observation.\n2. After plan, if you find you lack some knowledge, you can call a search "
-    "engine by <search> search keyword </search> and it will return the search results between "
-    "<information> and </information>.\n3. You must conduct observation inside <observation> "
-    "and </observation> for EVERY searched document, e.g.<observation>Based on retrieved "
-    "inforamtion, Doc1 ....; Doc2...; Doc3 ...;</observation>\n4. If you find no further "
-    "external knowledge needed, you can directly provide the answer inside <answer> and "
-    "</answer> without detailed illustrations. For example, <answer> Beijing </answer>\n\n"
-    "Please follow the loop of plan, search, information, observation, plan ... until the you "
-    "can answer original question.\n Question: {question}\n"
-)
-
 Prompt = str | list[dict[str, str]]
 
 
@@ -513,7 +534,9 @@ class Template:
     """A prompt for one question, and the protocol the model is asked to follow.
 
     `chat` templates become chat messages (the tokenizer's chat template is applied when it has
-    one); the others are plain text, as ReSearch feeds base models.
+    one); the others are plain text, as ReSearch feeds base models. The question is stripped
+    (`strip_question`) and given a `?` when it lacks one (`question_mark`) before it goes in, as
+    each family prepared its questions.
     """
 
     name: str
@@ -521,15 +544,25 @@ class Template:
     user: str
     system: str | None = None
     chat: bool = True
+    strip_question: bool = True
+    question_mark: bool = False
 
     def as_mapping(self) -> dict[str, Any]:
         """The template as `load_template` reads it back (model cards record it so)."""
         spec = {"name": self.name, "protocol": self.protocol.name, "user": self.user}
         return {**spec, "system": self.system, "chat": self.chat}
 
+    def question(self, text: str) -> str:
+        """The question as it goes into the prompt."""
+        if self.strip_question:
+            text = text.strip()
+        if self.question_mark and not text.endswith("?"):
+            text += "?"
+        return text
+
     def prompt(self, question: str) -> Prompt:
         """The dataset's `prompt` value: chat messages, or plain text for non-chat templates."""
-        user = self.user.replace("{question}", question.strip())
+        user = self.user.replace("{question}", self.question(question))
         if not self.chat:
             return user
         messages = [{"role": "system", "content": self.system}] if self.system else []
@@ -542,10 +575,6 @@ TEMPLATES: dict[str, Template] = {
         Template("search_r1", SEARCH_R1, SEARCH_R1_PROMPT),
         Template("research_base", RESEARCH, RESEARCH_BASE_PROMPT, chat=False),
         Template("research_instruct", RESEARCH, "{question}", system=RESEARCH_SYSTEM_PROMPT),
-        Template("autorefine", AUTOREFINE, AUTOREFINE_PROMPT),
-        Template("r1_searcher", R1_SEARCHER, R1_SEARCHER_PROMPT, chat=False),
-        Template("zerosearch", ZEROSEARCH, ZEROSEARCH_PROMPT),
-        Template("stepsearch", STEPSEARCH, STEPSEARCH_PROMPT),
     )
 }
 

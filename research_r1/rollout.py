@@ -1,11 +1,14 @@
 """The search episode: the model reasons, searches, reads results and answers, turn by turn.
 
-Each turn, every unfinished episode of the batch generates until `</search>`, `</answer>`, EOS or
-its token budget. The turn's sampled ids are decoded and parsed (`parse_turn`); all the batch's
-queries of that turn go to the retriever in ONE call, and each result is inserted as an
-observation before the next turn.
+Each turn, every unfinished episode of the batch generates until a stop string, EOS or its token
+budget. The turn is read (`protocol.read_turn`: what the family's loop keeps of it and what it
+asks for); all the batch's queries of that turn go to the retriever in ONE call, and each result
+is inserted as an observation before the next turn. What an episode does follows only from its
+own text and the settings (`Protocol`, `RolloutConfig`), never from the other episodes of its
+batch, so a question's transcript is the same whatever it is played with.
 
-Token accounting is exact, because it is what the policy loss trains on:
+Token accounting. In `sampled` protocols (ours, and every training run) it is exact, because it
+is what the policy loss trains on:
 
 - `completion_ids` holds the very ids the backend sampled (never re-tokenised text),
   interleaved with the ids the environment inserted (observations, notices, a final EOS);
@@ -13,37 +16,46 @@ Token accounting is exact, because it is what the policy loss trains on:
   loss mask, so inserted text stays in the attention context but is never trained on);
 - `logprobs` holds the sampling log-probabilities of sampled ids, 0.0 on inserted ones.
 
+Published families' loops keep something else, and evaluation plays them as they do: `turn`
+protocols keep each turn's text re-encoded alone (mask 1, log-probability 0.0), `text` protocols
+keep the transcript as text and encode it whole for every call.
+
 Rules of an episode:
 
-- Turns: at most `max_turns + 1` model turns. Every turn but the last may search, so at most
-  `max_turns` searches run; an invalid step (neither a search nor an answer) also uses a turn,
-  as in Search-R1. The observation inserted before the last turn ends with
-  `config.final_turn_notice` (ours: `FINAL_TURN_NOTICE`, telling the model it has no searches
-  left and must answer). A search asked for in the last turn is not run and the episode ends
-  there, unanswered.
-- Only the first `<search>` or `<answer>` block of a turn is acted on; ids the backend sampled
-  after it (within the stop's own token) stay in the completion as sampled.
-- Invalid steps get `protocol.invalid_notice` as an observation (no penalty); so does a turn cut
-  off by `max_new_tokens` while completion budget remains. A protocol without a notice
-  (ReSearch, R1-Searcher) ends the episode there instead, as its authors' loops do.
+- Turns: at most `max_turns + 1` model turns (unbounded when `max_turns` is None). Every turn
+  but the last may search; the last is played as `last_turn` says: a search asked for there is
+  not run (`answer`), is run and its passages end the episode (`search`), or the turn is made
+  and discarded (`ignored`). An invalid step also uses a turn, as in Search-R1. The observation
+  inserted before the last turn ends with `config.final_turn_notice` (ours: `FINAL_TURN_NOTICE`).
+- What a turn asks for is the protocol's to say (the first block, or the stop string it ended
+  at); ids the backend sampled after it (within the stop's own token) stay in a `sampled`
+  completion as sampled.
+- Invalid steps get `protocol.invalid_notice` as an observation (no penalty); so does a `sampled`
+  turn cut off by `max_new_tokens` while completion budget remains. A protocol without a notice
+  ends the episode there instead.
 - A retriever that cannot be reached (`RetrieverUnavailable`: a remote one, after its own quick
   retries) is waited for, with backoff and a log line per wait, for up to `max_retriever_wait_s`;
   then the rollout raises `RunStopped` naming it, and the run ends (its last checkpoint resumes
   it). No episode ever reads an error where passages should be, so no step trains on an outage.
   Any other exception from the retriever (a bug, a refused request) propagates as it is.
-- Observations are cut to `max_observation_tokens` at the end of their passages: the closing tag
-  and what follows it are kept whole, so the transcript stays well formed.
-- Budgets: each turn may sample `max_new_tokens`, shrunk to what is left of
-  `max_completion_tokens` less one id kept for the final EOS. An episode that runs out (or whose
-  last turn is cut off by a token budget) is cut to `max_completion_tokens` and marked
-  `truncated`, with NO EOS, so TRL counts it as truncated too.
+- Observations are cut to `max_observation_tokens` as `protocol.observation_cut` says (ours: at
+  the end of their passages, the closing tag and what follows it kept whole).
+- Budgets. Ours (`max_completion_tokens`): each turn may sample `max_new_tokens`, shrunk to
+  what is left of `max_completion_tokens` less one id kept for the final EOS; an episode that
+  runs out (or whose last turn is cut off by a token budget) is cut to `max_completion_tokens`
+  and marked `truncated`, with NO EOS, so TRL counts it as truncated too. A context budget
+  (`max_context`) is kept as `context` says: the model sees only the last `max_context` ids
+  (`keep_last`, veRL), a turn may only fill what is left of it and the episode ends when none
+  is left (`fit`), or the episode ends once the last call's context and output (`after_call`)
+  or all calls' together (`after_calls`) reach it.
 - A `Watcher` (optional) sees each model turn as it is decoded and each search's passages as
   they come back, before the next turn starts: the live views (`research-r1 ask`, the Space)
   watch the same episode that training and evaluation play.
-- Finished episodes end with EOS. When the model sampled it, it is a sampled token. When the
-  episode ends otherwise (stopped at `</answer>`, or out of turns), the environment appends EOS
-  as an inserted token (mask 0: the model did not choose it, so it is not trained on). It is
-  there because TRL counts any completion whose last id is not EOS or pad as truncated.
+- Finished `sampled` episodes end with EOS. When the model sampled it, it is a sampled token.
+  When the episode ends otherwise (stopped at `</answer>`, or out of turns), the environment
+  appends EOS as an inserted token (mask 0: the model did not choose it, so it is not trained
+  on). It is there because TRL counts any completion whose last id is not EOS or pad as
+  truncated.
 """
 
 from __future__ import annotations
@@ -52,10 +64,10 @@ import logging
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import tenacity
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from tqdm.auto import tqdm
 
 from research_r1.errors import InputError, RunStopped, invalid
@@ -65,7 +77,7 @@ from research_r1.protocol import (
     Prompt,
     Protocol,
     format_observation,
-    parse_turn,
+    read_turn,
     render_prompt,
 )
 from research_r1.retrieval import Passage, Retriever, RetrieverUnavailable
@@ -80,23 +92,37 @@ OUTAGE_LONGEST_WAIT_S = 60.0
 @dataclass
 class Episode:
     """One prompt's rollout: the token streams the trainer needs and what happened, for rewards
-    and logs (`queries[i]` returned the passages `retrieved_ids[i]`)."""
+    and logs (`queries[i]` returned the passages `retrieved_ids[i]`). `turns` holds each model
+    turn as the loop kept it; `text` protocols keep the transcript in `completion_text`;
+    `finish` is how the last call ended; `spent` counts the context and output tokens of the
+    calls so far, for `after_call(s)` budgets."""
 
     prompt_ids: list[int]
+    prompt_text: str = ""
     completion_ids: list[int] = field(default_factory=list)
     env_mask: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+    completion_text: str = ""
+    turns: list[str] = field(default_factory=list)
     num_searches: int = 0
     queries: list[str] = field(default_factory=list)
     retrieved_ids: list[list[str]] = field(default_factory=list)
     answered: bool = False
     truncated: bool = False
     invalid_steps: int = 0
+    finish: str = ""
+    spent: int = 0
 
     def add_sampled(self, generation: Generation) -> None:
         self.completion_ids += generation.token_ids
         self.env_mask += [1] * len(generation.token_ids)
         self.logprobs += generation.logprobs
+
+    def add_turn(self, ids: Sequence[int]) -> None:
+        """A model turn re-encoded from its text: the model's, but not as sampled."""
+        self.completion_ids += ids
+        self.env_mask += [1] * len(ids)
+        self.logprobs += [0.0] * len(ids)
 
     def add_inserted(self, ids: Sequence[int]) -> None:
         self.completion_ids += ids
@@ -120,16 +146,21 @@ class Watcher(typing.Protocol):
 
 
 class RolloutConfig(BaseModel):
-    """How far an episode may go (Search-R1's paper values by default), and how long a search
-    waits for a retriever that cannot be reached before the run stops."""
+    """How far an episode may go (Search-R1's paper values by default, and our completion
+    budget), and how long a search waits for a retriever that cannot be reached before the run
+    stops. The module docstring says what each budget does."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     k: int = Field(3, ge=1)
-    max_turns: int = Field(4, ge=0)
+    max_turns: int | None = Field(4, ge=0)
     max_new_tokens: int = Field(500, ge=1)
-    max_observation_tokens: int = Field(500, ge=1)
-    max_completion_tokens: int = Field(4096, ge=2)  # one sampled id and the final EOS
+    max_observation_tokens: int | None = Field(500, ge=1)
+    max_completion_tokens: int | None = Field(4096, ge=2)  # one sampled id and the final EOS
+    max_context: int | None = Field(None, ge=2)
+    context: Literal["keep_last", "fit", "after_call", "after_calls"] = "keep_last"
+    context_drops_pad: bool = False  # veRL's loops read every pad-id token as padding
+    last_turn: Literal["answer", "search", "ignored"] = "answer"
     max_retriever_wait_s: float = Field(600.0, ge=0)
     final_turn_notice: str = FINAL_TURN_NOTICE  # "" to evaluate agents trained without it
 
@@ -138,6 +169,13 @@ class RolloutConfig(BaseModel):
             super().__init__(**settings)
         except ValidationError as error:
             raise invalid(error, "rollout setting") from error
+
+    @model_validator(mode="after")
+    def _bounded(self) -> RolloutConfig:
+        unbounded = self.max_context is None or self.context == "keep_last"
+        if self.max_turns is None and self.max_completion_tokens is None and unbounded:
+            raise ValueError("without max_turns, an episode needs a budget that ends it")
+        return self
 
 
 def run_rollout(
@@ -149,82 +187,207 @@ def run_rollout(
     protocol: Protocol,
     config: RolloutConfig,
     watcher: Watcher | None = None,
+    prompt_texts: Sequence[str] | None = None,
 ) -> list[Episode]:
-    """Play one episode per prompt, all turns batched; episodes come back in prompt order."""
-    eos_id = tokenizer.eos_token_id
-    if eos_id is None:
+    """Play one episode per prompt, all turns batched; episodes come back in prompt order.
+    `text` protocols continue the prompt's text (`prompt_texts`; by default the prompt ids
+    decoded)."""
+    if protocol.tokens == "sampled" and tokenizer.eos_token_id is None:
         raise InputError("the tokenizer has no EOS token; finished episodes must end with one")
-    episodes = [Episode(prompt_ids=list(ids)) for ids in prompt_ids]
+    if prompt_texts is None:  # only `text` protocols read them
+        as_text = protocol.tokens == "text" and bool(prompt_ids)
+        prompt_texts = tokenizer.batch_decode(prompt_ids) if as_text else [""] * len(prompt_ids)
+    play = _Play(tokenizer, protocol, config)
+    episodes = [
+        Episode(prompt_ids=list(ids), prompt_text=text)
+        for ids, text in zip(prompt_ids, prompt_texts, strict=True)
+    ]
     active = list(range(len(episodes)))
-    for turn in range(config.max_turns + 1):
+    turn = 0
+    while True:
         last_turn = turn == config.max_turns
-        budgets = {row: min(config.max_new_tokens, _room(episodes[row], config)) for row in active}
-        for row in active:
-            if budgets[row] <= 0:
-                episodes[row].cut(config.max_completion_tokens)
-        active = [row for row in active if budgets[row] > 0]
+        calls = {row: call for row in active if (call := play.call(episodes[row])) is not None}
+        active = list(calls)
         if not active and not getattr(generator, "collective", False):
             break
-        contexts = [episodes[row].prompt_ids + episodes[row].completion_ids for row in active]
         generations = generator.generate(
-            contexts, [budgets[row] for row in active], protocol.stop_strings
+            [calls[row][0] for row in active],
+            [calls[row][1] for row in active],
+            protocol.stop_strings,
         )
         if len(generations) != len(active):
             raise RuntimeError(f"generator returned {len(generations)} rows for {len(active)}")
-        searches: list[tuple[int, str]] = []
-        invalid: list[int] = []
         for row, generation in zip(active, generations, strict=True):
-            _check(generation, budgets[row])
+            _check(generation, calls[row][1])
         # one call for the batch; guarded, as transformers decodes [] as one empty sequence
         texts = (
-            tokenizer.batch_decode([g.token_ids for g in generations], skip_special_tokens=False)
+            tokenizer.batch_decode(
+                [g.token_ids for g in generations],
+                skip_special_tokens=protocol.tokens != "sampled",
+            )
             if generations
             else []
         )
+        notes: list[tuple[int, str]] = []  # observations that are no search's
+        searches: list[tuple[int, str]] = []
         for row, generation, text in zip(active, generations, texts, strict=True):
             if watcher is not None:
                 watcher.turn(row, tokenizer.decode(generation.token_ids, skip_special_tokens=True))
-            episode = episodes[row]
-            episode.add_sampled(generation)
-            action = parse_turn(text, protocol)
-            if generation.finish == "eos":  # the model ended the episode itself
-                episode.answered = action.kind == "answer"
-            elif action.kind == "answer":  # stopped at </answer>: the environment ends it
-                episode.answered = True
-                episode.add_inserted([eos_id])
-            elif last_turn:  # out of turns: a search asked for now is not run
-                if generation.finish == "length":
-                    episode.cut(config.max_completion_tokens)
-                else:
-                    episode.add_inserted([eos_id])
-            elif action.kind == "search":
-                searches.append((row, action.content))
-            elif generation.finish == "length" and _room(episode, config) <= 0:
-                episode.cut(config.max_completion_tokens)  # out of completion budget
-            elif protocol.invalid_notice is None:  # the protocol ends such an episode
-                if generation.finish == "length":
-                    episode.cut(len(episode.completion_ids))
-                else:
-                    episode.add_inserted([eos_id])
-            else:  # an invalid step, or a turn cut off by max_new_tokens
-                invalid.append(row)
+            outcome = play.turn(episodes[row], generation, text, calls[row][0], last_turn)
+            if outcome is not None:
+                (searches if outcome.kind == "search" else notes).append((row, outcome.content))
         notice = config.final_turn_notice if turn + 1 == config.max_turns else ""
-        for row in invalid:
-            episodes[row].invalid_steps += 1
-        _observe(
-            [episodes[row] for row in invalid],
-            [protocol.invalid_notice] * len(invalid),
-            notice,
-            tokenizer,
-            config,
-        )
-        _run_searches(searches, episodes, retriever, protocol, tokenizer, config, notice, watcher)
-        active = sorted(invalid + [row for row, _ in searches])
+        play.observe([(episodes[row], note, notice) for row, note in notes])
+        _run_searches(searches, episodes, retriever, play, notice, watcher)
+        active = sorted(row for row, _ in [*notes, *searches])
+        if last_turn:
+            break
+        turn += 1
     return episodes
+
+
+@dataclass(frozen=True)
+class _Next:
+    """What an unfinished episode inserts before its next turn: passages for a search, or a
+    text (a notice, a message)."""
+
+    kind: Literal["search", "text"]
+    content: str
+
+
+class _Play:
+    """One family's rules applied to one episode at a time: the context and budget of its next
+    call, what a turn adds to it, and how an observation is cut and inserted."""
+
+    def __init__(self, tokenizer: Any, protocol: Protocol, config: RolloutConfig) -> None:
+        self.tokenizer, self.protocol, self.config = tokenizer, protocol, config
+        self.pad_id = tokenizer.pad_token_id
+        if self.pad_id is None:
+            self.pad_id = tokenizer.eos_token_id
+        self.special_tokens = protocol.special_tokens is not False
+
+    def call(self, episode: Episode) -> tuple[list[int], int] | None:
+        """The ids the next call sees and how many it may sample, or None when a budget ends
+        the episode before it."""
+        config = self.config
+        if self.protocol.tokens == "text":
+            context = self.tokenizer.encode(
+                episode.prompt_text + episode.completion_text,
+                add_special_tokens=self.special_tokens,
+            )
+        else:
+            context = episode.prompt_ids + episode.completion_ids
+        if config.context_drops_pad and episode.turns:
+            context = [token for token in context if token != self.pad_id]
+        budget = config.max_new_tokens
+        if config.max_completion_tokens is not None:
+            budget = min(budget, _room(episode, config))
+            if budget <= 0:
+                episode.cut(config.max_completion_tokens)
+                return None
+        if config.max_context is not None:
+            if config.context == "keep_last":
+                context = context[-config.max_context :]
+            elif config.context == "fit":
+                budget = min(budget, config.max_context - len(context))
+                if budget <= 0:
+                    return None
+            elif episode.spent >= config.max_context:
+                return None
+        return context, budget
+
+    def turn(
+        self,
+        episode: Episode,
+        generation: Generation,
+        text: str,
+        context: Sequence[int],
+        last_turn: bool,
+    ) -> _Next | None:
+        """Add one turn to `episode` and say what it inserts next, or None when it has ended."""
+        config, protocol = self.config, self.protocol
+        cumulative = config.context == "after_calls"
+        spent = len(context) + len(generation.token_ids)
+        episode.spent = episode.spent + spent if cumulative else spent
+        episode.finish = generation.finish
+        if last_turn and config.last_turn == "ignored":
+            return None
+        kept, action = read_turn(text, generation.finish, protocol)
+        episode.turns.append(kept)
+        if protocol.tokens == "sampled":
+            episode.add_sampled(generation)
+        elif protocol.tokens == "turn":
+            episode.add_turn(self.tokenizer.encode(kept, add_special_tokens=False))
+        else:
+            episode.completion_text += kept
+        if action.kind == "answer":
+            episode.answered = True
+            return self._end(episode, generation, cut=False)
+        if action.kind == "search" and last_turn and config.last_turn == "search":
+            return _Next("search", action.content)
+        if last_turn or action.kind == "end":
+            return self._end(episode, generation, cut=True)
+        if action.kind == "search":
+            return _Next("search", action.content)
+        if action.kind == "observe":
+            return _Next("text", action.content)
+        if (
+            protocol.tokens == "sampled"
+            and generation.finish == "length"
+            and config.max_completion_tokens is not None
+            and _room(episode, config) <= 0
+        ):  # out of completion budget
+            episode.cut(config.max_completion_tokens)
+            return None
+        if protocol.invalid_notice is None:  # the protocol ends such an episode
+            return self._end(episode, generation, cut=True)
+        episode.invalid_steps += 1
+        return _Next("text", protocol.invalid_notice)
+
+    def _end(self, episode: Episode, generation: Generation, *, cut: bool) -> None:
+        """End an episode: a `sampled` one ends with EOS, or (`cut`, when a token budget stopped
+        its last turn) as truncated."""
+        if self.protocol.tokens != "sampled" or generation.finish == "eos":
+            return None
+        if cut and generation.finish == "length":
+            episode.cut(self.config.max_completion_tokens or len(episode.completion_ids))
+        else:
+            episode.add_inserted([self.tokenizer.eos_token_id])
+        return None
+
+    def observe(self, items: Sequence[tuple[Episode, str, str]]) -> None:
+        """Insert `head + tail` into each episode, cut to the observation budget as the protocol
+        cuts it (a `passages` cut shortens the head and keeps the tail, the wrapper's closing
+        tag and any notice, whole); the heads are tokenised in one call."""
+        if not items:
+            return
+        limit, cut = self.config.max_observation_tokens, self.protocol.observation_cut
+        if self.protocol.tokens == "text" and limit is None:
+            for episode, head, tail in items:
+                episode.completion_text += head + tail
+            return
+        whole = cut != "passages" or self.protocol.tokens == "text"
+        texts = [head + tail if whole else head for _, head, tail in items]
+        encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        for (episode, _, tail), ids in zip(items, encoded, strict=True):
+            if limit is not None and len(ids) > limit and cut == "tail":
+                kept = self.tokenizer.decode(ids[-limit:], skip_special_tokens=True)
+                ids = self.tokenizer.encode(kept, add_special_tokens=False)
+            elif limit is not None and whole:
+                ids = ids[:limit]
+            elif not whole:
+                tail_ids = self.tokenizer.encode(tail, add_special_tokens=False) if tail else []
+                room = len(ids) if limit is None else max(0, limit - len(tail_ids))
+                ids = (ids[:room] + tail_ids)[:limit]
+            if self.protocol.tokens == "text":
+                episode.completion_text += self.tokenizer.decode(ids)
+            else:
+                episode.add_inserted(ids)
 
 
 def _room(episode: Episode, config: RolloutConfig) -> int:
     """Ids the model may still sample, keeping one for the final EOS."""
+    assert config.max_completion_tokens is not None
     return config.max_completion_tokens - len(episode.completion_ids) - 1
 
 
@@ -243,9 +406,7 @@ def _run_searches(
     searches: list[tuple[int, str]],
     episodes: list[Episode],
     retriever: Retriever,
-    protocol: Protocol,
-    tokenizer: Any,
-    config: RolloutConfig,
+    play: _Play,
     notice: str,
     watcher: Watcher | None,
 ) -> None:
@@ -253,12 +414,13 @@ def _run_searches(
     followed by `notice` (empty unless the next turn is the last)."""
     if not searches:
         return
+    protocol, config = play.protocol, play.config
     queries = [query for _, query in searches]
     results = search_through_outages(retriever, queries, config.k, config.max_retriever_wait_s)
     if len(results) != len(queries):
         raise RuntimeError(f"retriever returned {len(results)} result lists for {len(queries)}")
     closing = protocol.observation_format.split("{passages}")[-1]
-    heads = []
+    items = []
     for (row, query), passages in zip(searches, results, strict=True):
         if watcher is not None:
             watcher.searched(row, query, passages)
@@ -266,8 +428,9 @@ def _run_searches(
         episode.num_searches += 1
         episode.queries.append(query)
         episode.retrieved_ids.append([passage.id for passage in passages])
-        heads.append(format_observation(passages, protocol).removesuffix(closing))
-    _observe([episodes[row] for row, _ in searches], heads, closing + notice, tokenizer, config)
+        head = format_observation(passages, protocol).removesuffix(closing)
+        items.append((episode, head, closing + notice))
+    play.observe(items)
 
 
 def search_through_outages(
@@ -304,34 +467,20 @@ def search_through_outages(
     return waiting(retriever.search, queries, k)
 
 
-def _observe(
-    episodes: Sequence[Episode],
-    heads: Sequence[str],
-    tail: str,
-    tokenizer: Any,
-    config: RolloutConfig,
-) -> None:
-    """Insert `head + tail` into each episode, cutting the end of its head to fit
-    `max_observation_tokens`; the heads are tokenised in one call."""
-    if not episodes:
-        return
-    limit = config.max_observation_tokens
-    tail_ids = tokenizer.encode(tail, add_special_tokens=False) if tail else []
-    for episode, head_ids in zip(
-        episodes, tokenizer(list(heads), add_special_tokens=False)["input_ids"], strict=True
-    ):
-        ids = head_ids[: max(0, limit - len(tail_ids))] + tail_ids
-        episode.add_inserted(ids[:limit])
-
-
 def encode_prompt(
-    prompt: Prompt, tokenizer: Any, chat_template_kwargs: Mapping[str, Any] | None = None
+    prompt: Prompt,
+    tokenizer: Any,
+    chat_template_kwargs: Mapping[str, Any] | None = None,
+    special_tokens: bool | None = None,
 ) -> list[int]:
     """Prompt ids as the trainer would build them: chat-templated text already holds its special
-    tokens; plain text gets the tokenizer's usual ones (e.g. a BOS)."""
+    tokens; plain text gets the tokenizer's usual ones (e.g. a BOS). A family's loop may do
+    otherwise (`special_tokens`: veRL never adds them, a text prompt sent to a server always
+    gets them)."""
     templated = not isinstance(prompt, str) and bool(getattr(tokenizer, "chat_template", None))
     text = render_prompt(prompt, tokenizer, chat_template_kwargs)
-    return tokenizer.encode(text, add_special_tokens=not templated)
+    add = not templated if special_tokens is None else special_tokens
+    return tokenizer.encode(text, add_special_tokens=add)
 
 
 def run_episodes(

@@ -70,6 +70,8 @@ class DenseConfig(_Config):
     k_factor: int | None = Field(None, ge=1)
     device: str = Field("cpu", pattern=r"^(cpu|auto|cuda(:\d+)?)$")
     batch_size: int = Field(64, ge=1)
+    max_length: int | None = Field(None, ge=1)  # query tokens the encoder reads
+    fp16: bool = False  # half-precision encoder on a GPU (a CPU keeps float32)
 
 
 class HybridConfig(_Config):
@@ -172,6 +174,8 @@ def _dense(config: DenseConfig, default_corpus: str | None) -> Retriever:
         passage_prompt=info.get("passage_prompt"),
         device=device,
         batch_size=config.batch_size,
+        max_length=config.max_length,
+        fp16=config.fp16,
     )
     index = load_faiss_index(path)
     set_search_parameters(index, config.nprobe, config.ef_search, config.k_factor)

@@ -69,11 +69,19 @@ class Encoder:
         device: str | None = None,
         batch_size: int = 64,
         model: Any = None,
+        max_length: int | None = None,
+        fp16: bool = False,
     ) -> None:
         """`model` is an already loaded SentenceTransformer (else `model_name` is loaded on
-        `device`); prompts left as None come from `known_prompts(model_name)`."""
+        `device`); prompts left as None come from `known_prompts(model_name)`. `max_length`
+        cuts the tokens a text is read to (Search-R1's server reads 256); `fp16` runs the model
+        in half precision on a GPU, as Search-R1's server does."""
         if model is None:
             model = SentenceTransformer(model_name, device=device)
+        if max_length is not None:
+            model.max_seq_length = max_length
+        if fp16 and str(model.device).startswith("cuda"):
+            model.half()
         default_query, default_passage = known_prompts(model_name)
         self.name = model_name
         self.query_prompt = default_query if query_prompt is None else query_prompt
