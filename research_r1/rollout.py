@@ -24,9 +24,10 @@ Rules of an episode:
 
 - Turns: at most `max_turns + 1` model turns (unbounded when `max_turns` is None). Every turn
   but the last may search; the last is played as `last_turn` says: a search asked for there is
-  not run (`answer`), is run and its passages end the episode (`search`), or the turn is made
-  and discarded (`ignored`). An invalid step also uses a turn, as in Search-R1. The observation
-  inserted before the last turn ends with `config.final_turn_notice` (ours: `FINAL_TURN_NOTICE`).
+  not run (`answer`), is run and its passages end the episode (`search`), is run and its
+  passages thrown away (`search_discarded`), or the turn is made and discarded (`ignored`). An
+  invalid step also uses a turn, as in Search-R1. The observation inserted before the last turn
+  ends with `config.final_turn_notice` (ours: `FINAL_TURN_NOTICE`).
 - What a turn asks for is the protocol's to say (the first block, or the stop string it ended
   at); ids the backend sampled after it (within the stop's own token) stay in a `sampled`
   completion as sampled.
@@ -160,7 +161,7 @@ class RolloutConfig(BaseModel):
     max_context: int | None = Field(None, ge=2)
     context: Literal["keep_last", "fit", "after_call", "after_calls"] = "keep_last"
     context_drops_pad: bool = False  # veRL's loops read every pad-id token as padding
-    last_turn: Literal["answer", "search", "ignored"] = "answer"
+    last_turn: Literal["answer", "search", "search_discarded", "ignored"] = "answer"
     max_retriever_wait_s: float = Field(600.0, ge=0)
     final_turn_notice: str = FINAL_TURN_NOTICE  # "" to evaluate agents trained without it
 
@@ -230,15 +231,21 @@ def run_rollout(
         )
         notes: list[tuple[int, str]] = []  # observations that are no search's
         searches: list[tuple[int, str]] = []
+        discarded: list[tuple[int, str]] = []  # run, as the family's last turn runs them
         for row, generation, text in zip(active, generations, texts, strict=True):
             if watcher is not None:
                 watcher.turn(row, tokenizer.decode(generation.token_ids, skip_special_tokens=True))
             outcome = play.turn(episodes[row], generation, text, calls[row][0], last_turn)
-            if outcome is not None:
-                (searches if outcome.kind == "search" else notes).append((row, outcome.content))
+            if outcome is None:
+                continue
+            kinds = {"search": searches, "search_discarded": discarded, "text": notes}
+            kinds[outcome.kind].append((row, outcome.content))
         notice = config.final_turn_notice if turn + 1 == config.max_turns else ""
         play.observe([(episodes[row], note, notice) for row, note in notes])
         _run_searches(searches, episodes, retriever, play, notice, watcher)
+        if discarded:
+            queries = [query for _, query in discarded]
+            search_through_outages(retriever, queries, config.k, config.max_retriever_wait_s)
         active = sorted(row for row, _ in [*notes, *searches])
         if last_turn:
             break
@@ -251,7 +258,7 @@ class _Next:
     """What an unfinished episode inserts before its next turn: passages for a search, or a
     text (a notice, a message)."""
 
-    kind: Literal["search", "text"]
+    kind: Literal["search", "search_discarded", "text"]
     content: str
 
 
@@ -323,8 +330,8 @@ class _Play:
         if action.kind == "answer":
             episode.answered = True
             return self._end(episode, generation, cut=False)
-        if action.kind == "search" and last_turn and config.last_turn == "search":
-            return _Next("search", action.content)
+        if action.kind == "search" and last_turn and config.last_turn.startswith("search"):
+            return _Next(config.last_turn, action.content)
         if last_turn or action.kind == "end":
             return self._end(episode, generation, cut=True)
         if action.kind == "search":

@@ -15,6 +15,7 @@ turn before them gives other ids than one that tokenises the whole text: the ids
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import shutil
@@ -128,7 +129,8 @@ def test_episodes_are_played_and_scored_as_upstream(name, case, tmp_path_factory
     root = tmp_path_factory.getbasetemp() / "fidelity-tokenizers"
     root.mkdir(exist_ok=True)
     tok = tokenizer(case["tokenizer"], root)
-    template, protocol = family.template, family.template.protocol
+    protocol = dataclasses.replace(family.template.protocol, **case.get("protocol", {}))
+    template = dataclasses.replace(family.template, protocol=protocol, **case.get("template", {}))
     config = RolloutConfig(**{**family.rollout, **case["settings"]})
     scoring = family.scoring.model_copy(update=case["scoring"])
     expected = case["expected"]
