@@ -155,14 +155,15 @@ class Scoring(BaseModel):
     `text`: the completion (sampled and inserted text, decoded without special tokens), the
     response (its ids decoded with special tokens, the first `response_cap` of them), the
     decoded prompt and response (`pad_shifts_prompt`: veRL's reading of a prompt holding pad-id
-    tokens, which loses as many from its start), the assistant part of that (after the last assistant header,
-    stripped), or the last turn (only when the episode ended with an answer). `pattern` is
-    matched against it; with fewer than `min_matches` matches there is no answer; `pick` chooses
-    the match; `then` post-processes it: `strip`; `boxed` (the last balanced `\\boxed{}`);
-    `research_boxed` (ReSearch's rule, which also reads `\\boxed answer$`); `brace` (what
-    follows the last `{`, up to the next `}`); `none`. `must_end` (PiCA) scores nothing unless
-    the answer closes the text; `cut_off` says what an episode whose last call ran out of tokens
-    predicts; `no_answer` is the prediction when nothing was found (None scores 0).
+    tokens, which loses as many from its start), the assistant part of that (after the last
+    assistant header, stripped), or the last turn (only when the episode ended with an
+    answer). `pattern` is matched against it; with fewer than `min_matches` matches there is no
+    answer; `pick` chooses the match; `then` post-processes it: `strip`; `boxed` (the last
+    balanced `\\boxed{}`); `research_boxed` (ReSearch's rule, which also reads `\\boxed
+    answer$`); `brace` (what follows the last `{`, up to the next `}`); `none`. `must_end`
+    (PiCA) scores nothing unless the answer closes the text; `cut_off` says what an episode
+    whose last call ran out of tokens predicts; `no_answer` is the prediction when nothing was
+    found (None scores 0).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
