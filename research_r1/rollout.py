@@ -48,7 +48,11 @@ Rules of an episode:
   (`max_context`) is kept as `context` says: the model sees only the last `max_context` ids
   (`keep_last`, veRL), a turn may only fill what is left of it and the episode ends when none
   is left (`fit`), or the episode ends once the last call's context and output (`after_call`)
-  or all calls' together (`after_calls`) reach it.
+  or all calls' together (`after_calls`) reach it. A model server's own context length
+  (`server_context`, as SGLang <= 0.4.1 keeps `--context-length L`) binds each call besides:
+  a context longer than L-6 ids is cut to its first L-6, and the call may sample at most
+  L-2 less the context's length (the transcript keeps everything; `after_call(s)` budgets
+  count the context as cut).
 - A `Watcher` (optional) sees each model turn as it is decoded and each search's passages as
   they come back, before the next turn starts: the live views (`research-r1 ask`, the Space)
   watch the same episode that training and evaluation play.
@@ -161,6 +165,7 @@ class RolloutConfig(BaseModel):
     max_context: int | None = Field(None, ge=2)
     context: Literal["keep_last", "fit", "after_call", "after_calls"] = "keep_last"
     context_drops_pad: bool = False  # veRL's loops read every pad-id token as padding
+    server_context: int | None = Field(None, ge=8)  # SGLang <= 0.4.1's --context-length
     last_turn: Literal["answer", "search", "search_discarded", "ignored"] = "answer"
     max_retriever_wait_s: float = Field(600.0, ge=0)
     final_turn_notice: str = FINAL_TURN_NOTICE  # "" to evaluate agents trained without it
@@ -301,6 +306,10 @@ class _Play:
                     return None
             elif episode.spent >= config.max_context:
                 return None
+        if config.server_context is not None:  # SGLang <= 0.4.1: max_req_len = L - 1
+            longest = config.server_context - 1
+            context = context[: longest - 5]  # max_req_input_len: the head is kept
+            budget = min(budget, longest - len(context) - 1)
         return context, budget
 
     def turn(
