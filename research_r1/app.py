@@ -32,7 +32,6 @@ from research_r1 import evaluation, leaderboard
 from research_r1.errors import InputError, RunStopped
 from research_r1.generation import Generator
 from research_r1.retrieval import RetrievalError, Retriever
-from research_r1.retrieval.config import load_retriever
 from research_r1.space import EpisodeStopped, LiveTurns, SpaceSettings, Turn, transcript_turns
 
 MAX_QUESTION_CHARS = 1000
@@ -195,11 +194,15 @@ def leaderboard_tab(results: Sequence[str]) -> None:
 
 def describe(plan: evaluation.Plan) -> str:
     """One line for the page: the model, its template, the retriever and the episode's limits."""
-    suite = plan.suite
+    rollout = plan.rollout
+    searches = (
+        "no search limit"
+        if rollout.max_turns is None
+        else (f"at most {rollout.max_turns} searches")
+    )
     return (
-        f"model {plan.model} · template {plan.family.template.name} · {suite.retriever_label}, "
-        f"top-{suite.k} · at most {suite.max_turns} searches, {suite.max_new_tokens} tokens per "
-        "turn, greedy"
+        f"model {plan.model} · template {plan.family.template.name} · {plan.retriever_label}, "
+        f"top-{rollout.k} · {searches}, {rollout.max_new_tokens} tokens per turn, greedy"
     )
 
 
@@ -223,11 +226,11 @@ def load_app(
         max_turns=max_turns,
         backend="auto",
     )
-    plan = dataclasses.replace(
-        evaluation.agent_plan(options), max_retriever_wait_s=RETRIEVER_WAIT_S
-    )
+    plan = evaluation.agent_plan(options)
+    waiting = {"max_retriever_wait_s": RETRIEVER_WAIT_S}
+    plan = dataclasses.replace(plan, rollout=plan.rollout.model_copy(update=waiting))
     tokenizer = evaluation.load_tokenizer(plan)
-    searcher = load_retriever(plan.suite.retriever)
+    searcher = evaluation.open_retriever(plan)
     generator = evaluation.load_generator(plan, tokenizer)
     return build_app(plan, generator, tokenizer, searcher, examples=examples, results=results)
 

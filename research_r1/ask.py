@@ -28,7 +28,6 @@ from research_r1 import evaluation
 from research_r1.errors import InputError
 from research_r1.protocol import Protocol, split_turn
 from research_r1.retrieval import Passage
-from research_r1.retrieval.config import load_retriever
 
 _LABEL_WIDTH = 8  # "think", "search" and the title numbers line up after it
 
@@ -66,12 +65,12 @@ def ask(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     question = evaluation.Question("ask", evaluation.normalise_question(args.question, plan), [])
     protocol = plan.family.template.protocol
     tokenizer = evaluation.load_tokenizer(plan)
-    retriever = load_retriever(plan.suite.retriever)
+    retriever = evaluation.open_retriever(plan)
     evaluation.probe(retriever, plan, question.question)
     generator = evaluation.load_generator(plan, tokenizer)
 
     console.print(Rule(Text(question.question, style="bold")))
-    console.print(Text(f"{plan.model} · {plan.family.template.name} · {plan.suite.setting}"))
+    console.print(Text(f"{plan.model} · {plan.family.template.name} · {plan.setting}"))
     [episode] = evaluation.play(
         "agent",
         [question],
@@ -81,7 +80,7 @@ def ask(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         retriever,
         watcher=Show(protocol, console),
     )
-    line = evaluation.trace(question, episode, tokenizer, protocol)
+    line = evaluation.trace(question, episode, tokenizer, plan, protocol)
     answer = Text(line["prediction"]) if line["prediction"] is not None else Text("no answer")
     console.print(Panel(answer, title="answer", title_align="left", expand=False))
     searches = f"{line['searches']} search" + ("" if line["searches"] == 1 else "es")

@@ -110,7 +110,10 @@ def eval_retriever(args: argparse.Namespace) -> Mapping[str, Any] | str:
     # A fixed backend: "auto" would import vLLM only to pick one.
     eval_args = parser.parse_args([args.model, "--backend", "transformers"])
     eval_args.suite, eval_args.template = args.suite, args.template
-    return make_plan(eval_args).suite.retriever
+    plan = make_plan(eval_args)
+    if plan.retriever is None:
+        raise InputError(f"--with-index: suite {plan.suite.name}: {plan.suite.needs}")
+    return plan.retriever
 
 
 def fetch_snapshot(item: str, repo_id: str, revision: str | None) -> Fetched:

@@ -44,17 +44,17 @@ import research_r1
 from research_r1 import hub
 from research_r1.data import ALIASES, FLASHRAG_REPO, check_rows, find_source, load_source
 from research_r1.errors import InputError, RunStopped
-from research_r1.families import FAMILIES, Resolved, resolve
-from research_r1.generation import Generator, TransformersGenerator
+from research_r1.families import Resolved, families, resolve
+from research_r1.generation import Generator, TransformersGenerator, stop_token_ids
 from research_r1.generation_vllm import VLLMGenerator, size_cpu_kv_cache, spawn_cpu_workers
-from research_r1.metrics import load_metric
+from research_r1.metrics import UPSTREAM, load_metric
 from research_r1.protocol import (
     Prompt,
     Protocol,
     Template,
-    extract_answer,
     follows_format,
     format_passages,
+    render_prompt,
 )
 from research_r1.publish import update_model_card
 from research_r1.retrieval import RetrievalError, Retriever
@@ -66,8 +66,8 @@ from research_r1.retrieval.config import (
     load_retriever,
     parse_config,
 )
-from research_r1.rewards import cover_match, exact_match, token_f1
 from research_r1.rollout import Episode, RolloutConfig, Watcher, encode_prompt, run_rollout
+from research_r1.scoring import METRICS, Scoring
 from research_r1.suites import SUITES, Suite, get_suite
 
 logger = logging.getLogger(__name__)
@@ -106,10 +106,14 @@ class Plan:
     revision: str | None
     family: Resolved
     suite: Suite
+    rollout: RolloutConfig
+    retriever: Mapping[str, Any] | str | None  # None: the suite's cannot be served here
+    retriever_label: str
     datasets: Mapping[str, str]  # name -> `--datasets` entry (a FlashRAG name, file or hf:// URI)
     splits: Mapping[str, str]  # name -> split
     methods: tuple[str, ...]
     backend: str
+    decoding: str  # "greedy", or "upstream": sample as the family's evaluation did
     batch_size: int
     tensor_parallel_size: int
     limit: int | None
@@ -117,53 +121,52 @@ class Plan:
     source: str
     out: Path
     identity: str  # the model's content (a local folder) or Hub id and revision
-    max_retriever_wait_s: float = 600.0  # a live view (the Space) waits less than a run
 
     @property
-    def rollout(self) -> RolloutConfig:
-        """The agent's budgets; the completion budget is filled in per batch under a context
-        budget (`completion_budget`)."""
-        return RolloutConfig(
-            k=self.suite.k,
-            max_turns=self.suite.max_turns,
-            max_new_tokens=self.suite.max_new_tokens,
-            max_observation_tokens=self.suite.max_observation_tokens,
-            final_turn_notice=self.family.final_turn_notice,
-            max_retriever_wait_s=self.max_retriever_wait_s,
-        )
+    def setting(self) -> str:
+        """What makes numbers comparable, as one string: runs are ranked together only when
+        theirs agree (the retriever's label replaces the suite's when another one was given)."""
+        suite = dataclasses.replace(self.suite, retriever_label=self.retriever_label)
+        return suite.label(self.rollout.k)
+
+    @property
+    def sampling(self) -> dict[str, Any]:
+        """The sampling settings of `decoding` (empty: greedy)."""
+        return dict(self.family.upstream_decoding) if self.decoding == "upstream" else {}
 
     def describe(self, method: str | None = None) -> dict[str, Any]:
         template = self.family.template
+        scoring = self.family.scoring
         config = {
             "model": self.model,
             "revision": self.revision,
             "family": self.family.family,
-            "template": template.name,
-            "protocol": template.protocol.name,
-            "chat_template": template.chat,
+            "template": template.as_mapping(),
+            "protocol": dataclasses.asdict(template.protocol),
             "suite": self.suite.name,
-            "setting": self.suite.setting,
+            "setting": self.setting,
             "datasets": {name: self.splits[name] for name in self.datasets},
-            "k": self.suite.k,
-            "max_turns": self.suite.max_turns,
-            "max_new_tokens": self.suite.max_new_tokens,
-            "max_observation_tokens": self.suite.max_observation_tokens,
-            "max_context": self.suite.max_context,
-            "max_completion_tokens": self.suite.max_completion_tokens,
-            "final_turn_notice": bool(self.family.final_turn_notice),
-            "question_mark": self.family.question_mark,
-            "retriever": self.suite.retriever,
-            "metric": self.suite.metric,
+            "rollout": self.rollout.model_dump(exclude={"max_retriever_wait_s"}),
+            "scoring": scoring.model_dump(),
+            "metrics": {name: METRICS[name].description for name in scoring.reported},
+            "retriever": self.retriever,
             "decoding": {
-                "temperature": 0.0,
+                "mode": self.decoding,
+                "sampling": self.sampling,
                 "backend": self.backend,
                 "batch_size": self.batch_size,
             },
             "subset": self.suite.subset,
             "limit": self.limit,
             "skip_bad": self.skip_bad,
-            "notes": self.family.notes,
         }
+        if self.family.audited is not None:
+            audited = self.family.audited
+            config["upstream"] = {
+                "code": audited.upstream,
+                "evaluation": audited.evaluation,
+                "audit": audited.audit(),
+            }
         return (
             {"methods": list(self.methods), **config}
             if method is None
@@ -173,10 +176,11 @@ class Plan:
     def result_settings(self, method: str) -> dict[str, Any]:
         """Everything that can change a question's result under `method`: the model's content,
         the template's text and every setting, but not which questions are asked, how many are
-        played together (a question's result never depends on its batch) or the notes."""
+        played together (a question's result never depends on its batch) or the audit's sources
+        and notes."""
         config = self.describe(method)
-        for key in ("datasets", "limit", "subset", "skip_bad", "notes"):
-            config.pop(key)
+        for key in ("datasets", "limit", "subset", "skip_bad", "upstream", "metrics"):
+            config.pop(key, None)
         config["decoding"] = {k: v for k, v in config["decoding"].items() if k != "batch_size"}
         return config | {
             "identity": self.identity,
@@ -195,38 +199,67 @@ def make_plan(args: argparse.Namespace) -> Plan:
     unknown = sorted(set(methods) - set(METHODS))
     if not methods or unknown:
         raise InputError(f"--method: {unknown or 'none'}; choose from {', '.join(METHODS)}")
-    known = args.template is not None or any(f.matches(model) for f in FAMILIES)
+    given = args.template is not None or args.family is not None
+    known = given or any(f.match(model) for f in families())
     card = None if known else _card_settings(model, revision or None)
-    family = resolve(model, card, args.template)
-    suite = _suite(family, args)
+    family = resolve(model, card, args.template, args.family)
+    suite = get_suite(args.suite or family.suite)
     if args.datasets:
         entries = [entry.strip() for entry in args.datasets.split(",") if entry.strip()]
         datasets = {entry.partition("=")[0] if "=" in entry else entry: entry for entry in entries}
+    elif suite.files:
+        raise InputError(f"--datasets: {suite.files}")
     else:
         datasets = {name: name for name in suite.datasets}
     splits = {
         name: args.split or suite.datasets.get(ALIASES.get(name.lower(), name), "test")
         for name in datasets
     }
-    identity = model_identity(model, revision or None)
+    overrides = {key: getattr(args, key) for key in ("k", "max_turns") if getattr(args, key)}
+    rollout = RolloutConfig(**{**family.rollout, **overrides})
+    if args.subset is not None:
+        suite = dataclasses.replace(suite, subset=args.subset)
+    retriever, label = _retriever(suite, args.retriever)
+    if args.decoding == "upstream" and not family.upstream_decoding:
+        raise InputError(
+            f"--decoding upstream: family {family.family} evaluates greedily; there is no other "
+            "sampling to reproduce"
+        )
     plan = Plan(
         model=model,
         revision=revision or None,
         family=family,
         suite=suite,
+        rollout=rollout,
+        retriever=retriever,
+        retriever_label=label,
         datasets=datasets,
         splits=splits,
         methods=methods,
         backend=_backend(args.backend),
+        decoding=args.decoding,
         batch_size=args.batch_size,
         tensor_parallel_size=args.tensor_parallel_size,
         limit=args.limit,
         skip_bad=args.skip_bad,
         source=args.source,
         out=args.out or Path("."),
-        identity=identity,
+        identity=model_identity(model, revision or None),
     )
     return plan if args.out else dataclasses.replace(plan, out=default_out(plan))
+
+
+def _retriever(suite: Suite, given: str | None) -> tuple[Mapping[str, Any] | str | None, str]:
+    """The retriever config a run searches with and its label: the suite's, or the one given,
+    whose label names it unless it searches exactly as the suite's does."""
+    if given is None:
+        return suite.retriever, suite.retriever_label
+    config = parse_config(given)
+    if suite.retriever is not None and _searches(config) == _searches(
+        parse_config(suite.retriever)
+    ):
+        return given, suite.retriever_label
+    return given, retriever_label(config)
 
 
 def agent_plan(args: argparse.Namespace) -> Plan:
@@ -293,27 +326,9 @@ def _card_settings(model: str, revision: str | None) -> Mapping[str, Any] | None
     return settings if isinstance(settings, Mapping) else None
 
 
-def _suite(family: Resolved, args: argparse.Namespace) -> Suite:
-    """The suite with the family's settings, then the command line's, applied."""
-    suite = get_suite(args.suite or family.suite)
-    changes: dict[str, Any] = dict(family.settings)
-    if "max_completion_tokens" in changes:
-        changes["max_context"] = None
-    for key in ("k", "max_turns", "subset"):
-        if getattr(args, key) is not None:
-            changes[key] = getattr(args, key)
-    if args.retriever is not None:
-        changes["retriever"] = args.retriever
-        config = parse_config(args.retriever)
-        if _searches(config) != _searches(parse_config(suite.retriever)):
-            changes["retriever_label"] = retriever_label(config)
-    changes["question_mark"] = family.question_mark
-    return dataclasses.replace(suite, **changes)
-
-
 def _searches(config: Any) -> dict[str, Any]:
     """What makes two retriever configs return the same passages: all but where they run."""
-    return config.model_dump(exclude={"device", "batch_size"})
+    return config.model_dump(exclude={"device", "batch_size", "fp16"})
 
 
 def retriever_label(config: Any) -> str:
@@ -375,21 +390,34 @@ def load_questions(plan: Plan) -> dict[str, list[Question]]:
 
 
 def normalise_question(question: str, plan: Plan) -> str:
-    """As the papers prepared their questions: stripped, and a `?` added where one is missing."""
-    question = question.strip()
-    if plan.suite.question_mark and not question.endswith("?"):
-        question += "?"
-    return question
+    """As the family prepared its questions (stripped, a `?` added, or as they are)."""
+    return plan.family.template.question(question)
 
 
 # ---------------------------------------------------------------------------------------------
 # Model, retriever, generator
 
 
+def stop_ids(plan: Plan, tokenizer: Any) -> list[int]:
+    """The ids a turn ends at: for a published family, as vLLM picks them for its checkpoint
+    (the tokenizer's EOS and its generation config's) and any its loop adds; for ours, every
+    end-of-turn token the vocabulary has, as our training stops there."""
+    if plan.family.audited is None:
+        vocab = tokenizer.vocab
+        ends = [tokenizer.convert_tokens_to_ids(t) for t in END_OF_TURN_TOKENS if t in vocab]
+        return sorted({*ends, tokenizer.eos_token_id} - {None})
+    try:
+        config = GenerationConfig.from_pretrained(plan.model, revision=plan.revision)
+    except OSError:  # a checkpoint without generation_config.json
+        config = GenerationConfig()
+    return stop_token_ids(tokenizer, config.eos_token_id, plan.family.stop_tokens)
+
+
 def load_generator(plan: Plan, tokenizer: Any) -> Generator:
-    """Greedy decoding, stopping at the model's EOS ids and the chat end-of-turn tokens."""
-    ends = {tokenizer.convert_tokens_to_ids(t) for t in END_OF_TURN_TOKENS if t in tokenizer.vocab}
-    eos = sorted((ends | {tokenizer.eos_token_id}) - {None})
+    """The model, decoding greedily (or, with `--decoding upstream`, sampling as the family's
+    evaluation sampled, seeded) and stopping at `stop_ids`."""
+    eos = stop_ids(plan, tokenizer)
+    sampling = plan.sampling
     if plan.backend == "vllm":
         if (Path(plan.model) / "adapter_config.json").is_file():
             raise InputError(
@@ -409,14 +437,22 @@ def load_generator(plan: Plan, tokenizer: Any) -> Generator:
             seed=0,
             enforce_eager=not torch.cuda.is_available(),  # CPU: no minutes of compiling first
         )
-        return VLLMGenerator(llm, temperature=0.0, generation_kwargs={"stop_token_ids": eos})
+        return VLLMGenerator(
+            llm,
+            temperature=sampling.get("temperature", 0.0),
+            top_p=sampling.get("top_p", 1.0),
+            seed=0 if sampling else None,
+            generation_kwargs={"stop_token_ids": eos},
+        )
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = AutoModelForCausalLM.from_pretrained(plan.model, revision=plan.revision, dtype="auto")
     model = model.to(device).eval()
-    greedy = GenerationConfig(
-        do_sample=False, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id
+    if sampling:
+        torch.manual_seed(0)
+    decoding = GenerationConfig(
+        do_sample=bool(sampling), **sampling, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id
     )
-    return TransformersGenerator(model, tokenizer, greedy, batch_size=plan.batch_size)
+    return TransformersGenerator(model, tokenizer, decoding, batch_size=plan.batch_size)
 
 
 def load_tokenizer(plan: Plan) -> Any:
@@ -428,14 +464,20 @@ def load_tokenizer(plan: Plan) -> Any:
         raise InputError(f"model {plan.model}: {error}") from error
 
 
+def open_retriever(plan: Plan) -> Retriever:
+    """The run's retriever; a suite whose retriever cannot be served here says what it needs."""
+    if plan.retriever is None:
+        raise InputError(f"suite {plan.suite.name}: {plan.suite.needs}")
+    return load_retriever(plan.retriever)
+
+
 def probe(retriever: Retriever, plan: Plan, question: str) -> None:
     """One search before the first question, so a dead retriever fails at once, named."""
     try:
-        retriever.search([question], plan.suite.k)
+        retriever.search([question], plan.rollout.k)
     except RetrievalError as error:
-        raise InputError(
-            f"retriever {_name(plan.suite.retriever)}: the probe failed: {error}"
-        ) from error
+        assert plan.retriever is not None
+        raise InputError(f"retriever {_name(plan.retriever)}: the probe failed: {error}") from error
 
 
 def _name(retriever: Mapping[str, Any] | str) -> str:
@@ -447,14 +489,15 @@ def _name(retriever: Mapping[str, Any] | str) -> str:
 
 
 def method_template(method: str, template: Template) -> Template:
-    """The agent's own template, or a baseline's prompt in the agent's answer format."""
+    """The agent's own template, or a baseline's prompt in the agent's answer format (and its
+    protocol, so it is read and scored as the agent is)."""
     if method == "agent":
         return template
     rule = _BOXED_RULE if template.protocol.boxed_answer else _ANSWER_RULE
     prompt = DIRECT_PROMPT if method == "direct" else RAG_PROMPT
     user = prompt.replace("{rule}", rule)
-    return Template(
-        f"{method}_{template.protocol.name}", template.protocol, user, chat=template.chat
+    return dataclasses.replace(
+        template, name=f"{method}_{template.protocol.name}", user=user, system=None
     )
 
 
@@ -468,29 +511,28 @@ def play(
     watcher: Watcher | None = None,
 ) -> list[Episode]:
     """One batch of questions: the search loop for `agent`, one turn without search for the
-    baselines (`rag` with the question's passages in its prompt). A `watcher` sees the
-    episodes as they are played."""
+    baselines (`rag` with the question's passages in its prompt). Each episode is played by
+    itself: its budgets never depend on the others of its batch. A `watcher` sees the episodes
+    as they are played."""
     template = method_template(method, plan.family.template)
+    protocol = template.protocol
     prompts: list[Prompt] = [template.prompt(q.question) for q in questions]
     if method == "rag":
-        found = retriever.search([q.question for q in questions], plan.suite.k)
-        documents = [format_passages(passages, template.protocol) for passages in found]
+        found = retriever.search([q.question for q in questions], plan.rollout.k)
+        documents = [format_passages(passages, protocol) for passages in found]
         prompts = [_with_documents(p, d) for p, d in zip(prompts, documents, strict=True)]
-    prompt_ids = [encode_prompt(prompt, tokenizer) for prompt in prompts]
-    config = plan.rollout.model_copy(
-        update={
-            "max_turns": plan.rollout.max_turns if method == "agent" else 0,
-            "max_completion_tokens": completion_budget(plan.suite, prompt_ids),
-        }
-    )
+    config = plan.rollout
+    if method != "agent":
+        config = config.model_copy(update={"max_turns": 0, "last_turn": "answer"})
     return run_rollout(
-        prompt_ids,
+        [encode_prompt(p, tokenizer, special_tokens=protocol.special_tokens) for p in prompts],
         generator=generator,
         tokenizer=tokenizer,
         retriever=retriever,
-        protocol=template.protocol,
+        protocol=protocol,
         config=config,
         watcher=watcher,
+        prompt_texts=[render_prompt(p, tokenizer) for p in prompts],
     )
 
 
@@ -500,35 +542,24 @@ def _with_documents(prompt: Prompt, documents: str) -> Prompt:
     return [{**m, "content": m["content"].replace("{documents}", documents)} for m in prompt]
 
 
-def completion_budget(suite: Suite, prompt_ids: Sequence[Sequence[int]]) -> int:
-    """The completion length a batch may reach: the suite's, or what its longest prompt leaves
-    of the context (Search-R1 keeps prompt and completion within 4,096 tokens)."""
-    if suite.max_completion_tokens is not None:
-        return suite.max_completion_tokens
-    assert suite.max_context is not None
-    room = suite.max_context - max(len(ids) for ids in prompt_ids)
-    if room < 2:
-        raise InputError(
-            f"a prompt of {max(len(ids) for ids in prompt_ids)} tokens leaves no room in "
-            f"max_context ({suite.max_context})"
-        )
-    return room
-
-
 def trace(
-    question: Question, episode: Episode, tokenizer: Any, protocol: Protocol
+    question: Question, episode: Episode, tokenizer: Any, plan: Plan, protocol: Protocol
 ) -> dict[str, Any]:
-    """One question's line in `traces/{dataset}.jsonl`."""
-    completion = tokenizer.decode(episode.completion_ids, skip_special_tokens=True)
-    prediction = extract_answer(completion, protocol)
-    turns = sum(
-        1
-        for i, sampled in enumerate(episode.env_mask)
-        if sampled and (i == 0 or not episode.env_mask[i - 1])
-    )
+    """One question's line in `traces/{dataset}.jsonl`: the episode, the prediction read as
+    the family's evaluation reads it, and its scores."""
+    scoring = plan.family.scoring
+    answer = scoring.predict(episode, tokenizer, protocol.invalid_notice)
+    if protocol.tokens == "text":
+        completion = episode.completion_text
+        transcript = episode.prompt_text + completion
+    else:
+        completion = tokenizer.decode(episode.completion_ids, skip_special_tokens=True)
+        transcript = tokenizer.decode(
+            episode.prompt_ids + episode.completion_ids, skip_special_tokens=False
+        )
     if episode.answered:
         finish = "answered"
-    elif episode.truncated:
+    elif episode.truncated or episode.finish == "length":
         finish = "truncated"
     else:
         finish = "no_answer"
@@ -536,35 +567,29 @@ def trace(
         "id": question.id,
         "question": question.question,
         "golden_answers": question.golden_answers,
-        "prediction": prediction,
-        "transcript": tokenizer.decode(
-            episode.prompt_ids + episode.completion_ids, skip_special_tokens=False
-        ),
+        "prediction": answer.prediction,
+        "scores": scoring.scores(answer.prediction, question.golden_answers),
+        "transcript": transcript,
         "queries": episode.queries,
         "retrieved_ids": episode.retrieved_ids,
         "searches": episode.num_searches,
-        "turns": turns,
+        "turns": len(episode.turns),
         "tokens": len(episode.completion_ids),
         "finish": finish,
-        "em": exact_match(prediction, question.golden_answers),
-        "f1": token_f1(prediction, question.golden_answers),
-        "cover_em": cover_match(prediction, question.golden_answers),
         "valid_format": follows_format(completion, protocol)[0],
         "error": None,
     }
 
 
-def failed(question: Question, error: Exception) -> dict[str, Any]:
+def failed(question: Question, error: Exception, scoring: Scoring) -> dict[str, Any]:
     """The line of a question whose episode raised: recorded, tried again on resume."""
     return {
         "id": question.id,
         "question": question.question,
         "golden_answers": question.golden_answers,
         "prediction": None,
+        "scores": scoring.scores(None, question.golden_answers),
         "finish": "error",
-        "em": 0.0,
-        "f1": 0.0,
-        "cover_em": 0.0,
         "valid_format": False,
         "searches": 0,
         "error": f"{type(error).__name__}: {error}",
@@ -578,10 +603,11 @@ def run_dataset(
     batch_size: int,
     play_batch: Callable[[Sequence[Question]], list[dict[str, Any]]],
     stamp: Mapping[str, Any],
+    headline: str = "em",
 ) -> list[dict[str, Any]]:
     """Every question's trace, appended to `path` batch by batch, each line stamped with the
     model and the run's fingerprint (`stamp`); questions already answered there are skipped,
-    and a line of another run is refused. A progress bar shows the running EM."""
+    and a line of another run is refused. A progress bar shows the running `headline` score."""
     done = read_traces(path)
     foreign = sorted({str(t.get("run")) for t in done.values() if t.get("run") != stamp["run"]})
     if foreign:
@@ -591,7 +617,7 @@ def run_dataset(
         )
     todo = [q for q in questions if q.id not in done or done[q.id]["error"] is not None]
     path.parent.mkdir(parents=True, exist_ok=True)
-    scored = [t["em"] for t in done.values() if t["error"] is None]
+    scored = [t["scores"][headline] for t in done.values() if t["error"] is None]
     with path.open("a") as sink, tqdm(total=len(questions), desc=name, unit="q") as bar:
         bar.update(len(questions) - len(todo))
         for start in range(0, len(todo), batch_size):
@@ -599,10 +625,10 @@ def run_dataset(
                 line = {**line, **stamp}
                 sink.write(json.dumps(line) + "\n")
                 done[line["id"]] = line
-                scored.append(line["em"])
+                scored.append(line["scores"][headline])
             sink.flush()
             bar.update(min(batch_size, len(todo) - start))
-            bar.set_postfix(em=f"{sum(scored) / max(1, len(scored)):.3f}")
+            bar.set_postfix({headline: f"{sum(scored) / max(1, len(scored)):.3f}"})
     return [done[q.id] for q in questions]
 
 
@@ -612,7 +638,7 @@ def claim_folder(folder: Path, plan: Plan, method: str, *, overwrite: bool) -> d
     `run.yaml` records what the folder's traces were played with; a run with other settings
     (another model, another k, another file under a dataset's name...) is refused, naming
     what differs, unless `overwrite` clears the folder first."""
-    settings = plan.result_settings(method)
+    settings = json.loads(json.dumps(plan.result_settings(method)))  # as run.yaml holds them
     datasets = {name: plan.dataset_settings(name) for name in plan.datasets}
     record_path = folder / "run.yaml"
     if overwrite and folder.exists():
@@ -673,28 +699,27 @@ def read_traces(path: Path) -> dict[str, dict[str, Any]]:
 # Results
 
 
-def summarize(traces: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """One dataset's scores: EM, F1 and cover-EM through the package's `evaluate` modules, a
-    95% bootstrap interval of EM, searches per question and the share of well-formed runs."""
-    predictions = [t["prediction"] or "" for t in traces]
+def summarize(traces: Sequence[Mapping[str, Any]], scoring: Scoring) -> dict[str, Any]:
+    """One dataset's scores: the family's metrics and the comparison ones through the package's
+    `evaluate` module (`qa_upstream`), each with a 95% bootstrap interval, searches per question
+    and the share of well-formed runs."""
+    predictions = [t["prediction"] for t in traces]
     references = [t["golden_answers"] for t in traces]
-    scores = {
-        key: load_metric(module, keep_in_memory=True).compute(
+    names = scoring.reported
+    summary: dict[str, Any] = {
+        name: load_metric(UPSTREAM, config_name=name, keep_in_memory=True).compute(
             predictions=predictions, references=references
-        )[result]
-        for key, module, result in (
-            ("em", "qa_exact_match", "exact_match"),
-            ("f1", "qa_f1", "f1"),
-            ("cover_em", "qa_cover_match", "cover_match"),
-        )
+        )[name]
+        for name in names
     }
+    for name in names:
+        summary[f"{name}_ci95"] = bootstrap_ci([t["scores"][name] for t in traces])
     return {
-        **scores,
+        **summary,
         "n": len(traces),
         "searches": float(np.mean([t["searches"] for t in traces])),
         "valid_format_rate": float(np.mean([t["valid_format"] for t in traces])),
         "errors": sum(t["error"] is not None for t in traces),
-        "em_ci95": bootstrap_ci([t["em"] for t in traces]),
     }
 
 
@@ -706,21 +731,26 @@ def bootstrap_ci(values: Sequence[float], samples: int = BOOTSTRAP_SAMPLES) -> l
 
 
 def results_markdown(plan: Plan, method: str, results: Mapping[str, Mapping[str, Any]]) -> str:
+    scoring = plan.family.scoring
+    headline, names = scoring.headline, scoring.reported
+    others = [name for name in names if name != headline]
+    decoding = "greedy" if plan.decoding == "greedy" else f"sampled {plan.sampling}"
     lines = [
         f"# {plan.model} · {method}",
         "",
-        f"Setting: {plan.suite.setting}. Template `{plan.family.template.name}` "
-        f"(family {plan.family.family}), greedy, {plan.backend}.",
+        f"Setting: {plan.setting}. Family {plan.family.family}, template "
+        f"`{plan.family.template.name}`, {decoding}, {plan.backend}.",
         "",
-        "| dataset | n | EM | EM 95% CI | F1 | cover-EM | searches | valid format | errors |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| dataset | n | {headline} | {headline} 95% CI | {' | '.join(others)} | searches | "
+        "valid format | errors |",
+        "|---|---|---|---|" + "---|" * len(others) + "---|---|---|",
     ]
     for name, r in results.items():
-        low, high = r["em_ci95"]
+        low, high = r[f"{headline}_ci95"]
+        values = " | ".join(f"{r[other]:.3f}" for other in others)
         lines.append(
-            f"| {name} | {r['n']} | {r['em']:.3f} | {low:.3f}–{high:.3f} | {r['f1']:.3f} | "
-            f"{r['cover_em']:.3f} | {r['searches']:.2f} | {r['valid_format_rate']:.0%} | "
-            f"{r['errors']} |"
+            f"| {name} | {r['n']} | {r[headline]:.3f} | {low:.3f}–{high:.3f} | {values} | "
+            f"{r['searches']:.2f} | {r['valid_format_rate']:.0%} | {r['errors']} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -765,9 +795,20 @@ def configure_eval(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", help="split of every dataset (default: the suite's, or test)")
     parser.add_argument("--source", default=FLASHRAG_REPO, help="where named datasets come from")
     parser.add_argument("--method", default="agent", help=f"comma-separated: {', '.join(METHODS)}")
+    parser.add_argument(
+        "--family",
+        help="play the model as this published family's evaluation does (for a checkpoint "
+        "trained with its code under another name)",
+    )
     parser.add_argument("--template", help="template (built-in name or YAML) for unknown models")
     parser.add_argument("--retriever", help="retriever config (default: the suite's)")
     parser.add_argument("--k", type=int, help="passages per search (default: the family's)")
+    parser.add_argument(
+        "--decoding",
+        choices=("greedy", "upstream"),
+        default="greedy",
+        help="greedy, or sample as the family's own evaluation did (seeded) where it sampled",
+    )
     parser.add_argument("--max-turns", type=int, help="searches per question")
     parser.add_argument("--subset", type=int, help="a fixed sample per set (Bamboogle whole)")
     parser.add_argument("--limit", type=int, help="the first N questions of each set")
@@ -816,7 +857,7 @@ def run_eval(args: argparse.Namespace) -> int:
         return 0
     tokenizer = load_tokenizer(plan)
     questions = load_questions(plan)
-    retriever = load_retriever(plan.suite.retriever)
+    retriever = open_retriever(plan)
     first = next(q for qs in questions.values() for q in qs)
     probe(retriever, plan, first.question)
     generator = load_generator(plan, tokenizer)
@@ -839,9 +880,11 @@ def run_eval(args: argparse.Namespace) -> int:
                 "run": fingerprint({**settings, "dataset": plan.dataset_settings(name)}),
             }
             path = folder / "traces" / f"{name}.jsonl"
-            results[name] = summarize(
-                run_dataset(name, qs, path, plan.batch_size, play_batch, stamp)
+            scoring = plan.family.scoring
+            traces = run_dataset(
+                name, qs, path, plan.batch_size, play_batch, stamp, scoring.headline
             )
+            results[name] = summarize(traces, scoring)
         record = {"config": plan.describe(method) | provenance(), "results": results}
         (folder / "results.json").write_text(
             json.dumps(record, indent=2, ensure_ascii=False) + "\n"
@@ -908,13 +951,15 @@ def play_robustly(
     (`CODE_ERRORS`) is raised at once: a bug must not become a column of failed questions."""
     try:
         episodes = play(method, batch, plan, generator, tokenizer, retriever)
-        return [trace(q, e, tokenizer, protocol) for q, e in zip(batch, episodes, strict=True)]
+        return [
+            trace(q, e, tokenizer, plan, protocol) for q, e in zip(batch, episodes, strict=True)
+        ]
     except (RunStopped, *CODE_ERRORS):
         raise
     except Exception as error:
         if len(batch) == 1:
             logger.warning("question %s failed: %s", batch[0].id, error)
-            return [failed(batch[0], error)]
+            return [failed(batch[0], error, plan.family.scoring)]
     return [
         line
         for question in batch

@@ -23,11 +23,14 @@ from research_r1 import hub
 from research_r1.errors import InputError
 
 EVAL_FOLDER = "eval"  # a training run's `research-r1 eval` output, inside its folder
-# results.json key -> (model-index metric type, display name)
+# results.json key (a `research_r1.scoring.METRICS` name) -> (model-index metric type, name)
 CARD_METRICS = {
     "em": ("exact_match", "EM"),
     "f1": ("f1", "F1"),
-    "cover_em": ("cover_exact_match", "cover-EM"),
+    "subem": ("substring_exact_match", "substring EM"),
+    "f1_flashrag": ("f1", "F1 (FlashRAG)"),
+    "f1_set": ("f1", "F1 over word sets"),
+    "acc_r": ("accuracy", "ACC_R (word cover)"),
 }
 
 _CARD = """---
@@ -80,6 +83,7 @@ def card_results(record: Mapping[str, Any]) -> list[EvalResult]:
         )
         for name, scores in record["results"].items()
         for key, (metric_type, label) in CARD_METRICS.items()
+        if key in scores
     ]
 
 
@@ -88,16 +92,17 @@ def results_table(evaluations: Sequence[Mapping[str, Any]]) -> str:
     if not evaluations:
         return ""
     lines = [
-        "| setting | method | dataset | n | EM | EM 95% CI | F1 | cover-EM |",
+        "| setting | method | dataset | n | EM | EM 95% CI | F1 | the family's own |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for record in evaluations:
         config = record["config"]
+        own = config["scoring"]["headline"]
         for name, r in record["results"].items():
             low, high = r["em_ci95"]
             lines.append(
                 f"| {config['setting']} | {config['method']} | {name} | {r['n']} | "
-                f"{r['em']:.3f} | {low:.3f}–{high:.3f} | {r['f1']:.3f} | {r['cover_em']:.3f} |"
+                f"{r['em']:.3f} | {low:.3f}–{high:.3f} | {r['f1']:.3f} | {own} {r[own]:.3f} |"
             )
     return "\n".join(lines)
 

@@ -240,10 +240,14 @@ class Scoring(BaseModel):
         found = _THEN[self.then](answer)
         return self.no_answer if found is None else found
 
+    @property
+    def reported(self) -> tuple[str, ...]:
+        """The metrics a run reports: the family's own, then the comparison ones."""
+        return tuple(dict.fromkeys([*self.metrics, *COMPARISON_METRICS]))
+
     def scores(self, prediction: str | None, golds: Golds) -> dict[str, float]:
-        """The family's metrics and the comparison ones, by name."""
-        names = dict.fromkeys([*self.metrics, *COMPARISON_METRICS])
-        return {name: score(name, prediction, golds) for name in names}
+        """Every reported metric of one prediction, by name."""
+        return {name: score(name, prediction, golds) for name in self.reported}
 
 
 class Played(typing.Protocol):

@@ -241,15 +241,19 @@ OURS = Scoring(drop_notice=True)
 
 
 def resolve(
-    model_id: str, card: Mapping[str, Any] | None = None, template: str | None = None
+    model_id: str,
+    card: Mapping[str, Any] | None = None,
+    template: str | None = None,
+    family: str | None = None,
 ) -> Resolved:
-    """The family of `model_id`: an explicit `template` wins (a family's name plays that
-    family's loop; a built-in template or a YAML file plays ours), then our own model card's
-    record (`card`: its `research_r1` metadata), then the families' patterns."""
+    """How `model_id` is played: a `family` named (its loop, for a checkpoint trained with it
+    under another name), else a `template` (a built-in one or a YAML file, played as ours),
+    else our own model card's record (`card`: its `research_r1` metadata), else the family
+    whose patterns match the id."""
+    if family is not None:
+        named = get_family(family)
+        return _of(named, named.suite)
     if template is not None:
-        named = next((f for f in families() if f.name == template), None)
-        if named is not None:
-            return _of(named, named.suite)
         return Resolved("custom", load_template(template), "search_r1", {}, OURS)
     if card is not None:
         return _from_card(model_id, card)
@@ -259,8 +263,8 @@ def resolve(
             return _of(family, matched.suite or family.suite)
     known = ", ".join(family.name for family in families())
     raise InputError(
-        f"{model_id}: no known family ({known}) and no research_r1 model card; pass --template "
-        "(a family's name, a built-in template or a YAML file)"
+        f"{model_id}: no known family ({known}) and no research_r1 model card; pass --family "
+        "(to play it as one of them) or --template (a built-in template or a YAML file)"
     )
 
 

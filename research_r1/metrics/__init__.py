@@ -1,13 +1,18 @@
 """QA metrics as `evaluate` modules that load offline.
 
 `evaluate.load("exact_match")` fetches its code from the Hub at run time. These modules ship
-inside the package instead, and score with the same functions as the rewards
-(`research_r1.rewards`), so evaluation and training agree on what a correct answer is:
+inside the package instead. `qa_exact_match`, `qa_cover_match` and `qa_f1` score with the same
+functions as our rewards (`research_r1.rewards`), so training reports what a correct answer is
+as its reward sees it; `qa_upstream` scores as the published agents' evaluation code does
+(`research_r1.scoring`), the metric named by its configuration, and is what `research-r1 eval`
+reports:
 
     import evaluate
     from research_r1.metrics import metric_path
     f1 = evaluate.load(metric_path("qa_f1"))
     f1.compute(predictions=["Paris"], references=[["Paris", "Paris, France"]])  # {"f1": 1.0}
+    subem = evaluate.load(metric_path("qa_upstream"), config_name="subem")
+    subem.compute(predictions=["Paris, France"], references=[["Paris"]])  # {"subem": 1.0}
 """
 
 from __future__ import annotations
@@ -21,12 +26,15 @@ import evaluate
 
 from research_r1.errors import InputError
 
-# module name -> the key its result is reported under
+# module name -> the key its result is reported under (our rewards' scores)
 METRICS: dict[str, str] = {
     "qa_exact_match": "exact_match",
     "qa_cover_match": "cover_match",
     "qa_f1": "f1",
 }
+# The published agents' scores, one module whose configuration names the metric
+# (`load_metric(UPSTREAM, config_name="em")`, reported under that name).
+UPSTREAM = "qa_upstream"
 
 _CITATION = """\
 @article{jin2025searchr1,
@@ -49,8 +57,9 @@ Returns:
 
 def metric_path(name: str) -> str:
     """The directory of a shipped metric module, for `evaluate.load`."""
-    if name not in METRICS:
-        raise InputError(f"unknown metric {name!r}; known metrics: {', '.join(METRICS)}")
+    if name not in (*METRICS, UPSTREAM):
+        known = ", ".join([*METRICS, UPSTREAM])
+        raise InputError(f"unknown metric {name!r}; known metrics: {known}")
     return str(Path(__file__).parent / name)
 
 
