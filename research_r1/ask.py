@@ -41,6 +41,7 @@ def configure_ask(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", required=True, help="local folder or Hub model id, optionally MODEL@REVISION"
     )
+    parser.add_argument("--family", help="play the model as this published family does")
     parser.add_argument("--template", help="template (built-in name or YAML) for unknown models")
     parser.add_argument("--retriever", help="retriever config (default: the suite's)")
     parser.add_argument("--k", type=int, help="passages per search (default: the family's)")

@@ -81,6 +81,7 @@ def configure_download(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--retriever", help="retriever config to fetch instead of the suite's")
     parser.add_argument("--template", help="as eval takes it, for a model of no known family")
+    parser.add_argument("--family", help="as eval takes it: play the model as this family does")
 
 
 def run_download(args: argparse.Namespace) -> int:
@@ -109,7 +110,7 @@ def eval_retriever(args: argparse.Namespace) -> Mapping[str, Any] | str:
     configure_eval(parser)
     # A fixed backend: "auto" would import vLLM only to pick one.
     eval_args = parser.parse_args([args.model, "--backend", "transformers"])
-    eval_args.suite, eval_args.template = args.suite, args.template
+    eval_args.suite, eval_args.template, eval_args.family = args.suite, args.template, args.family
     plan = make_plan(eval_args)
     if plan.retriever is None:
         raise InputError(f"--with-index: suite {plan.suite.name}: {plan.suite.needs}")

@@ -141,7 +141,8 @@ class Plan:
             "model": self.model,
             "revision": self.revision,
             "family": self.family.family,
-            "template": template.as_mapping(),
+            "template": template.as_mapping()
+            | {"strip_question": template.strip_question, "question_mark": template.question_mark},
             "protocol": dataclasses.asdict(template.protocol),
             "suite": self.suite.name,
             "setting": self.setting,
@@ -150,6 +151,7 @@ class Plan:
             "scoring": scoring.model_dump(),
             "metrics": {name: METRICS[name].description for name in scoring.reported},
             "retriever": self.retriever,
+            "needs": " ".join(filter(None, [self.suite.files, self.suite.needs])) or None,
             "decoding": {
                 "mode": self.decoding,
                 "sampling": self.sampling,
@@ -207,8 +209,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
     if args.datasets:
         entries = [entry.strip() for entry in args.datasets.split(",") if entry.strip()]
         datasets = {entry.partition("=")[0] if "=" in entry else entry: entry for entry in entries}
-    elif suite.files:
-        raise InputError(f"--datasets: {suite.files}")
+    elif suite.files:  # named by the user; a dry run shows what the suite needs
+        datasets = {}
     else:
         datasets = {name: name for name in suite.datasets}
     splits = {
@@ -703,13 +705,19 @@ def summarize(traces: Sequence[Mapping[str, Any]], scoring: Scoring) -> dict[str
     """One dataset's scores: the family's metrics and the comparison ones through the package's
     `evaluate` module (`qa_upstream`), each with a 95% bootstrap interval, searches per question
     and the share of well-formed runs."""
-    predictions = [t["prediction"] for t in traces]
-    references = [t["golden_answers"] for t in traces]
+    # evaluate checks the type of the first prediction only, and a None (no answer) is not a
+    # string: the answered come first (a mean does not depend on the order).
+    pairs = sorted(
+        ((t["prediction"], t["golden_answers"]) for t in traces), key=lambda p: p[0] is None
+    )
+    predictions, references = [p for p, _ in pairs], [r for _, r in pairs]
     names = scoring.reported
     summary: dict[str, Any] = {
         name: load_metric(UPSTREAM, config_name=name, keep_in_memory=True).compute(
             predictions=predictions, references=references
         )[name]
+        if predictions[0] is not None
+        else 0.0
         for name in names
     }
     for name in names:
@@ -855,6 +863,10 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(json.dumps(plan.describe(), indent=2, ensure_ascii=False))
         return 0
+    if plan.retriever is None:
+        raise InputError(f"suite {plan.suite.name}: {plan.suite.needs}")
+    if not plan.datasets:
+        raise InputError(f"--datasets: {plan.suite.files}")
     tokenizer = load_tokenizer(plan)
     questions = load_questions(plan)
     retriever = open_retriever(plan)
@@ -921,7 +933,7 @@ def push_results(plan: Plan, repo_id: str) -> str:
             repo_type="dataset",
             path_in_repo=where,
             allow_patterns=[f"{method}/**" for method in plan.methods],
-            commit_message=f"eval {plan.model} ({plan.suite.setting})",
+            commit_message=f"eval {plan.model} ({plan.setting})",
             what=f"push the results to {repo_id}",
         )
     except hub.PUSH_ERRORS as error:

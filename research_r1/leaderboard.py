@@ -1,9 +1,11 @@
 """leaderboard: merge evaluation runs into one leaderboard, one table per setting.
 
-A number is only comparable to numbers measured the same way: same corpus, retriever, top-k,
-metric and subset. `research-r1 eval` writes all of that into one `config.setting` string, so
-rows are grouped by it and never ranked across it. The papers' published numbers sit in the
-table of their setting as `reported` rows, next to the `measured` runs that reproduce them.
+A number is only comparable to numbers measured the same way: the same metric, and the same
+question sets, corpus, retriever, top-k and subset. `research-r1 eval` writes the latter into
+one `config.setting` string, so rows are grouped by it and never ranked across it; a board shows
+one metric (every name means one computation, `research_r1.scoring.METRICS`), and a run that
+does not report it is left out of that board. The papers' published numbers sit in the table of
+their setting as `reported` rows, next to the `measured` runs that reproduce them.
 
 A run file (`research-r1 eval` writes one per run) is JSON:
 `{"config": {"model", "revision", "method", "setting", "date", ...}, "results": {DATASET:
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import functools
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -91,10 +94,12 @@ class Row:
         return f"{self.model}@{self.revision}" if self.revision else self.model
 
 
-SEARCH_R1_SETTING = "search_r1 · wiki-18, e5-base-v2 · top-3 · EM"
-RESEARCH_SETTING = "research · wiki-18, e5-base-v2 · top-5 · EM"
-SEARCH_R1_PAPER = "Search-R1 paper v5 (arXiv:2503.09516)"
-AUTOREFINE_PAPER = "AutoRefine paper (arXiv:2505.11277)"
+SEARCH_R1_SETTING = "search_r1 · wiki-18, e5-base-v2 · top-3"
+RESEARCH_SETTING = "research · wiki-18, e5-base-v2 · top-5"
+# Their evaluation code samples (temperature 1) where it means to decode greedily: see the
+# families' decoding entries (`research-r1 eval MODEL --dry-run`).
+SEARCH_R1_PAPER = "Search-R1 paper v5 (arXiv:2503.09516; sampled at temperature 1)"
+AUTOREFINE_PAPER = "AutoRefine paper (arXiv:2505.11277; sampled at temperature 1)"
 RESEARCH_PAPER = "ReSearch paper (arXiv:2503.19470)"
 _RESEARCH_DATASETS = ("hotpotqa", "2wikimultihopqa", "musique", "bamboogle")
 
@@ -213,8 +218,17 @@ def _run_model(metric: str) -> type[BaseModel]:
     )
 
 
-def read_run(data: bytes, source: str, metric: str = "em") -> Row:
-    """The measured row of one run file's bytes; `source` names the file in errors and rows."""
+def read_run(data: bytes, source: str, metric: str = "em") -> Row | None:
+    """The measured row of one run file's bytes, or None when the run reports other metrics
+    than `metric`; `source` names the file in errors and rows."""
+    try:
+        results = json.loads(data).get("results")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        results = None  # validation below names what is wrong
+    if isinstance(results, dict) and results and all(
+        isinstance(r, dict) and metric not in r for r in results.values()
+    ):
+        return None
     try:
         run = _run_model(metric).model_validate_json(data)
     except ValidationError as error:
@@ -236,13 +250,14 @@ def read_run(data: bytes, source: str, metric: str = "em") -> Row:
 
 
 def load_runs(sources: Sequence[str], metric: str = "em") -> list[Row]:
-    """The runs of every source: a run file, a folder (every `*.json` below it) or a Hub
-    results dataset `hf://datasets/ORG/NAME[@REV][/path]` (every `*.json` in it)."""
-    rows = []
+    """The runs reporting `metric` of every source: a run file, a folder (every `*.json` below
+    it) or a Hub results dataset `hf://datasets/ORG/NAME[@REV][/path]` (every `*.json` in
+    it)."""
+    found: list[Row | None] = []
     for source in sources:
         path = hub.resolve(source, allow_patterns=_HUB_PATTERNS)
         if path.is_file():
-            rows.append(read_run(path.read_bytes(), str(source), metric))
+            found.append(read_run(path.read_bytes(), str(source), metric))
             continue
         files = sorted(path.rglob("*.json"))
         if not files:
@@ -250,8 +265,8 @@ def load_runs(sources: Sequence[str], metric: str = "em") -> list[Row]:
         for file in files:
             relative = file.relative_to(path).as_posix()
             name = f"{str(source).rstrip('/')}/{relative}"
-            rows.append(read_run(file.read_bytes(), name, metric))
-    return rows
+            found.append(read_run(file.read_bytes(), name, metric))
+    return [row for row in found if row is not None]
 
 
 def _dataset_order(name: str) -> tuple[int, str]:

@@ -70,17 +70,21 @@ class Protocol:
     text re-encoded alone with special tokens dropped (`turn`, the veRL loops), or the whole
     transcript as text, encoded again at every call (`text`, loops that send strings to a
     server; `special_tokens` is then how that text is encoded, as it is for prompts). A turn is
-    cut after the first `cut_after` marker found (in that order of priority) and stripped when
-    `strip_turn`. `action` is `first_block` (the first complete search or answer block decides)
-    or `stop` (the stop string the turn ended at decides: the search closing tag searches, the
-    answer closing tag answers, anything else ends the episode). The query runs from the first
+    cut after the first `cut_after` marker found (in that order of priority); what it asks for
+    is read from that text, which is then stripped when `strip_turn` unless the turn answers
+    (the transcript goes on from the stripped text; an answer turn is kept as generated).
+    `action` is `first_block` (the first complete search or answer block decides) or `stop`
+    (the stop string the turn ended at decides: the search closing tag searches, the answer
+    closing tag answers, anything else ends the episode). The query runs from the first
     or last search opening tag (`query_from`) to its closing tag, with `query_replace` applied
     and `strip_query`. An empty query, or (with `action: stop`) a closing tag without an
     opening one, is handled as `empty_query` / `missing_query` says: an invalid step, a search
-    anyway, the end of the episode, or `bad_query_observation` inserted with no search. A turn
-    that ends at EOS with neither action ends the episode or is an invalid step
-    (`eos_without_action`). `answer_block` and `boxed_answer` say how our rewards read answers;
-    `check` names the whole-completion format check (`follows_format`).
+    anyway, the end of the episode, or `bad_query_observation` inserted with no search; an
+    answer closing tag without its opening one ends the episode or inserts
+    `bad_query_observation` (`missing_answer`). A turn that ends at EOS with neither action ends
+    the episode or is an invalid step (`eos_without_action`). `answer_block` and `boxed_answer`
+    say how our rewards read answers; `check` names the whole-completion format check
+    (`follows_format`).
     """
 
     name: str
@@ -111,6 +115,7 @@ class Protocol:
     strip_query: bool = True
     empty_query: QueryFault = "invalid"
     missing_query: QueryFault = "invalid"
+    missing_answer: Literal["end", "observe"] = "end"
     bad_query_observation: str = ""
     eos_without_action: Literal["end", "invalid"] = "end"
 
@@ -232,25 +237,31 @@ def read_turn(text: str, finish: str, protocol: Protocol) -> tuple[str, Action]:
         if marker in text:
             text = text[: text.index(marker) + len(marker)]
             break
-    if protocol.strip_turn:
+    action = _read_action(text, matched, finish, protocol)
+    if protocol.strip_turn and action.kind != "answer":
         text = text.strip()
+    return text, action
+
+
+def _read_action(text: str, matched: str | None, finish: str, protocol: Protocol) -> Action:
+    """What a turn (cut, not yet stripped) asks for."""
     if protocol.action == "first_block":
         action = parse_turn(text, protocol)
         if action.kind == "invalid" and finish == "eos" and protocol.eos_without_action == "end":
             action = Action("end")
-        return text, action
+        return action
     if matched == protocol.search_close:
         before = text[: text.rindex(matched)] if protocol.keep_stop else text
         start = before.find if protocol.query_from == "first" else before.rfind
         opening = start(protocol.search_open)
         if opening < 0:
-            return text, _fault("", protocol, protocol.missing_query)
-        return text, _query(
-            before[opening + len(protocol.search_open) :], protocol, protocol.empty_query
-        )
+            return _fault("", protocol, protocol.missing_query)
+        return _query(before[opening + len(protocol.search_open) :], protocol, protocol.empty_query)
     if matched == ANSWER_CLOSE and ANSWER_OPEN in text:
-        return text, Action("answer")
-    return text, Action("end")
+        return Action("answer")
+    if matched == ANSWER_CLOSE:
+        return _fault("", protocol, protocol.missing_answer)
+    return Action("end")
 
 
 def _cut_at_stop(text: str, protocol: Protocol) -> tuple[str, str | None]:

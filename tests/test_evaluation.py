@@ -19,9 +19,11 @@ from toy import Scripted, write_bm25
 from research_r1 import evaluation
 from research_r1.cli import main as cli_main
 from research_r1.errors import InputError
-from research_r1.protocol import SEARCH_R1, TEMPLATES, render_prompt
+from research_r1.families import families, get_family
+from research_r1.protocol import FINAL_TURN_NOTICE, SEARCH_R1, TEMPLATES, render_prompt
 from research_r1.publish import model_card, update_model_card
 from research_r1.retrieval import Passage
+from research_r1.scoring import METRICS
 from research_r1.tiny import EOS, build_tiny_model, build_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,59 +102,41 @@ def traces(out: Path, method: str = "agent") -> list[dict]:
 # Families and prompts
 
 
-@pytest.mark.parametrize(
-    ("model", "expected"),
-    [
-        (
-            "PeterJinGo/SearchR1-nq_hotpotqa_train-qwen2.5-7b-it-em-grpo-v0.3",
-            ("search_r1", "search_r1", "search_r1", 3, 4, False, "search_r1"),
-        ),
-        (
-            "agentrl/ReSearch-Qwen-7B-Instruct",
-            ("research", "research_instruct", "research", 5, 64, False, "research"),
-        ),
-        (
-            "agentrl/ReSearch-Qwen-7B",
-            ("research", "research_base", "research", 5, 64, False, "research"),
-        ),
-        (
-            "yrshi/AutoRefine-Qwen2.5-3B-Base",
-            ("autorefine", "autorefine", "autorefine", 3, 3, False, "search_r1"),
-        ),
-        (
-            "XXsongLALA/Qwen-2.5-7B-base-RAG-RL",
-            ("r1_searcher", "r1_searcher", "r1_searcher", 5, 8, False, "search_r1"),
-        ),
-        (
-            "Alibaba-NLP/ZeroSearch_wiki_V2_Qwen2.5_7B_Instruct",
-            ("zerosearch", "zerosearch", "zerosearch", 5, 5, False, "search_r1"),
-        ),
-        (
-            "Zill1/StepSearch-7B-Base",
-            ("stepsearch", "stepsearch", "stepsearch", 3, 5, True, "search_r1"),
-        ),
-    ],
+# owner/repo@commit:path:line[-line], or a PyPI release's file (pypi/package@version:path:line)
+CITATION = re.compile(
+    r"^([\w.-]+/[\w.-]+@[0-9a-f]{40}|pypi/[\w.-]+@[\w.]+):"  # a commit, or a PyPI release
+    r"(\S+:\d+(-\d+)?|\S+\.(jpg|png|pdf))$"  # a file's lines, or a figure
 )
-def test_dry_run_resolves_each_family_without_loading_anything(model, expected, capsys):
+
+
+@pytest.mark.parametrize(
+    ("family", "model"),
+    [(f.name, example) for f in families() for pattern in f.models for example in pattern.examples],
+)
+def test_dry_run_shows_each_familys_upstream_setting_with_sources(family, model, capsys):
+    """Every published id resolves to its family without loading anything, and the plan shows
+    every audited value with a full citation, and what we run where we knowingly differ."""
     assert cli_main(["eval", model, "--dry-run"]) == 0
     config = json.loads(capsys.readouterr().out)
-    family, template, protocol, k, turns, notice, suite = expected
-    assert (config["family"], config["template"], config["protocol"]) == (
-        family,
-        template,
-        protocol,
-    )
-    assert (config["k"], config["max_turns"], config["final_turn_notice"]) == (k, turns, notice)
-    assert config["suite"] == suite and config["methods"] == ["agent"]
-    assert config["setting"] == f"{suite} · wiki-18, e5-base-v2 · top-{k} · EM"
-    assert config["decoding"]["temperature"] == 0.0
+    audited = get_family(family)
+    assert config["family"] == family and config["methods"] == ["agent"]
+    assert config["upstream"]["code"] == audited.upstream
+    assert config["template"]["user"] == audited.template.user
+    assert config["rollout"]["k"] == audited.rollout["k"]
+    audit = config["upstream"]["audit"]
+    assert audit and all(entry["source"] for entry in audit.values())
+    for name, entry in audit.items():
+        assert all(CITATION.match(source) for source in entry["source"]), (name, entry)
+        assert ("ours" in entry) == ("why" in entry), name
+        assert "why" not in entry or len(entry["why"]) > 20, name  # a deviation is argued
+    suite = config["suite"]
+    assert config["setting"].startswith(f"{suite} · ")
+    assert config["metrics"].keys() >= {"em", "f1", audited.scoring.headline}
 
 
-def test_dry_run_of_a_search_r1_checkpoint_lists_the_papers_sets(capsys):
-    assert (
-        cli_main(["eval", "PeterJinGo/SearchR1-nq_hotpotqa_train-qwen2.5-3b-em-ppo", "--dry-run"])
-        == 0
-    )
+def test_the_search_r1_family_plays_its_papers_setting(capsys):
+    model = "PeterJinGo/SearchR1-nq_hotpotqa_train-qwen2.5-3b-em-ppo"
+    assert cli_main(["eval", model, "--dry-run"]) == 0
     config = json.loads(capsys.readouterr().out)
     assert config["datasets"] == {
         "nq": "test",
@@ -163,9 +147,49 @@ def test_dry_run_of_a_search_r1_checkpoint_lists_the_papers_sets(capsys):
         "musique": "dev",
         "bamboogle": "test",
     }
-    assert (config["max_new_tokens"], config["max_observation_tokens"]) == (500, 500)
-    assert (config["max_context"], config["question_mark"]) == (4096, True)
+    rollout = config["rollout"]
+    assert (rollout["k"], rollout["max_turns"], rollout["last_turn"]) == (3, 4, "answer")
+    assert (rollout["max_new_tokens"], rollout["max_observation_tokens"]) == (500, 500)
+    assert (rollout["max_context"], rollout["context"], rollout["max_completion_tokens"]) == (
+        4096,
+        "keep_last",
+        None,
+    )
+    assert config["template"]["question_mark"] is True
+    assert config["protocol"]["passage_format"] == "Doc {i}(Title: {title_line}) {text}"
+    assert config["scoring"]["min_matches"] == 2 and config["scoring"]["text"] == "prompt+response"
+    assert config["setting"] == "search_r1 · wiki-18, e5-base-v2 · top-3"
     assert config["retriever"]["encoder"] == "intfloat/e5-base-v2"
+    assert config["decoding"] == {
+        "mode": "greedy",
+        "sampling": {},
+        "backend": "transformers",
+        "batch_size": 16,
+    }
+    decoding = config["upstream"]["audit"]["generation.decoding"]
+    assert decoding["upstream"] == {"temperature": 1.0, "top_p": 0.95} and decoding["ours"] == {}
+    assert cli_main(["eval", model, "--dry-run", "--decoding", "upstream"]) == 0
+    sampled = json.loads(capsys.readouterr().out)["decoding"]
+    assert sampled["sampling"] == {"temperature": 1.0, "top_p": 0.95}
+
+
+def test_settings_that_cannot_be_served_here_say_what_they_need(world, scripted, capsys):
+    google = "Alibaba-NLP/ZeroSearch_google_V2_Qwen2.5_7B"
+    assert cli_main(["eval", google, "--dry-run"]) == 0
+    config = json.loads(capsys.readouterr().out)
+    assert config["suite"] == "zerosearch_google" and config["retriever"] is None
+    assert config["setting"] == "zerosearch_google · live Google search (SerpAPI) · top-5"
+    assert cli_main(["eval", google, "--datasets", f"toy={world.qa}"]) == 2
+    assert "measured on live Google results" in capsys.readouterr().err
+    args = ["eval", google, "--datasets", f"toy={world.qa}", "--retriever", str(world.retriever)]
+    assert cli_main([*args, "--dry-run"]) == 0
+    setting = json.loads(capsys.readouterr().out)["setting"]
+    assert setting == f"zerosearch_google · {world.root.name}/corpus.jsonl, BM25 · top-5"
+    assert cli_main(["eval", "XXsongLALA/Qwen-2.5-7B-base-RAG-RL", "--dry-run"]) == 0
+    assert "R1-Searcher's question files ship" in json.loads(capsys.readouterr().out)["needs"]
+    assert cli_main(["eval", "XXsongLALA/Qwen-2.5-7B-base-RAG-RL"]) == 2
+    assert "R1-Searcher searched KILT" in capsys.readouterr().err
+    assert scripted.loads == 0
 
 
 def test_the_setting_names_the_retriever_only_when_it_is_not_the_suites(tmp_path, capsys):
@@ -174,7 +198,7 @@ def test_the_setting_names_the_retriever_only_when_it_is_not_the_suites(tmp_path
     model = "PeterJinGo/SearchR1-nq_hotpotqa_train-qwen2.5-7b-em-ppo"
     flat = yaml.safe_load((ROOT / "recipes/retrievers/e5_wiki18_flat.yaml").read_text())
     configs = {
-        "same.yaml": flat | {"device": "cuda:1", "batch_size": 8},
+        "same.yaml": flat | {"device": "cuda:1", "batch_size": 8, "fp16": False},
         "hnsw.yaml": flat | {"index": "hf://datasets/PeterJinGo/wiki-18-e5-index-HNSW64"},
         "a.yaml": {"type": "bm25", "index": "a/bm25", "corpus": "a/corpus.jsonl"},
         "b.yaml": {"type": "bm25", "index": "b/bm25", "corpus": "b/corpus.jsonl"},
@@ -185,11 +209,10 @@ def test_the_setting_names_the_retriever_only_when_it_is_not_the_suites(tmp_path
         assert cli_main(["eval", model, "--retriever", str(tmp_path / name), "--dry-run"]) == 0
         settings.append(json.loads(capsys.readouterr().out)["setting"])
     assert settings == [
-        "search_r1 · wiki-18, e5-base-v2 · top-3 · EM",
-        "search_r1 · wiki-18-corpus/wiki-18.jsonl.gz, e5-base-v2 (wiki-18-e5-index-HNSW64) "
-        "· top-3 · EM",
-        "search_r1 · a/corpus.jsonl, BM25 · top-3 · EM",
-        "search_r1 · b/corpus.jsonl, BM25 · top-3 · EM",
+        "search_r1 · wiki-18, e5-base-v2 · top-3",
+        "search_r1 · wiki-18-corpus/wiki-18.jsonl.gz, e5-base-v2 (wiki-18-e5-index-HNSW64) · top-3",
+        "search_r1 · a/corpus.jsonl, BM25 · top-3",
+        "search_r1 · b/corpus.jsonl, BM25 · top-3",
     ]
 
 
@@ -230,15 +253,12 @@ def test_our_checkpoints_are_read_back_from_their_model_card(world, hub, tmp_pat
     for where in (str(model), repo):
         assert cli_main(["eval", where, "--datasets", f"toy={world.qa}", "--dry-run"]) == 0
         config = json.loads(capsys.readouterr().out)
-        assert (config["family"], config["template"], config["k"]) == ("research_r1", "demo", 2)
-    assert (config["family"], config["template"], config["chat_template"]) == (
-        "research_r1",
-        "demo",
-        False,
-    )
-    assert (config["k"], config["max_turns"], config["max_new_tokens"]) == (2, 2, 24)
-    assert (config["max_completion_tokens"], config["max_context"]) == (256, None)
-    assert config["final_turn_notice"] is True and config["datasets"] == {"toy": "test"}
+        template, rollout = config["template"], config["rollout"]
+        assert (config["family"], template["name"], rollout["k"]) == ("research_r1", "demo", 2)
+    assert (template["chat"], rollout["max_turns"], rollout["max_new_tokens"]) == (False, 2, 24)
+    assert (rollout["max_completion_tokens"], rollout["max_context"]) == (256, None)
+    assert rollout["final_turn_notice"] == FINAL_TURN_NOTICE and "upstream" not in config
+    assert config["datasets"] == {"toy": "test"}
 
 
 def qwen_tokenizer():
@@ -286,22 +306,21 @@ def test_a_run_writes_exact_traces_results_and_markdown(world, scripted, tmp_pat
     assert [t["id"] for t in lines] == ["toy-test-q1", "toy-test-q2", "toy-test-q3"]
     first, second, third = lines
     assert (first["question"], first["golden_answers"]) == ("who wrote hamlet?", ["Shakespeare"])
-    assert (first["prediction"], first["em"], first["searches"], first["turns"]) == (
+    assert (first["prediction"], first["scores"], first["searches"], first["turns"]) == (
         "Shakespeare",
-        1.0,
+        {"em": 1.0, "f1": 1.0, "subem": 1.0},
         1,
         2,
     )
     assert first["queries"] == ["hamlet author"] and first["retrieved_ids"] == [["0"]]
     assert first["finish"] == "answered" and first["valid_format"] and first["error"] is None
     assert "<information>Doc 1(Title: Hamlet) Hamlet is a tragedy" in first["transcript"]
-    assert (second["prediction"], second["em"], second["f1"], second["finish"]) == (
+    assert (second["prediction"], second["scores"]["em"], second["finish"]) == (
         "Lyon",
-        0.0,
         0.0,
         "answered",
     )
-    assert (third["prediction"], third["em"], third["finish"], third["turns"]) == (
+    assert (third["prediction"], third["scores"]["em"], third["finish"], third["turns"]) == (
         None,
         0.0,
         "no_answer",
@@ -310,16 +329,17 @@ def test_a_run_writes_exact_traces_results_and_markdown(world, scripted, tmp_pat
 
     record = results(out)
     toy = record["results"]["toy"]
-    assert (toy["n"], toy["em"], toy["f1"], toy["cover_em"]) == (3, 1 / 3, 1 / 3, 1 / 3)
+    assert (toy["n"], toy["em"], toy["f1"], toy["subem"]) == (3, 1 / 3, 1 / 3, 1 / 3)
     assert (toy["searches"], toy["errors"], toy["valid_format_rate"]) == (1 / 3, 0, 2 / 3)
     low, high = toy["em_ci95"]
     assert low == 0.0 and high == 1.0  # three questions: the interval is wide, as it should be
     config = record["config"]
     assert config["method"] == "agent" and config["family"] == "custom"
-    assert config["setting"] == f"search_r1 · {world.root.name}/corpus.jsonl, BM25 · top-3 · EM"
+    assert config["setting"] == f"search_r1 · {world.root.name}/corpus.jsonl, BM25 · top-3"
+    assert config["metrics"] == {name: METRICS[name].description for name in ("em", "f1", "subem")}
     assert config["version"] and config["date"]
     assert (out / "agent" / "results.md").read_text().splitlines()[4:] == [
-        "| dataset | n | EM | EM 95% CI | F1 | cover-EM | searches | valid format | errors |",
+        "| dataset | n | em | em 95% CI | f1 | subem | searches | valid format | errors |",
         "|---|---|---|---|---|---|---|---|---|",
         "| toy | 3 | 0.333 | 0.000–1.000 | 0.333 | 0.333 | 0.33 | 67% | 0 |",
     ]
@@ -493,7 +513,7 @@ def test_a_run_goes_to_a_results_dataset_the_card_and_the_leaderboard(
     assert pushed == results(out)
 
     card = ModelCard.load(model / "README.md")
-    setting = f"search_r1 · {world.root.name}/corpus.jsonl, BM25 · top-3 · EM"
+    setting = f"search_r1 · {world.root.name}/corpus.jsonl, BM25 · top-3"
     assert sorted(
         (r.metric_name, r.dataset_name, r.dataset_split, r.metric_value)
         for r in card.data.eval_results
@@ -502,7 +522,7 @@ def test_a_run_goes_to_a_results_dataset_the_card_and_the_leaderboard(
         (f"EM (agent; {setting})", "toy", "test", 1 / 3),
         (f"EM (direct; {setting})", "toy", "test", results(out, "direct")["results"]["toy"]["em"]),
     ]
-    assert len(card.data.eval_results) == 6  # EM, F1, cover-EM per method
+    assert len(card.data.eval_results) == 6  # EM, F1, substring EM per method
     assert cli_main([*args[:-2], "--update-model-card"]) == 0  # again: replaced, not added
     assert len(ModelCard.load(model / "README.md").data.eval_results) == 6
 
@@ -519,7 +539,7 @@ def test_a_run_goes_to_a_results_dataset_the_card_and_the_leaderboard(
         ("agent", "measured", "0.333"),
         ("direct", "measured", "0.000"),
     ]
-    assert "## search_r1 · wiki-18, e5-base-v2 · top-3 · EM" in table  # the papers', apart
+    assert "## search_r1 · wiki-18, e5-base-v2 · top-3" in table  # the papers', apart
     assert (board / "leaderboard.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -539,7 +559,7 @@ def test_a_hub_model_card_keeps_its_text_and_other_entries(hub):
     ).push_to_hub(repo, token=hub.token)
     record = {
         "config": {"method": "agent", "setting": "search_r1 · top-3", "datasets": {"nq": "test"}},
-        "results": {"nq": {"em": 0.38, "f1": 0.45, "cover_em": 0.5}},
+        "results": {"nq": {"em": 0.38, "f1": 0.45, "subem": 0.5}},
     }
     update_model_card(repo, [record], token=hub.token)
     card = ModelCard.load(repo)
@@ -548,7 +568,7 @@ def test_a_hub_model_card_keeps_its_text_and_other_entries(hub):
         ("", 0.4),
         ("EM (agent; search_r1 · top-3)", 0.38),
         ("F1 (agent; search_r1 · top-3)", 0.45),
-        ("cover-EM (agent; search_r1 · top-3)", 0.5),
+        ("substring EM (agent; search_r1 · top-3)", 0.5),
     ]
     with pytest.raises(InputError, match="no such repository"):
         update_model_card(hub.new_repo_id("missing"), [record], token=hub.token)
@@ -579,7 +599,7 @@ def test_another_model_or_setting_never_resumes_from_a_folders_traces(world, scr
         "give another --out, or --overwrite to replace them"
     )
 
-    with pytest.raises(InputError, match=r"another run \(k: 3 → 1; setting: "):
+    with pytest.raises(InputError, match=r"another run \(rollout.k: 3 → 1; setting: "):
         evaluation.run_eval(evaluation.parse_args([*eval_args(world, out)[1:], "--k", "1"]))
     assert traces(out) == first  # nothing was written
 

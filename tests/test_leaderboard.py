@@ -22,7 +22,7 @@ from research_r1.leaderboard import (
     sections,
 )
 
-BM25_SETTING = "search_r1 · wiki-18, bm25 · top-3 · EM"
+BM25_SETTING = "search_r1 · wiki-18, bm25 · top-3"
 FULL = {  # dataset: (em, n)
     "nq": (0.5, 3610),
     "triviaqa": (0.65, 11313),
@@ -105,7 +105,7 @@ def test_runs_share_a_table_with_the_papers_only_in_their_own_setting(tmp_path, 
     assert capsys.readouterr().out == f"{markdown}\n{wrote}\n"
     headings = [line for line in markdown.splitlines() if line.startswith("## ")]
     assert headings == [
-        "## research · wiki-18, e5-base-v2 · top-5 · EM",
+        "## research · wiki-18, e5-base-v2 · top-5",
         f"## {BM25_SETTING}",
         f"## {SEARCH_R1_SETTING}",
     ]
@@ -156,7 +156,7 @@ def test_runs_share_a_table_with_the_papers_only_in_their_own_setting(tmp_path, 
         "| 1 | org/searcher-7b | agent | measured | 0.400 | 0.400 | 3610 | 2026-12-01 "
         f"| {run_bm25} |",
     ]
-    assert section(markdown, "research · wiki-18, e5-base-v2 · top-5 · EM")[2:] == [
+    assert section(markdown, "research · wiki-18, e5-base-v2 · top-5")[2:] == [
         "| 1 | Qwen2.5-7B-Instruct | ReSearch | reported | 0.435 | 0.476 | 0.223 | 0.424 | 0.390 "
         "| — | — | ReSearch paper (arXiv:2503.19470) |",
         "| 2 | Qwen2.5-7B | ReSearch | reported | 0.406 | 0.447 | 0.217 | 0.432 | 0.375 "

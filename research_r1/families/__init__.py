@@ -24,6 +24,7 @@ family published under earlier). Our own checkpoints carry their settings in the
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from collections.abc import Mapping
@@ -253,8 +254,9 @@ def resolve(
     if family is not None:
         named = get_family(family)
         return _of(named, named.suite)
-    if template is not None:
-        return Resolved("custom", load_template(template), "search_r1", {}, OURS)
+    if template is not None:  # questions prepared as the papers prepared theirs
+        custom = dataclasses.replace(load_template(template), question_mark=True)
+        return Resolved("custom", custom, "search_r1", {}, OURS)
     if card is not None:
         return _from_card(model_id, card)
     for family in families():
