@@ -436,6 +436,7 @@ class ShownPassage(NamedTuple):
 
 
 _DOC_START = re.compile(r"(?:^|\n)Doc \d+\(Title: ")
+_SEARCH_R1_AS_STORED = "Doc {i}(Title: {title_line}) {text}"  # Search-R1's own loop
 
 
 def format_passages(passages: Sequence[PassageLike], protocol: Protocol | None = None) -> str:
@@ -451,20 +452,23 @@ def format_passages(passages: Sequence[PassageLike], protocol: Protocol | None =
 
 
 def parse_passages(body: str, protocol: Protocol | None = None) -> tuple[ShownPassage, ...]:
-    """The passages of an observation's body, read back: the exact inverse of `format_passages`
-    for Search-R1's `Doc i(Title: t) text` lines (the default) and ReSearch's `"t"` + text
-    blocks; other formats give no passages (the Space then shows the body as it is).
+    """The passages of an observation's body, read back: the inverse of `format_passages` for
+    Search-R1's `Doc i(Title: t) text` lines (the default; titles shown without the quotes the
+    corpus stores, whichever way the lines were written) and ReSearch's `"t"` + text blocks (or
+    contents as stored); other formats give no passages (the Space then shows the body as it
+    is).
 
     In Search-R1's lines a title ends at the first `)` that closes no `(` of its own, so "Hamlet
     (play)" survives; a list cut inside a title (the observation ran out of tokens) gives that
     title and no text. Text before the first `Doc` line is no passage.
     """
     protocol = protocol or SEARCH_R1
-    if protocol.passage_format == RESEARCH.passage_format:
+    if protocol.passage_format in (RESEARCH.passage_format, "{contents}"):
         blocks = body.split(protocol.passage_separator) if body.strip() else []
         return tuple(ShownPassage(*_title_and_text(block)) for block in blocks)
-    if protocol.passage_format != SEARCH_R1.passage_format:
+    if protocol.passage_format not in (SEARCH_R1.passage_format, _SEARCH_R1_AS_STORED):
         return ()
+    as_stored = protocol.passage_format == _SEARCH_R1_AS_STORED
     passages = []
     for chunk in _DOC_START.split(body)[1:]:  # what follows each "Doc i(Title: "
         title, text, depth = chunk, "", 0
@@ -476,14 +480,14 @@ def parse_passages(body: str, protocol: Protocol | None = None) -> tuple[ShownPa
             elif char == ")":
                 title, text = chunk[:i], chunk[i + 1 :].removeprefix(" ")
                 break
-        passages.append(ShownPassage(title, text))
+        passages.append(ShownPassage(title.strip().strip('"') if as_stored else title, text))
     return tuple(passages)
 
 
 def _title_and_text(block: str) -> tuple[str, str]:
     """`"Title"` on the first line, the text after it (ReSearch's passages)."""
     title, _, text = block.partition("\n")
-    return title.removeprefix('"').removesuffix('"'), text
+    return title.strip().strip('"'), text
 
 
 def format_observation(passages: Sequence[PassageLike] | str, protocol: Protocol) -> str:

@@ -82,7 +82,7 @@ def _f1(predicted: list[str], gold: list[str]) -> float:
 def token_f1(prediction: str, golds: Golds) -> float:
     """SQuAD's token F1."""
     predicted = squad_normalize(prediction).split()
-    return max(_f1(predicted, squad_normalize(g).split()) for g in _golds(golds))
+    return max((_f1(predicted, squad_normalize(g).split()) for g in _golds(golds)), default=0.0)
 
 
 def flashrag_f1(prediction: str, golds: Golds) -> float:

@@ -97,7 +97,7 @@ def test_a_search_shows_the_thought_query_titles_answer_and_footer(world, script
     assert lines == [
         "─" * 90 + " who wrote hamlet? " + "─" * 91,
         f"{world.model} · search_r1 · search_r1 · {world.model.parent.name}/corpus.jsonl, BM25 "
-        "· top-3 · EM",
+        "· top-3",
         "think   I need to search",
         "search  hamlet author",
         "    1.  Hamlet",

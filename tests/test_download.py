@@ -101,7 +101,7 @@ def test_a_missing_repo_is_named(hub, capsys):
 
 
 def test_a_local_folder_needs_nothing_but_its_suites_index(hub, tmp_path, capsys):
-    folder = tmp_path / "SearchR1-local"  # the name gives the family, and so the suite
+    folder = tmp_path / "SearchR1-nq_hotpotqa_train-local"  # the name gives the family and suite
     folder.mkdir()
     assert cli_main(["download", str(folder)]) == 0
     assert capsys.readouterr().out == f"model {folder}: a local folder, nothing to download\n"

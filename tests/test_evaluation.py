@@ -604,7 +604,7 @@ def test_another_model_or_setting_never_resumes_from_a_folders_traces(world, scr
     assert traces(out) == first  # nothing was written
 
     assert cli_main([*eval_args(world, out), "--k", "1", "--overwrite"]) == 0
-    assert results(out)["config"]["k"] == 1
+    assert results(out)["config"]["rollout"]["k"] == 1
     assert all(t["run"] != first[0]["run"] for t in traces(out))
 
 

@@ -10,17 +10,14 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from research_r1.errors import InputError
+from research_r1.families import get_family
 from research_r1.protocol import (
-    AUTOREFINE,
     FINAL_TURN_NOTICE,
     PROTOCOLS,
-    R1_SEARCHER,
     RESEARCH,
     SEARCH_R1,
     SEARCH_R1_INVALID_NOTICE,
-    STEPSEARCH,
     TEMPLATES,
-    ZEROSEARCH,
     Action,
     ShownPassage,
     extract_answer,
@@ -39,6 +36,12 @@ from research_r1.protocol import (
 )
 from research_r1.retrieval import Passage
 from research_r1.retrieval.corpus import split_contents
+
+# Published families' protocols, as their audited data builds them (research_r1/families).
+AUTOREFINE, R1_SEARCHER, STEPSEARCH, ZEROSEARCH = (
+    get_family(name).template.protocol
+    for name in ("autorefine", "r1_searcher", "stepsearch", "zerosearch")
+)
 
 # ---------------------------------------------------------------------------------------------
 # Protocols as data
@@ -64,20 +67,23 @@ def test_protocol_tags_and_stop_strings() -> None:
 def test_get_protocol() -> None:
     assert get_protocol("search_r1") is SEARCH_R1
     assert get_protocol("research") is RESEARCH
-    assert sorted(PROTOCOLS) == [
-        "autorefine",
-        "r1_searcher",
-        "research",
-        "search_r1",
-        "stepsearch",
-        "zerosearch",
-    ]
-    with pytest.raises(InputError, match=r"unknown protocol 'nope'.*\['autorefine', 'r1_"):
+    assert sorted(PROTOCOLS) == ["research", "search_r1"]  # ours; families build their own
+    with pytest.raises(InputError, match=r"unknown protocol 'nope'.*\['research', 'search_r1'\]"):
         get_protocol("nope")
 
 
 def test_other_families_tags_and_stops() -> None:
-    assert R1_SEARCHER.stop_strings == ("<|end_of_query|>", "</answer>")
+    # R1-Searcher passes its chat end tokens as stop strings too (never in text decoded
+    # without special tokens, so its stop ids end those turns).
+    assert R1_SEARCHER.stop_strings == (
+        "<|im_end|>",
+        "<|endoftext|>",
+        "<|end_of_query|>",
+        "</answer>",
+    )
+    # Search-R1's loop passes no stop strings and cuts after the first </search>: generation
+    # stops there, as nothing after it is kept.
+    assert (AUTOREFINE.stop, AUTOREFINE.stop_strings) == ((), ("</search>",))
     assert R1_SEARCHER.tags[2:6] == (
         "<|begin_of_query|>",
         "<|end_of_query|>",
@@ -86,7 +92,6 @@ def test_other_families_tags_and_stops() -> None:
     )
     assert AUTOREFINE.tags[4:6] == ("<documents>", "</documents>")
     assert AUTOREFINE.tags[-2:] == ("<refine>", "</refine>")
-    assert STEPSEARCH.tags[-4:] == ("<plan>", "</plan>", "<observation>", "</observation>")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,7 +127,8 @@ def test_parse_turn(text: str, expected: Action) -> None:
 def test_parse_turn_reads_each_protocols_search_markers() -> None:
     query = "capital of France"
     turn = f"Let me look it up. <|begin_of_query|> {query} <|end_of_query|>"
-    assert parse_turn(turn, R1_SEARCHER) == Action("search", query)
+    # R1-Searcher sends its queries unstripped
+    assert parse_turn(turn, R1_SEARCHER) == Action("search", f" {query} ")
     assert parse_turn(turn, SEARCH_R1) == Action("invalid")
     assert parse_turn("<answer> Paris </answer>", R1_SEARCHER) == Action("answer", "Paris")
     assert parse_turn("<refine>P is in F</refine><search> q </search>", AUTOREFINE) == Action(
@@ -203,18 +209,20 @@ def test_format_observation_exact() -> None:
         ' <result>\n"Paris"\nParis is the capital of France.\n\n"Eiffel Tower"\n'
         "A tower in Paris.\nBuilt in 1889.\n</result>"
     )
-    # AutoRefine: Search-R1's passage lines inside <documents>.
-    assert format_observation(PASSAGES, AUTOREFINE) == f"\n\n<documents>{body}</documents>\n\n"
-    # R1-Searcher: numbered, each ending with a newline, nothing stripped.
+    # AutoRefine: Search-R1's passage lines inside <documents>, titles as the corpus stores them.
+    assert format_observation(PASSAGES[:1], AUTOREFINE) == (
+        '\n\n<documents>Doc 1(Title: "Paris") Paris is the capital of France.</documents>\n\n'
+    )
+    # R1-Searcher: its stop string put back, numbered contents each ending with a newline.
     assert format_observation(PASSAGES, R1_SEARCHER) == (
-        "\n\n<|begin_of_documents|>\n(1)Paris\nParis is the capital of France.\n"
-        "(2)Eiffel Tower\nA tower in Paris.\nBuilt in 1889.\n<|end_of_documents|>\n\n"
+        '<|end_of_query|>\n\n<|begin_of_documents|>\n(1)"Paris"\nParis is the capital of '
+        'France.\n(2)"Eiffel Tower"\nA tower in Paris.\nBuilt in 1889.\n<|end_of_documents|>\n\n'
     )
     assert format_observation(PASSAGES[:1], ZEROSEARCH) == (
-        "\n\n<information>Doc 1: Paris is the capital of France.</information>\n\n"
+        '\n\n<information>Doc 1: "Paris"\nParis is the capital of France.</information>\n\n'
     )
     assert format_observation(PASSAGES[:1], STEPSEARCH) == (
-        "\n\n<information> Doc 1<## Title: Paris ##> Paris is the capital of France. "
+        '\n\n<information> Doc 1<## Title: "Paris" ##> Paris is the capital of France. '
         "</information>\n\n"
     )
     assert format_observation([], SEARCH_R1) == "\n\n<information></information>\n\n"
@@ -608,8 +616,7 @@ def test_load_template_unknown_name(tmp_path: Path) -> None:
     missing = tmp_path / "missing.yaml"
     with pytest.raises(
         InputError,
-        match=r"neither a built-in \(search_r1, research_base, research_instruct, autorefine, "
-        r"r1_searcher, zerosearch, stepsearch\)",
+        match=r"neither a built-in \(search_r1, research_base, research_instruct\)",
     ):
         load_template(missing)
     with pytest.raises(InputError, match="'no_such_template' is neither a built-in"):
@@ -627,7 +634,7 @@ def test_load_template_unknown_name(tmp_path: Path) -> None:
         (
             R1_SEARCHER,
             "<think> hm </think><|begin_of_query|> hamlet <|end_of_query|>",
-            ("hm", Action("search", "hamlet")),
+            ("hm", Action("search", " hamlet ")),
         ),
         (
             SEARCH_R1,

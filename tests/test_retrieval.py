@@ -334,7 +334,10 @@ def test_hybrid_retriever_fuses_deep_candidate_lists() -> None:
 # --- configs ----------------------------------------------------------------------------------
 
 
-DENSE_KEYS = "index, corpus, encoder, query_prompt, nprobe, ef_search, k_factor, device, batch_size"
+DENSE_KEYS = (
+    "index, corpus, encoder, query_prompt, nprobe, ef_search, k_factor, device, batch_size, "
+    "max_length, fp16"
+)
 
 
 @pytest.mark.parametrize(

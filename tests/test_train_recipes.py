@@ -425,7 +425,7 @@ def eval_record(method: str, setting: str, results: dict[str, tuple[float, float
             "datasets": {name: "test" for name in results},
         },
         "results": {
-            name: {"n": 100, "em": em, "f1": f1, "cover_em": f1, "em_ci95": [em - 0.1, em + 0.1]}
+            name: {"n": 100, "em": em, "f1": f1, "subem": f1, "em_ci95": [em - 0.1, em + 0.1]}
             for name, (em, f1) in results.items()
         },
     }
@@ -439,7 +439,7 @@ def test_model_card_metadata_and_results():
         retriever="recipes/retrievers/remote.yaml",
         recipe={"learning_rate": 2e-5},
     )
-    setting = "search_r1 · wiki-18, e5-base-v2 · top-3 · EM"
+    setting = "search_r1 · wiki-18, e5-base-v2 · top-3"
     evaluations = [
         eval_record("agent", setting, {"nq": (0.48, 0.55), "hotpotqa": (0.43, 0.5)}),
         eval_record("direct", setting, {"nq": (0.2, 0.25)}),
@@ -464,10 +464,10 @@ def test_model_card_metadata_and_results():
         ("nq", "test", "exact_match", f"EM (agent; {setting})", 0.48),
         ("nq", "test", "exact_match", f"EM (direct; {setting})", 0.2),
     ]
-    assert len(card.data.eval_results) == 9  # EM, F1 and cover-EM for each
+    assert len(card.data.eval_results) == 9  # EM, F1 and substring EM for each
     assert "<information>" in card.text and "learning_rate: 2.0e-05" in card.text
     assert results_table(evaluations).splitlines() == [
-        "| setting | method | dataset | n | EM | EM 95% CI | F1 | cover-EM |",
+        "| setting | method | dataset | n | EM | EM 95% CI | F1 | substring EM |",
         "|---|---|---|---|---|---|---|---|",
         f"| {setting} | agent | nq | 100 | 0.480 | 0.380–0.580 | 0.550 | 0.550 |",
         f"| {setting} | agent | hotpotqa | 100 | 0.430 | 0.330–0.530 | 0.500 | 0.500 |",
