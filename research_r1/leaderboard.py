@@ -225,8 +225,10 @@ def read_run(data: bytes, source: str, metric: str = "em") -> Row | None:
         results = json.loads(data).get("results")
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
         results = None  # validation below names what is wrong
-    if isinstance(results, dict) and results and all(
-        isinstance(r, dict) and metric not in r for r in results.values()
+    if (
+        isinstance(results, dict)
+        and results
+        and all(isinstance(r, dict) and metric not in r for r in results.values())
     ):
         return None
     try:
