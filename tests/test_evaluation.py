@@ -646,3 +646,18 @@ def test_dataset_aliases_get_the_suites_split(capsys):
     assert cli_main(["eval", model, "--datasets", "2wiki,hotpot,nq", "--dry-run"]) == 0
     config = json.loads(capsys.readouterr().out)
     assert config["datasets"] == {"2wiki": "dev", "hotpot": "dev", "nq": "test"}
+
+
+def test_batch_size_never_changes_a_trace(world, tmp_path):
+    """The real tiny model, greedy, through transformers: questions played one at a time and
+    all together give the same traces (budgets, truncation and transcripts are per question)."""
+    runs = {}
+    for size in ("1", "3"):
+        out = tmp_path / f"batch-{size}"
+        assert cli_main(eval_args(world, out, "--batch-size", size, "--max-turns", "1")) == 0
+        runs[size] = [
+            {key: t[key] for key in ("id", "prediction", "transcript", "tokens", "finish")}
+            for t in traces(out)
+        ]
+    assert runs["1"] == runs["3"]
+    assert all(t["tokens"] > 0 for t in runs["1"])

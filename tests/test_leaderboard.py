@@ -14,6 +14,7 @@ from huggingface_hub import HfApi
 
 from research_r1.errors import InputError
 from research_r1.leaderboard import (
+    REPORTED_ROWS,
     SEARCH_R1_SETTING,
     chart,
     configure_leaderboard,
@@ -317,3 +318,27 @@ def test_a_folder_without_run_files_is_an_error(tmp_path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match=r"empty: no \*\.json run files in it"):
         leaderboard(str(tmp_path / "empty"), "--out", str(tmp_path / "board"))
+
+
+def test_a_board_shows_one_metric_and_leaves_out_runs_that_report_others(tmp_path):
+    """A ZeroSearch-style run reports substring EM, not EM: it is left out of the EM board
+    (where the papers' EM rows are) and is the only row of the substring-EM board, where no
+    paper's EM number is ranked beside it."""
+    subem = run_json("org/zerosearch", SEARCH_R1_SETTING, FULL, "2026-12-02T00:00:00Z")
+    subem["results"] = {
+        name: {"subem": r["em"], "f1": r["f1"], "n": r["n"]} for name, r in subem["results"].items()
+    }
+    runs = tmp_path / "runs"
+    write(runs / "7b.json", RUN_7B)
+    write(runs / "zs.json", subem)
+    em_board = sections(load_runs([str(runs)]) + list(REPORTED_ROWS))
+    assert "org/zerosearch" not in {row.model for rows in em_board.values() for row in rows}
+    subem_board = sections(load_runs([str(runs)], metric="subem"))
+    assert [(row.model, row.kind) for row in subem_board[SEARCH_R1_SETTING]] == [
+        ("org/zerosearch", "measured")
+    ]
+    f1_rows = sections(load_runs([str(runs)], metric="f1"))[SEARCH_R1_SETTING]
+    assert {row.model for row in f1_rows} == {"org/searcher-7b", "org/zerosearch"}
+    out = tmp_path / "board"
+    assert leaderboard(str(runs), "--metric", "subem", "--out", str(out)) == 0
+    assert "| reported |" not in (out / "leaderboard.md").read_text()  # the papers': EM only

@@ -580,3 +580,87 @@ def test_transformers_episodes_have_consistent_masks_and_logprobs(model, tokeniz
             if is_sampled:
                 turn = [token for token, _ in run]
                 assert not any(s in tokenizer.decode(turn[:-1]) for s in SEARCH_R1.stop_strings)
+
+
+# ---------------------------------------------------------------------------------------------
+# A question's episode never depends on its batch
+
+
+class ContextModel:
+    """A deterministic stand-in for a model: what it writes depends on its own context only
+    (searching while the context is short, answering once it is long), cut at the call's
+    budget, as a real model's output would be; records each row's context and budget."""
+
+    def __init__(self, tokenizer, protocol, answer_after: int) -> None:
+        self.tokenizer, self.protocol, self.answer_after = tokenizer, protocol, answer_after
+        self.seen: list[tuple[tuple[int, ...], int]] = []
+
+    def generate(self, contexts, max_new_tokens, stop) -> list[Generation]:
+        generations = []
+        for context, budget in zip(contexts, max_new_tokens, strict=True):
+            self.seen.append((tuple(context), budget))
+            n = len(context)
+            if n < self.answer_after:
+                search = f"{self.protocol.search_open} fact {n % 5} {self.protocol.search_close}"
+                text = f"<think> step {n % 7} </think>{search} more"
+            else:
+                text = f"<think> done </think><answer> a{n % 3} </answer>"
+            ids = self.tokenizer.encode(text, add_special_tokens=False)
+            ids.append(self.tokenizer.eos_token_id)
+            out, finish = [], "length"
+            for token in ids[:budget]:
+                out.append(token)
+                if token == self.tokenizer.eos_token_id:
+                    finish = "eos"
+                    break
+                if any(s in self.tokenizer.decode(out, skip_special_tokens=True) for s in stop):
+                    finish = "stop"
+                    break
+            generations.append(Generation(out, [0.0] * len(out), finish))
+        return generations
+
+
+@pytest.mark.parametrize("family", ["ours", "search_r1", "research", "verltool", "r1_searcher"])
+def test_an_episode_is_the_same_played_alone_or_in_a_batch(tokenizer, family):
+    """Prompts of very different lengths under budgets that bind (a small context, observation
+    and completion budget): each episode's contexts, budgets and tokens are the same whether it
+    is played alone or with the others."""
+    from research_r1.families import get_family
+
+    if family == "ours":
+        protocol, settings = SEARCH_R1, {"max_completion_tokens": 90}
+    else:
+        audited = get_family(family)
+        protocol, settings = audited.template.protocol, dict(audited.rollout)
+        settings |= {"max_context": 160} if settings.get("max_context") else {"max_turns": 3}
+    config = RolloutConfig(
+        **{**settings, "k": 2, "max_new_tokens": 64, "max_observation_tokens": 30}
+    )
+    prompts = [
+        tokenizer.encode("question " + "word " * length, add_special_tokens=False)
+        for length in (3, 60, 17, 110)
+    ]
+
+    def play(batch):
+        model = ContextModel(tokenizer, protocol, answer_after=120)
+        episodes = run_rollout(
+            batch,
+            generator=model,
+            tokenizer=tokenizer,
+            retriever=RecordingRetriever(),
+            protocol=protocol,
+            config=config,
+        )
+        return episodes, model.seen
+
+    together, seen_together = play(prompts)
+    alone = [play([prompt]) for prompt in prompts]
+    for episode, (single, seen_alone) in zip(together, alone, strict=True):
+        assert episode.completion_ids == single[0].completion_ids
+        assert episode.completion_text == single[0].completion_text
+        assert (episode.answered, episode.truncated) == (single[0].answered, single[0].truncated)
+        assert set(seen_alone) <= set(seen_together)
+    assert len(seen_together) == sum(len(seen) for _, seen in alone)
+    assert len(seen_together) > len(prompts)  # episodes searched, and went on
+    lengths = {len(e.completion_ids) + len(e.completion_text) for e in together}
+    assert len(lengths) > 1
