@@ -1,6 +1,7 @@
 """`research-r1 eval` end to end on real questions: Bamboogle (`../shared/data/bamboogle_mini`,
 125 questions and the 1,818 Wikipedia passages that answer them) under the `search_r1` suite's
-settings, for the three methods, with a tiny random model.
+setting, played as Search-R1's own evaluation plays it (its family), for the three methods, with a
+tiny random model.
 
     .venv/bin/python benchmarks/eval_bamboogle_mini.py [--out outputs/eval-bamboogle-mini]
         [--limit N]
@@ -9,9 +10,10 @@ What it shows is the harness on the published setting, not a score: the model is
 tokenizer holds every word of the corpus and questions, so its text is words), prompted with
 Search-R1's own template through its chat template, and scores what a random model scores. The
 retriever is BM25 over the shipped passages instead of the suite's e5 index of wiki-18, which
-needs a GPU and 60 GB; the results name the retriever they ran with. Everything else is the
-suite's: top-3, at most 4 searches then a final turn, greedy, 500 new tokens per turn,
-observations cut to 500 tokens, a 4,096-token context, EM on the last answer.
+needs a GPU and 60 GB; the results name the retriever they ran with. Everything else is
+Search-R1's (research_r1/families/search_r1.yaml): top-3, at most 4 searches then a final turn,
+500 new tokens per turn, observations cut to their first 500 tokens, the context kept to its
+last 4,096, EM on the last of at least two answers of the prompt and response, decoded greedily.
 
 It prints each method's `results.md` and writes the run under `--out` (traces per question).
 """
@@ -53,7 +55,7 @@ def main() -> None:
     args = parser.parse_args()
     model, retriever = build(args.out)
     argv = [
-        *("eval", str(model), "--suite", "search_r1", "--template", "search_r1"),
+        *("eval", str(model), "--suite", "search_r1", "--family", "search_r1"),
         *("--datasets", f"bamboogle={DATA / 'test.jsonl'}", "--retriever", str(retriever)),
         *("--method", ",".join(METHODS), "--batch-size", "64", "--out", str(args.out / "eval")),
         *(("--limit", str(args.limit)) if args.limit else ()),

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from research_r1.families import families, get_family
+from research_r1.families import families, fidelity_table, get_family
 from research_r1.generation import Generation, stop_token_ids
 from research_r1.retrieval import Passage
 from research_r1.rollout import RolloutConfig, encode_prompt, run_rollout
@@ -164,3 +164,11 @@ def test_episodes_are_played_and_scored_as_upstream(name, case, tmp_path_factory
 def test_every_family_has_golden_cases():
     covered = {json.loads(path.read_text())["family"] for path in FIDELITY.glob("*.json")}
     assert covered == {family.name for family in families()}
+
+
+def test_the_fidelity_table_in_the_docs_is_current():
+    """docs/fidelity.md is `python -m research_r1.families` of the families' data as it is."""
+    docs = Path(__file__).parents[1] / "docs" / "fidelity.md"
+    assert docs.read_text() == fidelity_table(), "run: python -m research_r1.families > " + str(
+        docs
+    )
