@@ -450,7 +450,10 @@ def test_an_unreachable_retriever_fails_the_question_with_a_message(app, tokeniz
     from gradio_client.exceptions import AppError
 
     generator = ScriptedGenerator(tokenizer, [SEARCH_TURN, ANSWER_TURN])
-    plan = dataclasses.replace(plan_for(tmp_path), max_retriever_wait_s=0.0)
+    plan = plan_for(tmp_path)
+    plan = dataclasses.replace(
+        plan, rollout=plan.rollout.model_copy(update={"max_retriever_wait_s": 0.0})
+    )
     demo = app.build_app(plan, generator, tokenizer, UnreachableRetriever())
     client = launch(demo)
     try:

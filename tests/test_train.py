@@ -220,7 +220,8 @@ def test_train_kill_resume_and_push(world, hub, tmp_path, caplog, capsys, monkey
     scores = json.loads((straight / "eval" / "agent" / "results.json").read_text())
     toy = scores["results"]["toy"]
     assert scores["config"]["family"] == "research_r1" and toy["n"] == 3  # read from the card
-    assert scores["config"]["k"] == 2 and scores["config"]["max_new_tokens"] == 12
+    rollout = scores["config"]["rollout"]
+    assert rollout["k"] == 2 and rollout["max_new_tokens"] == 12
     card = ModelCard.load(hf_hub_download(repo, "README.md", token=hub.token))
     assert f"`{world.model}`" in card.text and "search_r1_format_em" in card.text
     assert card.data.library_name == "peft" and "lora_r 4" in card.text
