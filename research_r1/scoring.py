@@ -25,6 +25,7 @@ from typing import Any, Literal, NamedTuple
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from research_r1.errors import InputError
+from research_r1.protocol import extract_boxed
 
 Golds = str | Sequence[str]
 
@@ -275,22 +276,6 @@ _ASSISTANT = (
 )
 
 
-def last_boxed(text: str) -> str | None:
-    """Content of the last `\\boxed{...}`, nested braces balanced, stripped."""
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    depth, begin = 0, start + len("\\boxed{")
-    for i in range(begin, len(text)):
-        if text[i] == "{":
-            depth += 1
-        elif text[i] == "}":
-            if depth == 0:
-                return text[begin:i].strip()
-            depth -= 1
-    return None
-
-
 def research_boxed(text: str) -> str | None:
     """ReSearch's `last_boxed_only_string` and `remove_boxed`: `\\boxed answer` (with a space)
     anywhere wins and runs to the first `$`; else the last `\\boxed{...}` (or `\\fbox{...}`),
@@ -325,7 +310,7 @@ def brace(text: str) -> str:
 
 _THEN: dict[str, Callable[[str], str | None]] = {
     "strip": str.strip,
-    "boxed": last_boxed,
+    "boxed": extract_boxed,
     "research_boxed": research_boxed,
     "brace": brace,
     "none": lambda text: text,
