@@ -55,6 +55,13 @@ for name in METRICS:
         predictions=predictions, references=references
     )
     results[name] = [via_path, via_helper]
+from research_r1.scoring import METRICS as UPSTREAM_METRICS
+answered = [(p, r) for p, r in zip(predictions, references) if p is not None]
+for name in UPSTREAM_METRICS:
+    metric = evaluate.load(metric_path("qa_upstream"), config_name=name)
+    results["qa_upstream:" + name] = metric.compute(
+        predictions=[p for p, _ in answered], references=[r for _, r in answered]
+    )
 print(json.dumps(results))
 """
 
@@ -84,7 +91,7 @@ def offline_results(tmp_path_factory: pytest.TempPathFactory) -> dict:
     )
     assert process.returncode == 0, process.stderr
     copied = sorted(p.name for p in (home / "modules").rglob("qa_*.py"))
-    assert copied == ["qa_cover_match.py", "qa_exact_match.py", "qa_f1.py"]
+    assert copied == ["qa_cover_match.py", "qa_exact_match.py", "qa_f1.py", "qa_upstream.py"]
     return json.loads(process.stdout.strip().splitlines()[-1])
 
 
@@ -124,3 +131,50 @@ def test_mean_score() -> None:
         mean_score(exact_match, [], [])
     with pytest.raises(ValueError):
         mean_score(exact_match, ["a"], [["a"], ["b"]])
+
+
+# The published agents' metrics on the answered examples above (evaluation's, no NFKC): per
+# example, then the module's mean. "Pele" + a combining accent is not "Pelé" without NFKC.
+UPSTREAM_EXPECTED = {
+    "em": [1, 0, 0, 0, 1, 0],
+    "subem": [1, 0, 1, 0, 1, 0],
+    "f1": [1, 2 / 3, 2 / 3, 0, 1, 0],
+    "f1_flashrag": [1, 2 / 3, 2 / 3, 0, 1, 0],
+    "f1_set": [1, 2 / 3, 2 / 3, 0, 1, 0],
+    "acc_r": [1, 0, 1, 0, 1, 0],
+}
+
+
+@pytest.mark.parametrize("name", list(UPSTREAM_EXPECTED))
+def test_upstream_metrics_load_offline_with_exact_values(offline_results: dict, name: str) -> None:
+    from research_r1.scoring import score
+
+    answered = [(p, r) for p, r in zip(PREDICTIONS, REFERENCES, strict=True) if p is not None]
+    per_example = [score(name, p, r) for p, r in answered]
+    assert per_example == pytest.approx(UPSTREAM_EXPECTED[name], abs=1e-12)
+    expected = sum(UPSTREAM_EXPECTED[name]) / len(answered)
+    assert offline_results[f"qa_upstream:{name}"] == {name: pytest.approx(expected, abs=1e-12)}
+
+
+@pytest.mark.parametrize(
+    ("name", "prediction", "golds", "expected"),
+    [
+        ("f1_flashrag", "yes", ["yes"], 1.0),
+        ("f1_flashrag", "yes it is", ["yes"], 0.0),  # yes/no only score when identical
+        ("f1", "yes it is", ["yes"], 0.5),
+        ("f1_set", "paris paris", ["paris"], 2 / 3),  # a set: one common word of two
+        ("f1", "paris paris", ["paris"], 2 / 3),
+        ("acc_r", "the city of new york", ["New York City"], 1.0),  # any order
+        ("acc_r", "Stratford upon Avon", ["Stratford-upon-Avon"], 1.0),
+        ("em", "Stratford upon Avon", ["Stratford-upon-Avon"], 0.0),
+        ("acc_r", "yes", ["True"], 1.0),
+        ("subem", "anything", ["The"], 1.0),  # a gold that normalises to nothing is inside
+        ("em", None, ["Paris"], 0.0),
+    ],
+)
+def test_each_metric_on_known_cases(name, prediction, golds, expected) -> None:
+    from research_r1.scoring import score
+
+    assert score(name, prediction, golds) == pytest.approx(expected, abs=1e-12)
+    with pytest.raises(InputError, match="unknown metric 'cover'"):
+        score("cover", "a", ["a"])
