@@ -4,17 +4,20 @@
     research-r1 eval outputs/demo/grpo --datasets demo=outputs/demo/questions/test.jsonl \\
         --retriever outputs/demo/retriever.yaml
 
-The model's family (`research_r1.families`) gives its template, protocol and settings; the
-suite (`research_r1.suites`) gives the question sets, retriever and budgets of the setting the
-papers report; any of them can be overridden for a run, which changes the run's `setting`
-string wherever it changes the setting. Three methods: `agent` (the search loop, through the same
-rollout as training), and the baselines `direct` (answer without retrieval) and `rag` (top-k
-passages for the question once, then answer).
+The model's family (`research_r1.families`) says how its own evaluation code plays and scores
+it: template, protocol, budgets, scoring and metrics, each audited against upstream; the suite
+(`research_r1.suites`) gives the question sets and retriever of the setting the papers report.
+k, the turn limit, the suite, the retriever and the sets can be overridden for a run, which
+changes the run's `setting` string wherever it changes the setting. Three methods: `agent` (the
+family's search loop, through the same rollout as training), and the baselines `direct` (answer
+without retrieval) and `rag` (top-k passages for the question once, then answer).
 
 The output folder holds, per method, `traces/{dataset}.jsonl` (one line per question, written as
-each batch ends), `results.json` (the layout leaderboard Spaces read) and `results.md`. A run
-that stops resumes from its traces: questions already answered are skipped, those that failed
-are tried again. Greedy decoding throughout, as the papers evaluate.
+each batch ends, stamped with the run's fingerprint), `run.yaml` (what the traces were played
+with), `results.json` (the layout leaderboard Spaces read) and `results.md`. A run that stops
+resumes from its traces: questions already answered are skipped, those that failed are tried
+again, and traces of another model or setting are refused. Greedy decoding, unless
+`--decoding upstream` samples as a family's evaluation did.
 """
 
 from __future__ import annotations

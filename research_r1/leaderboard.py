@@ -96,10 +96,8 @@ class Row:
 
 SEARCH_R1_SETTING = "search_r1 · wiki-18, e5-base-v2 · top-3"
 RESEARCH_SETTING = "research · wiki-18, e5-base-v2 · top-5"
-# Their evaluation code samples (temperature 1) where it means to decode greedily: see the
-# families' decoding entries (`research-r1 eval MODEL --dry-run`).
-SEARCH_R1_PAPER = "Search-R1 paper v5 (arXiv:2503.09516; sampled at temperature 1)"
-AUTOREFINE_PAPER = "AutoRefine paper (arXiv:2505.11277; sampled at temperature 1)"
+SEARCH_R1_PAPER = "Search-R1 paper v5 (arXiv:2503.09516)"
+AUTOREFINE_PAPER = "AutoRefine paper (arXiv:2505.11277)"
 RESEARCH_PAPER = "ReSearch paper (arXiv:2503.19470)"
 _RESEARCH_DATASETS = ("hotpotqa", "2wikimultihopqa", "musique", "bamboogle")
 
@@ -316,7 +314,10 @@ def markdown(board: Mapping[str, Sequence[Row]], metric: str = "em") -> str:
         f"# Leaderboard: {metric}",
         "",
         "Rows are ranked only against rows of the same setting. `measured`: a run of "
-        "`research-r1 eval`; `reported`: a paper's published numbers.",
+        "`research-r1 eval`; `reported`: a paper's published numbers. Search-R1's and "
+        "AutoRefine's evaluation code samples at temperature 1 where it means to decode "
+        "greedily, so their agents' reported rows are one sampled draw (`research-r1 eval "
+        "MODEL --dry-run` shows each family's decoding).",
     ]
     for setting, rows in board.items():
         datasets = datasets_of(rows)

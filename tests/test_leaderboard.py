@@ -110,14 +110,14 @@ def test_runs_share_a_table_with_the_papers_only_in_their_own_setting(tmp_path, 
         f"## {BM25_SETTING}",
         f"## {SEARCH_R1_SETTING}",
     ]
-    sr1 = "| — | — | Search-R1 paper v5 (arXiv:2503.09516; sampled at temperature 1) |"
+    sr1 = "| — | — | Search-R1 paper v5 (arXiv:2503.09516) |"
     assert section(markdown, SEARCH_R1_SETTING) == [
         "| rank | model | method | kind | nq | triviaqa | popqa | hotpotqa | 2wikimultihopqa "
         "| musique | bamboogle | average | n | date | source |",
         "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
         "| 1 | Qwen2.5-7B | AutoRefine base | reported "
         "| 0.484 | 0.659 | 0.487 | 0.451 | 0.405 | 0.187 | 0.512 | 0.455 "
-        "| — | — | AutoRefine paper (arXiv:2505.11277; sampled at temperature 1) |",
+        "| — | — | AutoRefine paper (arXiv:2505.11277) |",
         "| 2 | org/searcher-7b@step-200 | agent | measured "
         "| 0.500 | 0.650 | 0.460 | 0.440 | 0.400 | 0.200 | 0.440 | 0.441 "
         f"| 51713 | 2026-11-29 | {run_7b} |",
