@@ -134,8 +134,12 @@ class Plan:
 
     @property
     def sampling(self) -> dict[str, Any]:
-        """The sampling settings of `decoding` (empty: greedy)."""
-        return dict(self.family.upstream_decoding) if self.decoding == "upstream" else {}
+        """The sampling settings of `decoding` (empty: greedy): the family's own evaluation's,
+        or what we run for it."""
+        chosen = (
+            self.family.upstream_decoding if self.decoding == "upstream" else self.family.decoding
+        )
+        return dict(chosen)
 
     def describe(self, method: str | None = None) -> dict[str, Any]:
         template = self.family.template

@@ -212,11 +212,9 @@ def load_family(path: Path) -> Family:
         section: {name: item.played for name, item in getattr(spec, section).items()}
         for section in SECTIONS
     }
-    template_spec = dict(played["template"])
-    protocol_spec = dict(played["protocol"])
     try:
-        protocol = Protocol(name=spec.name, **_tuples(protocol_spec))
-        template = Template(name=spec.name, protocol=protocol, **template_spec)
+        protocol = Protocol(name=spec.name, **_tuples(played["protocol"]))
+        template = Template(name=spec.name, protocol=protocol, **played["template"])
         rollout = RolloutConfig(**played["rollout"]).model_dump(exclude_unset=True)
         scoring = Scoring(**_tuples(played["scoring"]))
     except (TypeError, ValueError, InputError) as error:
@@ -267,8 +265,10 @@ def get_family(name: str) -> Family:
 
 @dataclass(frozen=True)
 class Resolved:
-    """What one model is played with: its family (None for our own checkpoints and for a
-    template given by hand), template, suite, rollout settings, scoring and generation."""
+    """What one model is played with: its family's name (`research_r1` for our own
+    checkpoints, `custom` for a template given by hand), template, suite, rollout settings,
+    scoring, extra stop tokens, the decoding we run and the one upstream ran, and the audited
+    family (None for ours)."""
 
     family: str
     template: Template
