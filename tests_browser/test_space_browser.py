@@ -33,8 +33,8 @@ TURNS = [
     "<think> The first passage says Shakespeare. </think><answer> William Shakespeare </answer>",
 ]
 PASSAGES = [
-    Passage("1", "Hamlet", "Hamlet is a tragedy written by William Shakespeare.", 2.0),
-    Passage("2", EVIL, f"{EVIL} http://example.com", 1.0),
+    Passage("1", '"Hamlet"\nHamlet is a tragedy written by William Shakespeare.', 2.0),
+    Passage("2", f"{EVIL}\n{EVIL} http://example.com", 1.0),
 ]
 
 

@@ -28,7 +28,7 @@ class FixedRetriever:
     def search(self, queries: Sequence[str], k: int) -> list:
         from research_r1.retrieval import Passage
 
-        return [[Passage(f"{q}#{i}", "t", f"about {q}", 1.0) for i in range(k)] for q in queries]
+        return [[Passage(f"{q}#{i}", f"t\nabout {q}", 1.0) for i in range(k)] for q in queries]
 
 
 def alternate(prompts: list, completions: list, **columns) -> list[float]:

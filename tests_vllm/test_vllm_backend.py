@@ -200,7 +200,7 @@ class FixedRetriever:
 
     def search(self, queries: Sequence[str], k: int) -> list[list[Passage]]:
         return [
-            [Passage(f"{q}#{i}", "hamlet", f"shakespeare wrote {q}", 1.0) for i in range(k)]
+            [Passage(f"{q}#{i}", f"hamlet\nshakespeare wrote {q}", 1.0) for i in range(k)]
             for q in queries
         ]
 
