@@ -136,7 +136,7 @@ def test_the_leaderboard_tab_filters_by_setting(page):
     expect(page.get_by_text("Search-R1 base PPO").first).to_be_visible()
     expect(page.get_by_text("reported").first).to_be_visible()
     page.get_by_label("Setting").click()
-    page.get_by_role("option", name="research · wiki-18, e5-base-v2 · top-5 · EM").click()
+    page.get_by_role("option", name="research · wiki-18, e5-base-v2 · top-5").click()
     expect(page.get_by_text("Search-R1 base PPO").filter(visible=True)).to_have_count(0)
     expect(page.get_by_text("naive RAG").filter(visible=True)).to_have_count(1)
     page.wait_for_timeout(1000)  # the chart redraws
