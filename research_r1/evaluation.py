@@ -188,7 +188,7 @@ class Plan:
         played together (a question's result never depends on its batch) or the audit's sources
         and notes."""
         config = self.describe(method)
-        for key in ("datasets", "limit", "subset", "skip_bad", "upstream", "metrics"):
+        for key in ("datasets", "limit", "subset", "skip_bad", "upstream", "metrics", "needs"):
             config.pop(key, None)
         config["decoding"] = {k: v for k, v in config["decoding"].items() if k != "batch_size"}
         return config | {
