@@ -224,7 +224,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
         name: args.split or suite.datasets.get(ALIASES.get(name.lower(), name), "test")
         for name in datasets
     }
-    overrides = {key: getattr(args, key) for key in ("k", "max_turns") if getattr(args, key)}
+    overrides = {
+        key: getattr(args, key) for key in ("k", "max_turns") if getattr(args, key) is not None
+    }
     rollout = RolloutConfig(**{**family.rollout, **overrides})
     if args.subset is not None:
         suite = dataclasses.replace(suite, subset=args.subset)

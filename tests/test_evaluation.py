@@ -661,3 +661,26 @@ def test_batch_size_never_changes_a_trace(world, tmp_path):
         ]
     assert runs["1"] == runs["3"]
     assert all(t["tokens"] > 0 for t in runs["1"])
+
+
+@pytest.mark.parametrize("name", ["search_r1", "research_base", "research_instruct"])
+def test_our_checkpoints_are_scored_as_our_rewards_read_answers(name):
+    """Our own templates' answers are read as the training rewards read them: Search-R1's last
+    answer block, ReSearch's first one and the `\\boxed{}` in it."""
+    from research_r1.families import resolve
+    from research_r1.protocol import extract_answer
+
+    resolved = resolve("ours", template=name)
+    protocol = resolved.template.protocol
+    for text in (
+        "<answer> Lyon </answer> then <answer> Paris </answer>",
+        "<answer> it is \\boxed{Lyon} </answer><answer> \\boxed{Paris} </answer>",
+        "<think> no answer </think>",
+    ):
+        assert resolved.scoring.extract(text) == extract_answer(text, protocol), text
+
+
+def test_a_turn_limit_of_zero_is_a_setting_not_a_default(capsys):
+    model = "PeterJinGo/SearchR1-nq_hotpotqa_train-qwen2.5-7b-em-ppo"
+    assert cli_main(["eval", model, "--max-turns", "0", "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out)["rollout"]["max_turns"] == 0

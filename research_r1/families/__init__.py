@@ -281,9 +281,13 @@ class Resolved:
     audited: Family | None = None
 
 
-# Ours: scored as our training rewards read answers (the completion's last answer block, the
-# invalid-step notice never mistaken for one), with the metrics every family shares.
-OURS = Scoring(drop_notice=True)
+def ours(protocol: Protocol) -> Scoring:
+    """How our own checkpoints are scored: as our rewards read answers
+    (`protocol.extract_answer`: the completion's first or last answer block, its `\\boxed{}`
+    where the protocol boxes answers, the invalid-step notice never mistaken for one), with
+    the metrics every family shares."""
+    then = "boxed" if protocol.boxed_answer else "strip"
+    return Scoring(drop_notice=True, pick=protocol.answer_block, then=then)
 
 
 def resolve(
@@ -301,7 +305,7 @@ def resolve(
         return _of(named, named.suite)
     if template is not None:  # questions prepared as the papers prepared theirs
         custom = dataclasses.replace(load_template(template), question_mark=True)
-        return Resolved("custom", custom, "search_r1", {}, OURS)
+        return Resolved("custom", custom, "search_r1", {}, ours(custom.protocol))
     if card is not None:
         return _from_card(model_id, card)
     for family in families():
@@ -344,4 +348,4 @@ def _from_card(model_id: str, card: Mapping[str, Any]) -> Resolved:
     )
     # Our rollout warns before the last turn, and training prompts are used as prepared.
     rollout = {**settings, "final_turn_notice": FINAL_TURN_NOTICE}
-    return Resolved("research_r1", template, "search_r1", rollout, OURS)
+    return Resolved("research_r1", template, "search_r1", rollout, ours(template.protocol))
