@@ -80,8 +80,10 @@ class HubPushCallback(TrainerCallback):
     token into every checkpoint, so this callback pushes instead, with the token held here only.
     One upload runs at a time. A save made while another upload runs replaces any push still
     waiting, so a slow network never piles up stale checkpoints, and uploads seldom meet a folder
-    that `save_total_limit` has deleted since (such a push fails and is logged like any other).
-    `wait()` blocks until the queue is empty.
+    that `save_total_limit` has deleted since (such a push is skipped, and logged). A push that
+    fails from outside the program (the Hub, the network, the disk) or on our input errors is
+    logged, never fatal; any other error is a bug and raises from `wait()`, which blocks until
+    the queue is empty.
     """
 
     def __init__(
@@ -106,6 +108,9 @@ class HubPushCallback(TrainerCallback):
         if job is None:  # a later save's push took it
             return
         folder, step = job
+        if not folder.is_dir():  # `save_total_limit` deleted it while another push ran
+            logger.warning("checkpoint %d was deleted before its push; skipped", step)
+            return
         places = {"checkpoint": "last-checkpoint", "all_checkpoints": folder.name}
         try:
             hub.push_folder(
@@ -118,7 +123,7 @@ class HubPushCallback(TrainerCallback):
                 token=self.token,
                 what=f"push checkpoint {step}",
             )
-        except Exception as error:
+        except (*hub.PUSH_ERRORS, InputError) as error:  # never fatal; a bug of ours raises
             logger.error("giving up on pushing checkpoint %d: %s", step, hub.scrub(str(error)))
         else:
             logger.info("pushed checkpoint %d to %s", step, self.repo_id)
@@ -131,7 +136,8 @@ class HubPushCallback(TrainerCallback):
             self.pending.append(self.executor.submit(self._push_waiting))
 
     def wait(self) -> None:
-        """Block until every queued push has finished (or given up)."""
+        """Block until every queued push has finished (or given up); a push that failed for
+        a reason outside the program was logged, a bug in our own code raises here."""
         for future in self.pending:
             future.result()
         self.pending.clear()

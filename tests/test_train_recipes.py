@@ -500,6 +500,8 @@ def test_checkpoint_pushes_wait_their_turn_and_only_the_newest_waits(tmp_path, m
     monkeypatch.setattr(hub_io, "upload_folder", upload_folder)
     pusher = HubPushCallback("org/run", token="secret")
     args = SimpleNamespace(output_dir=str(tmp_path))
+    for step in (1, 2, 3):
+        (tmp_path / f"checkpoint-{step}").mkdir()
 
     pusher.on_save(args, SimpleNamespace(is_world_process_zero=True, global_step=1), None)
     assert started.wait(timeout=10)  # step 1 is uploading...
@@ -535,6 +537,7 @@ def test_checkpoint_pushes_follow_hub_strategy(tmp_path, monkeypatch, strategy, 
     monkeypatch.setattr(hub_io, "upload_folder", upload_folder)
     pusher = HubPushCallback("org/run", strategy)
     args = SimpleNamespace(output_dir=str(tmp_path))
+    (tmp_path / "checkpoint-4").mkdir()
     pusher.on_save(args, SimpleNamespace(is_world_process_zero=True, global_step=4), None)
     pusher.on_train_end(args, None, None)
     assert uploads == pushed
@@ -556,3 +559,33 @@ def test_a_final_push_that_keeps_failing_is_logged_not_raised(hub, caplog, monke
     assert calls == [("Final model", hub.token)] * 3  # retried, then given up
     assert "could not push the final model to org/agent" in caplog.text
     assert hub.token not in caplog.text
+
+
+def test_a_checkpoint_push_survives_the_hub_but_not_a_bug(tmp_path, monkeypatch, caplog):
+    """A push that fails from outside the program is logged; a deleted checkpoint is skipped;
+    an error of our own code is raised when training ends, not logged as a failed push."""
+    monkeypatch.setattr(hub_io, "create_repo", lambda *args, **kwargs: "")
+    monkeypatch.setattr(hub_io, "retry", functools.partial(hub_io.retry, backoff_s=0.0))
+    args = SimpleNamespace(output_dir=str(tmp_path))
+    (tmp_path / "checkpoint-1").mkdir()
+
+    def offline(folder, repo_id, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(hub_io, "upload_folder", offline)
+    pusher = HubPushCallback("org/run")
+    pusher.on_save(args, SimpleNamespace(is_world_process_zero=True, global_step=1), None)
+    pusher.wait()  # one push at a time, none replaced by the next save
+    pusher.on_save(args, SimpleNamespace(is_world_process_zero=True, global_step=2), None)
+    pusher.on_train_end(args, None, None)
+    assert "giving up on pushing checkpoint 1: network is unreachable" in caplog.text
+    assert "checkpoint 2 was deleted before its push; skipped" in caplog.text
+
+    def buggy(folder, repo_id, **kwargs):
+        raise TypeError("a bug in our packaging")
+
+    monkeypatch.setattr(hub_io, "upload_folder", buggy)
+    pusher = HubPushCallback("org/run")
+    pusher.on_save(args, SimpleNamespace(is_world_process_zero=True, global_step=1), None)
+    with pytest.raises(TypeError, match="a bug in our packaging"):
+        pusher.on_train_end(args, None, None)
