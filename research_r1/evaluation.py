@@ -543,7 +543,10 @@ def play(
         protocol=protocol,
         config=config,
         watcher=watcher,
-        prompt_texts=[render_prompt(p, tokenizer) for p in prompts],
+        # a `text` loop continues the prompt's text (the others never read it)
+        prompt_texts=[render_prompt(p, tokenizer) for p in prompts]
+        if protocol.tokens == "text"
+        else None,
     )
 
 
