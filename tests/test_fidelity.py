@@ -172,3 +172,34 @@ def test_the_fidelity_table_in_the_docs_is_current():
     assert docs.read_text() == fidelity_table(), "run: python -m research_r1.families > " + str(
         docs
     )
+
+
+# Fields of ours alone (they feed our rewards and format checks, not a family's play or
+# score), and a model server's own limit (stated as a fact where it binds).
+NOT_PLAYED = {"boxed_answer", "answer_block", "extra_tags", "check", "server_context"}
+# Read only by a loop whose action is the stop string a turn ended at.
+STOP_ACTION = {"missing_query", "missing_answer", "bad_query_observation"}
+
+
+@pytest.mark.parametrize("family", [f.name for f in families()])
+def test_every_value_a_family_plays_is_audited(family):
+    """No setting is played by default: each one the family's loop and scorer read is in its
+    data, with the upstream line it reproduces."""
+    audited = get_family(family)
+    protocol = audited.template.protocol
+    fields = {
+        "template": [f.name for f in dataclasses.fields(type(audited.template))],
+        "protocol": [f.name for f in dataclasses.fields(type(protocol))],
+        "rollout": [name for name in RolloutConfig.model_fields if name != "max_retriever_wait_s"],
+        "scoring": list(type(audited.scoring).model_fields),
+    }
+    exempt = {"name", "protocol", *NOT_PLAYED}
+    if protocol.action != "stop":
+        exempt |= STOP_ACTION
+    missing = {
+        section: [
+            name for name in names if name not in exempt and name not in audited.items[section]
+        ]
+        for section, names in fields.items()
+    }
+    assert not any(missing.values()), missing
