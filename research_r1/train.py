@@ -391,8 +391,8 @@ def trainer_config(
         "dtype": model_args.dtype,
     }
     if model_args.load_in_4bit:
-        # 4-bit weights must sit on this process's GPU from the start.
-        model_kwargs["device_map"] = {"": PartialState().local_process_index}
+        # 4-bit weights must sit on this process's device (its GPU, or the CPU) from the start.
+        model_kwargs["device_map"] = {"": str(PartialState().device)}
     config.model_init_kwargs = {**model_kwargs, **(args.model_init_kwargs or {})}
     config.push_to_hub, config.hub_token = False, None
     return config
