@@ -122,7 +122,9 @@ def reduce_recipe(
     corpus = write_corpus(world, out / "corpus.jsonl")
     index = build_bm25_index(load_corpus(corpus), out / "bm25", corpus_uri=str(corpus))
     retriever = out / "retriever.yaml"
-    retriever.write_text(yaml.safe_dump({"type": "bm25", "corpus": str(corpus), "index": str(index)}))
+    retriever.write_text(
+        yaml.safe_dump({"type": "bm25", "corpus": str(corpus), "index": str(index)})
+    )
     questions = {}
     for split, rows in (("train", world.train), ("test", world.test)):
         questions[split] = write_questions(rows, out / "questions" / f"{split}.jsonl")
