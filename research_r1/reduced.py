@@ -8,8 +8,8 @@ checkpoints, pushes, the eval after training) runs on a CPU or a small GPU in mi
   to `layers` blocks of `head_dim`-wide heads with the recipe's query/key-value head ratio, its
   intermediate/hidden ratio, tied or untied embeddings, rope and context as shipped; with a tiny
   word-level tokenizer (`research_r1.tiny`) in the recipe's template (chat or plain);
-- the data: the demo's synthetic world (`research_r1.world`) prepared in the recipe's template,
-  with its corpus and a BM25 index for the recipe's retriever;
+- the data: the demo's synthetic world (`research_r1.world`, two cities, the questions whose
+  answer is a city) prepared in the recipe's template, with its corpus and a BM25 index;
 - the overrides (`Reduced.overrides`): those, the step count, and the shape keys that scale a
   step's cost (`SHAPE`); every other key (LoRA/QLoRA, vLLM mode, loss, beta, generations,
   rewards, checkpointing, eval) stays the recipe's.
@@ -61,8 +61,10 @@ SHAPE: dict[str, Any] = {
     "logging_steps": 1,
     "report_to": "none",
 }
-# Logit bonuses (see `steer`): tags and EOS often enough for episodes to search, answer and end.
-TAG_PUSH, ANSWER_PUSH, EOS_PUSH = 4.0, 2.0, 3.0
+# Logit bonuses (see `steer`): tags, answers and EOS often enough for episodes to search, answer
+# and end.
+TAG_PUSH, ANSWER_PUSH, EOS_PUSH = 5.0, 5.0, 3.0
+CITY_KINDS = ("born", "mentor_born")
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,11 @@ def reduce_recipe(
     recipe, out = Path(recipe), Path(out)
     shipped = read_recipe(recipe)
     template = load_template(shipped.get("template", "search_r1"))
-    world = build_world(seed, num_people=24, num_cities=4, num_test_questions=8)
+    world = build_world(seed, num_people=24, num_cities=2, num_test_questions=8)
+    # Questions whose answer is one of the two cities, so a steered random model answers right
+    # often enough for a group's rewards to differ.
+    world.train[:] = [q for q in world.train if q.kind in CITY_KINDS]
+    world.test[:] = [q for q in world.test if q.kind in CITY_KINDS]
 
     corpus = write_corpus(world, out / "corpus.jsonl")
     index = build_bm25_index(load_corpus(corpus), out / "bm25", corpus_uri=str(corpus))
@@ -212,21 +218,23 @@ def steer(model: Any, pushes: dict[int, float]) -> None:
     quantisation and vLLM (a Qwen2 head has no bias).
 
     Dimension 0 of every embedding becomes a constant no block writes to (row 0 of each output
-    projection is zeroed), so after the final norm it is a near-constant feature; the head reads
-    it only for the pushed tokens. A tied head is the embedding itself and cannot.
+    projection is zeroed), so after the final norm it is a near-constant feature, whose typical
+    value is measured on random text; the head reads it only for the pushed tokens. A tied head is
+    the embedding itself and cannot.
     """
     embed = model.get_input_embeddings().weight
     head = model.get_output_embeddings().weight
     if head.data_ptr() == embed.data_ptr():
         raise ValueError("steer: a tied head cannot carry a per-token bonus")
-    scale = model.config.hidden_size**0.5
     with torch.no_grad():
         embed[:, 0] = 1.0
         for layer in model.model.layers:
             layer.self_attn.o_proj.weight[0].zero_()
             layer.mlp.down_proj.weight[0].zero_()
+        text = torch.randint(0, embed.shape[0], (4, 64), generator=torch.Generator().manual_seed(0))
+        feature = model(text, output_hidden_states=True).hidden_states[-1][..., 0].mean()
         for token_id, push in pushes.items():
-            head[token_id, 0] = push / scale
+            head[token_id, 0] = push / feature
 
 
 def _single_id(tokenizer: Any, text: str) -> int:

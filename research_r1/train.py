@@ -58,6 +58,9 @@ logger = logging.getLogger(__name__)
 
 # Prompts with the longest questions are tokenised to check the token budget (see check_budget).
 BUDGET_SAMPLE_ROWS = 64
+# What the final push leaves out of the run folder, as the Trainer's own push does: checkpoints
+# (HubPushCallback pushes them as hub_strategy says) and private files.
+FINAL_PUSH_IGNORE = ["_*", "checkpoint-*"]
 # Recipe keys that hold secrets (TRL's hub_token, or a token of any other name).
 _SECRET_KEY = re.compile(r"(?:^|_)(?:token|secret|password)$")
 
@@ -452,16 +455,29 @@ def recipe_record(argv: list[str]) -> dict[str, Any]:
 
 
 def publish(trainer: SearchGRPOTrainer, token: str | None) -> bool:
-    """Push the final model with its card through the Trainer's `push_to_hub`, retried; a
+    """Push the saved model folder with its card, from the main process alone, retried; a
     failure is logged, never raised, so a finished run is never lost to a flaky network (the
-    run's folder holds everything for a later upload)."""
+    run's folder holds everything for a later upload).
+
+    Not the Trainer's `push_to_hub`: it saves the model again first, which is a collective call
+    under FSDP or ZeRO-3 (every process gathers its shard), so retrying it on the main process
+    alone would wait forever for the others. The model is saved once, by every process, before
+    this; here only files move.
+    """
+    if not trainer.is_world_process_zero():
+        return False
     repo_id = trainer.args.hub_model_id
     try:
-        hub.retry(
-            lambda: trainer.push_to_hub(commit_message="Final model", token=token),
+        hub.push_folder(
+            trainer.args.output_dir,
+            repo_id,
+            ignore_patterns=FINAL_PUSH_IGNORE,
+            private=bool(trainer.args.hub_private_repo),
+            commit_message="Final model",
+            token=token,
             what=f"push {repo_id}",
         )
-    except Exception as error:
+    except (*hub.PUSH_ERRORS, InputError) as error:  # never fatal; a bug of ours raises
         logger.error("could not push the final model to %s: %s", repo_id, hub.scrub(str(error)))
         return False
     logger.info("pushed the final model to %s", repo_id)

@@ -543,20 +543,30 @@ def test_checkpoint_pushes_follow_hub_strategy(tmp_path, monkeypatch, strategy, 
     assert uploads == pushed
 
 
-def test_a_final_push_that_keeps_failing_is_logged_not_raised(hub, caplog, monkeypatch):
+def test_the_final_push_moves_files_from_the_main_process_only(hub, tmp_path, monkeypatch, caplog):
+    """The saved folder is uploaded (checkpoints left out), retried, and a failure is logged,
+    never raised; the other processes push nothing and save nothing again (a save is collective
+    under FSDP, so a retry of one on the main process alone would hang)."""
     monkeypatch.setattr(hub_io, "retry", functools.partial(hub_io.retry, backoff_s=0.0))
+    monkeypatch.setattr(hub_io, "create_repo", lambda *args, **kwargs: "")
     calls = []
 
-    def push_to_hub(commit_message: str, token: str | None) -> None:
-        calls.append((commit_message, token))
+    def upload_folder(folder, repo_id, **kwargs):
+        calls.append((folder, repo_id, kwargs["commit_message"], kwargs["ignore_patterns"]))
         response = httpx2.Response(503, request=httpx2.Request("POST", "http://hub/commit"))
-        raise HfHubHTTPError(f"service unavailable for {token}", response=response)
+        raise HfHubHTTPError(f"service unavailable for {kwargs['token']}", response=response)
 
-    trainer = SimpleNamespace(
-        push_to_hub=push_to_hub, args=SimpleNamespace(hub_model_id="org/agent")
-    )
-    assert train.publish(trainer, hub.token) is False
-    assert calls == [("Final model", hub.token)] * 3  # retried, then given up
+    monkeypatch.setattr(hub_io, "upload_folder", upload_folder)
+
+    def trainer(main: bool) -> SimpleNamespace:
+        args = SimpleNamespace(hub_model_id="org/agent", output_dir=str(tmp_path))
+        args.hub_private_repo = False
+        return SimpleNamespace(args=args, is_world_process_zero=lambda: main)
+
+    assert train.publish(trainer(main=False), hub.token) is False
+    assert calls == []
+    assert train.publish(trainer(main=True), hub.token) is False
+    assert calls == [(str(tmp_path), "org/agent", "Final model", ["_*", "checkpoint-*"])] * 3
     assert "could not push the final model to org/agent" in caplog.text
     assert hub.token not in caplog.text
 
