@@ -83,6 +83,14 @@ $(VLLM_STAMP): setup.cfg pyproject.toml requirements/torch.in requirements/vllm.
 test-vllm: install-vllm
 	$(VLLM_PY) -m pytest -q tests_vllm
 
+# Every GPU recipe run end to end on the CPU at reduced shape (tests_recipes/): QLoRA with
+# bitsandbytes, two processes with DDP and FSDP2, killed and resumed, pushed to a loopback Hub.
+# The recipes that generate with vLLM run as shipped in `make test-vllm` (tests_vllm/).
+.PHONY: test-recipes
+
+test-recipes: install
+	$(PY) -m pytest -q tests_recipes
+
 # The browser suite: the app in a real Chromium (Debian's package, installed with apt-get when
 # it is missing), driven by Playwright's Python package; screenshots go to outputs/browser.
 .PHONY: test-browser

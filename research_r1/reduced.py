@@ -8,8 +8,8 @@ checkpoints, pushes, the eval after training) runs on a CPU or a small GPU in mi
   to `layers` blocks of `head_dim`-wide heads with the recipe's query/key-value head ratio, its
   intermediate/hidden ratio, tied or untied embeddings, rope and context as shipped; with a tiny
   word-level tokenizer (`research_r1.tiny`) in the recipe's template (chat or plain);
-- the data: the demo's synthetic world (`research_r1.world`, two cities, the questions whose
-  answer is a city) prepared in the recipe's template, with its corpus and a BM25 index;
+- the data: the demo's synthetic world (`research_r1.world`, with one city: the questions whose
+  answer is that city) prepared in the recipe's template, with its corpus and a BM25 index;
 - the overrides (`Reduced.overrides`): those, the step count, and the shape keys that scale a
   step's cost (`SHAPE`); every other key (LoRA/QLoRA, vLLM mode, loss, beta, generations,
   rewards, checkpointing, eval) stays the recipe's.
@@ -61,9 +61,9 @@ SHAPE: dict[str, Any] = {
     "logging_steps": 1,
     "report_to": "none",
 }
-# Logit bonuses (see `steer`): tags, answers and EOS often enough for episodes to search, answer
-# and end.
-TAG_PUSH, ANSWER_PUSH, EOS_PUSH = 5.0, 5.0, 3.0
+# Logit bonuses (see `steer`) on the answer tags, the answer, the search tags and EOS: measured to
+# make 5 of 8 groups of 5 episodes differ in exact match at the first step (1 in 8 with all at 5).
+TAG_PUSH, ANSWER_PUSH, SEARCH_PUSH, EOS_PUSH = 7.0, 7.0, 2.0, 2.0
 CITY_KINDS = ("born", "mentor_born")
 
 
@@ -119,8 +119,8 @@ def reduce_recipe(
     recipe, out = Path(recipe), Path(out)
     shipped = read_recipe(recipe)
     template = load_template(shipped.get("template", "search_r1"))
-    world = build_world(seed, num_people=24, num_cities=2, num_test_questions=8)
-    # Questions whose answer is one of the two cities, so a steered random model answers right
+    world = build_world(seed, num_people=24, num_cities=1, num_test_questions=8)
+    # Questions whose answer is the world's one city, so a steered random model answers right
     # often enough for a group's rewards to differ.
     world.train[:] = [q for q in world.train if q.kind in CITY_KINDS]
     world.test[:] = [q for q in world.test if q.kind in CITY_KINDS]
@@ -156,7 +156,7 @@ def reduce_recipe(
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     answers = sorted({q.answer for q in world.train + world.test})
     pushes = {tag: TAG_PUSH for tag in (ANSWER_OPEN, ANSWER_CLOSE)}
-    pushes |= {protocol.search_open: TAG_PUSH, protocol.search_close: TAG_PUSH}
+    pushes |= {protocol.search_open: SEARCH_PUSH, protocol.search_close: SEARCH_PUSH}
     pushes |= {f" {answer}": ANSWER_PUSH for answer in answers}
     if not config.tie_word_embeddings:
         pushes_by_id = {_single_id(tokenizer, text): push for text, push in pushes.items()}
