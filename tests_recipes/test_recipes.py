@@ -96,8 +96,8 @@ def log(output_dir: Path) -> dict[int, dict[str, float]]:
     return {entry["step"]: entry for entry in state["log_history"] if "loss" in entry}
 
 
-def replayed(history: dict[int, dict[str, float]], steps: range) -> list[list[float]]:
-    return [[history[step][key] for key in REPLAYED] for step in steps]
+def replayed(history: dict[int, dict[str, float]], steps: range) -> list[float]:
+    return [history[step][key] for step in steps for key in REPLAYED]
 
 
 def pushed_adapter(hub, repo_id: str, path: str = "adapter_model.safetensors"):
