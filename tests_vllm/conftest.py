@@ -111,9 +111,13 @@ def tiny(tmp_path_factory) -> Tiny:
 def llm(tiny):
     """The engine, started once, with a KV cache of its own size: vLLM's CPU backend would
     otherwise take `gpu_memory_utilization` of the NUMA node's memory less what this process
-    holds, which can be nothing."""
+    holds, which can be nothing. This process may have imported numba by then (the recipe tests
+    import BM25), so vLLM's start-up scan is let past it, as training does."""
     from vllm import LLM
 
+    from research_r1.generation_vllm import pass_opaque_namespaces
+
+    pass_opaque_namespaces()
     return LLM(
         model=str(tiny.path),
         dtype="float32",
