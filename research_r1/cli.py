@@ -1,16 +1,26 @@
 """The `research-r1` command: one subcommand per job.
 
-Each job lives in a module that exposes `configure_<job>(parser)` to declare its arguments and
-`run_<job>(args)` to do the work (`<job>` is the subcommand with `-` as `_`). Only the module of
-the subcommand being run is imported, so `research-r1 --help` stays instant and a module that
-fails to import breaks its own subcommand only.
+Each job lives in a module that declares its options as one dataclass, `<Job>Arguments`
+(`<Job>` is the subcommand in CamelCase: `build-index` -> `BuildIndexArguments`), and does the
+work in `run_<job>(args)` (`<job>` with `_` for `-`). Every subcommand is parsed the same way,
+by TRL's `TrlParser` (transformers' `HfArgumentParser` plus `--config FILE.yaml`): options are
+snake_case as in TRL and transformers (`--max_new_tokens`), the kebab-case spelling
+(`--max-new-tokens`) is accepted too, and any option can come from a YAML file given with
+`--config`, flags on the command line overriding it. A field with `metadata={"positional":
+True}` is given without its flag (`research-r1 eval MODEL`).
+
+Only the module of the subcommand being run is imported, so `research-r1 --help` stays instant
+and a module that fails to import breaks its own subcommand only.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import sys
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from research_r1.errors import report
 
@@ -31,26 +41,81 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """Every subcommand with its help line; only `command`'s module is imported, for its
-    arguments and the function that runs it."""
+def command_parser(arguments: type, prog: str, description: str) -> argparse.ArgumentParser:
+    """The parser of one subcommand's dataclass: TRL's parser, with its positional fields."""
+    from trl import TrlParser  # here: `research-r1 --help` needs none of TRL
+
+    class CommandParser(TrlParser):
+        """`TrlParser` with positional fields. `HfArgumentParser` only declares `--name`
+        options; its one per-field hook, `_parse_dataclass_field`, is where a positional field
+        is declared instead (same type, help and default)."""
+
+        @staticmethod
+        def _parse_dataclass_field(parser: Any, field: dataclasses.Field) -> None:
+            if not field.metadata.get("positional"):
+                TrlParser._parse_dataclass_field(parser, field)
+                return
+            has_default = field.default is not dataclasses.MISSING
+            many = "list" in str(field.type)
+            parser.add_argument(
+                field.name,
+                metavar=field.metadata.get("metavar", field.name.upper()),
+                help=field.metadata.get("help"),
+                choices=field.metadata.get("choices"),
+                nargs=("*" if has_default else "+") if many else ("?" if has_default else None),
+                default=field.default if has_default else None,
+            )
+
+    return CommandParser(
+        [arguments],
+        prog=prog,
+        description=description,
+        epilog="Options are snake_case (kebab-case accepted); any of them can come from a YAML "
+        "file of `option: value` lines given with --config FILE, flags overriding it.",
+    )
+
+
+def _job(command: str) -> tuple[type | None, Callable[..., int | None], Any]:
+    """The subcommand's dataclass (None for a module still declaring argparse options) and
+    its run function."""
+    module = importlib.import_module(COMMANDS[command][0])
+    job = command.replace("-", "_")
+    arguments = getattr(module, "".join(part.title() for part in job.split("_")) + "Arguments", None)
+    return arguments, getattr(module, f"run_{job}"), module
+
+
+def _top_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="research-r1", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (module_name, help_text) in COMMANDS.items():
-        sub = subparsers.add_parser(name, help=help_text, description=help_text)
-        if name == command:
-            module = importlib.import_module(module_name)
-            job = name.replace("-", "_")
-            getattr(module, f"configure_{job}")(sub)
-            sub.set_defaults(_run=getattr(module, f"run_{job}"))
+    for name, (_, help_text) in COMMANDS.items():
+        subparsers.add_parser(name, help=help_text, description=help_text)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+def parse(argv: Sequence[str]) -> tuple[Callable[..., int | None], Any]:
+    """The run function of `argv`'s subcommand and its parsed arguments."""
+    argv = list(argv)
     command = next((arg for arg in argv if not arg.startswith("-")), None)
-    args = build_parser(command).parse_args(argv)
-    return report(lambda: args._run(args))
+    if command not in COMMANDS:
+        _top_parser().parse_args(argv)  # prints the commands (--help) or the error, and exits
+    rest = argv[argv.index(command) + 1 :]
+    arguments, run, module = _job(command)
+    prog, description = f"research-r1 {command}", COMMANDS[command][1]
+    if arguments is None:
+        parser = argparse.ArgumentParser(prog=prog, description=description)
+        getattr(module, f"configure_{command.replace('-', '_')}")(parser)
+        return run, parser.parse_args(rest)
+    doc = arguments.__doc__ or ""
+    if not doc.startswith(f"{arguments.__name__}("):  # not the signature dataclasses writes
+        description = doc
+    parser = command_parser(arguments, prog, description)
+    (args,) = parser.parse_args_and_config(rest)
+    return run, args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    run, args = parse(sys.argv[1:] if argv is None else argv)
+    return report(lambda: run(args))
 
 
 if __name__ == "__main__":
