@@ -80,7 +80,8 @@ def _job(command: str) -> tuple[type | None, Callable[..., int | None], Any]:
     its run function."""
     module = importlib.import_module(COMMANDS[command][0])
     job = command.replace("-", "_")
-    arguments = getattr(module, "".join(part.title() for part in job.split("_")) + "Arguments", None)
+    name = "".join(part.title() for part in job.split("_")) + "Arguments"
+    arguments = getattr(module, name, None)
     return arguments, getattr(module, f"run_{job}"), module
 
 
