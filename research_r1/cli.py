@@ -7,7 +7,9 @@ by TRL's `TrlParser` (transformers' `HfArgumentParser` plus `--config FILE.yaml`
 snake_case as in TRL and transformers (`--max_new_tokens`), the kebab-case spelling
 (`--max-new-tokens`) is accepted too, and any option can come from a YAML file given with
 `--config`, flags on the command line overriding it. A field with `metadata={"positional":
-True}` is given without its flag (`research-r1 eval MODEL`).
+True}` is given without its flag (`research-r1 eval MODEL`). A job whose command line is not
+one dataclass (`train` hands the flags its recipe does not know to `accelerate launch`) parses
+its own: `parse_<job>(argv)` returns what `run_<job>` takes.
 
 Only the module of the subcommand being run is imported, so `research-r1 --help` stays instant
 and a module that fails to import breaks its own subcommand only.
@@ -101,6 +103,9 @@ def parse(argv: Sequence[str]) -> tuple[Callable[..., int | None], Any]:
         _top_parser().parse_args(argv)  # prints the commands (--help) or the error, and exits
     rest = argv[argv.index(command) + 1 :]
     arguments, run, module = _job(command)
+    own_parser = getattr(module, f"parse_{command.replace('-', '_')}", None)
+    if own_parser is not None:
+        return run, own_parser(rest)
     prog, description = f"research-r1 {command}", COMMANDS[command][1]
     if arguments is None:
         parser = argparse.ArgumentParser(prog=prog, description=description)
