@@ -12,15 +12,15 @@ from __future__ import annotations
 import logging
 import os
 import re
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import httpx2
 import tenacity
-from datasets import Dataset, DatasetDict
 from huggingface_hub import (
     HfApi,
     constants,
@@ -43,6 +43,9 @@ from huggingface_hub.utils import parse_hf_uri
 from tqdm.auto import tqdm
 
 from research_r1.errors import InputError
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 logger = logging.getLogger(__name__)
 
@@ -198,56 +201,6 @@ def reassemble(parts: Sequence[str | os.PathLike], out: str | os.PathLike) -> Pa
     return out
 
 
-def create_repo(
-    repo_id: str,
-    repo_type: str = "model",
-    private: bool = False,
-    token: str | bool | None = None,
-    space_sdk: str = "gradio",
-) -> str:
-    """Create the repo unless it exists; return its URL. `space_sdk` applies to Spaces only."""
-    _check_repo_type(repo_type)
-    with hub_errors(HubLocation(repo_id, repo_type)):
-        url = HfApi(token=token).create_repo(
-            repo_id,
-            repo_type=repo_type,
-            private=private,
-            exist_ok=True,
-            space_sdk=space_sdk if repo_type == "space" else None,
-        )
-    return str(url)
-
-
-def upload_folder(
-    folder: str | os.PathLike,
-    repo_id: str,
-    repo_type: str = "model",
-    path_in_repo: str = "",
-    revision: str | None = None,
-    commit_message: str | None = None,
-    allow_patterns: Sequence[str] | None = None,
-    ignore_patterns: Sequence[str] | None = None,
-    token: str | bool | None = None,
-) -> str:
-    """Upload a local folder in one commit; return the commit sha (usable as a revision)."""
-    _check_repo_type(repo_type)
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(f"{folder} is not a folder to upload")
-    with hub_errors(HubLocation(repo_id, repo_type, path_in_repo, revision)):
-        info = HfApi(token=token).upload_folder(
-            folder_path=folder,
-            repo_id=repo_id,
-            repo_type=repo_type,
-            path_in_repo=path_in_repo or None,
-            revision=revision,
-            commit_message=commit_message,
-            allow_patterns=list(allow_patterns) if allow_patterns else None,
-            ignore_patterns=list(ignore_patterns) if ignore_patterns else None,
-        )
-    return info.oid
-
-
 def push_folder(
     folder: str | os.PathLike,
     repo_id: str,
@@ -262,51 +215,65 @@ def push_folder(
     what: str = "push",
 ) -> str:
     """Create the repo unless it exists and upload `folder` in one commit, each step retried
-    (`retry`); return the commit sha. The one upload path of checkpoints and Spaces."""
-    retry(
-        lambda: create_repo(repo_id, repo_type=repo_type, private=private, token=token),
-        what=f"create {repo_id}",
-    )
-    return retry(
-        lambda: upload_folder(
-            folder,
-            repo_id,
-            repo_type=repo_type,
-            path_in_repo=path_in_repo,
-            commit_message=commit_message,
-            allow_patterns=allow_patterns,
-            ignore_patterns=ignore_patterns,
-            token=token,
-        ),
-        what=what,
-    )
+    (`retry`); return the commit sha. The one upload path of checkpoints, Spaces, indexes and
+    dataset splits. A Space is created with the Gradio SDK."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder} is not a folder to upload")
+    api = HfApi(token=token)
+    location = HubLocation(repo_id, repo_type, path_in_repo)
+
+    def create() -> None:
+        with hub_errors(location):
+            api.create_repo(
+                repo_id,
+                repo_type=repo_type,
+                private=private,
+                exist_ok=True,
+                space_sdk="gradio" if repo_type == "space" else None,
+            )
+
+    def upload() -> str:
+        with hub_errors(location):
+            return api.upload_folder(
+                folder_path=folder,
+                repo_id=repo_id,
+                repo_type=repo_type,
+                path_in_repo=path_in_repo or None,
+                commit_message=commit_message,
+                allow_patterns=list(allow_patterns) if allow_patterns else None,
+                ignore_patterns=list(ignore_patterns) if ignore_patterns else None,
+            ).oid
+
+    retry(create, what=f"create {repo_id}")
+    return retry(upload, what=what)
 
 
 def push_dataset(
-    dataset_or_dict: Dataset | DatasetDict,
+    dataset: Dataset,
     repo_id: str,
-    config_name: str = "default",
-    split: str | None = None,
+    split: str = "train",
     private: bool = False,
     token: str | bool | None = None,
-    commit_message: str | None = None,
 ) -> str:
-    """Push a `Dataset` (as `split`, "train" by default) or a `DatasetDict` as parquet under
-    `config_name`, so `datasets.load_dataset(repo_id, config_name, split=...)` loads it back.
-    Returns the commit sha."""
-    if split is not None and not isinstance(dataset_or_dict, Dataset):
-        raise InputError(f"split={split!r} only applies to a single Dataset, not a DatasetDict")
-    extra = {"split": split} if split is not None else {}
-    with hub_errors(HubLocation(repo_id, "dataset")):
-        info = dataset_or_dict.push_to_hub(
+    """Push `dataset` as split `split` of a dataset repo, through `push_folder`; the commit sha.
+
+    The file goes where `datasets.push_to_hub` puts a one-shard split,
+    `data/{split}-00000-of-00001.parquet`: `datasets.load_dataset(repo_id, split=split)` finds
+    every split laid out so by its name (`dev` included, which a plain `dev.parquet` would make
+    `validation`), with no dataset card to keep in step. Other splits already there are kept."""
+    with tempfile.TemporaryDirectory(prefix="research-r1-split-") as folder:
+        (Path(folder) / "data").mkdir()
+        dataset.to_parquet(str(Path(folder) / "data" / f"{split}-00000-of-00001.parquet"))
+        return push_folder(
+            folder,
             repo_id,
-            config_name=config_name,
+            repo_type="dataset",
             private=private,
             token=token,
-            commit_message=commit_message,
-            **extra,
+            commit_message=f"Upload split {split}",
+            what=f"push split {split!r} to {repo_id}",
         )
-    return info.oid
 
 
 def retry(
@@ -476,8 +443,3 @@ def _is_transient(error: BaseException) -> bool:
     if isinstance(error, OfflineModeIsEnabled):
         return False
     return isinstance(error, (httpx2.TransportError, ConnectionError, TimeoutError))
-
-
-def _check_repo_type(repo_type: str) -> None:
-    if repo_type not in REPO_TYPES:
-        raise InputError(f"repo_type must be one of {', '.join(REPO_TYPES)}, got {repo_type!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -14,18 +15,18 @@ import pytest
 from huggingface_hub import HfApi, HfFileSystem, constants
 from huggingface_hub.errors import HfHubHTTPError
 
+from research_r1 import hub as hub_io
 from research_r1.errors import InputError
 from research_r1.hub import (
     HubLocation,
-    create_repo,
     is_hub_uri,
     parse_uri,
     push_dataset,
+    push_folder,
     reassemble,
     resolve,
     resolve_split,
     retry,
-    upload_folder,
 )
 
 
@@ -40,6 +41,13 @@ def upload_file(
         )
         .oid
     )
+
+
+def create_repo(
+    repo_id: str, repo_type: str = "model", *, token: str, private: bool = False
+) -> None:
+    """An empty repo on the loopback Hub (huggingface_hub's own call)."""
+    HfApi(token=token).create_repo(repo_id, repo_type=repo_type, private=private)
 
 
 def _random_bytes(n: int, seed: int) -> bytes:
@@ -91,12 +99,8 @@ def test_resolve_returns_local_paths_and_names_missing_ones(tmp_path) -> None:
         resolve(tmp_path / "absent.jsonl")
 
 
-def test_create_upload_and_download_files_and_folders(hub, tmp_path) -> None:
+def test_push_folder_creates_the_repo_and_uploads_in_one_commit(hub, tmp_path) -> None:
     repo_id = hub.new_repo_id("artefacts")
-    url = create_repo(repo_id, "dataset", token=hub.token)
-    assert url == f"{hub.endpoint}/datasets/{repo_id}"
-    assert create_repo(repo_id, "dataset", token=hub.token) == url
-
     folder = tmp_path / "upload"
     (folder / "corpus").mkdir(parents=True)
     (folder / "index").mkdir()
@@ -105,11 +109,18 @@ def test_create_upload_and_download_files_and_folders(hub, tmp_path) -> None:
     vectors = _random_bytes(4096, seed=0)
     (folder / "index" / "vectors.bin").write_bytes(vectors)
     (folder / "notes.txt").write_text("notes")
-    commit = upload_folder(folder, repo_id, "dataset", token=hub.token)
+    (folder / "embeddings").mkdir()
+    (folder / "embeddings" / "chunk-0.npy").write_bytes(b"left out")
+    commit = push_folder(
+        folder, repo_id, repo_type="dataset", ignore_patterns=["embeddings/*"], token=hub.token
+    )
     assert len(commit) == 40
     # The 4 KiB binary went through the LFS batch and storage endpoints.
     assert f"PUT /lfs-storage/{hashlib.sha256(vectors).hexdigest()}" in hub.requests
     upload_file(b"extra", "extra/readme.txt", repo_id, "dataset", token=hub.token)
+    # The repo exists now: a second push commits to it and keeps the files already there.
+    (folder / "notes.txt").write_text("notes, again")
+    assert push_folder(folder, repo_id, repo_type="dataset", token=hub.token) != commit
 
     downloaded = resolve(f"hf://datasets/{repo_id}/index/vectors.bin", token=hub.token)
     assert downloaded.read_bytes() == vectors
@@ -120,7 +131,7 @@ def test_create_upload_and_download_files_and_folders(hub, tmp_path) -> None:
     assert (shards / "shard-1.jsonl").read_text() == '{"id": "1", "contents": "b"}\n'
 
     root = resolve(f"hf://datasets/{repo_id}", allow_patterns=["*.txt"])
-    assert (root / "notes.txt").read_text() == "notes"
+    assert (root / "notes.txt").read_text() == "notes, again"
     assert (root / "extra" / "readme.txt").read_text() == "extra"
     assert not (root / "corpus" / "shard-0.jsonl").exists()
 
@@ -130,15 +141,16 @@ def test_create_upload_and_download_files_and_folders(hub, tmp_path) -> None:
         f"datasets/{repo_id}/corpus/shard-0.jsonl",
         f"datasets/{repo_id}/corpus/shard-1.jsonl",
     ]
+    with pytest.raises(InputError, match="is not a folder to upload"):
+        push_folder(folder / "notes.txt", repo_id, token=hub.token)
 
 
-def test_space_files_resolve(hub) -> None:
+def test_space_files_resolve(hub, tmp_path) -> None:
     repo_id = hub.new_repo_id("demo")
-    assert create_repo(repo_id, "space", token=hub.token) == f"{hub.endpoint}/spaces/{repo_id}"
-    upload_file(b"import gradio\n", "app.py", repo_id, "space", token=hub.token)
+    (tmp_path / "app.py").write_bytes(b"import gradio\n")
+    push_folder(tmp_path, repo_id, repo_type="space", token=hub.token)
+    assert HfApi(token=hub.token).space_info(repo_id).sdk == "gradio"
     assert resolve(f"hf://spaces/{repo_id}/app.py").read_bytes() == b"import gradio\n"
-    with pytest.raises(InputError, match="repo_type must be one of model, dataset, space"):
-        create_repo(repo_id, "bucket", token=hub.token)
 
 
 def test_old_revisions_keep_their_bytes(hub) -> None:
@@ -166,14 +178,13 @@ def test_split_index_is_resolved_and_reassembled_byte_exact(hub, tmp_path) -> No
     """The reassembled file goes beside the Hub cache (under HF_HOME), never into a snapshot
     folder that huggingface_hub manages; each revision gets its own file, reused on later calls."""
     repo_id = hub.new_repo_id("wiki-e5-index")
-    create_repo(repo_id, "dataset", token=hub.token)
     parts = {"part_aa": _random_bytes(3000, 3), "part_ab": _random_bytes(1500, 4), "part_ac": b"!"}
     folder = tmp_path / "flat"
     folder.mkdir()
     for name, data in parts.items():
         (folder / name).write_bytes(data)
     (folder / "LICENSE").write_text("cc-by-sa")
-    upload_folder(folder, repo_id, "dataset", path_in_repo="flat", token=hub.token)
+    push_folder(folder, repo_id, repo_type="dataset", path_in_repo="flat", token=hub.token)
 
     uri = f"hf://datasets/{repo_id}/flat"
     index = resolve_split(uri)
@@ -253,7 +264,7 @@ def test_missing_repo_file_and_revision_are_named(hub) -> None:
         resolve(f"hf://datasets/{repo_id}@v9/nq")
 
 
-def test_bad_or_missing_token_gives_a_clear_error_without_the_token(hub) -> None:
+def test_bad_or_missing_token_gives_a_clear_error_without_the_token(hub, tmp_path) -> None:
     bad_token = "hf_" + "Wrong" * 6 + "Toke"
     repo_id = hub.new_repo_id("private-ckpt")
     create_repo(repo_id, private=True, token=hub.token)
@@ -262,7 +273,7 @@ def test_bad_or_missing_token_gives_a_clear_error_without_the_token(hub) -> None
     with pytest.raises(InputError) as refused_read:
         resolve(f"hf://{repo_id}/weights.txt", token=bad_token)
     with pytest.raises(InputError) as refused_write:
-        create_repo(hub.new_repo_id("never"), token=bad_token)
+        push_folder(tmp_path, hub.new_repo_id("never"), token=bad_token)
     for refused in (refused_read, refused_write):
         message = str(refused.value)
         assert "answered HTTP 401" in message and "the token is missing, invalid" in message
@@ -337,37 +348,34 @@ def test_retry_does_not_repeat_permanent_errors(error: Exception) -> None:
     assert len(calls) == 1
 
 
-def test_retry_recovers_a_push_from_a_server_error(hub) -> None:
+def test_push_folder_retries_a_server_error(hub, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(hub_io, "retry", functools.partial(hub_io.retry, backoff_s=0.0))
     repo_id = hub.new_repo_id("flaky-push")
-    create_repo(repo_id, token=hub.token)
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "state.txt").write_bytes(b"checkpoint")
     hub.inject_failure(f"/api/models/{repo_id}/commit/", status=500, times=1)
 
-    def push() -> str:
-        return upload_file(b"checkpoint", "ckpt/state.txt", repo_id, token=hub.token)
+    commit = push_folder(tmp_path, repo_id, token=hub.token, what="checkpoint push")
 
-    commit = retry(push, attempts=2, backoff_s=0, what="checkpoint push")
     assert resolve(f"hf://{repo_id}@{commit}/ckpt/state.txt").read_bytes() == b"checkpoint"
     commits = [line for line in hub.requests if line.endswith(f"{repo_id}/commit/main")]
     assert len(commits) == 2
 
 
-def test_pushed_dataset_loads_back_by_config_and_split(hub) -> None:
-    repo_id = hub.new_repo_id("flashrag-mini")
-    nq = datasets.Dataset.from_dict(
+def test_pushed_splits_load_back_by_name(hub, monkeypatch) -> None:
+    monkeypatch.setattr(hub_io, "retry", functools.partial(hub_io.retry, backoff_s=0.0))
+    repo_id = hub.new_repo_id("prepared")
+    train = datasets.Dataset.from_dict(
         {"id": ["q0", "q1"], "question": ["who?", "when?"], "golden_answers": [["a"], ["b", "c"]]}
     )
-    hotpot = datasets.DatasetDict(
-        {
-            "train": datasets.Dataset.from_dict({"question": ["x", "y", "z"]}),
-            "dev": datasets.Dataset.from_dict({"question": ["w"]}),
-        }
-    )
-    assert len(push_dataset(nq, repo_id, config_name="nq", split="test", token=hub.token)) == 40
-    push_dataset(hotpot, repo_id, config_name="hotpotqa", token=hub.token)
+    dev = datasets.Dataset.from_dict({"id": ["q2"], "question": ["where?"], "golden_answers": [[]]})
 
-    loaded = datasets.load_dataset(repo_id, "nq", split="test")
-    assert loaded.to_dict() == nq.to_dict()
-    assert datasets.load_dataset(repo_id, "hotpotqa", split="train")["question"] == ["x", "y", "z"]
-    assert datasets.load_dataset(repo_id, "hotpotqa", split="dev")["question"] == ["w"]
-    with pytest.raises(InputError, match="only applies to a single Dataset"):
-        push_dataset(hotpot, repo_id, config_name="hotpotqa", split="train", token=hub.token)
+    assert len(push_dataset(train, repo_id, split="train", token=hub.token)) == 40
+    push_dataset(dev, repo_id, split="dev", token=hub.token)
+
+    assert datasets.load_dataset(repo_id, split="train").to_dict() == train.to_dict()
+    assert datasets.load_dataset(repo_id, split="dev").to_dict() == dev.to_dict()
+    push_dataset(dev, repo_id, split="train", token=hub.token)  # a split pushed again replaces it
+    assert datasets.load_dataset(repo_id, split="train", download_mode="force_redownload")[
+        "id"
+    ] == ["q2"]
