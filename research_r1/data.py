@@ -21,7 +21,6 @@ would let an empty prediction score). Blank lines in jsonl files are ignored.
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import re
@@ -440,56 +439,60 @@ def check_split(dataset: datasets.Dataset, split: str, template: Template) -> No
 # Command line
 
 
-def configure_prepare_data(parser: argparse.ArgumentParser) -> None:
-    parser.description = (
-        "Load QA sets, check every row, add the template's prompt and write DIR/{split}.parquet "
-        f"with columns {', '.join(COLUMNS)}. Ids are {{data_source}}-{{split}}-{{original id}} "
-        "and unique across the merged sources."
+@dataclass
+class PrepareDataArguments:
+    """Load QA sets, check every row, add the template's prompt and write OUT/{split}.parquet
+    with columns id, question, golden_answers, data_source, prompt, template. Ids are
+    {data_source}-{split}-{original id} and unique across the merged sources."""
+
+    datasets: str = field(
+        metadata={
+            "help": "comma-separated: dataset names, i.e. configs of --source (FlashRAG: "
+            f"{', '.join(FLASHRAG_DATASETS)}; aliases such as 2wiki work), local .jsonl/.parquet "
+            "files (FlashRAG or Search-R1 layout) or hf:// file URIs; NAME=ENTRY sets the "
+            "data_source name"
+        }
     )
-    parser.add_argument(
-        "--datasets",
-        required=True,
-        help="comma-separated: dataset names, i.e. configs of --source (FlashRAG: "
-        f"{', '.join(FLASHRAG_DATASETS)}; aliases such as 2wiki work), "
-        "local .jsonl/.parquet files (FlashRAG or Search-R1 layout) or hf:// file URIs; "
-        "NAME=ENTRY sets the data_source name",
-    )
-    parser.add_argument(
-        "--split", default="train", type=_simple_name, help="train, dev or test (default: train)"
-    )
-    parser.add_argument(
-        "--template",
+    out: Path = field(metadata={"help": "output directory", "metavar": "DIR"})
+    split: str = field(default="train", metadata={"help": "train, dev or test"})
+    template: str = field(
         default="search_r1",
-        help="built-in template (search_r1, research_base, research_instruct) or a YAML file",
+        metadata={
+            "help": "built-in template (search_r1, research_base, research_instruct) or a YAML file"
+        },
     )
-    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory")
-    parser.add_argument(
-        "--source",
+    source: str = field(
         default=FLASHRAG_REPO,
-        help="Hub dataset repo (ORG/NAME or hf://datasets/ORG/NAME[@REV], one config per "
-        "dataset), or a local directory laid out as NAME/SPLIT.jsonl (default: %(default)s)",
+        metadata={
+            "help": "Hub dataset repo (ORG/NAME or hf://datasets/ORG/NAME[@REV], one config per "
+            "dataset), or a local directory laid out as NAME/SPLIT.jsonl"
+        },
     )
-    parser.add_argument("--push-to-hub", metavar="ORG/NAME", help="also push the split there")
-    parser.add_argument("--private", action="store_true", help="make a pushed repo private")
-    parser.add_argument("--skip-bad", action="store_true", help="skip bad rows and count them")
-    parser.add_argument(
-        "--max-rows",
-        type=_positive_int,
-        metavar="N",
-        help="at most N rows per source, sampled with --seed",
+    push_to_hub: str | None = field(
+        default=None, metadata={"help": "also push the split there", "metavar": "ORG/NAME"}
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed for --max-rows sampling")
+    private: bool = field(default=False, metadata={"help": "make a pushed repo private"})
+    skip_bad: bool = field(default=False, metadata={"help": "skip bad rows and count them"})
+    max_rows: int | None = field(
+        default=None,
+        metadata={"help": "at most N rows per source, sampled with --seed", "metavar": "N"},
+    )
+    seed: int = field(default=0, metadata={"help": "seed for --max-rows sampling"})
 
 
-def run_prepare_data(args: argparse.Namespace) -> int:
+def run_prepare_data(args: PrepareDataArguments) -> int:
     specs = [spec.strip() for spec in args.datasets.split(",") if spec.strip()]
     if not specs:
         raise InputError("--datasets names no dataset")
+    if not _NAME.match(args.split):
+        raise InputError(f"--split {args.split!r} is not a simple name")
+    if args.max_rows is not None and args.max_rows < 1:
+        raise InputError(f"--max_rows must be a positive integer, got {args.max_rows}")
     template = load_template(args.template)
     dataset, summaries = prepare(
         specs, args.split, template, args.source, args.skip_bad, args.max_rows, args.seed
     )
-    path = write_split(dataset, args.out, args.split)
+    path = write_split(dataset, Path(args.out), args.split)
     for summary in summaries:
         print(f"{summary.source.name}: {_rows(summary.rows)} from {summary.source}")
         for reason, count in summary.skipped.most_common():
@@ -503,15 +506,3 @@ def run_prepare_data(args: argparse.Namespace) -> int:
 
 def _rows(count: int) -> str:
     return f"{count} row" if count == 1 else f"{count} rows"
-
-
-def _simple_name(value: str) -> str:
-    if not _NAME.match(value):
-        raise argparse.ArgumentTypeError(f"{value!r} is not a simple name")
-    return value
-
-
-def _positive_int(value: str) -> int:
-    if not value.isdigit() or int(value) < 1:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a positive integer")
-    return int(value)

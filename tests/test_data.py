@@ -294,15 +294,18 @@ def test_cli_refuses_a_missing_file_and_an_unknown_template(
     argv = ["prepare-data", "--datasets", str(source), "--out", str(tmp_path), "--template", "nope"]
     assert main(argv) == 2
     assert "template 'nope' is neither a built-in" in capsys.readouterr().err
+    argv = ["prepare-data", "--datasets", str(source), "--out", str(tmp_path)]
+    assert main([*argv, "--split", "../train"]) == 2
+    assert capsys.readouterr().err == "error: --split '../train' is not a simple name\n"
+    assert main([*argv, "--max_rows", "0"]) == 2
+    assert capsys.readouterr().err == "error: --max_rows must be a positive integer, got 0\n"
 
 
 def test_hub_dataset_config_is_loaded_and_the_split_pushed(
     tmp_path: Path, hub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from research_r1.hub import push_dataset
-
     repo = hub.new_repo_id("flashrag")
-    push_dataset(datasets.Dataset.from_list(ROWS[:2]), repo, config_name="nq", token=hub.token)
+    datasets.Dataset.from_list(ROWS[:2]).push_to_hub(repo, config_name="nq", token=hub.token)
     monkeypatch.setenv("HF_TOKEN", hub.token)
     target = hub.new_repo_id("prepared")
     out = tmp_path / "out"
@@ -335,10 +338,8 @@ def test_hub_file_uri_and_missing_hub_config(
 ) -> None:
     from huggingface_hub import HfApi
 
-    from research_r1.hub import create_repo, push_dataset
-
     repo = hub.new_repo_id("qa-files")
-    create_repo(repo, "dataset", token=hub.token)
+    HfApi(token=hub.token).create_repo(repo, repo_type="dataset")
     HfApi(token=hub.token).upload_file(
         path_or_fileobj=write_jsonl(tmp_path / "train.jsonl", ROWS),
         path_in_repo="nq/train.jsonl",
@@ -352,7 +353,7 @@ def test_hub_file_uri_and_missing_hub_config(
     assert summaries[0].source.name == "nq"
 
     configs = hub.new_repo_id("configs")
-    push_dataset(datasets.Dataset.from_list(ROWS[1:]), configs, config_name="nq", token=hub.token)
+    datasets.Dataset.from_list(ROWS[1:]).push_to_hub(configs, config_name="nq", token=hub.token)
     argv = ["prepare-data", "--datasets", "popqa", "--source", configs, "--out", str(tmp_path)]
     assert main(argv) == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
