@@ -395,7 +395,7 @@ def serving(config: Path, flags: list[str], log: Path, timeout_s: float = 180.0)
     port = free_port()
     command = [
         *(sys.executable, "-m", "research_r1.cli", "serve-retriever"),
-        *("--config", str(config), "--host", "127.0.0.1", "--port", str(port), *flags),
+        *("--retriever", str(config), "--host", "127.0.0.1", "--port", str(port), *flags),
     ]
     url = f"http://127.0.0.1:{port}"
     with log.open("wb") as sink:

@@ -508,11 +508,12 @@ def test_cli_builds_and_searches(tmp_path: Path, capsys: pytest.CaptureFixture[s
     config = tmp_path / "retriever.yaml"
     config.write_text(f"type: bm25\nindex: {out}\n")
     capsys.readouterr()
-    assert main(["search", "Titan rocket Uranus", "Seine", "--config", str(config), "-k", "2"]) == 0
+    argv = ["search", "Titan rocket Uranus", "Seine", "--retriever", str(config), "--top_k", "2"]
+    assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "Titan IIIE" in printed and "Voyager 2" in printed and "Seine" in printed
-    assert main(["search", "x", "--config", str(config), "-k", "0"]) == 2
-    assert capsys.readouterr().err == "error: -k must be >= 1, got 0\n"
+    assert main(["search", "x", "--retriever", str(config), "--top-k", "0"]) == 2
+    assert capsys.readouterr().err == "error: --top_k must be >= 1, got 0\n"
     assert main(["build-index", "dense", "--corpus", str(corpus), "--out", str(out)]) == 2
     assert "needs --encoder" in capsys.readouterr().err
 
@@ -523,7 +524,7 @@ def test_cli_pushes_the_index_to_the_hub(tmp_path: Path, hub, monkeypatch) -> No
     monkeypatch.setenv("HF_TOKEN", hub.token)
     out = tmp_path / "bm25"
     argv = ["build-index", "bm25", "--corpus", str(corpus), "--out", str(out)]
-    assert main([*argv, "--push-to-hub", repo]) == 0
+    assert main([*argv, "--push_to_hub", repo]) == 0
     monkeypatch.delenv("HF_TOKEN")
     retriever = load_retriever({"type": "bm25", "index": f"hf://datasets/{repo}"})
     assert retriever.search(["Seine"], 1)[0][0].title == "Seine"

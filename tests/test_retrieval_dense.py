@@ -17,7 +17,7 @@ from sentence_transformers import SentenceTransformer
 from test_retrieval import write_corpus
 
 from research_r1.errors import InputError
-from research_r1.hub import create_repo, upload_folder
+from research_r1.hub import push_folder
 from research_r1.retrieval.bm25 import build_bm25_index
 from research_r1.retrieval.config import load_retriever
 from research_r1.retrieval.corpus import Corpus, load_corpus
@@ -501,12 +501,11 @@ def test_hybrid_from_the_hub(minilm, minilm_index, hub, tmp_path, monkeypatch) -
     corpus_path, dense_dir = minilm_index
     build_bm25_index(load_corpus(corpus_path), tmp_path / "bm25")
     repo = hub.new_repo_id("wiki-mini-indexes")
-    create_repo(repo, "dataset", token=hub.token)
+    push_folder(tmp_path / "bm25", repo, repo_type="dataset", path_in_repo="bm25", token=hub.token)
+    push_folder(dense_dir, repo, repo_type="dataset", path_in_repo="e5", token=hub.token)
     HfApi(token=hub.token).upload_file(
         path_or_fileobj=corpus_path, path_in_repo="corpus.jsonl", repo_id=repo, repo_type="dataset"
     )
-    upload_folder(tmp_path / "bm25", repo, "dataset", path_in_repo="bm25", token=hub.token)
-    upload_folder(dense_dir, repo, "dataset", path_in_repo="e5", token=hub.token)
     # The index records the encoder's local path; reuse the loaded model rather than reload it.
     monkeypatch.setattr("research_r1.retrieval.dense.SentenceTransformer", lambda *a, **k: minilm)
 

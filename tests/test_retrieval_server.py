@@ -15,12 +15,12 @@ import httpx
 import orjson
 import pytest
 from fastapi import FastAPI
+from fastapi.responses import Response
 from live_server import LiveServer, wait_until
 
 from research_r1 import cli
 from research_r1.errors import InputError
-from research_r1.retrieval import Passage
-from research_r1.retrieval import client as client_module
+from research_r1.retrieval import Passage, QueryRejected, RetrieverUnavailable
 from research_r1.retrieval.client import RemoteRetriever, RetrievalError
 from research_r1.retrieval.server import ServerSettings, create_app, run_serve_retriever
 
@@ -344,20 +344,18 @@ def test_no_request_body_gets_a_500(
     assert retriever.calls == []
 
 
-def test_client_reports_a_bad_request_without_retrying(monkeypatch: pytest.MonkeyPatch) -> None:
-    delays: list[float] = []
-    monkeypatch.setattr(client_module, "sleep", delays.append)
+def test_client_reports_a_bad_request_without_retrying(caplog: pytest.LogCaptureFixture) -> None:
     with (
         serving(OverlapRetriever(), max_k=5, max_query_chars=8) as url,
         RemoteRetriever(url) as remote,
-        pytest.raises(RetrievalError) as error,
+        pytest.raises(QueryRejected) as error,
     ):
         remote.search(["capital of France", "capital"], 9)
     message = str(error.value)
     assert message.startswith(f"{url}/retrieve refused the request: HTTP 422: ")
     assert "body.queries.0: String should have at most 8 characters" in message
     assert "body.topk: Input should be less than or equal to 5" in message
-    assert delays == []
+    assert "retry" not in caplog.text
 
 
 def test_full_queue_gets_503_and_the_waiting_requests_still_succeed(http: httpx.Client) -> None:
@@ -596,42 +594,53 @@ def test_dead_batching_worker_fails_health_and_searches_fast(
     assert metrics.status_code == 200 and metrics.json()["failed"] >= 2
 
 
-def test_client_retries_across_a_server_restart(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_client_retries_across_a_server_restart(caplog: pytest.LogCaptureFixture) -> None:
     retriever = OverlapRetriever()
     expected = retriever.search(QUERIES, 2)
     server = LiveServer(create_app(retriever)).start()
-    port = server.port
-    remote = RemoteRetriever(server.url, retries=5, backoff_s=0.01)
+    restarted: list[LiveServer] = []
+    restart = threading.Timer(
+        0.2, lambda: restarted.append(LiveServer(create_app(retriever), port=server.port).start())
+    )
+    remote = RemoteRetriever(server.url, retries=8, backoff_s=0.05)
     assert remote.search(QUERIES, 2) == expected  # the pool now holds a live connection
     server.stop()
-
-    restarted: list[LiveServer] = []
-    real_sleep = client_module.sleep
-
-    def restart_during_backoff(delay: float) -> None:
-        if not restarted:
-            restarted.append(LiveServer(create_app(retriever), port=port).start())
-        real_sleep(delay)
-
-    monkeypatch.setattr(client_module, "sleep", restart_during_backoff)
+    restart.start()
     try:
         assert remote.search(QUERIES, 2) == expected
     finally:
+        restart.join()
         remote.close()
         for live in restarted:
             live.stop()
-    assert len(restarted) == 1
+    assert "retry 1 of 8 in 0.05 s" in caplog.text  # the first try found no server
+
+
+@pytest.mark.parametrize("status", [503, 502, 504])
+def test_outage_answers_are_retried_until_the_server_answers(status: int) -> None:
+    """502, 503 and 504 say the server is away for now (a proxy without its upstream, a full
+    queue): retried like a refused connection."""
+    answers = [status, status, 200]
+    app = FastAPI()
+
+    @app.post("/retrieve")
+    def retrieve() -> Response:
+        if answers.pop(0) != 200:
+            return Response(b'{"detail": "starting"}', status)
+        return Response(orjson.dumps({"result": [[{"document": PARIS, "score": 1.0}]]}))
+
+    with LiveServer(app) as server, RemoteRetriever(server.url, retries=2, backoff_s=0) as remote:
+        assert remote.search(["Paris"], 1) == [[Passage("p1", PARIS["contents"], 1.0)]]
+    assert answers == []
 
 
 def test_client_error_after_the_last_retry_names_url_attempts_and_cause(
-    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    delays: list[float] = []
-    monkeypatch.setattr(client_module, "sleep", delays.append)
     url = f"http://127.0.0.1:{free_port()}"
     with (
-        RemoteRetriever(url, api="research", retries=2, backoff_s=0.5) as remote,
-        pytest.raises(RetrievalError) as error,
+        RemoteRetriever(url, api="research", retries=2, backoff_s=0.01) as remote,
+        pytest.raises(RetrieverUnavailable) as error,
     ):
         remote.search(["Paris"], 1)
     message = str(error.value)
@@ -639,40 +648,67 @@ def test_client_error_after_the_last_retry_names_url_attempts_and_cause(
         f"retrieval at {url}/batch_search failed after 3 attempts; last cause: NewConnectionError"
     )
     assert message.endswith("Connection refused")
-    assert delays == [0.5, 1.0]
+    retries = [record.getMessage() for record in caplog.records]
+    assert [line.rsplit("; ", 1)[-1] for line in retries] == [
+        "retry 1 of 2 in 0.01 s",
+        "retry 2 of 2 in 0.02 s",
+    ]
 
 
-def test_a_stalled_server_times_out_and_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
-    delays: list[float] = []
-    monkeypatch.setattr(client_module, "sleep", delays.append)
+def test_a_stalled_server_times_out_and_is_retried() -> None:
     gate = threading.Event()
     with (
         serving(OverlapRetriever(gate=gate)) as url,
-        RemoteRetriever(url, retries=1, timeout_s=0.3, backoff_s=0.1) as remote,
+        RemoteRetriever(url, retries=1, timeout_s=0.3, backoff_s=0.01) as remote,
     ):
-        with pytest.raises(RetrievalError) as error:
+        with pytest.raises(RetrieverUnavailable) as error:
             remote.search(["Paris"], 1)
         gate.set()  # lets the stalled search finish so the server can stop
     assert str(error.value).startswith(
         f"retrieval at {url}/retrieve failed after 2 attempts; last cause: ReadTimeoutError"
     )
-    assert delays == [0.1]
 
 
-def test_server_errors_are_retried_then_reported(
-    http: httpx.Client, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(client_module, "sleep", lambda delay: None)
+def test_a_failing_retriever_is_a_500_reported_at_once(http: httpx.Client) -> None:
+    """A 500 is no outage: the client stops at the first, with the server's message."""
     retriever = OverlapRetriever(error="index file is corrupt")
-    with serving(retriever) as url, RemoteRetriever(url, retries=1) as remote:
+    with serving(retriever) as url, RemoteRetriever(url) as remote:
         with pytest.raises(RetrievalError) as error:
             remote.search(["Paris"], 1)
         failed = http.get(f"{url}/metrics").json()["failed"]
+    assert not isinstance(error.value, RetrieverUnavailable)
     assert str(error.value) == (
-        f"retrieval at {url}/retrieve failed after 2 attempts; "
-        "last cause: HTTP 500: retriever failed: index file is corrupt"
+        f"{url}/retrieve failed: HTTP 500: retriever failed: index file is corrupt"
     )
-    assert len(retriever.calls) == 2 and failed == 2
+    assert len(retriever.calls) == 1 and failed == 1
+
+
+def test_a_bug_in_a_handler_is_a_500_with_its_traceback_logged(
+    http: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A handler failing on what the retriever gave (a passage without a score): a 500 naming
+    the error, which the client reports at once, and the traceback in the server's log."""
+    retriever = OverlapRetriever()
+    retriever.search = lambda queries, k: [[Passage("p1", "x", None)] for _ in queries]
+    with serving(retriever) as url, RemoteRetriever(url) as remote:
+        response = http.post(f"{url}/retrieve", json={"queries": ["Paris"], "return_scores": True})
+        unscored = http.post(f"{url}/retrieve", json={"queries": ["Paris"]})  # same connection
+        with pytest.raises(RetrievalError) as error:
+            remote.search(["Paris"], 1)
+        failed = http.get(f"{url}/metrics").json()["failed"]
+    detail = (
+        "internal server error: TypeError: float() argument must be a string or a real number, "
+        "not 'NoneType'"
+    )
+    assert response.status_code == 500 and response.json() == {"detail": detail}
+    assert unscored.status_code == 200  # the server still answers what it can
+    assert not isinstance(error.value, RetrieverUnavailable)
+    assert str(error.value) == f"{url}/retrieve failed: HTTP 500: {detail}"
+    assert failed == 2
+    logged = [record for record in caplog.records if record.name == "research_r1.retrieval.server"]
+    assert [record.getMessage() for record in logged] == ["POST /retrieve failed"] * 2
+    assert all(record.exc_info[0] is TypeError for record in logged)
+    assert "Traceback (most recent call last)" in caplog.text and "in _scored" in caplog.text
 
 
 def test_client_rejects_answers_without_scores() -> None:
@@ -726,11 +762,10 @@ def test_bad_settings_and_client_arguments_name_the_field() -> None:
 
 
 def test_cli_registers_serve_retriever(monkeypatch: pytest.MonkeyPatch) -> None:
-    parser = cli.build_parser("serve-retriever")
-    args = parser.parse_args(
-        ["serve-retriever", "--config", "r.yaml", "--no-batching", "--max-wait-ms", "2.5"]
-    )
-    assert (args.config, args.host, args.port, args.no_batching) == (
+    argv = ["serve-retriever", "--retriever", "r.yaml", "--no-batching", "--max-wait-ms", "2.5"]
+    run, args = cli.parse(argv)
+    assert run is run_serve_retriever
+    assert (args.retriever, args.host, args.port, args.no_batching) == (
         "r.yaml",
         "127.0.0.1",
         8000,
@@ -738,16 +773,14 @@ def test_cli_registers_serve_retriever(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     assert (args.max_wait_ms, args.max_batch_queries, args.token_env) == (2.5, 256, None)
     assert args.access_log is False  # /metrics counts requests; no line per request
-    limits = parser.parse_args(
-        ["serve-retriever", "--config", "r.yaml", "--max-body-bytes", "1000"]
-    )
+    _, limits = cli.parse(["serve-retriever", "--retriever", "r.yaml", "--max_body_bytes", "1000"])
     assert (limits.max_body_bytes, limits.max_queries_per_request, limits.max_queue) == (
         1000,
         4096,
         16384,
     )
     assert ServerSettings().max_body_bytes == 8 * 1024 * 1024
-    assert parser.parse_args(["serve-retriever", "--config", "r.yaml"]).max_wait_ms == 0
+    assert cli.parse(["serve-retriever", "--retriever", "r.yaml"])[1].max_wait_ms == 0
     monkeypatch.delenv("RR1_TEST_TOKEN", raising=False)
     args.token_env = "RR1_TEST_TOKEN"
     with pytest.raises(InputError, match="RR1_TEST_TOKEN is unset or empty"):

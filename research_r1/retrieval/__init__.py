@@ -47,6 +47,11 @@ class RetrievalError(RuntimeError):
     Waiting will not help, so the caller stops."""
 
 
+class QueryRejected(RetrievalError):
+    """The retriever refused a request for what it asked (HTTP 400, 413 or 422: a query too
+    long, or not text it can read): a failure of that query alone, which another may not hit."""
+
+
 class RetrieverUnavailable(RetrievalError):
     """The retriever could not be reached (connection refused or reset, timeout, HTTP 5xx) after
     its own quick retries. Waiting may help: the rollout waits for it (`max_retriever_wait_s`)."""

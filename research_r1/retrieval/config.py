@@ -1,6 +1,6 @@
 """Retriever configs: one YAML file (or dict) says which search engine to build.
 
-`serve-retriever --config`, `search --config` and training recipes all go through
+`serve-retriever --retriever`, `search --retriever` and training recipes all go through
 `load_retriever`. Keys per `type` (paths may be local or `hf://` URIs; `corpus` may be left out
 when the index was made by `build-index`, which records its corpus):
 
