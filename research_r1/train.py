@@ -254,7 +254,7 @@ def check_retriever_placement(retriever: str, num_processes: int) -> None:
         raise InputError(
             f"retriever: {retriever} loads a dense index on device {dense.device!r} in each of "
             f"the {num_processes} training processes; serve it once with `research-r1 "
-            f"serve-retriever --config {retriever}` and give the recipe a `type: remote` "
+            f"serve-retriever --retriever {retriever}` and give the recipe a `type: remote` "
             "retriever config pointing at it (recipes/retrievers/remote.yaml)"
         )
 
