@@ -478,6 +478,7 @@ def phase2(
     full = replace(
         reduced,
         recipe=without_eval(reduced.recipe, reduced.output_dir.parent / "recipe_no_eval.yaml"),
+        shipped={key: value for key, value in shipped.items() if key not in EVAL_KEYS},
         model=models[key],
         output_dir=reduced.output_dir.parent / "full_run",
     )

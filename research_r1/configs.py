@@ -8,10 +8,12 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
 from trl import GRPOConfig, ModelConfig, ScriptArguments, TrlParser
 
 from research_r1.errors import InputError
@@ -63,7 +65,12 @@ class SearchScriptArguments(ScriptArguments):
         },
     )
     accelerate_config: str | None = field(
-        default=None, metadata={"help": "accelerate config file used by `research-r1 train`."}
+        default=None,
+        metadata={
+            "help": "accelerate config of `research-r1 train`: a file, or the name of one of "
+            "TRL's presets (multi_gpu, zero3, fsdp2, ...), as `trl grpo --accelerate_config` "
+            "takes it."
+        },
     )
     eval_suite: str | None = field(
         default=None,
@@ -134,10 +141,11 @@ class SearchGRPOConfig(GRPOConfig):
 
 
 Recipe = tuple[SearchScriptArguments, SearchGRPOConfig, ModelConfig]
+RECIPE_DATACLASSES = (SearchScriptArguments, SearchGRPOConfig, ModelConfig)
 
 
 def make_parser() -> TrlParser:
-    return TrlParser((SearchScriptArguments, SearchGRPOConfig, ModelConfig))
+    return TrlParser(RECIPE_DATACLASSES)
 
 
 def recipe_argv(argv: list[str]) -> list[str]:
@@ -163,3 +171,17 @@ def parse_recipe(argv: list[str]) -> Recipe:
         raise
     except ValueError as error:
         raise InputError(f"recipe: {error}") from error
+
+
+def key_sources(argv: list[str]) -> dict[str, str]:
+    """`recipe` or `flag` for each key the recipe file or the command line sets (the command
+    line wins), in that order; keys not here are defaults. The flags are read by the recipe's
+    own parser with no defaults, so aliases (`--key-name`, `--no_key`) count as they parse, and
+    flags it does not know (accelerate's) are skipped."""
+    recipe = argv[0] if argv and argv[0].endswith((".yaml", ".yml")) else None
+    parser = make_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    given, _ = parser.parse_known_args(recipe_argv(argv[1:] if recipe else argv))
+    in_recipe = (yaml.safe_load(Path(recipe).read_text()) or {}) if recipe else {}
+    return {**dict.fromkeys(in_recipe, "recipe"), **dict.fromkeys(vars(given), "flag")}

@@ -33,7 +33,7 @@ from rich.table import Table
 from transformers import AutoConfig, PretrainedConfig
 from trl import ModelConfig
 
-from research_r1.configs import Recipe, SearchGRPOConfig, make_parser, recipe_argv
+from research_r1.configs import Recipe, SearchGRPOConfig, key_sources
 from research_r1.download import PICKLES, skipped
 from research_r1.errors import InputError
 from research_r1.hub import PUSH_ERRORS, HubLocation, hub_errors, is_hub_uri, parse_uri, scrub
@@ -51,7 +51,6 @@ from research_r1.memory import (
     setup_for,
 )
 from research_r1.reduced import ARCHITECTURES
-from research_r1.train import _SECRET_KEY
 
 # What from_pretrained (model and tokenizer) and vLLM read from a model repo.
 MODEL_FILES = (
@@ -92,19 +91,6 @@ def parsed_as_on_gpu() -> Iterator[None]:
         transformers.training_args.is_torch_bf16_gpu_available = probe
 
 
-def key_sources(argv: list[str]) -> dict[str, str]:
-    """`recipe` or `flag` for each key the recipe file or the command line sets (the command
-    line wins); keys not here are defaults. The flags are read by the recipe's own parser with
-    no defaults, so aliases (`--key-name`, `--no_key`) count as they parse."""
-    path, overrides = argv[0], argv[1:]
-    parser = make_parser()
-    for action in parser._actions:
-        action.default = argparse.SUPPRESS
-    given, _ = parser.parse_known_args(recipe_argv(overrides))
-    in_recipe = yaml.safe_load(Path(path).read_text()) or {}
-    return {**dict.fromkeys(in_recipe, "recipe"), **dict.fromkeys(vars(given), "flag")}
-
-
 # ---------------------------------------------------------------------------------------------
 # 1. The recipe
 
@@ -125,8 +111,10 @@ def show_recipe(console: Console, recipe: Recipe, sources: dict[str, str]) -> No
 
 
 def shown(key: str, value: Any) -> str:
-    """A value as printed: secrets (`hub_token`, any `*_token`, ...) hidden when set."""
-    if value and _SECRET_KEY.search(key):
+    """A value as printed: a token (`hub_token`, any `*_token` key, as transformers masks them)
+    hidden when set. Not `TrainingArguments.to_dict()`'s mask, which hides a token whether set or
+    not: this table says which keys are set."""
+    if value and key.endswith("_token"):
         return HIDDEN
     return str(value.value if isinstance(value, Enum) else value)
 

@@ -1,9 +1,11 @@
 """`research-r1 train RECIPE [--key value ...]`: the training process under `accelerate launch`.
 
 As TRL's own `trl grpo` does: the recipe's parser takes the keys it knows, the recipe's
-`accelerate_config` becomes accelerate's `--config_file`, and every other flag goes to
-accelerate's own launch parser (`--num_processes`, `--machine_rank`, `--main_process_ip`,
-`--mixed_precision`, ...), so one command starts one machine of a run of any size.
+`accelerate_config` (a file, or the name of one of TRL's presets: `multi_gpu`, `zero3`, ...)
+becomes accelerate's `--config_file`, and every other flag goes to accelerate's own launch parser
+(`--num_processes`, `--machine_rank`, `--main_process_ip`, `--mixed_precision`, ...), so one
+command starts one machine of a run of any size. `--help` lists every recipe key, as `trl grpo
+--help` does, and our own flags.
 
 With `--dry-run`, nothing is launched: `research_r1.dry_run` prints the resolved recipe, what
 the run will fetch from the Hub and an estimate of its memory per GPU (`--gpu-memory`).
@@ -12,39 +14,70 @@ the run will fetch from the Hub and an estimate of its memory per GPU (`--gpu-me
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 from accelerate.commands.launch import launch_command, launch_command_parser
+from transformers import HfArgumentParser
+from trl import TrlParser
+from trl.cli.accelerate_config import resolve_accelerate_config_argument
 
-from research_r1.configs import Recipe, make_parser, recipe_argv
+from research_r1.configs import RECIPE_DATACLASSES, Recipe, make_parser, recipe_argv
 from research_r1.errors import InputError
 
 DEFAULT_GPU_MEMORY = "80GiB"
+USAGE = "research-r1 train RECIPE [--key value ...] [--dry_run [--gpu_memory SIZE]] [--flag ...]"
 
 
-def configure_train(parser: argparse.ArgumentParser) -> None:
-    parser.description = (
-        "Train with GRPO from a recipe, under `accelerate launch` with the recipe's "
-        "accelerate_config. Any recipe key can be overridden: --key value; any other flag goes "
-        "to accelerate launch (e.g. --num_processes 8, --machine_rank 1 --main_process_ip IP)."
+@dataclass
+class TrainArguments:
+    """`research-r1 train`'s own flags, read wherever they appear after the recipe."""
+
+    dry_run: bool = field(
+        default=False,
+        metadata={
+            "help": "Launch nothing: print the resolved recipe, the files it fetches from the "
+            "Hub and an estimate of its memory per GPU."
+        },
     )
-    _add_own_flags(parser)
-    parser.add_argument("recipe", help="recipe YAML (recipes/*.yaml)")
-    parser.add_argument("overrides", nargs=argparse.REMAINDER, help="--key value pairs")
+    gpu_memory: str | None = field(
+        default=None,
+        metadata={
+            "help": "With --dry_run: the GPU's memory, e.g. 24GiB, 24GB or 80 (GiB); "
+            f"{DEFAULT_GPU_MEMORY} when not given."
+        },
+    )
 
 
-def _add_own_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="launch nothing: print the resolved recipe, the files it fetches from the Hub and "
-        "an estimate of its memory per GPU",
+def help_parser() -> TrlParser:
+    """The parser `--help` prints: the recipe's keys, then ours."""
+    parser = TrlParser(
+        (*RECIPE_DATACLASSES, TrainArguments),
+        prog="research-r1 train",
+        usage=USAGE,
+        description="Train with GRPO from a recipe, under `accelerate launch` with the recipe's "
+        "accelerate_config. Any recipe key below can be overridden on the command line "
+        "(snake_case or kebab-case).",
+        epilog="Any other --flag goes to `accelerate launch` (see `accelerate launch --help`), "
+        "e.g. --num_processes 8, or --machine_rank 1 --main_process_ip IP.",
     )
-    parser.add_argument(
-        "--gpu-memory",
-        help=f"with --dry-run: the GPU's memory, e.g. 24GiB, 24GB or 80 (GiB); default "
-        f"{DEFAULT_GPU_MEMORY}",
+    parser.add_argument("recipe", metavar="RECIPE", help="the recipe YAML (recipes/*.yaml)")
+    return parser
+
+
+def parse_train(argv: list[str]) -> tuple[list[str], TrainArguments]:
+    """`RECIPE [--key value ...]` (recipe keys and accelerate's flags, in order) and our own
+    flags, taken out of it wherever they appear."""
+    if "-h" in argv or "--help" in argv:
+        help_parser().parse_args(["--help"])  # prints every key and exits
+    if not argv or argv[0].startswith("-"):
+        help_parser().error("the recipe comes first")
+    own = HfArgumentParser(TrainArguments, add_help=False, allow_abbrev=False)
+    args, rest = own.parse_args_into_dataclasses(
+        argv, return_remaining_strings=True, look_for_args_file=False
     )
+    return rest, args
 
 
 def launch_args(argv: list[str]) -> argparse.Namespace:
@@ -64,10 +97,7 @@ def parse_launch(argv: list[str]) -> tuple[Recipe, argparse.Namespace]:
         raise InputError(f"recipe: {error}") from error
     if yaml_unknown:
         raise InputError(f"recipe {argv[0]}: unknown keys {yaml_unknown}")
-    script = recipe[0]
-    config = ["--config_file", script.accelerate_config] if script.accelerate_config else []
-    if script.accelerate_config and not Path(script.accelerate_config).is_file():
-        raise InputError(f"accelerate_config: {script.accelerate_config} does not exist")
+    config = accelerate_config_file(recipe[0].accelerate_config)
     recipe_flags = _without(argv, flags_unknown)
     args, unknown = launch_command_parser().parse_known_args(
         [*config, *flags_unknown, "--quiet", "--module", "research_r1.train", *recipe_flags]
@@ -75,6 +105,23 @@ def parse_launch(argv: list[str]) -> tuple[Recipe, argparse.Namespace]:
     if unknown:
         raise InputError(f"{' '.join(unknown)}: neither a recipe key nor an accelerate launch flag")
     return tuple(recipe), args
+
+
+def accelerate_config_file(name: str | None) -> list[str]:
+    """accelerate's `--config_file` for the recipe's `accelerate_config`: a file, or the name of
+    a preset TRL ships (`zero3`: its `accelerate_configs/zero3.yaml`), found as `trl grpo
+    --accelerate_config` finds it."""
+    if name is None:
+        return []
+    try:
+        return resolve_accelerate_config_argument(["--accelerate_config", name])
+    except ValueError:
+        folder = resources.files("trl.accelerate_configs")
+        presets = sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.is_file())
+        raise InputError(
+            f"accelerate_config: {name} is neither a file nor one of TRL's presets "
+            f"({', '.join(presets)})"
+        ) from None
 
 
 def _without(items: list[str], subsequence: list[str]) -> list[str]:
@@ -89,21 +136,16 @@ def _without(items: list[str], subsequence: list[str]) -> list[str]:
     return rest
 
 
-def run_train(args: argparse.Namespace) -> int:
-    # `overrides` takes every flag after the recipe, ours too: read them from there as well.
-    own = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    _add_own_flags(own)
-    later, overrides = own.parse_known_args(args.overrides)
-    dry_run = args.dry_run or later.dry_run
-    gpu_memory = later.gpu_memory or args.gpu_memory
-    if not Path(args.recipe).is_file():
-        raise InputError(f"recipe {args.recipe} does not exist")
-    if dry_run:  # imported here: it imports this module, and a launch does not need it
-        from research_r1.dry_run import dry_run as report_dry_run
+def run_train(parsed: tuple[list[str], TrainArguments]) -> int:
+    argv, args = parsed
+    if not Path(argv[0]).is_file():
+        raise InputError(f"recipe {argv[0]} does not exist")
+    if args.dry_run:  # imported here: it imports this module, and a launch does not need it
+        from research_r1.dry_run import dry_run
 
-        report_dry_run([args.recipe, *overrides], gpu_memory or DEFAULT_GPU_MEMORY)
+        dry_run(argv, args.gpu_memory or DEFAULT_GPU_MEMORY)
         return 0
-    if gpu_memory is not None:
+    if args.gpu_memory is not None:
         raise InputError("--gpu-memory: only read with --dry-run")
-    launch_command(launch_args([args.recipe, *overrides]))
+    launch_command(launch_args(argv))
     return 0

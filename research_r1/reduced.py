@@ -36,7 +36,6 @@ from research_r1.protocol import (
     ANSWER_CLOSE,
     ANSWER_OPEN,
     FINAL_TURN_NOTICE,
-    format_observation,
     load_template,
     render_prompt,
 )
@@ -61,6 +60,14 @@ SHAPE: dict[str, Any] = {
     "logging_steps": 1,
     "report_to": "none",
 }
+# The device and precision flags `research-r1 train` needs to run a GPU recipe on a CPU: the
+# recipe's training on the CPU in float32 (AVX2 hosts have no bf16 arithmetic: emulated bf16 made
+# a step ten times slower), and accelerate's mixed precision off (the recipes' accelerate configs
+# ask for bf16).
+CPU_FLAGS = [
+    *("--use_cpu", "true", "--bf16", "false", "--dtype", "float32"),  # recipe keys
+    *("--mixed_precision", "no"),  # accelerate's
+]
 # Logit bonuses (see `steer`) on the answer tags, the answer, the search tags and EOS: measured to
 # make 5 of 8 groups of 5 episodes differ in exact match at the first step (1 in 8 with all at 5).
 TAG_PUSH, ANSWER_PUSH, SEARCH_PUSH, EOS_PUSH = 7.0, 7.0, 2.0, 2.0
@@ -72,9 +79,9 @@ class Reduced:
     """What `reduce_recipe` wrote, and the recipe overrides that point at it."""
 
     recipe: Path
+    shipped: dict[str, Any]  # the recipe's keys as written
     model: Path
     data: Path
-    corpus: Path
     retriever: Path
     questions: Path
     output_dir: Path
@@ -82,17 +89,16 @@ class Reduced:
     def overrides(self, max_steps: int = 2, **keys: Any) -> list[str]:
         """`--key value` pairs for `research-r1 train RECIPE ...`: the model, data, retriever,
         step count and `SHAPE`, then `keys` (device flags, Hub targets, ...)."""
-        keys_shipped = read_recipe(self.recipe)
         values: dict[str, Any] = {
             "model_name_or_path": self.model,
             "dataset_name": self.data,
             "retriever": self.retriever,
             "output_dir": self.output_dir,
             "max_steps": max_steps,
-            "gradient_accumulation_steps": keys_shipped.get("num_generations", 8),
+            "gradient_accumulation_steps": self.shipped.get("num_generations", 8),
             **SHAPE,
         }
-        if keys_shipped.get("eval_suite") is not None:
+        if self.shipped.get("eval_suite") is not None:
             values |= {
                 "eval_datasets": f"world={self.questions}",
                 "eval_limit": 4,
@@ -139,9 +145,7 @@ def reduce_recipe(
 
     protocol = template.protocol
     texts = [render_prompt(template.prompt(q.question)) for q in world.train + world.test]
-    texts += [
-        format_observation([Passage(p["id"], p["contents"], 0.0)], protocol) for p in world.passages
-    ]
+    texts += [protocol.observation([Passage(p["id"], p["contents"], 0.0)]) for p in world.passages]
     texts += [FINAL_TURN_NOTICE, *(n for n in (protocol.invalid_notice,) if n)]
     tokenizer = build_tokenizer(texts, protocol.tags, chat=template.chat)
     config = shrink(
@@ -169,9 +173,9 @@ def reduce_recipe(
     tokenizer.save_pretrained(model_dir)
     return Reduced(
         recipe=recipe,
+        shipped=shipped,
         model=model_dir,
         data=out / "data",
-        corpus=corpus,
         retriever=retriever,
         questions=questions["test"],
         output_dir=out / "run",

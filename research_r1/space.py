@@ -19,7 +19,6 @@ ships what `make demo` wrote (model, BM25 index, corpus, questions) into the Spa
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import queue
@@ -27,7 +26,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from importlib.metadata import PackageNotFoundError, version
 from itertools import groupby
 from pathlib import Path
@@ -48,15 +47,8 @@ from pydantic import (
 
 from research_r1 import hub
 from research_r1.errors import InputError, invalid
-from research_r1.protocol import (
-    TEMPLATES,
-    Protocol,
-    ShownPassage,
-    extract_answer,
-    load_template,
-    parse_passages,
-    split_turn,
-)
+from research_r1.passages import ShownPassage
+from research_r1.protocol import TEMPLATES, Protocol, extract_answer, load_template, split_turn
 from research_r1.retrieval import Passage
 from research_r1.retrieval.config import TYPES, HybridConfig, RemoteConfig, parse_config
 from research_r1.rollout import Episode
@@ -166,7 +158,7 @@ def _read_observation(text: str, protocol: Protocol) -> tuple[tuple[ShownPassage
     if not opened:
         return (), [text.strip()] if text.strip() else []
     body, _, tail = rest.partition(protocol.observation_close)
-    passages = parse_passages(body.strip(), protocol)
+    passages = protocol.passages.parse(body.strip())
     notices = [part.strip() for part in (head, tail) if part.strip()]
     if not passages and body.strip():
         notices.insert(0, body.strip())
@@ -438,34 +430,44 @@ def space_card(model_id: str | None) -> SpaceCard:
     return card
 
 
-def configure_push_space(parser: argparse.ArgumentParser) -> None:
-    parser.description = (
-        "Create (or update) a Gradio Space that shows a search agent at work: the app, a copy of "
-        "research_r1, the retriever config and the settings go up in one commit, with any local "
-        "model folder, index or corpus they need (up to 1 GiB). Without --model: the demo's "
-        "trained model and corpus (run `make demo` first). The token comes from HF_TOKEN or "
-        "`hf auth login`."
+@dataclass
+class PushSpaceArguments:
+    """Create (or update) a Gradio Space that shows a search agent at work: the app, a copy of
+    research_r1, the retriever config and the settings go up in one commit, with any local model
+    folder, index or corpus they need (up to 1 GiB). Without --model: the demo's trained model
+    and corpus (run `make demo` first). The token comes from HF_TOKEN or `hf auth login`."""
+
+    repo: str = field(metadata={"metavar": "ORG/NAME", "help": "The Space repo."})
+    model: str | None = field(
+        default=None, metadata={"help": "Hub model id or local folder (default: the demo's)."}
     )
-    parser.add_argument("--repo", required=True, metavar="ORG/NAME", help="the Space repo")
-    parser.add_argument("--model", help="Hub model id or local folder (default: the demo's)")
-    parser.add_argument(
-        "--retriever-config", metavar="FILE", help="retriever YAML (default: the demo's)"
+    retriever_config: str | None = field(
+        default=None, metadata={"metavar": "FILE", "help": "Retriever YAML (default: the demo's)."}
     )
-    parser.add_argument(
-        "--template", help="template (built-in name or YAML file; default: the model's own)"
+    template: str | None = field(
+        default=None,
+        metadata={"help": "Template: a built-in name or a YAML file (default: the model's own)."},
     )
-    parser.add_argument(
-        "--max-turns", type=int, help="searches per question (default: the model's)"
+    max_turns: int | None = field(
+        default=None, metadata={"help": "Searches per question (default: the model's)."}
     )
-    parser.add_argument("--top-k", type=int, help="passages per search (default: the model's)")
-    parser.add_argument(
-        "--results", metavar="hf://datasets/ORG/NAME", help="eval runs for the leaderboard tab"
+    top_k: int | None = field(
+        default=None, metadata={"help": "Passages per search (default: the model's)."}
     )
-    parser.add_argument("--examples", metavar="FILE", help="a QA file: its first questions")
-    parser.add_argument("--private", action="store_true", help="create the Space private")
+    results: str | None = field(
+        default=None,
+        metadata={
+            "metavar": "hf://datasets/ORG/NAME",
+            "help": "Eval runs for the leaderboard tab.",
+        },
+    )
+    examples: str | None = field(
+        default=None, metadata={"metavar": "FILE", "help": "A QA file: its first questions."}
+    )
+    private: bool = field(default=False, metadata={"help": "Create the Space private."})
 
 
-def run_push_space(args: argparse.Namespace) -> int:
+def run_push_space(args: PushSpaceArguments) -> int:
     sha = push_space(
         args.repo,
         args.model,

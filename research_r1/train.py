@@ -17,9 +17,9 @@ those two only: the Trainer pickles its config into every checkpoint, so its cop
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
-import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +27,6 @@ from typing import Any
 
 import datasets
 import transformers
-import yaml
 from accelerate import PartialState
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
@@ -38,8 +37,10 @@ from research_r1 import evaluation, hub, space
 from research_r1.callbacks import HubPushCallback, RewardPlotCallback
 from research_r1.configs import (
     RESUME_LATEST,
+    Recipe,
     SearchGRPOConfig,
     SearchScriptArguments,
+    key_sources,
     parse_recipe,
 )
 from research_r1.data import check_split, load_split
@@ -47,7 +48,7 @@ from research_r1.errors import InputError, report
 from research_r1.generation_vllm import prepare_cpu_colocate
 from research_r1.protocol import Protocol, Template, load_template
 from research_r1.publish import EVAL_FOLDER, model_card, read_evaluations
-from research_r1.retrieval import Retriever
+from research_r1.retrieval import RetrievalError, Retriever
 from research_r1.retrieval.config import DenseConfig, HybridConfig, load_retriever, parse_config
 from research_r1.rewards import REWARDS, get_reward
 from research_r1.rollout import encode_prompt
@@ -61,8 +62,6 @@ BUDGET_SAMPLE_ROWS = 64
 # What the final push leaves out of the run folder, as the Trainer's own push does: checkpoints
 # (HubPushCallback pushes them as hub_strategy says) and private files.
 FINAL_PUSH_IGNORE = ["_*", "checkpoint-*"]
-# Recipe keys that hold secrets (TRL's hub_token, or a token of any other name).
-_SECRET_KEY = re.compile(r"(?:^|_)(?:token|secret|password)$")
 
 
 class SearchGRPOTrainer(GRPOTrainer):
@@ -135,7 +134,7 @@ def train(argv: list[str]) -> SearchGRPOTrainer:
             observation_tag=template.protocol.observation_open,
             rewards=script.reward_funcs,
             retriever=script.retriever,
-            recipe=recipe_record(argv),
+            recipe=recipe_record(argv, (script, args, model_args)),
             peft=model_args.use_peft,
             settings={
                 "template": template.as_mapping(),
@@ -345,9 +344,12 @@ def check_budget(
 
 
 def check_retriever(retriever: Retriever, query: str, k: int) -> None:
+    """One probe query before anything is loaded: a retriever that cannot be reached, refuses
+    the query or answers in a wrong shape fails here, naming the recipe key; any other error is
+    a bug and keeps its traceback."""
     try:
         results = retriever.search([query], k)
-    except Exception as error:
+    except (RetrievalError, InputError) as error:
         raise InputError(f"retriever: the probe query {query!r} failed: {error}") from error
     if len(results) != 1 or not results[0]:
         raise InputError(f"retriever: the probe query {query!r} returned no passages")
@@ -430,28 +432,13 @@ def resume_point(args: SearchGRPOConfig) -> str | None:
     return str(value)
 
 
-def recipe_record(argv: list[str]) -> dict[str, Any]:
-    """The recipe as run, for the model card: the YAML's keys and the command-line overrides,
-    with every secret key (`hub_token`, ...) and its value left out. Keys that merely mention
-    tokens (`max_new_tokens_per_turn`) are kept."""
-    recipe: dict[str, Any] = {}
-    overrides = list(argv)
-    if argv and argv[0].endswith((".yaml", ".yml")):
-        recipe = yaml.safe_load(Path(argv[0]).read_text()) or {}
-        overrides = overrides[1:]
-    recipe = {key: value for key, value in recipe.items() if not _SECRET_KEY.search(key)}
-    kept: list[str] = []
-    skip = False
-    for arg in overrides:
-        if skip:
-            skip = False
-        elif arg.startswith("--") and _SECRET_KEY.search(arg[2:].partition("=")[0]):
-            skip = "=" not in arg
-        else:
-            kept.append(arg)
-    if kept:
-        recipe["command_line_overrides"] = " ".join(kept)
-    return recipe
+def recipe_record(argv: list[str], recipe: Recipe) -> dict[str, Any]:
+    """The recipe as run, for the model card: each key the recipe file or the command line set,
+    with the value training used. `TrainingArguments.to_dict()` masks the token (`hub_token`:
+    `<HUB_TOKEN>`); the script's and model's dataclasses hold no secret."""
+    script, args, model_args = recipe
+    values = {**dataclasses.asdict(script), **dataclasses.asdict(model_args), **args.to_dict()}
+    return {key: values[key] for key in key_sources(argv)}
 
 
 def publish(trainer: SearchGRPOTrainer, token: str | None) -> bool:
@@ -521,8 +508,9 @@ def evaluate_trained(
 def publish_space(script: SearchScriptArguments, args: SearchGRPOConfig, pushed: bool) -> None:
     """The recipe's demo Space (`space_repo`): the app for the pushed model, or for the saved
     model shipped in the Space when the run does not push, with the recipe's retriever config
-    and template. A failure (retried first) is logged, never raised: the model is trained and
-    saved, and `research-r1 push-space` pushes the Space later."""
+    and template. A failure of the Hub, the network, the disk or the Space's input checks
+    (retried first) is logged, never raised: the model is trained and saved, and `research-r1
+    push-space` pushes the Space later. A bug in the Space's packaging raises."""
     if args.push_to_hub and not pushed:
         logger.error("not pushing the Space %s: the model is not on the Hub", script.space_repo)
         return
@@ -535,7 +523,7 @@ def publish_space(script: SearchScriptArguments, args: SearchGRPOConfig, pushed:
             template=script.template,
             token=args.hub_token,
         )
-    except Exception as error:
+    except (*hub.PUSH_ERRORS, InputError) as error:  # never fatal; a bug of ours raises
         logger.error("could not push the Space %s: %s", script.space_repo, hub.scrub(str(error)))
         return
     logger.info("pushed the Space %s (commit %s) for %s", script.space_repo, sha[:12], model)

@@ -28,7 +28,7 @@ from transformers import (
 from research_r1.dry_run import dry_run
 from research_r1.memory import gib
 from research_r1.protocol import SEARCH_R1
-from research_r1.reduced import Reduced
+from research_r1.reduced import Reduced, read_recipe
 from research_r1.tiny import build_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,9 +50,9 @@ def reduced_at(recipe: Path, folder: Path) -> Reduced:
     """What reduce_recipe returns for `recipe` under `folder`, without building it."""
     return Reduced(
         recipe=recipe,
+        shipped=read_recipe(recipe),
         model=folder / "model",
         data=folder / "data",
-        corpus=folder / "corpus.jsonl",
         retriever=folder / "retriever.yaml",
         questions=folder / "questions" / "test.jsonl",
         output_dir=folder / "run",

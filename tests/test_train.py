@@ -26,7 +26,7 @@ from research_r1 import rollout, train
 from research_r1.data import load_split, prepare, write_split
 from research_r1.errors import InputError
 from research_r1.protocol import SEARCH_R1, format_passages, load_template
-from research_r1.retrieval import Passage
+from research_r1.retrieval import Passage, RetrievalError, RetrieverUnavailable
 from research_r1.retrieval.bm25 import build_bm25_index
 from research_r1.retrieval.corpus import load_corpus
 from research_r1.rewards import completion_text
@@ -371,6 +371,25 @@ def test_start_up_checks_name_the_recipe_key(world, tmp_path, overrides, message
     with pytest.raises(InputError, match=message):
         train.train(recipe(world, tmp_path / "out", *overrides))
     assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_the_retriever_probe_names_retrieval_errors_and_lets_bugs_raise():
+    def retriever(error: Exception) -> SimpleNamespace:
+        def search(queries, k):
+            raise error
+
+        return SimpleNamespace(search=search)
+
+    for error in (
+        RetrieverUnavailable("http://retriever: connection refused"),
+        RetrievalError("http://retriever refused the request: 422"),
+        InputError("k must be at least 1"),
+    ):
+        with pytest.raises(InputError, match=rf"^retriever: the probe query 'q' failed: {error}"):
+            train.check_retriever(retriever(error), "q", 3)
+    with pytest.raises(KeyError, match="passages") as raised:  # a bug: raised as it was
+        train.check_retriever(retriever(KeyError("passages")), "q", 3)
+    assert raised.traceback[-1].name == "search"
 
 
 def test_a_split_pushed_to_the_hub_trains_like_a_local_one(world, hub):

@@ -5,22 +5,26 @@ from __future__ import annotations
 
 import functools
 import pickle
+import re
 import subprocess
 import sys
 import threading
+from dataclasses import fields
 from pathlib import Path
 from types import SimpleNamespace
 
 import httpx2
 import pytest
+import trl
 import yaml
+from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError
 
-from research_r1 import cli, launch, train
+from research_r1 import cli, launch, space, train
 from research_r1 import hub as hub_io
 from research_r1.callbacks import TRAINING_STATE_FILES, HubPushCallback
 from research_r1.cli import main as cli_main
-from research_r1.configs import parse_recipe
+from research_r1.configs import RECIPE_DATACLASSES, parse_recipe
 from research_r1.errors import InputError
 from research_r1.protocol import FINAL_TURN_NOTICE, RESEARCH, SEARCH_R1
 from research_r1.publish import model_card, results_table
@@ -53,15 +57,23 @@ def test_the_cli_imports_only_the_subcommand_it_runs():
     """`research-r1 --help` imports no job module (TRL alone takes seconds), `research-r1 search`
     only its own."""
     code = (
-        "import sys; from research_r1 import cli; cli.build_parser({!r}); "
-        "print([m for m in ('torch', 'trl', 'research_r1.retrieval.cli', 'research_r1.train') "
-        "if m in sys.modules])"
+        "import contextlib, io, sys; from research_r1 import cli\n"
+        "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+        "    cli.parse({!r})\n"
+        "print(' '.join(m for m in ('torch', 'trl', 'research_r1.retrieval.cli', "
+        "'research_r1.train') if m in sys.modules))"
     )
-    for command, imported in [(None, []), ("search", ["torch", "research_r1.retrieval.cli"])]:
+
+    def imported(argv: list[str]) -> set[str]:
         run = subprocess.run(
-            [sys.executable, "-c", code.format(command)], capture_output=True, text=True
+            [sys.executable, "-c", code.format(argv)], capture_output=True, text=True
         )
-        assert run.stdout.strip() == str(imported), run.stderr
+        assert run.returncode == 0, run.stderr
+        return set(run.stdout.split())
+
+    assert imported(["--help"]) == set()
+    searched = imported(["search", "--help"])
+    assert "research_r1.retrieval.cli" in searched and "research_r1.train" not in searched
 
 
 def test_a_subcommand_that_cannot_import_breaks_only_itself(monkeypatch, capsys):
@@ -79,7 +91,8 @@ def test_every_recipe_parses_and_is_supported(path, in_repo, bf16_gpu):
     train.check_recipe(script, args, model_args)
     train.load_rewards(script, args)
     parse_config(script.retriever)
-    assert Path(script.accelerate_config).is_file()
+    _, config_file = launch.accelerate_config_file(script.accelerate_config)
+    assert Path(config_file).is_file()
     assert args.temperature == 1.0
     assert args.generation_batch_size % args.num_generations == 0
 
@@ -104,7 +117,7 @@ def test_recipe_specifics(in_repo, bf16_gpu):
     assert model_args.model_name_or_path == "Qwen/Qwen2.5-7B"
     assert script.reward_funcs == ["search_r1_em"] and script.template == "search_r1"
     assert (args.use_vllm, args.vllm_mode) == (True, "colocate")
-    assert script.accelerate_config == "recipes/accelerate/ddp.yaml"
+    assert script.accelerate_config == "multi_gpu"  # TRL's preset
     prompts_per_step = 8 * args.generation_batch_size // args.num_generations  # 8 GPUs
     assert prompts_per_step == 512
 
@@ -213,39 +226,84 @@ def test_research_r1_train_hands_every_other_flag_to_accelerate(in_repo, monkeyp
         "--resume_from_checkpoint",
     ]
 
+    # A preset by name is TRL's own file, found as `trl grpo --accelerate_config` finds it.
+    assert cli_main(["train", recipe, "--accelerate_config", "zero3"]) == 0
+    trl_presets = Path(trl.__file__).parent / "accelerate_configs"
+    assert launched[-1].config_file == str(trl_presets / "zero3.yaml")
+
     for argv, message in [
         (["recipes/missing.yaml"], "error: recipe recipes/missing.yaml does not exist"),
-        ([recipe, "--accelerate_config", "nope.yaml"], "error: accelerate_config: nope.yaml does"),
+        (
+            [recipe, "--accelerate_config", "nope.yaml"],
+            "error: accelerate_config: nope.yaml is neither a file nor one of TRL's presets "
+            "(fsdp1, fsdp2, multi_gpu, single_gpu, zero1, zero2, zero3)",
+        ),
         ([recipe, "--no_such_key", "1"], "error: --no_such_key: neither a recipe key nor an"),
     ]:
         capsys.readouterr()
         assert cli_main(["train", *argv]) == 2
         assert capsys.readouterr().err.startswith(message)
-    assert len(launched) == 2
+    assert len(launched) == 3
 
 
-def test_the_recipe_record_leaves_secrets_out_and_keeps_token_budgets(tmp_path):
+def test_train_help_lists_every_recipe_key_and_our_flags(capsys):
+    """As `trl grpo --help` does: every key of the recipe's dataclasses, then ours, and where
+    any other flag goes."""
+    with pytest.raises(SystemExit) as done:
+        cli_main(["train", "recipes/qwen7b_grpo.yaml", "--max_steps", "3", "--help"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0
+    keys = [field.name for part in RECIPE_DATACLASSES for field in fields(part) if field.init]
+    flags = set(re.findall(r"^  (--\w+)", out, re.MULTILINE))
+    assert {f"--{key}" for key in keys} <= flags
+    assert {"--max_turns", "--retriever", "--lora_r", "--dry_run", "--gpu_memory"} <= flags
+    assert "--dry-run" in out and "--gpu-memory" in out
+    assert "Any other --flag goes to `accelerate launch`" in " ".join(out.split())
+
+
+def test_our_flags_are_read_wherever_they_appear():
+    argv, args = launch.parse_train(
+        ["r.yaml", "--gpu_memory", "24GiB", "--max_steps", "3", "--dry-run", "--num_processes", "2"]
+    )
+    assert argv == ["r.yaml", "--max_steps", "3", "--num_processes", "2"]
+    assert (args.dry_run, args.gpu_memory) == (True, "24GiB")
+    argv, args = launch.parse_train(["r.yaml", "--dry_run", "false", "--resume_from_checkpoint"])
+    assert (argv, args.dry_run, args.gpu_memory) == (
+        ["r.yaml", "--resume_from_checkpoint"],
+        False,
+        None,
+    )
+    with pytest.raises(SystemExit) as done:  # argparse's usage error
+        launch.parse_train(["--dry-run", "r.yaml"])
+    assert done.value.code == 2
+
+
+def test_the_recipe_record_holds_the_keys_set_as_run_with_the_token_masked(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text(
         "max_steps: 5\nhub_token: hf_secret\nretriever: r.yaml\nmax_new_tokens_per_turn: 500\n"
-        "max_observation_tokens: 400\ninclude_num_input_tokens_seen: true\n"
+        "max_observation_tokens: 400\nuse_cpu: true\nbf16: false\n"
     )
     argv = [
         str(path),
-        *("--hub_token", "hf_a", "--lr", "1", "--hub_token=hf_b", "--seed", "3"),
-        *("--max_new_tokens_per_turn", "64", "--max_observation_tokens=32", "--token", "hf_c"),
+        *("--hub_token", "hf_a", "--seed", "3", "--lr_scheduler_type", "constant"),
+        *("--max_new_tokens_per_turn", "64", "--max_observation_tokens=32", "--lora-r", "4"),
     ]
 
-    assert train.recipe_record(argv) == {
+    record = train.recipe_record(argv, parse_recipe(argv))
+    assert record == {
         "max_steps": 5,
+        "hub_token": "<HUB_TOKEN>",
         "retriever": "r.yaml",
-        "max_new_tokens_per_turn": 500,
-        "max_observation_tokens": 400,
-        "include_num_input_tokens_seen": True,
-        "command_line_overrides": (
-            "--lr 1 --seed 3 --max_new_tokens_per_turn 64 --max_observation_tokens=32"
-        ),
+        "max_new_tokens_per_turn": 64,
+        "max_observation_tokens": 32,
+        "use_cpu": True,
+        "bf16": False,
+        "seed": 3,
+        "lr_scheduler_type": "constant",
+        "lora_r": 4,
     }
+    assert "hf_" not in yaml.safe_dump(record)
 
 
 def test_reward_options_and_import_paths_come_from_the_recipe(in_repo, tmp_path):
@@ -488,16 +546,27 @@ def test_model_card_metadata_and_results():
     assert "`/tmp`" in local.text
 
 
+COMMIT = SimpleNamespace(oid="0" * 40)  # what HfApi.upload_folder returns
+
+
+def fake_hub(monkeypatch, upload_folder) -> None:
+    """HfApi with repo creation a no-op and `upload_folder(api, **kwargs)` as its upload; Hub
+    retries without the back-off wait."""
+    monkeypatch.setattr(HfApi, "create_repo", lambda api, *args, **kwargs: None)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    monkeypatch.setattr(hub_io, "retry", functools.partial(hub_io.retry, backoff_s=0.0))
+
+
 def test_checkpoint_pushes_wait_their_turn_and_only_the_newest_waits(tmp_path, monkeypatch):
     uploads, started, release = [], threading.Event(), threading.Event()
 
-    def upload_folder(folder, repo_id, **kwargs):
-        uploads.append((Path(folder).name, kwargs["path_in_repo"], kwargs["token"]))
+    def upload_folder(api, **kwargs):
+        uploads.append((Path(kwargs["folder_path"]).name, kwargs["path_in_repo"], api.token))
         started.set()
         release.wait(timeout=10)
+        return COMMIT
 
-    monkeypatch.setattr(hub_io, "create_repo", lambda *args, **kwargs: "")
-    monkeypatch.setattr(hub_io, "upload_folder", upload_folder)
+    fake_hub(monkeypatch, upload_folder)
     pusher = HubPushCallback("org/run", token="secret")
     args = SimpleNamespace(output_dir=str(tmp_path))
     for step in (1, 2, 3):
@@ -523,18 +592,19 @@ def test_checkpoint_pushes_wait_their_turn_and_only_the_newest_waits(tmp_path, m
     [
         ("checkpoint", [("checkpoint-4", "last-checkpoint", None)]),
         ("all_checkpoints", [("checkpoint-4", "checkpoint-4", None)]),
-        ("every_save", [("checkpoint-4", "", TRAINING_STATE_FILES)]),
+        ("every_save", [("checkpoint-4", None, TRAINING_STATE_FILES)]),
         ("end", []),
     ],
 )
 def test_checkpoint_pushes_follow_hub_strategy(tmp_path, monkeypatch, strategy, pushed):
     uploads = []
 
-    def upload_folder(folder, repo_id, **kwargs):
-        uploads.append((Path(folder).name, kwargs["path_in_repo"], kwargs["ignore_patterns"]))
+    def upload_folder(api, **kwargs):
+        name = Path(kwargs["folder_path"]).name
+        uploads.append((name, kwargs["path_in_repo"], kwargs["ignore_patterns"]))
+        return COMMIT
 
-    monkeypatch.setattr(hub_io, "create_repo", lambda *args, **kwargs: "")
-    monkeypatch.setattr(hub_io, "upload_folder", upload_folder)
+    fake_hub(monkeypatch, upload_folder)
     pusher = HubPushCallback("org/run", strategy)
     args = SimpleNamespace(output_dir=str(tmp_path))
     (tmp_path / "checkpoint-4").mkdir()
@@ -547,16 +617,15 @@ def test_the_final_push_moves_files_from_the_main_process_only(hub, tmp_path, mo
     """The saved folder is uploaded (checkpoints left out), retried, and a failure is logged,
     never raised; the other processes push nothing and save nothing again (a save is collective
     under FSDP, so a retry of one on the main process alone would hang)."""
-    monkeypatch.setattr(hub_io, "retry", functools.partial(hub_io.retry, backoff_s=0.0))
-    monkeypatch.setattr(hub_io, "create_repo", lambda *args, **kwargs: "")
     calls = []
 
-    def upload_folder(folder, repo_id, **kwargs):
-        calls.append((folder, repo_id, kwargs["commit_message"], kwargs["ignore_patterns"]))
+    def upload_folder(api, **kwargs):
+        keys = ("folder_path", "repo_id", "commit_message", "ignore_patterns")
+        calls.append(tuple(kwargs[key] for key in keys))
         response = httpx2.Response(503, request=httpx2.Request("POST", "http://hub/commit"))
-        raise HfHubHTTPError(f"service unavailable for {kwargs['token']}", response=response)
+        raise HfHubHTTPError(f"service unavailable for {api.token}", response=response)
 
-    monkeypatch.setattr(hub_io, "upload_folder", upload_folder)
+    fake_hub(monkeypatch, upload_folder)
 
     def trainer(main: bool) -> SimpleNamespace:
         args = SimpleNamespace(hub_model_id="org/agent", output_dir=str(tmp_path))
@@ -566,36 +635,87 @@ def test_the_final_push_moves_files_from_the_main_process_only(hub, tmp_path, mo
     assert train.publish(trainer(main=False), hub.token) is False
     assert calls == []
     assert train.publish(trainer(main=True), hub.token) is False
-    assert calls == [(str(tmp_path), "org/agent", "Final model", ["_*", "checkpoint-*"])] * 3
+    assert calls == [(tmp_path, "org/agent", "Final model", ["_*", "checkpoint-*"])] * 3
     assert "could not push the final model to org/agent" in caplog.text
     assert hub.token not in caplog.text
 
 
-def test_a_checkpoint_push_survives_the_hub_but_not_a_bug(tmp_path, monkeypatch, caplog):
-    """A push that fails from outside the program is logged; a deleted checkpoint is skipped;
-    an error of our own code is raised when training ends, not logged as a failed push."""
-    monkeypatch.setattr(hub_io, "create_repo", lambda *args, **kwargs: "")
-    monkeypatch.setattr(hub_io, "retry", functools.partial(hub_io.retry, backoff_s=0.0))
-    args = SimpleNamespace(output_dir=str(tmp_path))
-    (tmp_path / "checkpoint-1").mkdir()
-
-    def offline(folder, repo_id, **kwargs):
-        raise OSError("network is unreachable")
-
-    monkeypatch.setattr(hub_io, "upload_folder", offline)
+def test_a_deleted_checkpoint_is_skipped(tmp_path, monkeypatch, caplog):
+    fake_hub(monkeypatch, lambda api, **kwargs: COMMIT)
     pusher = HubPushCallback("org/run")
-    pusher.on_save(args, SimpleNamespace(is_world_process_zero=True, global_step=1), None)
-    pusher.wait()  # one push at a time, none replaced by the next save
+    args = SimpleNamespace(output_dir=str(tmp_path))
     pusher.on_save(args, SimpleNamespace(is_world_process_zero=True, global_step=2), None)
     pusher.on_train_end(args, None, None)
-    assert "giving up on pushing checkpoint 1: network is unreachable" in caplog.text
     assert "checkpoint 2 was deleted before its push; skipped" in caplog.text
 
-    def buggy(folder, repo_id, **kwargs):
+
+# The never-fatal pushes, each as training calls it: the final model, a checkpoint, the Space.
+
+
+def final_push(tmp_path: Path) -> None:
+    args = SimpleNamespace(hub_model_id="org/agent", output_dir=str(tmp_path))
+    args.hub_private_repo = False
+    train.publish(SimpleNamespace(args=args, is_world_process_zero=lambda: True), None)
+
+
+def checkpoint_push(tmp_path: Path) -> None:
+    (tmp_path / "checkpoint-1").mkdir(exist_ok=True)
+    pusher = HubPushCallback("org/agent")
+    state = SimpleNamespace(is_world_process_zero=True, global_step=1)
+    pusher.on_save(SimpleNamespace(output_dir=str(tmp_path)), state, None)
+    pusher.on_train_end(None, None, None)
+
+
+def space_push(tmp_path: Path) -> None:
+    retriever = tmp_path / "remote.yaml"
+    retriever.write_text("type: remote\nurl: https://retriever.example.org\n")
+    script = SimpleNamespace(space_repo="org/demo", retriever=str(retriever), template="search_r1")
+    args = SimpleNamespace(
+        push_to_hub=True, hub_model_id="org/agent", output_dir=str(tmp_path), hub_token=None
+    )
+    train.publish_space(script, args, pushed=True)
+
+
+PUSHES = {
+    "final": (final_push, "could not push the final model to org/agent: ", hub_io),
+    "checkpoint": (checkpoint_push, "giving up on pushing checkpoint 1: ", hub_io),
+    "space": (space_push, "could not push the Space org/demo: ", space),
+}
+PUSH_FAILURES = {
+    "hub 503": HfHubHTTPError(
+        "503 Server Error: Service Unavailable",
+        response=httpx2.Response(503, request=httpx2.Request("POST", "https://hub/commit")),
+    ),
+    "network": httpx2.ConnectError("connection refused"),
+    "disk": OSError("no space left on device"),
+}
+
+
+@pytest.mark.parametrize("failure", PUSH_FAILURES, ids=str)
+@pytest.mark.parametrize("push", PUSHES, ids=str)
+def test_a_push_that_fails_outside_the_program_is_logged_and_training_goes_on(
+    push, failure, tmp_path, monkeypatch, caplog
+):
+    def upload_folder(api, **kwargs):
+        raise PUSH_FAILURES[failure]
+
+    fake_hub(monkeypatch, upload_folder)
+    run, logged, _ = PUSHES[push]
+    run(tmp_path)  # returns: training goes on
+    assert f"{logged}{PUSH_FAILURES[failure]}" in caplog.text
+
+
+@pytest.mark.parametrize("push", PUSHES, ids=str)
+def test_a_bug_in_our_packaging_raises_with_its_traceback(push, tmp_path, monkeypatch, caplog):
+    """The monkeypatched function is ours: the upload (`hub.push_folder`) of the model and the
+    checkpoints, the Space's card (`space.space_card`) of the Space."""
+
+    def buggy(*args, **kwargs):
         raise TypeError("a bug in our packaging")
 
-    monkeypatch.setattr(hub_io, "upload_folder", buggy)
-    pusher = HubPushCallback("org/run")
-    pusher.on_save(args, SimpleNamespace(is_world_process_zero=True, global_step=1), None)
-    with pytest.raises(TypeError, match="a bug in our packaging"):
-        pusher.on_train_end(args, None, None)
+    run, _, module = PUSHES[push]
+    monkeypatch.setattr(module, "push_folder" if module is hub_io else "space_card", buggy)
+    with pytest.raises(TypeError, match="a bug in our packaging") as raised:
+        run(tmp_path)
+    assert raised.traceback[-1].name == "buggy"
+    assert "could not push" not in caplog.text and "giving up" not in caplog.text

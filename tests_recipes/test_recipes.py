@@ -27,16 +27,14 @@ import torch
 from huggingface_hub import HfApi, hf_hub_download
 from safetensors.torch import load_file
 
-from research_r1.reduced import Reduced, read_recipe, reduce_recipe
+from research_r1.reduced import CPU_FLAGS, Reduced, read_recipe, reduce_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU_RECIPES = sorted(
     path for path in (ROOT / "recipes").glob("*.yaml") if not read_recipe(path).get("use_cpu")
 )
-# The device and precision flags a CPU needs: accelerate's, then the recipe's (fp32 throughout,
-# which AVX2 hosts run many times faster than emulated bf16).
-ACCELERATE_CPU = ["--mixed_precision", "no"]
-RECIPE_CPU = ["--use_cpu", "true", "--bf16", "false", "--dtype", "float32"]
+# The two-process runs' accelerate configs: the recipe's own (TRL's multi_gpu preset), and FSDP2.
+ACCELERATE_CONFIGS = {"ddp": "multi_gpu", "fsdp": "recipes/accelerate/fsdp.yaml"}
 # Narrow heads: this suite has no vLLM, whose CPU kernels need 64.
 HEAD_DIM = 32
 TIMEOUT_S = 900
@@ -53,8 +51,7 @@ def train_argv(recipe: Path, reduced: Reduced, *flags: str, **keys: Any) -> list
         *(sys.executable, "-m", "research_r1.cli", "train", str(recipe.relative_to(ROOT))),
         *reduced.overrides(**keys),
         *flags,
-        *ACCELERATE_CPU,
-        *RECIPE_CPU,
+        *CPU_FLAGS,
     ]
 
 
@@ -165,12 +162,14 @@ def test_qlora_is_4bit_for_real(recipe, tmp_path):
 
     from research_r1 import train
     from research_r1.configs import parse_recipe
+    from research_r1.launch import launch_args
 
     reduced = reduce_recipe(recipe, tmp_path, head_dim=HEAD_DIM)
-    argv = [str(recipe), *reduced.overrides(max_steps=1), *RECIPE_CPU]
     cwd = Path.cwd()
     os.chdir(ROOT)
-    try:
+    try:  # the flags `research-r1 train` hands to the training process
+        flags = [str(recipe), *reduced.overrides(max_steps=1), *CPU_FLAGS]
+        argv = launch_args(flags).training_script_args
         trainer = train.train(argv)
     finally:
         os.chdir(cwd)
@@ -229,7 +228,7 @@ def two_process_runs(hub, tmp_path_factory) -> dict[str, Any]:
     )
     runs["reference"] = (reference, repo_id)
 
-    for config in ("ddp", "fsdp"):
+    for config, accelerate_config in ACCELERATE_CONFIGS.items():
         output_dir = reduced.output_dir.with_name(config)
         repo_id = hub.new_repo_id(f"{config}-resumed")
         argv = train_argv(
@@ -237,7 +236,7 @@ def two_process_runs(hub, tmp_path_factory) -> dict[str, Any]:
             reduced,
             *two,
             "--accelerate_config",
-            f"recipes/accelerate/{config}.yaml",
+            accelerate_config,
             max_steps=3,
             output_dir=output_dir,
             push_to_hub=True,

@@ -33,7 +33,7 @@ pytest.importorskip("vllm")
 
 from research_r1.protocol import load_template
 from research_r1.publish import read_evaluations
-from research_r1.reduced import SHAPE, Reduced, read_recipe, reduce_recipe
+from research_r1.reduced import CPU_FLAGS, SHAPE, Reduced, read_recipe, reduce_recipe
 
 pytestmark = pytest.mark.slow
 
@@ -45,12 +45,9 @@ STARTUP_S = 300
 
 # What a CPU needs, and nothing else (vllm_gpu_memory_utilization stays: on a CPU,
 # `prepare_cpu_colocate` gives the engine a KV cache of its own size):
-# - the recipe's training on the CPU in float32, and accelerate's mixed precision off (the
-#   recipes' accelerate configs ask for bf16): this host has no bf16 arithmetic (AVX2), and
-#   emulated bf16 made a step ten times slower (250 s instead of 25 s). vLLM still generates in
-#   bf16: TRL gives it no dtype, and vLLM's CPU backend runs a float32 checkpoint in bf16.
-RECIPE_CPU = ["--use_cpu", "true", "--bf16", "false", "--dtype", "float32"]
-ACCELERATE_CPU = ["--mixed_precision", "no"]
+# - `CPU_FLAGS`: training in float32, accelerate's mixed precision off (emulated bf16 made a step
+#   ten times slower: 250 s instead of 25 s). vLLM still generates in bf16: TRL gives it no
+#   dtype, and vLLM's CPU backend runs a float32 checkpoint in bf16.
 # - colocate: one process, on the CPU (`--cpu`: accelerate's simple launcher, with the CPU's
 #   cores as the process's threads); the ddp config asks for 8.
 COLOCATE_PROCESSES = ["--cpu", "--num_processes", "1"]
@@ -78,7 +75,7 @@ def train(recipe: Path, reduced: Reduced, flags: list[str], env: dict[str, str])
     """`research-r1 train` from the repository root (recipes name their files relative to it),
     with the hooks on the processes' path; a hang fails the test at the timeout."""
     argv = [sys.executable, "-m", "research_r1.cli", "train", str(recipe.relative_to(ROOT))]
-    argv += [*reduced.overrides(max_steps=2), *flags, *ACCELERATE_CPU, *RECIPE_CPU]
+    argv += [*reduced.overrides(max_steps=2), *flags, *CPU_FLAGS]
     path = os.pathsep.join(filter(None, [str(HOOKS), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, **VLLM_CPU, "PYTHONPATH": path, **env}
     done = subprocess.run(
