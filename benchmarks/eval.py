@@ -70,6 +70,8 @@ from huggingface_hub import ModelCard, ModelCardData
 from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
 from research_r1 import cli, demo, evaluation
+from research_r1.evaluation import load, report
+from research_r1.evaluation import run as playing
 from research_r1.generation import Generation, Generator
 from research_r1.protocol import load_template
 from research_r1.retrieval import Passage, Retriever
@@ -86,6 +88,13 @@ CARD_BUDGETS = (
     "max_completion_tokens",
 )
 LOADS = ("tokenizer", "generator", "retriever")  # `load_*` stages: the model and index loads
+# The stages timed, each in the module `eval` looks it up in.
+STAGES = (
+    (evaluation, ("load_tokenizer", "load_questions", "load_generator", "probe")),
+    (load, ("load_retriever",)),
+    (playing, ("run_dataset",)),
+    (report, ("summarize",)),
+)
 # Qwen2.5-0.5B's shape (its config.json), for the --gpu rows.
 QWEN25_05B = dict(
     hidden_size=896,
@@ -157,18 +166,7 @@ def timed_eval(clock: Clock) -> Iterator[None]:
     timing proxies. A vLLM engine is built once and kept for every run (building one takes a
     minute and would be the same engine); a transformers model is loaded per run, as `eval`
     does, since its generator takes the run's batch size."""
-    real = {
-        name: getattr(evaluation, name)
-        for name in (
-            "load_tokenizer",
-            "load_questions",
-            "load_retriever",
-            "load_generator",
-            "probe",
-            "run_dataset",
-            "summarize",
-        )
-    }
+    real = {name: getattr(module, name) for module, names in STAGES for name in names}
     engines: dict[str, TimedGenerator] = {}
 
     def load_generator(plan: evaluation.Plan, tokenizer: Any) -> TimedGenerator:
@@ -185,7 +183,11 @@ def timed_eval(clock: Clock) -> Iterator[None]:
     wrapped = {name: clock.timed(name, function) for name, function in real.items()}
     wrapped["load_generator"] = clock.timed("load_generator", load_generator)
     wrapped["load_retriever"] = clock.timed("load_retriever", retriever)
-    with mock.patch.multiple(evaluation, **wrapped):
+    with contextlib.ExitStack() as patched:
+        for module, names in STAGES:
+            patched.enter_context(
+                mock.patch.multiple(module, **{name: wrapped[name] for name in names})
+            )
         yield
 
 

@@ -14,7 +14,6 @@ rendering off, so a passage holding `<img onerror=...>` or a link shows as those
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import html
 import itertools
@@ -23,6 +22,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ import gradio as gr
 
 from research_r1 import evaluation, leaderboard
 from research_r1.errors import InputError, RunStopped
+from research_r1.evaluation.arguments import MODEL_HELP
 from research_r1.generation import Generator
 from research_r1.retrieval import RetrievalError, Retriever
 from research_r1.space import EpisodeStopped, LiveTurns, SpaceSettings, Turn, transcript_turns
@@ -207,25 +208,13 @@ def describe(plan: evaluation.Plan) -> str:
 
 
 def load_app(
-    model: str,
-    retriever: str | dict[str, Any] | None = None,
-    template: str | None = None,
+    options: evaluation.PlayArguments,
     *,
-    k: int | None = None,
-    max_turns: int | None = None,
     examples: Sequence[str] = (),
     results: Sequence[str] = (),
 ) -> gr.Blocks:
-    """The app for `model` as `eval` would play it (its family's or card's template and
-    settings, then these), loaded on a GPU when there is one."""
-    options = argparse.Namespace(
-        model=model,
-        template=template,
-        retriever=retriever,
-        k=k,
-        max_turns=max_turns,
-        backend="auto",
-    )
+    """The app for `options.model` as `eval` would play it (its family's or card's template and
+    settings, then `options`), loaded on a GPU when there is one."""
     plan = evaluation.agent_plan(options)
     waiting = {"max_retriever_wait_s": RETRIEVER_WAIT_S}
     plan = dataclasses.replace(plan, rollout=plan.rollout.model_copy(update=waiting))
@@ -237,12 +226,15 @@ def load_app(
 
 def load_space(settings: SpaceSettings) -> gr.Blocks:
     """The Hub Space's app from its settings."""
-    return load_app(
-        settings.model_id,
-        settings.retriever_config,
-        settings.template,
+    options = evaluation.PlayArguments(
+        model=settings.model_id,
+        retriever=settings.retriever_config,
+        template=settings.template,
         k=settings.top_k,
         max_turns=settings.max_turns,
+    )
+    return load_app(
+        options,
         examples=read_examples(Path(settings.examples)) if settings.examples else [],
         results=[settings.results] if settings.results else [],
     )
@@ -258,33 +250,34 @@ def read_examples(path: Path, count: int = EXAMPLES) -> list[str]:
 # research-r1 space
 
 
-def configure_space(parser: argparse.ArgumentParser) -> None:
-    parser.description = (
-        "Run the demo app on this machine (127.0.0.1): by default the demo's trained model on its "
-        "synthetic corpus, as `make demo` wrote them to outputs/demo."
+@dataclass(kw_only=True)
+class SpaceArguments(evaluation.PlayArguments):
+    """Run the demo app on this machine (127.0.0.1): by default the demo's trained model on its
+    synthetic corpus, as `make demo` wrote them to outputs/demo (its retriever too, unless
+    --retriever is given)."""
+
+    model: str = field(default=str(DEMO / "grpo"), metadata={"help": MODEL_HELP})
+    examples: Path | None = field(
+        default=None, metadata={"help": "a QA file whose first questions are shown"}
     )
-    parser.add_argument("--model", default=str(DEMO / "grpo"), help="local folder or Hub id")
-    parser.add_argument(
-        "--retriever", default=None, help="retriever config (default: the demo's, or the suite's)"
+    results: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "eval runs for the leaderboard tab: results files, folders or "
+            "hf://datasets/ORG/NAME"
+        },
     )
-    parser.add_argument("--template", help="template (built-in name or YAML) for unknown models")
-    parser.add_argument("--examples", type=Path, help="a QA file whose first questions are shown")
-    parser.add_argument(
-        "--results",
-        nargs="*",
-        default=[],
-        help="eval runs for the leaderboard tab: results files, folders or hf://datasets/ORG/NAME",
-    )
-    parser.add_argument("--port", type=int, default=7860, help="port on 127.0.0.1")
+    port: int = field(default=7860, metadata={"help": "port on 127.0.0.1"})
 
 
-def run_space(args: argparse.Namespace) -> int:
+def run_space(args: SpaceArguments) -> int:
     demo_model = args.model == str(DEMO / "grpo")
     if demo_model and not Path(args.model).is_dir():
         raise InputError(f"{args.model} does not exist: run `make demo` first, or pass --model")
-    retriever = args.retriever or (str(DEMO / "retriever.yaml") if demo_model else None)
+    if args.retriever is None and demo_model:
+        args = dataclasses.replace(args, retriever=str(DEMO / "retriever.yaml"))
     questions = args.examples or (DEMO / "questions" / "test.jsonl" if demo_model else None)
     examples = read_examples(questions) if questions else []
-    app = load_app(args.model, retriever, args.template, examples=examples, results=args.results)
+    app = load_app(args, examples=examples, results=args.results)
     app.queue(max_size=QUEUE_SIZE).launch(server_name="127.0.0.1", server_port=args.port)
     return 0

@@ -14,9 +14,8 @@ resolution, prompt, greedy decoding and `play`), so what it shows is what `eval`
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console
@@ -32,31 +31,20 @@ from research_r1.retrieval import Passage
 _LABEL_WIDTH = 8  # "think", "search" and the title numbers line up after it
 
 
-def configure_ask(parser: argparse.ArgumentParser) -> None:
-    parser.description = (
-        "Ask one question and watch the agent think, search and answer, as `eval` runs it "
-        "(the agent method, greedy)."
-    )
-    parser.add_argument("question", help="the question to ask")
-    parser.add_argument(
-        "--model", required=True, help="local folder or Hub model id, optionally MODEL@REVISION"
-    )
-    parser.add_argument("--family", help="play the model as this published family does")
-    parser.add_argument("--template", help="template (built-in name or YAML) for unknown models")
-    parser.add_argument("--retriever", help="retriever config (default: the suite's)")
-    parser.add_argument("--k", type=int, help="passages per search (default: the family's)")
-    parser.add_argument("--max-turns", type=int, help="searches at most (default: the family's)")
-    parser.add_argument(
-        "--backend", choices=("auto", "transformers", "vllm"), default="auto", help="generation"
-    )
+@dataclass(kw_only=True)
+class AskArguments(evaluation.PlayArguments):
+    """Ask one question and watch the agent think, search and answer, as `eval` runs it (the
+    agent method, greedy)."""
+
+    question: str = field(metadata={"positional": True, "help": "the question to ask"})
 
 
-def run_ask(args: argparse.Namespace) -> int:
+def run_ask(args: AskArguments) -> int:
     ask(args, Console())
     return 0
 
 
-def ask(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+def ask(args: AskArguments, console: Console) -> dict[str, Any]:
     """Play `args.question` as `eval` would, printing it to `console`; its `eval` trace line."""
     if not args.question.strip():
         raise InputError("the question is empty")

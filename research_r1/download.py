@@ -11,18 +11,18 @@ retriever from the cache alone:
   formats that neither transformers nor vLLM loads, nor pickled `.bin` weights where the repo
   has safetensors. A local folder needs nothing.
 - With `--with-index`, the retriever eval would use: `--retriever CFG`, else that of `--suite`,
-  else of the model family's suite (resolved by eval's own `make_plan`; `--template` as eval
-  takes it, for a model of no known family). Its index, corpus and dense encoder are fetched
-  with the functions `load_retriever` calls (`resolve`, `resolve_index`, `corpus_uri`,
-  `encoder_name`), so the same cache entries are read back; a split index is reassembled and
-  the corpus converted to Arrow here, as `load_retriever` would do on first use.
+  else of the model family's suite (resolved by eval's own `make_plan` from the options the two
+  commands share, `ModelArguments`: `--template` or `--family` as eval takes them). Its index,
+  corpus and dense encoder are fetched with the functions `load_retriever` calls (`resolve`,
+  `resolve_index`, `corpus_uri`, `encoder_name`), so the same cache entries are read back; a
+  split index is reassembled and the corpus converted to Arrow here, as `load_retriever` would
+  do on first use.
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,7 +32,8 @@ from rich.table import Table
 from tqdm.auto import tqdm
 
 from research_r1.errors import InputError
-from research_r1.evaluation import configure_eval, make_plan
+from research_r1.evaluation import EvalArguments, ModelArguments, make_plan
+from research_r1.evaluation.arguments import MODEL_HELP
 from research_r1.hub import HubLocation, hub_errors, is_hub_uri, resolve, retry
 from research_r1.retrieval.config import (
     BM25Config,
@@ -45,7 +46,6 @@ from research_r1.retrieval.config import (
 )
 from research_r1.retrieval.corpus import load_corpus, read_info
 from research_r1.retrieval.dense import resolve_index
-from research_r1.suites import SUITES
 
 T = TypeVar("T")
 
@@ -67,24 +67,18 @@ class Fetched:
     path: Path
 
 
-def configure_download(parser: argparse.ArgumentParser) -> None:
-    parser.description = (
-        "Prefetch into the Hugging Face Hub cache what `research-r1 eval MODEL` reads: the "
-        "checkpoint and, with --with-index, its retriever's index, corpus and encoder."
+@dataclass(kw_only=True)
+class DownloadArguments(ModelArguments):
+    """Prefetch into the Hugging Face Hub cache what `research-r1 eval MODEL` reads: the
+    checkpoint and, with --with-index, its retriever's index, corpus and encoder."""
+
+    model: str = field(metadata={"positional": True, "help": MODEL_HELP})
+    with_index: bool = field(
+        default=False, metadata={"help": "also the retriever's index, corpus and encoder"}
     )
-    parser.add_argument("model", help="Hub model id, optionally MODEL@REVISION, or a local folder")
-    parser.add_argument(
-        "--with-index", action="store_true", help="also the retriever's index, corpus and encoder"
-    )
-    parser.add_argument(
-        "--suite", choices=sorted(SUITES), help="whose retriever (default: the model family's)"
-    )
-    parser.add_argument("--retriever", help="retriever config to fetch instead of the suite's")
-    parser.add_argument("--template", help="as eval takes it, for a model of no known family")
-    parser.add_argument("--family", help="as eval takes it: play the model as this family does")
 
 
-def run_download(args: argparse.Namespace) -> int:
+def run_download(args: DownloadArguments) -> int:
     if not args.with_index and (args.suite or args.retriever):
         raise InputError("--suite and --retriever choose the index to fetch: add --with-index")
     # Settle the retriever first, so bad input fails before a large download.
@@ -102,16 +96,13 @@ def run_download(args: argparse.Namespace) -> int:
     return 0
 
 
-def eval_retriever(args: argparse.Namespace) -> Mapping[str, Any] | str:
-    """The retriever config `eval` would use with the same flags."""
+def eval_retriever(args: DownloadArguments) -> Mapping[str, Any] | str:
+    """The retriever config `eval` would use with the same options."""
     if args.retriever is not None:
         return args.retriever
-    parser = argparse.ArgumentParser()
-    configure_eval(parser)
+    shared = {field.name: getattr(args, field.name) for field in fields(ModelArguments)}
     # A fixed backend: "auto" would import vLLM only to pick one.
-    eval_args = parser.parse_args([args.model, "--backend", "transformers"])
-    eval_args.suite, eval_args.template, eval_args.family = args.suite, args.template, args.family
-    plan = make_plan(eval_args)
+    plan = make_plan(EvalArguments(**shared, backend="transformers"))
     if plan.retriever is None:
         raise InputError(f"--with-index: suite {plan.suite.name}: {plan.suite.needs}")
     return plan.retriever

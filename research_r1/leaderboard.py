@@ -15,12 +15,11 @@ read are allowed, since eval records every setting of the run.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import functools
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -454,38 +453,36 @@ def plot(board: Mapping[str, Sequence[Row]], path: Path, metric: str = "em") -> 
     return path
 
 
-def configure_leaderboard(parser: argparse.ArgumentParser) -> None:
-    parser.description = (
-        "Merge evaluation runs (and the papers' reported numbers) into DIR/leaderboard.md, .csv "
-        "and .png: one table per setting, so numbers from different corpora, retrievers, top-k "
-        "or metrics are never ranked together."
+@dataclass
+class LeaderboardArguments:
+    """Merge evaluation runs (and the papers' reported numbers) into DIR/leaderboard.md, .csv
+    and .png: one table per setting, so numbers from different corpora, retrievers, top-k or
+    metrics are never ranked together."""
+
+    sources: list[str] = field(
+        metadata={
+            "positional": True,
+            "metavar": "SOURCE",
+            "help": "a run file (results.json), a folder (every *.json below it) or a Hub "
+            "results dataset hf://datasets/ORG/NAME[@REV] (every *.json in it)",
+        }
     )
-    parser.add_argument(
-        "sources",
-        nargs="+",
-        metavar="SOURCE",
-        help="a run file (results.json), a folder (every *.json below it) or a Hub results "
-        "dataset hf://datasets/ORG/NAME[@REV] (every *.json in it)",
+    out: Path = field(
+        default=Path("leaderboard"), metadata={"metavar": "DIR", "help": "output directory"}
     )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=Path("leaderboard"),
-        metavar="DIR",
-        help="output directory (default: %(default)s)",
+    no_reported: bool = field(
+        default=False, metadata={"help": "leave out the papers' reported numbers"}
     )
-    parser.add_argument(
-        "--no-reported", action="store_true", help="leave out the papers' reported numbers"
-    )
-    parser.add_argument(
-        "--metric",
+    metric: str = field(
         default="em",
-        help="the metric the tables show; every result must have it; the papers' numbers are "
-        f"{REPORTED_METRIC} only (default: %(default)s)",
+        metadata={
+            "help": "the metric the tables show; every result must have it; the papers' numbers "
+            f"are {REPORTED_METRIC} only"
+        },
     )
 
 
-def run_leaderboard(args: argparse.Namespace) -> int:
+def run_leaderboard(args: LeaderboardArguments) -> int:
     rows = load_runs(args.sources, args.metric)
     if not args.no_reported and args.metric == REPORTED_METRIC:
         rows += REPORTED_ROWS

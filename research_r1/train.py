@@ -479,16 +479,17 @@ def evaluate_trained(
     Its scores go into the card, and to the Hub when the run pushes; it runs after the final
     push, on the main process alone, so no other process waits on it."""
     output_dir = Path(args.output_dir)
-    argv = [str(output_dir), "--suite", script.eval_suite, "--backend", "transformers"]
-    argv += ["--out", str(output_dir / EVAL_FOLDER)]
-    for flag, value in (
-        ("--limit", script.eval_limit),
-        ("--datasets", script.eval_datasets),
-        ("--retriever", script.eval_retriever),
-    ):
-        if value is not None:
-            argv += [flag, str(value)]
-    evaluation.run_eval(evaluation.parse_args(argv))
+    evaluation.run_eval(
+        evaluation.EvalArguments(
+            model=str(output_dir),
+            suite=script.eval_suite,
+            datasets=script.eval_datasets,
+            retriever=script.eval_retriever,
+            limit=script.eval_limit,
+            backend="transformers",
+            out=output_dir / EVAL_FOLDER,
+        )
+    )
     trainer.create_model_card()
     if args.push_to_hub:
         repo_id = args.hub_model_id

@@ -4,7 +4,6 @@ bad input named before anything loads, and the real tiny model end to end."""
 
 from __future__ import annotations
 
-import argparse
 import json
 from types import SimpleNamespace
 
@@ -14,8 +13,9 @@ from toy import Scripted, write_bm25
 from transformers import AutoTokenizer
 
 from research_r1 import evaluation
-from research_r1.ask import ask, configure_ask
+from research_r1.ask import ask
 from research_r1.cli import main as cli_main
+from research_r1.cli import parse
 from research_r1.protocol import SEARCH_R1, TEMPLATES
 from research_r1.tiny import EOS, build_tiny_model
 
@@ -80,10 +80,8 @@ def ask_args(world, question: str, *extra: str) -> list[str]:
 def asked(argv: list[str]) -> tuple[list[str], dict]:
     """What `ask` prints (lines, trailing spaces cut) and its trace line, as the CLI parses
     `argv`."""
-    parser = argparse.ArgumentParser()
-    configure_ask(parser)
     console = Console(record=True, width=200)  # wide enough for a temporary path
-    line = ask(parser.parse_args(argv[1:]), console)
+    line = ask(parse(argv)[1], console)
     return [row.rstrip() for row in console.export_text().splitlines()], line
 
 

@@ -4,25 +4,32 @@ question that raises, every bad input, the baselines, and the real tiny model.""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 import yaml
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, hf_hub_download
 from toy import Scripted, write_bm25
 
-from research_r1 import evaluation
+from research_r1 import evaluation, rollout
 from research_r1.cli import main as cli_main
-from research_r1.errors import InputError
+from research_r1.cli import parse
+from research_r1.errors import InputError, RunStopped
+from research_r1.evaluation import EvalArguments
+from research_r1.evaluation import load as loading
+from research_r1.evaluation.plan import DIRECT_PROMPT, RAG_PROMPT, method_template
+from research_r1.evaluation.run import per_question, play_robustly
 from research_r1.families import families, get_family
 from research_r1.protocol import FINAL_TURN_NOTICE, SEARCH_R1, TEMPLATES, render_prompt
 from research_r1.publish import model_card, update_model_card
-from research_r1.retrieval import Passage
+from research_r1.retrieval import Passage, QueryRejected, RetrieverUnavailable
 from research_r1.scoring import METRICS
 from research_r1.tiny import EOS, build_tiny_model, build_tokenizer
 
@@ -59,7 +66,7 @@ def world(tmp_path_factory) -> SimpleNamespace:
     )
     retriever = write_bm25(root, CORPUS)
     texts = [TEMPLATES["search_r1"].user, *CORPUS, *(t for ts in SCRIPTS.values() for t in ts)]
-    texts += [q for _, q, _ in QA] + [evaluation.DIRECT_PROMPT, evaluation.RAG_PROMPT]
+    texts += [q for _, q, _ in QA] + [DIRECT_PROMPT, RAG_PROMPT]
     model = build_tiny_model(root / "model", texts, SEARCH_R1.tags, hidden_size=64, seed=0)
     return SimpleNamespace(root=root, qa=qa, retriever=retriever, model=model)
 
@@ -369,7 +376,7 @@ def test_a_run_killed_mid_way_resumes_to_the_same_results(world, scripted, tmp_p
 class Raising:
     """The BM25 retriever of the world, except that one query raises `error`."""
 
-    def __init__(self, inner, query: str, error: type[Exception] = ValueError) -> None:
+    def __init__(self, inner, query: str, error: type[BaseException]) -> None:
         self.inner, self.query, self.error = inner, query, error
 
     def search(self, queries: Sequence[str], k: int) -> list[list[Passage]]:
@@ -378,32 +385,134 @@ class Raising:
         return self.inner.search(queries, k)
 
 
-def test_a_question_that_raises_is_recorded_and_tried_again_on_resume(
-    world, scripted, tmp_path, monkeypatch
+class Outage:
+    """The BM25 retriever of the world, unreachable for its first `failures` searches (for
+    every one when None)."""
+
+    def __init__(self, inner, failures: int | None = None) -> None:
+        self.inner, self.failures, self.calls = inner, failures, 0
+
+    def search(self, queries: Sequence[str], k: int) -> list[list[Passage]]:
+        self.calls += 1
+        if self.failures is None or self.calls <= self.failures:
+            raise RetrieverUnavailable("retrieval at http://127.0.0.1:9/retrieve failed: refused")
+        return self.inner.search(queries, k)
+
+
+class RowShort:
+    """A generator that returns one row fewer than it was asked for: the rollout's own check
+    must catch it."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def generate(self, contexts, max_new_tokens, stop):
+        return self.inner.generate(contexts, max_new_tokens, stop)[:-1]
+
+
+def retrieving(monkeypatch, wrap) -> Callable:
+    """Eval's retriever wrapped by `wrap`; the loader it had."""
+    real = loading.load_retriever
+    monkeypatch.setattr(loading, "load_retriever", lambda config: wrap(real(config)))
+    return real
+
+
+def batch_of_the_world(world, method: str, max_retriever_wait_s: float = 600.0):
+    """The plan, tokenizer, questions and protocol `eval` plays the world's set with, for
+    playing one batch by hand."""
+    args = EvalArguments(
+        model=str(world.model),
+        template="search_r1",
+        datasets=f"toy={world.qa}",
+        retriever=str(world.retriever),
+        method=method,
+    )
+    plan = evaluation.make_plan(args)
+    waiting = {"max_retriever_wait_s": max_retriever_wait_s}
+    plan = dataclasses.replace(plan, rollout=plan.rollout.model_copy(update=waiting))
+    [questions] = loading.load_questions(plan).values()
+    protocol = method_template(method, plan.family.template).protocol
+    return plan, loading.load_tokenizer(plan), questions, protocol
+
+
+@pytest.mark.parametrize("error", [QueryRejected, torch.OutOfMemoryError, MemoryError])
+def test_a_question_that_fails_on_its_own_is_recorded_and_tried_again_on_resume(
+    error, world, scripted, tmp_path, monkeypatch
 ):
-    real = evaluation.load_retriever
-    monkeypatch.setattr(evaluation, "load_retriever", lambda c: Raising(real(c), "hamlet author"))
+    """A query the retriever refuses, or memory its batch ran out of: that question's trace
+    says so, the others are played, and a resume plays it again."""
+    real = retrieving(monkeypatch, lambda inner: Raising(inner, "hamlet author", error))
     out = tmp_path / "out"
     assert cli_main(eval_args(world, out)) == 0
     first = traces(out)[0]
     assert first["finish"] == "error"
-    assert first["error"] == "ValueError: cannot search 'hamlet author'"
+    assert first["error"] == f"{error.__name__}: cannot search 'hamlet author'"
     assert results(out)["results"]["toy"]["errors"] == 1
     assert [t["id"] for t in traces(out)[1:]] == ["toy-test-q2", "toy-test-q3"]  # the run went on
 
-    monkeypatch.setattr(evaluation, "load_retriever", real)
+    monkeypatch.setattr(loading, "load_retriever", real)
     scripted.generator = Scripted(scripted.generator.tokenizer, SCRIPTS)
     assert cli_main(eval_args(world, out)) == 0
     toy = results(out)["results"]["toy"]
     assert (toy["errors"], toy["em"]) == (0, 1 / 3)
 
 
+def test_a_prompt_longer_than_the_models_context_is_a_failure_of_its_question():
+    """vLLM refuses such a prompt with a `VLLMValidationError` (vLLM 0.32's input processor's
+    type and message; a class of that name stands for it, as vLLM is not installed here). Its
+    other validation errors (a request we built wrong) are not a question's."""
+
+    class VLLMValidationError(Exception):
+        pass
+
+    too_long = VLLMValidationError(
+        "The decoder prompt (length 5000) is longer than the maximum model length of 4096. "
+        "Make sure that `max_model_len` is no smaller than the number of text tokens."
+    )
+    assert per_question(too_long)
+    assert not per_question(VLLMValidationError("The decoder prompt cannot be empty"))
+    assert not per_question(ValueError(str(too_long)))
+
+
 def test_a_bug_is_raised_not_recorded_as_a_failed_question(world, scripted, tmp_path, monkeypatch):
-    real = evaluation.load_retriever
-    broken = lambda c: Raising(real(c), "hamlet author", TypeError)  # noqa: E731
-    monkeypatch.setattr(evaluation, "load_retriever", broken)
+    """A bug (a TypeError, here from the retriever) and the rollout's own consistency checks (a
+    RuntimeError: the generator returned a row too few) stop the run with their traceback;
+    no question is recorded as failed."""
+    real = retrieving(monkeypatch, lambda inner: Raising(inner, "hamlet author", TypeError))
     with pytest.raises(TypeError, match="cannot search 'hamlet author'"):
-        cli_main(eval_args(world, tmp_path / "out"))
+        cli_main(eval_args(world, tmp_path / "bug"))
+    monkeypatch.setattr(loading, "load_retriever", real)
+    scripted.generator = RowShort(scripted.generator)
+    with pytest.raises(RuntimeError, match="generator returned 1 rows for 2"):
+        cli_main(eval_args(world, tmp_path / "check"))
+    for out in ("bug", "check"):
+        assert (tmp_path / out / "agent" / "traces" / "toy.jsonl").read_text() == ""
+
+
+@pytest.mark.parametrize("method", ["agent", "rag"])
+def test_a_retriever_that_stays_unreachable_stops_the_run(method, world, scripted, monkeypatch):
+    """Waited for (here up to 0.1 s), then the run stops with the outage as the cause: no
+    question is recorded as failed, and the traces so far resume it."""
+    monkeypatch.setattr(rollout, "OUTAGE_FIRST_WAIT_S", 0.01)
+    plan, tokenizer, questions, protocol = batch_of_the_world(world, method, 0.1)
+    retriever = Outage(loading.load_retriever(plan.retriever))
+    with pytest.raises(RunStopped, match="stayed unreachable") as stopped:
+        play_robustly(method, questions, plan, scripted.generator, tokenizer, retriever, protocol)
+    assert isinstance(stopped.value.__cause__, RetrieverUnavailable)
+    assert retriever.calls > 1  # waited for
+
+
+def test_rag_waits_out_a_short_outage(world, scripted, monkeypatch):
+    """The baseline's one search per question waits for the retriever as the agent's do."""
+    monkeypatch.setattr(rollout, "OUTAGE_FIRST_WAIT_S", 0.01)
+    plan, tokenizer, questions, protocol = batch_of_the_world(world, "rag")
+    retriever = Outage(loading.load_retriever(plan.retriever), failures=2)
+    lines = play_robustly(
+        "rag", questions, plan, scripted.generator, tokenizer, retriever, protocol
+    )
+    assert retriever.calls == 3
+    assert [line["error"] for line in lines] == [None, None, None]
+    assert "Doc 1(Title: Hamlet) Hamlet is a tragedy" in scripted.generator.contexts[0]
 
 
 def test_the_baselines_answer_in_one_turn_rag_with_the_questions_passages(
@@ -592,7 +701,7 @@ def test_another_model_or_setting_never_resumes_from_a_folders_traces(world, scr
     args = eval_args(world, out)
     args[1] = str(other)
     with pytest.raises(InputError) as refused:
-        evaluation.run_eval(evaluation.parse_args(args[1:]))
+        evaluation.run_eval(parse(args)[1])
     message = str(refused.value)
     assert message.startswith(f"{out / 'agent'} holds the traces of another run (identity: ")
     assert "model: " in message and message.endswith(
@@ -600,7 +709,7 @@ def test_another_model_or_setting_never_resumes_from_a_folders_traces(world, scr
     )
 
     with pytest.raises(InputError, match=r"another run \(rollout.k: 3 → 1; setting: "):
-        evaluation.run_eval(evaluation.parse_args([*eval_args(world, out)[1:], "--k", "1"]))
+        evaluation.run_eval(parse([*eval_args(world, out), "--k", "1"])[1])
     assert traces(out) == first  # nothing was written
 
     assert cli_main([*eval_args(world, out), "--k", "1", "--overwrite"]) == 0
@@ -614,7 +723,7 @@ def test_a_trace_line_of_another_run_is_refused(world, scripted, tmp_path):
     path = out / "agent" / "traces" / "toy.jsonl"
     path.write_text(path.read_text() + json.dumps({"id": "x", "run": "0123456789abcdef"}) + "\n")
     with pytest.raises(InputError, match=r"holds traces of another run \(fingerprint 0123"):
-        evaluation.run_eval(evaluation.parse_args(eval_args(world, out)[1:]))
+        evaluation.run_eval(parse(eval_args(world, out))[1])
 
 
 def test_the_default_folder_is_one_per_model_and_setting(world, tmp_path, monkeypatch, capsys):
@@ -626,17 +735,17 @@ def test_the_default_folder_is_one_per_model_and_setting(world, tmp_path, monkey
         finals.append(final)
     (finals[1] / "config.json").write_text((finals[1] / "config.json").read_text() + "\n")
 
-    def out(*extra: str) -> Path:
-        args = evaluation.parse_args(
-            [str(extra[0]), "--template", "search_r1", "--datasets", f"toy={world.qa}", *extra[1:]]
+    def out(model: Path | str, **options) -> Path:
+        args = EvalArguments(
+            model=str(model), template="search_r1", datasets=f"toy={world.qa}", **options
         )
         return evaluation.make_plan(args).out
 
     a, b = out(finals[0]), out(finals[1])
     assert a.parent == b.parent == Path("eval") and a != b
     assert a.name.startswith("a_final-") and b.name.startswith("b_final-")
-    assert out(finals[0], "--k", "1") != a
-    assert out(finals[0], "--batch-size", "64", "--limit", "2") == a  # no result changes
+    assert out(finals[0], k=1) != a
+    assert out(finals[0], batch_size=64, limit=2) == a  # no result changes
     hub_id = out("PeterJinGo/SearchR1-nq_hotpotqa_train-qwen2.5-7b-em-ppo@v1")
     assert hub_id.name.startswith("PeterJinGo__SearchR1-nq_hotpotqa_train-qwen2.5-7b-em-ppo@v1-")
 

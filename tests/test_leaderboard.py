@@ -3,7 +3,6 @@ per setting."""
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import struct
@@ -12,14 +11,13 @@ from pathlib import Path
 import pytest
 from huggingface_hub import HfApi
 
+from research_r1.cli import parse
 from research_r1.errors import InputError
 from research_r1.leaderboard import (
     REPORTED_ROWS,
     SEARCH_R1_SETTING,
     chart,
-    configure_leaderboard,
     load_runs,
-    run_leaderboard,
     sections,
 )
 
@@ -76,9 +74,9 @@ def write(path: Path, content: dict | str) -> Path:
 
 
 def leaderboard(*argv: str) -> int:
-    parser = argparse.ArgumentParser()
-    configure_leaderboard(parser)
-    return run_leaderboard(parser.parse_args(argv))
+    """`research-r1 leaderboard ARGV`, its errors raised rather than printed."""
+    run, args = parse(["leaderboard", *argv])
+    return run(args)
 
 
 def section(markdown: str, setting: str) -> list[str]:

@@ -3,7 +3,6 @@ headless through gradio_client, and push-space against the loopback Hub."""
 
 from __future__ import annotations
 
-import argparse
 import ast
 import configparser
 import dataclasses
@@ -319,7 +318,8 @@ def plan_for(tmp_path: Path, **settings):
     """`eval`'s agent plan for a model of no known family with Search-R1's template."""
     config = write_config(tmp_path / "r.yaml", {"type": "bm25", "index": "i", "corpus": "c"})
     options = dict(model="tiny", template="search_r1", retriever=str(config), k=2, max_turns=2)
-    return evaluation.agent_plan(argparse.Namespace(**options | settings, backend="transformers"))
+    played = evaluation.PlayArguments(**options | settings, backend="transformers")
+    return evaluation.agent_plan(played)
 
 
 def launch(demo):

@@ -5,7 +5,6 @@ read the answer. A passage holding HTML and a Markdown link must reach the page 
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import socket
@@ -66,7 +65,7 @@ def page_url(tmp_path_factory):
     config.write_text("type: bm25\nindex: none\ncorpus: none\n")
     texts = [TEMPLATES["search_r1"].user, *TURNS, *(p.text for p in PASSAGES), EOS]
     tokenizer = build_tokenizer(texts, SEARCH_R1.tags, chat=True)
-    options = argparse.Namespace(
+    options = evaluation.PlayArguments(
         model="scripted",
         template="search_r1",
         retriever=str(config),
