@@ -414,7 +414,7 @@ def main() -> None:
     args = parser.parse_args()
     if not 1 <= args.questions <= 600 or min(args.batch_sizes) < 1 or args.sft_steps < 1:
         parser.error("--questions must be 1-600; --batch-sizes and --sft-steps at least 1")
-    # The cold-started model plays the same episodes on any x86 host with AVX2.
+    # The demo's pinned kernels, as it runs (the CPU still moves its numbers: demo.MEASURED).
     kernels = demo.pin_cpu_kernels()
     torch.set_num_threads(args.threads)
     clock = Clock()

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from research_r1 import hub
 from research_r1.data import FLASHRAG_DATASETS
 from research_r1.errors import InputError, invalid
+from research_r1.markdown import markdown_table
 
 MEASURED = "measured"
 REPORTED = "reported"
@@ -303,10 +304,6 @@ def _average_text(row: Row, datasets: Sequence[str]) -> str:
     return text if len(row.scores) == len(datasets) else f"{text} ({len(row.scores)})"
 
 
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|")
-
-
 def markdown(board: Mapping[str, Sequence[Row]], metric: str = "em") -> str:
     """The leaderboard as markdown: one section per setting, headed by the setting string."""
     lines = [
@@ -321,31 +318,25 @@ def markdown(board: Mapping[str, Sequence[Row]], metric: str = "em") -> str:
     for setting, rows in board.items():
         datasets = datasets_of(rows)
         columns = ["rank", "model", "method", "kind", *datasets, "average", "n", "date", "source"]
-        right = {"rank", *datasets, "average", "n"}
-        lines += [
-            "",
-            f"## {setting}",
-            "",
-            "| " + " | ".join(columns) + " |",
-            "|" + "".join("---:|" if column in right else "---|" for column in columns),
-        ]
-        for rank, row in zip(_ranks(rows), rows, strict=True):
-            scores = [
-                f"{row.scores[name].value:.3f}" if name in row.scores else _MISSING
-                for name in datasets
-            ]
-            cells = [
-                str(rank),
-                _cell(row.name),
-                _cell(row.method),
+        cells = [
+            [
+                rank,
+                row.name,
+                row.method,
                 row.kind,
-                *scores,
+                *(
+                    f"{row.scores[name].value:.3f}" if name in row.scores else _MISSING
+                    for name in datasets
+                ),
                 _average_text(row, datasets),
-                _MISSING if row.n is None else str(row.n),
+                _MISSING if row.n is None else row.n,
                 row.date.date().isoformat() if row.date else _MISSING,
-                _cell(row.source),
+                row.source,
             ]
-            lines.append("| " + " | ".join(cells) + " |")
+            for rank, row in zip(_ranks(rows), rows, strict=True)
+        ]
+        right = {"rank", *datasets, "average", "n"}
+        lines += ["", f"## {setting}", "", markdown_table(columns, cells, right)]
         if any(len(row.scores) < len(datasets) for row in rows):
             lines += [
                 "",

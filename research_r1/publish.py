@@ -21,6 +21,7 @@ from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
 
 from research_r1 import hub
 from research_r1.errors import InputError
+from research_r1.markdown import markdown_table
 
 EVAL_FOLDER = "eval"  # a training run's `research-r1 eval` output, inside its folder
 # results.json key (a `research_r1.scoring.METRICS` name) -> (model-index metric type, name)
@@ -91,20 +92,22 @@ def results_table(evaluations: Sequence[Mapping[str, Any]]) -> str:
     """A markdown table of eval runs, one row per method and dataset, with its setting."""
     if not evaluations:
         return ""
-    lines = [
-        "| setting | method | dataset | n | EM | EM 95% CI | F1 | substring EM |",
-        "|---|---|---|---|---|---|---|---|",
+    columns = ["setting", "method", "dataset", "n", "EM", "EM 95% CI", "F1", "substring EM"]
+    rows = [
+        [
+            record["config"]["setting"],
+            record["config"]["method"],
+            name,
+            r["n"],
+            f"{r['em']:.3f}",
+            "{:.3f}–{:.3f}".format(*r["em_ci95"]),
+            f"{r['f1']:.3f}",
+            f"{r['subem']:.3f}" if "subem" in r else "—",
+        ]
+        for record in evaluations
+        for name, r in record["results"].items()
     ]
-    for record in evaluations:
-        config = record["config"]
-        for name, r in record["results"].items():
-            low, high = r["em_ci95"]
-            subem = f"{r['subem']:.3f}" if "subem" in r else "—"
-            lines.append(
-                f"| {config['setting']} | {config['method']} | {name} | {r['n']} | "
-                f"{r['em']:.3f} | {low:.3f}–{high:.3f} | {r['f1']:.3f} | {subem} |"
-            )
-    return "\n".join(lines)
+    return markdown_table(columns, rows)
 
 
 def update_model_card(

@@ -15,7 +15,16 @@ import pytest
 from datasets import load_dataset
 
 from research_r1 import train
-from research_r1.demo import PINNED_KERNELS, TEMPLATE, vocabulary_texts, write_world
+from research_r1.demo import (
+    MEASURED,
+    PINNED_KERNELS,
+    TEMPLATE,
+    Measured,
+    against_spread,
+    spread,
+    vocabulary_texts,
+    write_world,
+)
 from research_r1.protocol import SEARCH_R1, extract_answer, load_template
 from research_r1.retrieval.config import load_retriever
 from research_r1.retrieval.corpus import split_contents
@@ -172,6 +181,68 @@ def test_scripted_flaws(small_world):
     assert all(len(e.queries) == 1 and e.queries[0] in FACTS for e in episodes)
 
 
+SPREAD = "the spread measured over 3 seeds and 3 CPUs (after GRPO 69.2–85.0%, gain +34.7 to +47.2)"
+
+
+@pytest.mark.parametrize(
+    ("sft", "grpo", "message"),
+    [
+        (0.4, 0.8275, f"held-out EM 40.0% → 82.8% (+42.8 points), within {SPREAD}"),
+        # The spread's edges are inside: the Intel host's run, and seed 2's.
+        (0.345, 0.6925, f"held-out EM 34.5% → 69.2% (+34.8 points), within {SPREAD}"),
+        (0.3775, 0.85, f"held-out EM 37.8% → 85.0% (+47.2 points), within {SPREAD}"),
+        (
+            0.3,
+            0.6,
+            f"held-out EM 30.0% → 60.0% (+30.0 points), below {SPREAD}: GRPO taught this run "
+            "less than any measured one. A CPU not measured yet can do that (pinned kernels do "
+            "not make CPUs agree); so can other package versions or changed code",
+        ),
+        # A cold start as good as any measured, but the gain short of the spread: below.
+        (
+            0.4,
+            0.74,
+            f"held-out EM 40.0% → 74.0% (+34.0 points), below {SPREAD}: GRPO taught this run "
+            "less than any measured one. A CPU not measured yet can do that (pinned kernels do "
+            "not make CPUs agree); so can other package versions or changed code",
+        ),
+        (
+            0.4,
+            0.9,
+            f"held-out EM 40.0% → 90.0% (+50.0 points), above {SPREAD}: GRPO taught this run "
+            "more than any measured one; add it, with its CPU, to MEASURED in research_r1/demo.py",
+        ),
+        (
+            0.6,
+            0.9,
+            f"held-out EM 60.0% → 90.0% (+30.0 points), outside {SPREAD}: the run after GRPO "
+            "and its gain lie on opposite sides of it, from a cold start unlike any measured one's",
+        ),
+    ],
+)
+def test_a_run_is_placed_against_the_measured_spread(sft, grpo, message):
+    assert against_spread(sft, grpo) == message
+
+
+def test_the_spread_comes_from_the_runs_it_is_given():
+    runs = [Measured("a", "all three", 0, 30.0, 60.0), Measured("b", "none", 1, 40.0, 80.0)]
+    assert spread(runs) == (
+        "the spread measured over 2 seeds and 2 CPUs (after GRPO 60.0–80.0%, gain +30.0 to +40.0)"
+    )
+    assert against_spread(0.3, 0.6, runs).startswith(
+        "held-out EM 30.0% → 60.0% (+30.0 points), within"
+    )
+
+
+def test_the_readme_shows_the_measured_runs_and_their_spread():
+    readme = (ROOT / "README.md").read_text()
+    for run in MEASURED:
+        row = f"| {run.cpu} | {run.kernels} | {run.seed} | {run.sft:.1f}% → {run.grpo:.1f}% |"
+        assert row in readme
+    figures = spread().split(" (", 1)[1].rstrip(")")
+    assert figures in " ".join(readme.split())
+
+
 def avx2_host() -> bool:
     cpuinfo = Path("/proc/cpuinfo")
     return cpuinfo.is_file() and " avx2" in cpuinfo.read_text()
@@ -211,6 +282,8 @@ def test_smoke_run_of_the_whole_demo_then_the_recipe_on_its_output(tmp_path, mon
     assert "| all |" in summary and all(f"| {kind} |" in summary for kind in KINDS)
     assert (out / "reward_curve.png").read_bytes()[:4] == b"\x89PNG"
     assert "EM GRPO" in run.stdout
+    assert f"not compared with {spread()}: that is for the default sizes" in run.stdout
+    assert results["cpu"]
 
     # `research-r1 eval` on the trained model, reading its settings from the model card, plays
     # the demo's greedy episodes (same batches, same pinned kernels): the same scores.

@@ -38,6 +38,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from research_r1.errors import InputError, invalid
+from research_r1.markdown import markdown_table
 from research_r1.protocol import (
     FINAL_TURN_NOTICE,
     Protocol,
@@ -162,15 +163,25 @@ def fidelity_table() -> str:
         "`research-r1 eval MODEL --dry-run` shows the same for one checkpoint. *Ours* is empty",
         "where we run upstream's value; a value of ours comes with the reason we differ.",
         "",
-        "| family | upstream code | audited items | where we differ |",
-        "|---|---|---|---|",
     ]
+    summary = []
     for family in families():
         audit = family.audit()
         differ = ", ".join(name for name, entry in audit.items() if "ours" in entry) or "nowhere"
-        lines.append(f"| {family.title} | `{family.upstream}` | {len(audit)} | {differ} |")
+        summary.append([family.title, f"`{family.upstream}`", len(audit), differ])
+    columns = ["family", "upstream code", "audited items", "where we differ"]
+    lines.append(markdown_table(columns, summary))
     for family in families():
         patterns = ", ".join(f"`{m.pattern}`" for m in family.models)
+        rows = [
+            [
+                name,
+                _cell(entry["upstream"]),
+                "<br>".join(f"`{source}`" for source in entry["source"]),
+                f"{_cell(entry['ours'])}: {entry['why']}" if "ours" in entry else "",
+            ]
+            for name, entry in family.audit().items()
+        ]
         lines += [
             "",
             f"## {family.title} (`{family.name}`)",
@@ -179,20 +190,16 @@ def fidelity_table() -> str:
             f"- Evaluation path: {family.evaluation}",
             f"- Checkpoints: {patterns} (e.g. `{family.models[0].examples[0]}`)",
             "",
-            "| item | upstream | source | ours, and why |",
-            "|---|---|---|---|",
+            markdown_table(["item", "upstream", "source", "ours, and why"], rows),
         ]
-        for name, entry in family.audit().items():
-            ours = f"{_cell(entry['ours'])}: {entry['why']}" if "ours" in entry else ""
-            sources = "<br>".join(f"`{source}`" for source in entry["source"])
-            lines.append(f"| {name} | {_cell(entry['upstream'])} | {sources} | {ours} |")
     return "\n".join(lines) + "\n"
 
 
 def _cell(value: Any) -> str:
-    """A value in a table cell: JSON, so whitespace and quotes show as they are."""
+    """A value in a table cell: JSON, so whitespace and quotes show as they are, in a code
+    span (the table escapes its `|`)."""
     text = json.dumps(value, ensure_ascii=False)
-    return "`" + text.replace("|", "\\|").replace("`", "'") + "`"
+    return "`" + text.replace("`", "'") + "`"
 
 
 def _describe(family: Family, item: Item) -> dict[str, Any]:
