@@ -23,7 +23,7 @@ import torch
 import yaml
 from huggingface_hub import HfApi, SpaceCard, hf_hub_download, snapshot_download
 
-from research_r1 import evaluation, space
+from research_r1 import cli, evaluation, space
 from research_r1.cli import main as cli_main
 from research_r1.errors import InputError
 from research_r1.generation import Generation
@@ -565,6 +565,18 @@ def test_push_space_uploads_the_app_package_config_and_card(hub, tmp_path, monke
         retriever_config=str(folder / "retriever.yaml"),
         template=str(folder / "template.yaml"),
         top_k=2,
+    )
+
+
+def test_push_space_options_are_one_dataclass_in_either_spelling(tmp_path):
+    options = tmp_path / "space.yaml"
+    options.write_text("repo: org/space\nmax_turns: 3\n")
+    run, args = cli.parse(
+        ["push-space", "--config", str(options), "--top_k", "2", "--retriever-config", "r.yaml"]
+    )
+    assert run is space.run_push_space
+    assert args == space.PushSpaceArguments(
+        repo="org/space", retriever_config="r.yaml", max_turns=3, top_k=2
     )
 
 
