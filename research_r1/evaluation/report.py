@@ -18,6 +18,7 @@ import research_r1
 from research_r1 import hub
 from research_r1.errors import RunStopped
 from research_r1.evaluation.plan import Plan
+from research_r1.markdown import markdown_table
 from research_r1.metrics import UPSTREAM, load_metric
 from research_r1.publish import update_model_card
 from research_r1.scoring import Scoring
@@ -91,28 +92,33 @@ def bootstrap_ci(values: Sequence[float], samples: int = BOOTSTRAP_SAMPLES) -> l
 
 
 def results_markdown(plan: Plan, method: str, results: Mapping[str, Mapping[str, Any]]) -> str:
+    """`results.md`: the run's setting, then a row of scores per dataset."""
     scoring = plan.family.scoring
-    headline, names = scoring.headline, scoring.reported
-    others = [name for name in names if name != headline]
+    headline = scoring.headline
+    others = [name for name in scoring.reported if name != headline]
     decoding = "greedy" if plan.decoding == "greedy" else f"sampled {plan.sampling}"
-    lines = [
-        f"# {plan.model} · {method}",
-        "",
-        f"Setting: {plan.setting}. Family {plan.family.family}, template "
-        f"`{plan.family.template.name}`, {decoding}, {plan.backend}.",
-        "",
-        f"| dataset | n | {headline} | {headline} 95% CI | {' | '.join(others)} | searches | "
-        "valid format | errors |",
-        "|---|---|---|---|" + "---|" * len(others) + "---|---|---|",
-    ]
+    columns = ["dataset", "n", headline, f"{headline} 95% CI", *others]
+    columns += ["searches", "valid format", "errors"]
+    rows = []
     for name, r in results.items():
         low, high = r[f"{headline}_ci95"]
-        values = " | ".join(f"{r[other]:.3f}" for other in others)
-        lines.append(
-            f"| {name} | {r['n']} | {r[headline]:.3f} | {low:.3f}–{high:.3f} | {values} | "
-            f"{r['searches']:.2f} | {r['valid_format_rate']:.0%} | {r['errors']} |"
+        rows.append(
+            [
+                name,
+                r["n"],
+                f"{r[headline]:.3f}",
+                f"{low:.3f}–{high:.3f}",
+                *(f"{r[other]:.3f}" for other in others),
+                f"{r['searches']:.2f}",
+                f"{r['valid_format_rate']:.0%}",
+                r["errors"],
+            ]
         )
-    return "\n".join(lines) + "\n"
+    heading = (
+        f"# {plan.model} · {method}\n\nSetting: {plan.setting}. Family {plan.family.family}, "
+        f"template `{plan.family.template.name}`, {decoding}, {plan.backend}."
+    )
+    return f"{heading}\n\n{markdown_table(columns, rows)}\n"
 
 
 def provenance() -> dict[str, Any]:
