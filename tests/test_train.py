@@ -224,8 +224,8 @@ def test_train_kill_resume_and_push(world, hub, tmp_path, caplog, capsys, monkey
     assert rollout["k"] == 2 and rollout["max_new_tokens"] == 12
     card = ModelCard.load(hf_hub_download(repo, "README.md", token=hub.token))
     assert f"`{world.model}`" in card.text and "search_r1_format_em" in card.text
-    assert card.data.library_name == "peft" and "lora_r 4" in card.text
-    assert "max_steps: 60" in card.text
+    assert card.data.library_name == "peft" and "lora_r: 4" in card.text
+    assert "max_steps: 2" in card.text and "hub_token: <HUB_TOKEN>" in card.text  # as run
     em = next(r for r in card.data.eval_results if r.metric_type == "exact_match")
     assert (em.dataset_name, em.dataset_split, em.metric_value) == ("toy", "test", toy["em"])
     assert f"| agent | toy | 3 | {toy['em']:.3f} |" in card.text
@@ -293,9 +293,8 @@ def test_train_kill_resume_and_push(world, hub, tmp_path, caplog, capsys, monkey
     assert {"README.md", "adapter_model.safetensors"} <= files
     assert not any(name.startswith("last-checkpoint/") for name in files)
     card = Path(hf_hub_download(repo_resumed, "README.md", token=hub.token)).read_text()
-    assert "resume_from_checkpoint" in card
-    flat = " ".join(card.split())  # YAML folds the long overrides line
-    assert "max_new_tokens_per_turn: 24" in card and "--max_new_tokens_per_turn 12" in flat
+    assert "resume_from_checkpoint: latest" in card
+    assert "max_new_tokens_per_turn: 12" in card  # the override, not the recipe's 24
 
     output = capsys.readouterr()
     assert_token_nowhere(hub.token, [straight, resumed], caplog.text, output.out, output.err, card)
