@@ -1,4 +1,6 @@
-"""Generation backends: the one thing the rollout asks of a model.
+"""Generating with a transformers model: `TransformersGenerator`, the rollout's backend when no
+vLLM engine is at hand (the vLLM ones are in `generation_vllm`; the `Generator` contract they
+all keep is in `generators`, re-exported here).
 
 A backend continues a batch of token-id contexts until a stop string, EOS or a token budget, and
 returns the very ids it sampled with their log-probabilities. The rollout never re-tokenises
@@ -9,34 +11,19 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import torch
-from transformers import GenerationConfig, StoppingCriteriaList
+from transformers import (
+    GenerationConfig,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    StopStringCriteria,
+)
 
+from research_r1.generators import Generation, Generator
 
-@dataclass(frozen=True)
-class Generation:
-    """One continuation: sampled ids (including those that complete a stop string, and EOS when
-    the model emitted it), their sampling log-probabilities, and why it ended."""
-
-    token_ids: list[int]
-    logprobs: list[float]
-    finish: Literal["stop", "eos", "length"]
-
-
-class Generator(Protocol):
-    """A generation backend. One that sets `collective = True` (vLLM server mode, where each
-    call gathers all ranks' rows) is called every turn, with an empty batch once its episodes
-    have ended, so that every rank makes the same number of calls."""
-
-    def generate(
-        self, contexts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], stop: Sequence[str]
-    ) -> list[Generation]:
-        """Continue each context by at most its own `max_new_tokens`, stopping right after the
-        first stop string in the generated text; one `Generation` per context, in order."""
-        ...
+__all__ = ["Generation", "Generator", "TransformersGenerator", "stop_token_ids"]
 
 
 def stop_token_ids(tokenizer: Any, generation_eos: Any, extra: Sequence[str] = ()) -> list[int]:
@@ -59,6 +46,12 @@ class TransformersGenerator:
     `do_sample=False` they are the processed distribution the argmax was taken from. Those scores
     cost batch × vocabulary floats per generated token until the turn ends, which is why rows go
     through `generate` at most `batch_size` at a time.
+
+    Stop strings are found by transformers' `StopStringCriteria` (built once per set of stop
+    strings: it reads the whole vocabulary) in the generated text without special tokens. The
+    log-probabilities are `model.compute_transition_scores(..., normalize_logits=True)`, called
+    one step at a time: on all steps at once it stacks every step's scores into a copy and
+    normalises that into another, three times the memory the scores already take.
     """
 
     def __init__(
@@ -84,6 +77,10 @@ class TransformersGenerator:
         pad = tokenizer.pad_token_id
         self.pad_id: int = self.eos_ids[0] if pad is None else pad
         self.batch_size = batch_size
+        added = tokenizer.added_tokens_decoder.items()
+        special = {i for i, token in added if token.special} | set(tokenizer.all_special_ids)
+        self.special_ids: list[int] = sorted(special)
+        self._stop_criteria: dict[tuple[str, ...], StopStringCriteria] = {}
 
     def generate(
         self, contexts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], stop: Sequence[str]
@@ -101,6 +98,14 @@ class TransformersGenerator:
                 results[row] = generation
         return results
 
+    def _stops(self, stop: Sequence[str]) -> StopStringCriteria | None:
+        if not stop:
+            return None
+        key = tuple(stop)
+        if key not in self._stop_criteria:
+            self._stop_criteria[key] = StopStringCriteria(self.tokenizer, list(key))
+        return self._stop_criteria[key]
+
     def _generate_batch(
         self, contexts: Sequence[Sequence[int]], budgets: Sequence[int], stop: Sequence[str]
     ) -> list[Generation]:
@@ -115,7 +120,7 @@ class TransformersGenerator:
             [[0] * pad + [1] * len(ctx) for pad, ctx in zip(padding, contexts, strict=True)],
             device=device,
         )
-        ends = _TurnEnds(self.tokenizer, stop, budgets, self.eos_ids, start=width)
+        ends = _TurnEnds(self._stops(stop), budgets, self.eos_ids, self.special_ids, width)
         config = copy.deepcopy(self.config)
         config.update(
             max_new_tokens=max(budgets),
@@ -132,9 +137,11 @@ class TransformersGenerator:
                 stopping_criteria=StoppingCriteriaList([ends]),
             )
             sampled = output.sequences[:, width:]
-            logprobs = torch.stack(
+            logprobs = torch.cat(
                 [
-                    scores.float().log_softmax(-1).gather(1, sampled[:, step, None]).squeeze(1)
+                    self.model.compute_transition_scores(
+                        sampled[:, step, None], (scores,), normalize_logits=True
+                    )
                     for step, scores in enumerate(output.scores)
                 ],
                 dim=1,
@@ -153,41 +160,47 @@ class TransformersGenerator:
         return generations
 
 
-class _TurnEnds:
-    """A stopping criterion that ends each row at its first EOS, stop string or own budget, and
-    remembers where and why, so the caller cuts the padding `generate` adds after a row ends.
+# Any id past the vocabulary: `StopStringCriteria` reads it as a token with no text.
+_NO_TEXT = 2**62
 
-    A stop string is looked for in the decoded last few generated tokens only: it was absent one
-    step earlier, so a new occurrence ends in the newest token, and each of its tokens holds at
-    least one of its characters.
+
+class _TurnEnds(StoppingCriteria):
+    """Ends each row at its first EOS, stop string or own budget, and remembers where and why,
+    so the caller cuts the padding `generate` adds after a row ends.
+
+    A stop string counts in the generated text only, with special tokens left out (as
+    upstream's vLLM matches it: `skip_special_tokens` by default), so an end-of-turn token
+    named as a stop string ends a turn only as an EOS id. `StopStringCriteria` reads token ids,
+    so each row's non-special generated ids are moved, in order, to its end first. EOS is
+    checked before stop strings.
     """
 
     def __init__(
         self,
-        tokenizer: Any,
-        stop: Sequence[str],
+        stops: StopStringCriteria | None,
         budgets: Sequence[int],
         eos_ids: Sequence[int],
+        special_ids: Sequence[int],
         start: int,
     ) -> None:
-        self.tokenizer = tokenizer
-        self.stop = list(stop)
-        self.window = max((len(s) for s in self.stop), default=0) + 1
+        self.stops = stops
         self.budgets = list(budgets)
-        self.eos_ids = set(eos_ids)
+        self.eos_ids = list(eos_ids)
+        self.special_ids = list(special_ids)
         self.start = start
         self.length: list[int | None] = [None] * len(budgets)
         self.finish: list[Literal["stop", "eos", "length"]] = ["length"] * len(budgets)
 
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
         generated = input_ids.shape[1] - self.start
-        tails = input_ids[:, max(self.start, input_ids.shape[1] - self.window) :].tolist()
-        for row, tail in enumerate(tails):
+        eos = torch.isin(input_ids[:, -1], torch.tensor(self.eos_ids, device=input_ids.device))
+        stopped = torch.zeros_like(eos) if self.stops is None else self._stopped(input_ids)
+        for row, (is_eos, is_stop) in enumerate(zip(eos.tolist(), stopped.tolist(), strict=True)):
             if self.length[row] is not None:
                 continue
-            if tail[-1] in self.eos_ids:
+            if is_eos:
                 self.finish[row] = "eos"
-            elif self.stop and self._has_stop(tail):
+            elif is_stop:
                 self.finish[row] = "stop"
             elif generated < self.budgets[row]:
                 continue
@@ -195,9 +208,12 @@ class _TurnEnds:
         done = [length is not None for length in self.length]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
-    def _has_stop(self, ids: list[int]) -> bool:
-        """Special tokens are left out, as vLLM leaves them out of the text it matches."""
-        text = self.tokenizer.decode(
-            ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
-        )
-        return any(s in text for s in self.stop)
+    def _stopped(self, input_ids: Any) -> Any:
+        """Whether each row's generated text, special tokens left out, ends in a stop string."""
+        assert self.stops is not None
+        generated = input_ids[:, self.start :]
+        special_ids = torch.tensor(self.special_ids, dtype=torch.long, device=generated.device)
+        special = torch.isin(generated, special_ids)
+        # a stable sort puts the special ids first and keeps the others in order, at the end
+        order = torch.sort(special.logical_not().int(), dim=1, stable=True).indices
+        return self.stops(generated.masked_fill(special, _NO_TEXT).gather(1, order), None)

@@ -1,10 +1,12 @@
 """vLLM generation backends: an offline engine (colocate mode, evaluation) and a TRL vLLM server.
 
 Both ask vLLM for what the rollout needs and nothing TRL would otherwise do for it: token-id
-prompts (no re-tokenisation), one token budget per row, stop strings kept in the output (and
-looked for in the text with special tokens left in, as the transformers backend does), and the
+prompts (no re-tokenisation), one token budget per row, stop strings kept in the output, and the
 sampled token's log-probability at every position. vLLM is imported inside functions so the
-package imports on machines without it.
+package imports on machines without it. Stop strings are looked for in the text with special
+tokens left in (`skip_special_tokens=False`); the transformers backend leaves them out, as
+vLLM's default does, so the two differ for a stop string spelled by a special token that is not
+an EOS id (R1-Searcher's `<|im_end|>` on a checkpoint whose EOS is `<|endoftext|>` only).
 
 TRL 1.16's server client (`trl.generation.vllm_client.VLLMClient.generate`) takes token-id prompts
 and passes extra sampling fields (such as `stop`) through `generation_kwargs`, but it sends one
@@ -32,7 +34,7 @@ from accelerate.utils import broadcast_object_list, gather_object
 from trl.generation.vllm_client import VLLMClient
 
 from research_r1.errors import InputError
-from research_r1.generation import Generation, Generator
+from research_r1.generators import Generation, Generator
 
 if TYPE_CHECKING:  # vLLM is an optional extra, imported where it is used
     from vllm import LLM
