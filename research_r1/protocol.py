@@ -11,23 +11,26 @@ their checkpoints are played as their own loops play them with no per-model code
 
 Everything else in the package (rollout, rewards, data preparation, evaluation, the Space) reads
 tags, stop strings, notices, the format checks and the passage list from here rather than spelling
-them out again. This module imports nothing else of the package but its errors, so anything may
-import it.
+them out again. The upstream prompts and notices we copy verbatim are data files
+(`research_r1/prompts/*.txt`, each headed by the upstream line it is copied from); how passages
+are written and read back is in `research_r1.passages`. This module imports nothing else of the
+package but those and its errors, so anything may import it.
 """
 
 from __future__ import annotations
 
 import re
-import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import yaml
 
 from research_r1.errors import InputError
+from research_r1.passages import PassageFormat, PassageLike
 
 SEARCH_OPEN, SEARCH_CLOSE = "<search>", "</search>"
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
@@ -35,12 +38,20 @@ THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 _ANSWER = re.compile(re.escape(ANSWER_OPEN) + "(.*?)" + re.escape(ANSWER_CLOSE), re.DOTALL)
 
+
+def upstream_text(name: str) -> str:
+    """A text copied verbatim from upstream, shipped as `research_r1/prompts/<name>.txt`: the
+    file's first line (`# ` and the upstream `owner/repo@commit:path:lines` it is copied from)
+    is left out, and the rest is the text byte for byte, with no newline added at its end."""
+    data = (resources.files("research_r1") / "prompts" / f"{name}.txt").read_bytes()
+    source, _, text = data.decode("utf-8").partition("\n")
+    if not source.startswith("# "):
+        raise RuntimeError(f"prompts/{name}.txt does not start with its source line")
+    return text
+
+
 # Search-R1's notice for a turn that neither searches nor answers (no penalty: the episode goes on).
-SEARCH_R1_INVALID_NOTICE = (
-    "\nMy previous action is invalid. If I want to search, I should put the query between "
-    "<search> and </search>. If I want to give the final answer, I should put the answer "
-    "between <answer> and </answer>. Let me try again.\n"
-)
+SEARCH_R1_INVALID_NOTICE = upstream_text("search_r1_invalid_notice")
 # Ours (Search-R1 has none): ends the observation before the last turn, whose search is not run.
 FINAL_TURN_NOTICE = "\nI have no searches left, so my next step must be the final answer.\n"
 
@@ -57,7 +68,8 @@ class Protocol:
     `{text}` as people read them; `{title_line}`: the first line of its corpus `contents` as
     stored, quotes and all; `{contents}`: all of it); the passages, joined by
     `passage_separator` (and stripped when `strip_passages`), replace `{passages}` in
-    `observation_format` (`no_passages` when a search found none). `invalid_notice` is inserted
+    `observation_format` (`no_passages` when a search found none): `observation` writes it,
+    and `passages` writes and reads back the passage list. `invalid_notice` is inserted
     after a turn that neither searches nor answers; None ends the episode there instead, and ""
     goes on without inserting anything. `observation_cut` says how an observation over its token
     budget is cut: `passages` (ours: passage text goes, the closing tag stays), `head` (the first
@@ -145,10 +157,31 @@ class Protocol:
         )
 
     @cached_property
-    def _action(self) -> re.Pattern[str]:
+    def action_blocks(self) -> re.Pattern[str]:
+        """A complete search block (group 1: the query as written) or answer block (group 2)."""
         search = f"{re.escape(self.search_open)}(.*?){re.escape(self.search_close)}"
         answer = f"{re.escape(ANSWER_OPEN)}(.*?){re.escape(ANSWER_CLOSE)}"
         return re.compile(f"{search}|{answer}", re.DOTALL)
+
+    @cached_property
+    def passages(self) -> PassageFormat:
+        """How this protocol writes a passage list and reads it back."""
+        return PassageFormat.for_layout(self.passage_format, self.passage_separator)
+
+    @property
+    def observation_tail(self) -> str:
+        """What an observation writes after its passages: the closing tag and what follows."""
+        return self.observation_format.split("{passages}")[-1]
+
+    def observation(self, passages: Sequence[PassageLike] | str) -> str:
+        """The text inserted after a search: passages (or a message) in the wrapper."""
+        if isinstance(passages, str):
+            body = passages
+        else:
+            body = self.passages.format(passages) if passages else self.no_passages
+        return self.observation_format.replace(
+            "{passages}", body.strip() if self.strip_passages else body
+        )
 
 
 SEARCH_R1 = Protocol(
@@ -199,7 +232,7 @@ class Action:
 def parse_turn(text: str, protocol: Protocol) -> Action:
     """The first complete search or answer block of one turn, as Search-R1 reads it (an empty
     query is handled as the protocol's `empty_query` says)."""
-    match = protocol._action.search(text)
+    match = protocol.action_blocks.search(text)
     if match is None:
         return Action("invalid")
     if match.group(1) is None:
@@ -277,7 +310,7 @@ def _cut_at_stop(text: str, protocol: Protocol) -> tuple[str, str | None]:
 def split_turn(text: str, protocol: Protocol) -> tuple[str, Action]:
     """One model turn as a reader sees it: the reasoning before its search or answer block
     (think tags removed), and the action."""
-    match = protocol._action.search(text)
+    match = protocol.action_blocks.search(text)
     before = text if match is None else text[: match.start()]
     return before.replace(THINK_OPEN, "").replace(THINK_CLOSE, "").strip(), parse_turn(
         text, protocol
@@ -401,145 +434,12 @@ def follows_format(text: str, protocol: Protocol) -> tuple[bool, str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Observations: what we insert after a search, and reading its passages back
-
-
-class PassageLike(typing.Protocol):
-    """What the model is shown of a passage: a retrieved `Passage`, or a `ShownPassage`."""
-
-    @property
-    def title(self) -> str: ...
-
-    @property
-    def text(self) -> str: ...
-
-    @property
-    def title_line(self) -> str: ...
-
-    @property
-    def contents(self) -> str: ...
-
-
-class ShownPassage(NamedTuple):
-    """A passage read back from an observation: only its title and text are shown."""
-
-    title: str
-    text: str
-
-    @property
-    def title_line(self) -> str:
-        return self.title
-
-    @property
-    def contents(self) -> str:
-        return f"{self.title}\n{self.text}"
-
-
-_DOC_START = re.compile(r"(?:^|\n)Doc \d+\(Title: ")
-_SEARCH_R1_AS_STORED = "Doc {i}(Title: {title_line}) {text}"  # Search-R1's own loop
-
-
-def format_passages(passages: Sequence[PassageLike], protocol: Protocol | None = None) -> str:
-    """The passage list as `protocol` writes it (Search-R1's `Doc i(Title: t) text` lines by
-    default)."""
-    protocol = protocol or SEARCH_R1
-    return protocol.passage_separator.join(
-        protocol.passage_format.format(
-            i=i, title=p.title, text=p.text, title_line=p.title_line, contents=p.contents
-        )
-        for i, p in enumerate(passages, 1)
-    )
-
-
-def parse_passages(body: str, protocol: Protocol | None = None) -> tuple[ShownPassage, ...]:
-    """The passages of an observation's body, read back: the inverse of `format_passages` for
-    Search-R1's `Doc i(Title: t) text` lines (the default; titles shown without the quotes the
-    corpus stores, whichever way the lines were written) and ReSearch's `"t"` + text blocks (or
-    contents as stored); other formats give no passages (the Space then shows the body as it
-    is).
-
-    In Search-R1's lines a title ends at the first `)` that closes no `(` of its own, so "Hamlet
-    (play)" survives; a list cut inside a title (the observation ran out of tokens) gives that
-    title and no text. Text before the first `Doc` line is no passage.
-    """
-    protocol = protocol or SEARCH_R1
-    if protocol.passage_format in (RESEARCH.passage_format, "{contents}"):
-        blocks = body.split(protocol.passage_separator) if body.strip() else []
-        return tuple(ShownPassage(*_title_and_text(block)) for block in blocks)
-    if protocol.passage_format not in (SEARCH_R1.passage_format, _SEARCH_R1_AS_STORED):
-        return ()
-    as_stored = protocol.passage_format == _SEARCH_R1_AS_STORED
-    passages = []
-    for chunk in _DOC_START.split(body)[1:]:  # what follows each "Doc i(Title: "
-        title, text, depth = chunk, "", 0
-        for i, char in enumerate(chunk):
-            if char == "(":
-                depth += 1
-            elif char == ")" and depth:
-                depth -= 1
-            elif char == ")":
-                title, text = chunk[:i], chunk[i + 1 :].removeprefix(" ")
-                break
-        passages.append(ShownPassage(title.strip().strip('"') if as_stored else title, text))
-    return tuple(passages)
-
-
-def _title_and_text(block: str) -> tuple[str, str]:
-    """`"Title"` on the first line, the text after it (ReSearch's passages)."""
-    title, _, text = block.partition("\n")
-    return title.strip().strip('"'), text
-
-
-def format_observation(passages: Sequence[PassageLike] | str, protocol: Protocol) -> str:
-    """The text inserted after a search: passages (or a message) in the protocol's wrapper."""
-    if isinstance(passages, str):
-        body = passages
-    else:
-        body = format_passages(passages, protocol) if passages else protocol.no_passages
-    return protocol.observation_format.replace(
-        "{passages}", body.strip() if protocol.strip_passages else body
-    )
-
-
-# ---------------------------------------------------------------------------------------------
 # Prompt templates
 
-SEARCH_R1_PROMPT = (
-    "Answer the given question. You must conduct reasoning inside <think> and </think> first "
-    "every time you get new information. After reasoning, if you find you lack some knowledge, "
-    "you can call a search engine by <search> query </search> and it will return the top "
-    "searched results between <information> and </information>. You can search as many times "
-    "as your want. If you find no further external knowledge needed, you can directly provide "
-    "the answer inside <answer> and </answer>, without detailed illustrations. For example, "
-    "<answer> Beijing </answer>. Question: {question}\n"
-)
-
-_RESEARCH_RULES = (
-    "The reasoning process and answer are enclosed within <think> </think> and <answer> "
-    "</answer> tags respectively, and the search query and result are enclosed within <search> "
-    "</search> and <result> </result> tags respectively. For example, <think> This is the "
-    "reasoning process. </think> <search> search query here </search> <result> search result "
-    "here </result> <think> This is the reasoning process. </think> <answer> The final answer "
-    "is \\[ \\boxed{answer here} \\] </answer>. In the last part of the answer, the final exact "
-    "answer is enclosed within \\boxed{} with latex format."
-)
-
-RESEARCH_BASE_PROMPT = (
-    "A conversation between User and Assistant. The user asks a question, and the assistant "
-    "solves it. The assistant first thinks about the reasoning process in the mind and then "
-    "provides the user with the answer. During thinking, the assistant can invoke the wikipedia "
-    "search tool to search for fact information about specific topics if needed. "
-    + _RESEARCH_RULES
-    + " User: {question}. Assistant:"
-)
-
-RESEARCH_SYSTEM_PROMPT = (
-    "You are a helpful assistant that can solve the given question step by step with the help "
-    "of the wikipedia search tool. Given a question, you need to first think about the reasoning "
-    "process in the mind and then provide the answer. During thinking, you can invoke the "
-    "wikipedia search tool to search for fact information about specific topics if needed. "
-    + _RESEARCH_RULES
-)
+# The prompts of the two methods we train, verbatim (each file names its upstream source).
+SEARCH_R1_PROMPT = upstream_text("search_r1")
+RESEARCH_BASE_PROMPT = upstream_text("research_base")
+RESEARCH_SYSTEM_PROMPT = upstream_text("research_system")
 
 Prompt = str | list[dict[str, str]]
 

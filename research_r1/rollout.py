@@ -76,15 +76,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from tqdm.auto import tqdm
 
 from research_r1.errors import InputError, RunStopped, invalid
-from research_r1.generation import Generation, Generator
-from research_r1.protocol import (
-    FINAL_TURN_NOTICE,
-    Prompt,
-    Protocol,
-    format_observation,
-    read_turn,
-    render_prompt,
-)
+from research_r1.generators import Generation, Generator
+from research_r1.protocol import FINAL_TURN_NOTICE, Prompt, Protocol, read_turn, render_prompt
 from research_r1.retrieval import Passage, Retriever, RetrieverUnavailable
 
 logger = logging.getLogger(__name__)
@@ -435,7 +428,7 @@ def _run_searches(
     results = search_through_outages(retriever, queries, config.k, config.max_retriever_wait_s)
     if len(results) != len(queries):
         raise RuntimeError(f"retriever returned {len(results)} result lists for {len(queries)}")
-    closing = protocol.observation_format.split("{passages}")[-1]
+    closing = protocol.observation_tail
     items = []
     for (row, query), passages in zip(searches, results, strict=True):
         if watcher is not None:
@@ -444,7 +437,7 @@ def _run_searches(
         episode.num_searches += 1
         episode.queries.append(query)
         episode.retrieved_ids.append([passage.id for passage in passages])
-        head = format_observation(passages, protocol).removesuffix(closing)
+        head = protocol.observation(passages).removesuffix(closing)
         items.append((episode, head, closing + notice))
     play.observe(items)
 

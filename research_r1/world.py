@@ -28,7 +28,7 @@ from pathlib import Path
 
 from research_r1.errors import InputError
 from research_r1.generation import Generation
-from research_r1.protocol import SEARCH_R1_PROMPT, parse_passages
+from research_r1.protocol import SEARCH_R1, SEARCH_R1_PROMPT
 
 # kind -> (question pattern, relation read at each hop, in order)
 KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -235,7 +235,7 @@ _FACT_PATTERNS = {
 def read_fact(passages: str, relation: str, name: str | None) -> tuple[str, str] | None:
     """(person, value) of the first of an observation's passages (`Doc i(Title: t) text` lines)
     that states `relation` for `name` (for anyone when `name` is None), or None if none does."""
-    for passage in parse_passages(passages):
+    for passage in SEARCH_R1.passages.parse(passages):
         match = _FACT_PATTERNS[relation].match(passage.text.strip())
         if match and (name is None or match["name"] == name):
             return match["name"], match["value"]

@@ -2,37 +2,42 @@
 
 from __future__ import annotations
 
+import configparser
+import hashlib
 import re
+from importlib import resources
 from pathlib import Path
 
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from research_r1 import protocol as protocol_module
 from research_r1.errors import InputError
 from research_r1.families import get_family
+from research_r1.passages import ContentsBlocks, DocLines, PassageFormat, ShownPassage
 from research_r1.protocol import (
     FINAL_TURN_NOTICE,
     PROTOCOLS,
     RESEARCH,
+    RESEARCH_BASE_PROMPT,
+    RESEARCH_SYSTEM_PROMPT,
     SEARCH_R1,
     SEARCH_R1_INVALID_NOTICE,
+    SEARCH_R1_PROMPT,
     TEMPLATES,
     Action,
-    ShownPassage,
     extract_answer,
     extract_boxed,
     follows_format,
-    format_observation,
-    format_passages,
     get_protocol,
     is_valid_research_sequence,
     is_valid_search_r1_sequence,
     load_template,
-    parse_passages,
     parse_turn,
     render_prompt,
     split_turn,
+    upstream_text,
 )
 from research_r1.retrieval import Passage
 from research_r1.retrieval.corpus import split_contents
@@ -193,39 +198,39 @@ PASSAGES = [
 
 
 def test_format_passages_exact() -> None:
-    assert format_passages(PASSAGES) == (
+    assert SEARCH_R1.passages.format(PASSAGES) == (
         "Doc 1(Title: Paris) Paris is the capital of France.\n"
         "Doc 2(Title: Eiffel Tower) A tower in Paris.\nBuilt in 1889."
     )
-    assert format_passages([]) == ""
+    assert SEARCH_R1.passages.format([]) == ""
 
 
 def test_format_observation_exact() -> None:
     """Byte for byte what each family's own loop inserts (see research_r1.protocol)."""
-    body = format_passages(PASSAGES)
-    assert format_observation(PASSAGES, SEARCH_R1) == f"\n\n<information>{body}</information>\n\n"
+    body = SEARCH_R1.passages.format(PASSAGES)
+    assert SEARCH_R1.observation(PASSAGES) == f"\n\n<information>{body}</information>\n\n"
     # ReSearch: each passage's corpus contents, joined by a blank line.
-    assert format_observation(PASSAGES, RESEARCH) == (
+    assert RESEARCH.observation(PASSAGES) == (
         ' <result>\n"Paris"\nParis is the capital of France.\n\n"Eiffel Tower"\n'
         "A tower in Paris.\nBuilt in 1889.\n</result>"
     )
     # AutoRefine: Search-R1's passage lines inside <documents>, titles as the corpus stores them.
-    assert format_observation(PASSAGES[:1], AUTOREFINE) == (
+    assert AUTOREFINE.observation(PASSAGES[:1]) == (
         '\n\n<documents>Doc 1(Title: "Paris") Paris is the capital of France.</documents>\n\n'
     )
     # R1-Searcher: its stop string put back, numbered contents each ending with a newline.
-    assert format_observation(PASSAGES, R1_SEARCHER) == (
+    assert R1_SEARCHER.observation(PASSAGES) == (
         '<|end_of_query|>\n\n<|begin_of_documents|>\n(1)"Paris"\nParis is the capital of '
         'France.\n(2)"Eiffel Tower"\nA tower in Paris.\nBuilt in 1889.\n<|end_of_documents|>\n\n'
     )
-    assert format_observation(PASSAGES[:1], ZEROSEARCH) == (
+    assert ZEROSEARCH.observation(PASSAGES[:1]) == (
         '\n\n<information>Doc 1: "Paris"\nParis is the capital of France.</information>\n\n'
     )
-    assert format_observation(PASSAGES[:1], STEPSEARCH) == (
+    assert STEPSEARCH.observation(PASSAGES[:1]) == (
         '\n\n<information> Doc 1<## Title: "Paris" ##> Paris is the capital of France. '
         "</information>\n\n"
     )
-    assert format_observation([], SEARCH_R1) == "\n\n<information></information>\n\n"
+    assert SEARCH_R1.observation([]) == "\n\n<information></information>\n\n"
 
 
 @pytest.mark.parametrize(
@@ -259,22 +264,23 @@ def test_split_contents(contents: str, title: str, text: str) -> None:
     ],
 )
 def test_parse_passages_inverts_format_passages(passages: list[ShownPassage]) -> None:
-    assert parse_passages(format_passages(passages)) == tuple(passages)
-    assert format_passages(parse_passages(format_passages(passages))) == format_passages(passages)
+    written = SEARCH_R1.passages.format(passages)
+    assert SEARCH_R1.passages.parse(written) == tuple(passages)
+    assert SEARCH_R1.passages.format(SEARCH_R1.passages.parse(written)) == written
 
 
 def test_parse_passages_of_a_list_cut_inside_a_title() -> None:
     """An observation cut at its token budget: the cut title is kept, with no text."""
-    assert parse_passages("Doc 1(Title: A (b)) one\ntwo\nDoc 2(Title: Cut (ti") == (
+    assert SEARCH_R1.passages.parse("Doc 1(Title: A (b)) one\ntwo\nDoc 2(Title: Cut (ti") == (
         ("A (b)", "one\ntwo"),
         ("Cut (ti", ""),
     )
 
 
 def test_parse_passages_reads_only_doc_lines() -> None:
-    assert parse_passages("") == ()
-    assert parse_passages("Search failed: connection refused") == ()
-    assert parse_passages("before\nDoc 1(Title: T) text") == (("T", "text"),)
+    assert SEARCH_R1.passages.parse("") == ()
+    assert SEARCH_R1.passages.parse("Search failed: connection refused") == ()
+    assert SEARCH_R1.passages.parse("before\nDoc 1(Title: T) text") == (("T", "text"),)
 
 
 @pytest.mark.parametrize("protocol", [SEARCH_R1, RESEARCH, AUTOREFINE])
@@ -285,17 +291,36 @@ def test_observation_round_trip(protocol) -> None:
         Passage(id=str(i), contents=f'"{title}"\n{text}', score=0.0)
         for i, (title, text) in enumerate(split_contents(row) for row in rows)
     ]
-    observation = format_observation(passages, protocol)
+    observation = protocol.observation(passages)
     inner = re.search(
         re.escape(protocol.observation_open) + r"(.*)" + re.escape(protocol.observation_close),
         observation,
         re.DOTALL,
     )
     assert inner is not None
-    assert parse_passages(inner.group(1).strip(), protocol) == (
+    assert protocol.passages.parse(inner.group(1).strip()) == (
         ("Paris", "Paris is the capital of France."),
         ("Lyon", "Lyon is on the Rhône."),
     )
+
+
+def test_each_protocol_reads_back_the_passages_it_writes() -> None:
+    """Search-R1's lines (titles shown or as stored) and contents blocks are read back; other
+    layouts are only written, and the Space shows their body as it is."""
+    assert type(SEARCH_R1.passages) is DocLines and type(AUTOREFINE.passages) is DocLines
+    assert type(RESEARCH.passages) is ContentsBlocks
+    assert type(get_family("research").template.protocol.passages) is ContentsBlocks
+    for protocol in (R1_SEARCHER, STEPSEARCH, ZEROSEARCH):
+        assert type(protocol.passages) is PassageFormat
+        assert protocol.passages.parse(protocol.passages.format(PASSAGES)) == ()
+    stored = AUTOREFINE.passages.format(PASSAGES[:1])
+    assert stored == 'Doc 1(Title: "Paris") Paris is the capital of France.'
+    assert AUTOREFINE.passages.parse(stored) == (("Paris", "Paris is the capital of France."),)
+
+
+def test_action_blocks_find_the_first_search_or_answer() -> None:
+    match = SEARCH_R1.action_blocks.search("<think>x</think><search> q </search><answer>a</answer>")
+    assert match is not None and match.groups() == (" q ", None)
 
 
 def test_invalid_notice() -> None:
@@ -309,7 +334,7 @@ def test_invalid_notice() -> None:
 # ---------------------------------------------------------------------------------------------
 # Format checks: Search-R1's state machine
 
-INFO = format_observation([Passage("1", '"Paris"\nParis is in France.', 1.0)], SEARCH_R1)
+INFO = SEARCH_R1.observation([Passage("1", '"Paris"\nParis is in France.', 1.0)])
 
 
 @pytest.mark.parametrize(
@@ -368,7 +393,7 @@ def test_search_r1_invalid_sequences(text: str, reason: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # ReSearch's format check
 
-RESULT = format_observation([Passage("1", '"Paris"\nParis is in France.', 1.0)], RESEARCH)
+RESULT = RESEARCH.observation([Passage("1", '"Paris"\nParis is in France.', 1.0)])
 
 
 @pytest.mark.parametrize(
@@ -485,6 +510,54 @@ def test_research_instruct_template_is_system_and_user() -> None:
     assert messages[0]["content"] == template.system
     assert messages[0]["content"].startswith("You are a helpful assistant")
     assert "<result>" in messages[0]["content"] and "Who wrote" not in messages[0]["content"]
+
+
+# The verbatim prompts as protocol.py spelled them in code before they became data files.
+PROMPT_DIGESTS = {  # name: (length, sha256)
+    "SEARCH_R1_PROMPT": (575, "325187b4e28848fc12d41dfcb958bf9376b3735630d67686c140b65d1b76d578"),
+    "RESEARCH_BASE_PROMPT": (
+        946,
+        "8e452d639b0a5b56f57457af622d6c9a38242890b46a70c994269b18d6e62f39",
+    ),
+    "RESEARCH_SYSTEM_PROMPT": (
+        928,
+        "87e802b6736cb3165ea6a644d4fe2f2c7118b21828103c9eeb338ce0c7f8b23b",
+    ),
+    "SEARCH_R1_INVALID_NOTICE": (
+        218,
+        "2b4e05101bcbf539265251f74e7730289cf105d94dff9a05193061e9b0f050ba",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", PROMPT_DIGESTS)
+def test_prompts_loaded_from_data_files_are_byte_identical(name: str) -> None:
+    text = getattr(protocol_module, name)
+    assert (len(text), hashlib.sha256(text.encode()).hexdigest()) == PROMPT_DIGESTS[name]
+
+
+def test_prompt_files_hold_upstream_text_under_its_source_line() -> None:
+    """The texts equal the verbatim upstream copies in tests/fixtures; each file's first line
+    names the pinned upstream commit it is copied from, and is not part of the text."""
+    fixtures = Path(__file__).parent / "fixtures"
+    assert (fixtures / "search_r1_base_prefix.txt").read_text() == SEARCH_R1_PROMPT
+    assert (fixtures / "research_system_prompt.txt").read_text() == RESEARCH_SYSTEM_PROMPT
+    base = (fixtures / "research_base_template.txt").read_text()
+    assert base.format(prompt="{question}") == RESEARCH_BASE_PROMPT
+    files = sorted((resources.files("research_r1") / "prompts").iterdir(), key=lambda f: f.name)
+    assert [f.name for f in files if f.name.endswith(".txt")] == [
+        "research_base.txt",
+        "research_system.txt",
+        "search_r1.txt",
+        "search_r1_invalid_notice.txt",
+    ]
+    for file in files:
+        source = file.read_text().partition("\n")[0]
+        assert re.match(r"# [\w.-]+/[\w.-]+@[0-9a-f]{40}:\S+", source), file.name
+        assert source not in upstream_text(file.name.removesuffix(".txt"))
+    package_data = configparser.ConfigParser()
+    package_data.read(Path(__file__).parents[1] / "setup.cfg")
+    assert package_data["options.package_data"]["research_r1.prompts"] == "*.txt"
 
 
 def _chat_tokenizer() -> PreTrainedTokenizerFast:

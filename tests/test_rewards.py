@@ -16,7 +16,6 @@ from research_r1.protocol import (
     TEMPLATES,
     extract_answer,
     follows_format,
-    format_observation,
     is_valid_search_r1_sequence,
 )
 from research_r1.retrieval import Passage
@@ -130,8 +129,8 @@ def test_token_f1(prediction: str | None, golds: Any, expected: float) -> None:
 # ---------------------------------------------------------------------------------------------
 # Observations the rewards read (the format checks themselves are tested in test_protocol.py)
 
-INFO = format_observation([Passage("1", '"Paris"\nParis is in France.', 1.0)], SEARCH_R1)
-RESULT = format_observation([Passage("1", '"Paris"\nParis is in France.', 1.0)], RESEARCH)
+INFO = SEARCH_R1.observation([Passage("1", '"Paris"\nParis is in France.', 1.0)])
+RESULT = RESEARCH.observation([Passage("1", '"Paris"\nParis is in France.', 1.0)])
 
 
 # ---------------------------------------------------------------------------------------------

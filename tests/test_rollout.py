@@ -3,6 +3,8 @@ transformers backend's sampling log-probabilities."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from itertools import groupby
@@ -13,8 +15,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from research_r1 import rollout
 from research_r1.errors import RunStopped
-from research_r1.generation import Generation, TransformersGenerator
-from research_r1.protocol import SEARCH_R1, format_observation
+from research_r1.generation import TransformersGenerator
+from research_r1.generators import Generation
+from research_r1.protocol import SEARCH_R1
 from research_r1.retrieval import Passage, RetrievalError, RetrieverUnavailable
 from research_r1.rollout import (
     FINAL_TURN_NOTICE,
@@ -155,7 +158,7 @@ def play(tokenizer, scripts, retriever=None, protocol=SEARCH_R1, watcher=None, *
 
 def observation_ids(tokenizer, query: str, k: int = 2) -> list[int]:
     """The ids inserted after a Search-R1 search: passages, then the closing tag kept whole."""
-    observation = format_observation(passages_for(query, k), SEARCH_R1)
+    observation = SEARCH_R1.observation(passages_for(query, k))
     return encode(tokenizer, observation.removesuffix(CLOSE)) + encode(tokenizer, CLOSE)
 
 
@@ -174,7 +177,7 @@ def test_exact_ids_mask_and_logprobs_of_a_search_then_answer(tokenizer):
     retriever = RecordingRetriever()
     [episode], _ = play(tokenizer, {prompt: [turn1, turn2]}, retriever)
 
-    observation = format_observation(passages_for("hamlet author", 2), SEARCH_R1)
+    observation = SEARCH_R1.observation(passages_for("hamlet author", 2))
     assert observation == (
         "\n\n<information>Doc 1(Title: title hamlet author) fact 0 about hamlet author\n"
         "Doc 2(Title: title hamlet author) fact 1 about hamlet author</information>\n\n"
@@ -229,9 +232,9 @@ def test_mixed_batch_makes_one_retrieval_call_per_turn(tokenizer):
     assert transcript(tokenizer, a) == "Question A\n<answer> paris </answer>" + EOS
     expected_b = (
         "Question B\n<search> b one </search>"
-        + format_observation(passages_for("b one", 2), SEARCH_R1)
+        + SEARCH_R1.observation(passages_for("b one", 2))
         + "<search> b two </search>"
-        + format_observation(passages_for("b two", 2), SEARCH_R1)
+        + SEARCH_R1.observation(passages_for("b two", 2))
         + "<answer> b </answer>"
         + EOS
     )
@@ -281,9 +284,9 @@ def test_turn_limit_refuses_the_last_search_and_warns_before_the_last_turn(token
     assert len(policy.calls) == 3
     assert transcript(tokenizer, episode) == (
         "Question D\n<search> a </search>"
-        + format_observation(passages_for("a", 2), SEARCH_R1)
+        + SEARCH_R1.observation(passages_for("a", 2))
         + "<search> b </search>"
-        + format_observation(passages_for("b", 2), SEARCH_R1)
+        + SEARCH_R1.observation(passages_for("b", 2))
         + FINAL_TURN_NOTICE
         + "<search> c </search>"
         + EOS
@@ -548,6 +551,29 @@ def test_transformers_backend_returns_sampling_logprobs_and_honours_stops(model,
             assert torch.allclose(torch.tensor(generation.logprobs), expected, atol=1e-4)
 
 
+def test_transformers_backend_matches_stop_strings_in_generated_text_without_special_tokens(
+    model, tokenizer
+):
+    """As upstream's vLLM matches them: a stop string begun in the context does not count, nor
+    does the text of a special token that is not an EOS id."""
+    bias = model.lm_head.bias.data.clone()
+    generator = TransformersGenerator(model, tokenizer, GenerationConfig(do_sample=False))
+    context = encode(tokenizer, "Question")
+    try:
+        for token, stop, finish, length in [
+            ("</search>", "</search>", "stop", 1),
+            ("</search>", "Question</search>", "length", 3),  # "Question" is the context's
+            ("<|pad|>", "<|pad|>", "length", 3),  # a special token: its text is left out
+        ]:
+            model.lm_head.bias.data.zero_()
+            model.lm_head.bias.data[tokenizer.convert_tokens_to_ids(token)] = 100.0
+            [generation] = generator.generate([context], [3], [stop])
+            assert generation.finish == finish
+            assert tokenizer.convert_ids_to_tokens(generation.token_ids) == [token] * length
+    finally:
+        model.lm_head.bias.data.copy_(bias)
+
+
 def test_transformers_episodes_have_consistent_masks_and_logprobs(model, tokenizer):
     torch.manual_seed(1)
     retriever = RecordingRetriever()
@@ -664,3 +690,15 @@ def test_an_episode_is_the_same_played_alone_or_in_a_batch(tokenizer, family):
     assert len(seen_together) > len(prompts)  # episodes searched, and went on
     lengths = {len(e.completion_ids) + len(e.completion_text) for e in together}
     assert len(lengths) > 1
+
+
+def test_the_rollout_imports_neither_torch_nor_transformers():
+    """The episode, its protocol and the retrievers' interface load without them (evaluation
+    plans, remote backends and the live views need neither)."""
+    modules = "research_r1.rollout, research_r1.protocol, research_r1.retrieval"
+    code = (
+        f"import sys, {modules}; "
+        "heavy = sorted({'torch', 'transformers'} & set(sys.modules)); "
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

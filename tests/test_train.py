@@ -25,7 +25,7 @@ from research_r1 import hub as hub_io
 from research_r1 import rollout, train
 from research_r1.data import load_split, prepare, write_split
 from research_r1.errors import InputError
-from research_r1.protocol import SEARCH_R1, format_passages, load_template
+from research_r1.protocol import SEARCH_R1, load_template
 from research_r1.retrieval import Passage, RetrievalError, RetrieverUnavailable
 from research_r1.retrieval.bm25 import build_bm25_index
 from research_r1.retrieval.corpus import load_corpus
@@ -487,7 +487,7 @@ def outage_recipe(
 def assert_every_search_read_real_passages(steps: list) -> None:
     """Every search of every step got the retrieval_topk (2) corpus passages, and each
     `<information>` block holds them (cut to max_observation_tokens), never an error."""
-    passages = format_passages(FirstPassages().search(["q"], 2)[0])
+    passages = SEARCH_R1.passages.format(FirstPassages().search(["q"], 2)[0])
     for retrieved_ids, texts in steps:
         assert any(retrieved_ids)  # the step searched
         for episode_ids, text in zip(retrieved_ids, texts, strict=True):
