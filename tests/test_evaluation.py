@@ -1,6 +1,7 @@
 """`research-r1 eval`: the families' settings and prompts, byte for byte; a run end to end on a
 tiny local world with a scripted policy (exact traces and scores), resume after a crash, a
-question that raises, every bad input, the baselines, and the real tiny model."""
+question that fails on its own (recorded) against a bug or an outage (raised), every bad input,
+the baselines, and the real tiny model."""
 
 from __future__ import annotations
 
