@@ -17,8 +17,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 from research_r1.data import check_rows, find_source, load_source
 from research_r1.errors import InputError
 from research_r1.evaluation.plan import Plan
-from research_r1.generation import Generator, TransformersGenerator, stop_token_ids
+from research_r1.generation import TransformersGenerator, stop_token_ids
 from research_r1.generation_vllm import VLLMGenerator, size_cpu_kv_cache, spawn_cpu_workers
+from research_r1.generators import Generator
 from research_r1.retrieval import RetrievalError, Retriever
 from research_r1.retrieval.config import load_retriever
 
