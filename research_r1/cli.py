@@ -72,19 +72,20 @@ def command_parser(arguments: type, prog: str, description: str) -> argparse.Arg
         [arguments],
         prog=prog,
         description=description,
+        formatter_class=_HelpFormatter,
         epilog="Options are snake_case (kebab-case accepted); any of them can come from a YAML "
         "file of `option: value` lines given with --config FILE, flags overriding it.",
     )
 
 
-def _job(command: str) -> tuple[type | None, Callable[..., int | None], Any]:
-    """The subcommand's dataclass (None for a module still declaring argparse options) and
-    its run function."""
-    module = importlib.import_module(COMMANDS[command][0])
-    job = command.replace("-", "_")
-    name = "".join(part.title() for part in job.split("_")) + "Arguments"
-    arguments = getattr(module, name, None)
-    return arguments, getattr(module, f"run_{job}"), module
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only where it says something: not None or False, nor where the help
+    text already says what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _top_parser() -> argparse.ArgumentParser:
@@ -102,15 +103,14 @@ def parse(argv: Sequence[str]) -> tuple[Callable[..., int | None], Any]:
     if command not in COMMANDS:
         _top_parser().parse_args(argv)  # prints the commands (--help) or the error, and exits
     rest = argv[argv.index(command) + 1 :]
-    arguments, run, module = _job(command)
-    own_parser = getattr(module, f"parse_{command.replace('-', '_')}", None)
+    module = importlib.import_module(COMMANDS[command][0])
+    job = command.replace("-", "_")
+    run = getattr(module, f"run_{job}")
+    own_parser = getattr(module, f"parse_{job}", None)
     if own_parser is not None:
         return run, own_parser(rest)
+    arguments = getattr(module, "".join(part.title() for part in job.split("_")) + "Arguments")
     prog, description = f"research-r1 {command}", COMMANDS[command][1]
-    if arguments is None:
-        parser = argparse.ArgumentParser(prog=prog, description=description)
-        getattr(module, f"configure_{command.replace('-', '_')}")(parser)
-        return run, parser.parse_args(rest)
     doc = arguments.__doc__ or ""
     if not doc.startswith(f"{arguments.__name__}("):  # not the signature dataclasses writes
         description = doc

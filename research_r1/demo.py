@@ -26,7 +26,6 @@ SFT keeps the model from preferring the names it was trained on when a copy is u
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -35,7 +34,7 @@ import random
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -639,25 +638,23 @@ def rollout_config() -> RolloutConfig:
     )
 
 
-def configure_demo(parser: argparse.ArgumentParser) -> None:
-    parser.description = (
-        "Build a synthetic world and a tiny model, cold-start it, train it with GRPO and the "
-        "search rollout, and compare held-out exact match before and after. Runs on a CPU."
+@dataclass
+class DemoArguments:
+    """Build a synthetic world and a tiny model, cold-start it, train it with GRPO and the
+    search rollout, and compare held-out exact match before and after. Runs on a CPU."""
+
+    out: Path = field(default=Path("outputs/demo"), metadata={"help": "output folder"})
+    seed: int = field(default=0, metadata={"help": "seed of the world and the model"})
+    seeds: int = field(
+        default=1, metadata={"help": "run this many seeds from --seed, each in OUT/seed-N"}
     )
-    parser.add_argument("--out", type=Path, default=Path("outputs/demo"), help="output folder")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the world and the model")
-    parser.add_argument(
-        "--seeds", type=int, default=1, help="run this many seeds from --seed, each in OUT/seed-N"
+    steps: int | None = field(
+        default=None, metadata={"help": f"GRPO steps (default: max_steps of {RECIPE.name}, 60)"}
     )
-    parser.add_argument(
-        "--steps", type=int, help=f"GRPO steps (default: max_steps of {RECIPE.name}, 60)"
-    )
-    parser.add_argument(
-        "--smoke", action="store_true", help="tiny sizes, 2 steps: a pipeline check"
-    )
+    smoke: bool = field(default=False, metadata={"help": "tiny sizes, 2 steps: a pipeline check"})
 
 
-def run_demo(args: argparse.Namespace) -> int:
+def run_demo(args: DemoArguments) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # bm25s logs each empty query (a model's query of stopwords) at INFO, past basicConfig.
     logging.getLogger("bm25s").setLevel(logging.WARNING)
