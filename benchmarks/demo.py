@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/demo.py --seeds 5 --first-seed 10 --out outputs/demo-bench
 
 Each seed runs the whole `research-r1 demo` (world, index, tiny model, cold-start SFT, GRPO
-through research_r1.train, greedy evaluation) in OUT/seed-N and is held to the project's bar:
+through research_r1.training.train, greedy evaluation) in OUT/seed-N and is held to the project's
+bar:
 
 - held-out exact match after GRPO at least 30 points above the cold-start (SFT-only) model's;
 - at least 300 held-out questions (people never seen in training);

@@ -11,9 +11,10 @@ tokenizer holds every word of the corpus and questions, so its text is words), p
 Search-R1's own template through its chat template, and scores what a random model scores. The
 retriever is BM25 over the shipped passages instead of the suite's e5 index of wiki-18, which
 needs a GPU and 60 GB; the results name the retriever they ran with. Everything else is
-Search-R1's (research_r1/families/search_r1.yaml): top-3, at most 4 searches then a final turn,
-500 new tokens per turn, observations cut to their first 500 tokens, the context kept to its
-last 4,096, EM on the last of at least two answers of the prompt and response, decoded greedily.
+Search-R1's (research_r1/evaluation/families/search_r1.yaml): top-3, at most 4 searches then a
+final turn, 500 new tokens per turn, observations cut to their first 500 tokens, the context kept
+to its last 4,096, EM on the last of at least two answers of the prompt and response, decoded
+greedily.
 
 It prints each method's `results.md` and writes the run under `--out` (traces per question).
 """

@@ -10,7 +10,7 @@ The GPU recipes are every `recipes/*.yaml` without `use_cpu: true`. Each run is
 accelerate config otherwise as shipped), started from the repository root, whose files the
 recipes name.
 
-- Phase 1, reduced shape: `research_r1.reduced.reduce_recipe` builds the recipe's own
+- Phase 1, reduced shape: `research_r1.training.reduced.reduce_recipe` builds the recipe's own
   architecture at 2 layers of 64-wide heads (random weights, a tiny tokenizer), the demo world's
   data and an in-process BM25 retriever; 2 steps with its overrides. The recipe's whole path runs:
   vLLM colocate or 4-bit loading, LoRA, checkpoints, the eval after training.
@@ -23,8 +23,8 @@ recipes name.
   weights are bent (`confine`) so the model never samples an id its tokenizer lacks, nor, where
   the head is untied, EOS or a tag: every turn runs to max_new_tokens_per_turn, so episodes are
   as long as the turn budget lets them be. A tied head (Qwen2.5-3B) samples EOS and tags as drawn.
-  Beside the measured peak: `research_r1.memory`'s estimate for the same command and GPU, the
-  total `research-r1 train ... --dry-run` prints.
+  Beside the measured peak: `research_r1.training.memory`'s estimate for the same command and GPU,
+  the total `research-r1 train ... --dry-run` prints.
 
 Measured per run: exit code; wall time of the command (start-up and model loading included);
 the last step's seconds and tokens per second (OUTPUT_DIR/trainer_state.json: `step_time`, and
@@ -91,7 +91,7 @@ if TYPE_CHECKING:  # research_r1 and torch are imported where used, so that a ma
     # training's packages gets main()'s one-line message instead of an ImportError
     import torch
 
-    from research_r1.reduced import Reduced
+    from research_r1.training.reduced import Reduced
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
@@ -110,7 +110,11 @@ EVAL_KEYS = ("eval_suite", "eval_limit", "eval_datasets", "eval_retriever")
 OPTIONAL = {"use_vllm": "vllm", "load_in_4bit": "bitsandbytes"}
 VERSIONS = ("torch", "transformers", "trl", "vllm", "bitsandbytes")
 # What training imports (research_r1's own modules, after setup.cfg's install_requires).
-TRAINING_MODULES = ("research_r1.reduced", "research_r1.train", "research_r1.dry_run")
+TRAINING_MODULES = (
+    "research_r1.training.reduced",
+    "research_r1.training.train",
+    "research_r1.training.dry_run",
+)
 LOG_TAIL_LINES = 30
 GiB = 1024**3
 
@@ -153,7 +157,7 @@ class Run:
     stats: Stats = Stats()
     peak_gib: float | None = None
     build_s: float | None = None  # phase 2: building and saving the random model; None: reused
-    estimate_gib: float | None = None  # phase 2: research_r1.memory's total
+    estimate_gib: float | None = None  # phase 2: research_r1.training.memory's total
     log_tail: str = ""
 
     @property
@@ -239,7 +243,7 @@ def phase1_command(reduced: Reduced) -> list[str]:
 def phase2_command(full: Reduced, shipped: dict[str, Any]) -> list[str]:
     """The reduced overrides pointed at the full model, with the recipe's own values of the keys
     reduction shrinks (lengths, batches), and no checkpoints or reports."""
-    from research_r1.reduced import SHAPE
+    from research_r1.training.reduced import SHAPE
 
     own = {key: shipped[key] for key in SHAPE if key in shipped}
     keys = own | {"save_strategy": "no", "report_to": "none"}
@@ -254,11 +258,11 @@ def without_eval(recipe: Path, out: Path) -> Path:
 
 
 def memory_estimate(argv: Sequence[str], gpu_bytes: int) -> int:
-    """research_r1.memory's total for `RECIPE --key value ...` (what --dry-run prints), read
-    from the folder of model_name_or_path. Run from the repository root."""
-    from research_r1.dry_run import key_sources, model_config, parsed_as_on_gpu
-    from research_r1.launch import parse_launch
-    from research_r1.memory import Architecture, distribution, estimate, setup_for
+    """research_r1.training.memory's total for `RECIPE --key value ...` (what --dry-run prints),
+    read from the folder of model_name_or_path. Run from the repository root."""
+    from research_r1.training.dry_run import key_sources, model_config, parsed_as_on_gpu
+    from research_r1.training.launch import parse_launch
+    from research_r1.training.memory import Architecture, distribution, estimate, setup_for
 
     with parsed_as_on_gpu():
         (_, args, model_args), launch = parse_launch(list(argv))
@@ -458,7 +462,7 @@ def phase2(
 ) -> Run:
     """One step at the recipe's real shapes; the random model is built once per architecture
     and template (the tokenizer's)."""
-    from research_r1.reduced import ARCHITECTURES
+    from research_r1.training.reduced import ARCHITECTURES
 
     name = reduced.recipe.stem
     left = deadline - time.monotonic()
@@ -506,7 +510,8 @@ NOTE = (
     "wall s: the whole command (start-up, loading, vLLM's start; in phase 1 the eval after "
     "training too); last step s and tokens/s: trainer_state.json's last step (with one step, "
     "it warms up too); peak GiB: the most memory nvidia-smi showed in use on the GPU, CUDA "
-    "contexts included; estimate GiB: research_r1.memory's total for the same command on this "
+    "contexts included; estimate GiB: research_r1.training.memory's total for the same command "
+    "on this "
     "GPU, which leaves out CUDA contexts and fragmentation (often 1-2 GiB); model build s: '-' "
     "where an earlier row's model was reused."
 )
@@ -589,7 +594,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     problem = prerequisites()
     if problem:
         raise SystemExit(f"gpu_check: {problem}; nothing was run or written")
-    from research_r1.reduced import reduce_recipe
+    from research_r1.training.reduced import reduce_recipe
 
     machine = read_machine()
     deadline = start + args.budget

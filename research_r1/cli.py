@@ -32,14 +32,20 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve-retriever": ("research_r1.retrieval.server", "Serve a retriever over HTTP."),
     "build-index": ("research_r1.retrieval.cli", "Build a BM25 or dense (FAISS) index."),
     "search": ("research_r1.retrieval.cli", "Search with a retriever config; print a table."),
-    "train": ("research_r1.launch", "Train with GRPO from a recipe (under accelerate)."),
-    "push-space": ("research_r1.space", "Push the Gradio demo Space for a trained model."),
-    "space": ("research_r1.app", "Run the demo app here (default: the demo's model)."),
+    "train": ("research_r1.training.launch", "Train with GRPO from a recipe (under accelerate)."),
+    "push-space": ("research_r1.space.push", "Push the Gradio demo Space for a trained model."),
+    "space": ("research_r1.space.app", "Run the demo app here (default: the demo's model)."),
     "demo": ("research_r1.demo", "Show on a CPU in minutes that GRPO teaches search."),
     "eval": ("research_r1.evaluation", "Evaluate a checkpoint on a published setting."),
-    "leaderboard": ("research_r1.leaderboard", "Merge eval runs into one leaderboard per setting."),
-    "ask": ("research_r1.ask", "Ask one question; watch the agent think and search, live."),
-    "download": ("research_r1.download", "Prefetch a checkpoint and its suite's index."),
+    "leaderboard": (
+        "research_r1.evaluation.leaderboard",
+        "Merge eval runs into one leaderboard per setting.",
+    ),
+    "ask": (
+        "research_r1.evaluation.ask",
+        "Ask one question; watch the agent think and search, live.",
+    ),
+    "download": ("research_r1.evaluation.download", "Prefetch a checkpoint and its suite's index."),
 }
 
 

@@ -9,7 +9,8 @@ Nothing is downloaded. The demo
 3. gives that model a short cold start: supervised fine-tuning on transcripts of a scripted agent
    that plays the real search episode (real rollout, real BM25) with flaws that depend on the
    question kind, so the policy knows the protocol but often skips or botches the search;
-4. trains it with GRPO through `research_r1.train` and `recipes/tiny_cpu_grpo.yaml`, the same code
+4. trains it with GRPO through `research_r1.training.train` and `recipes/tiny_cpu_grpo.yaml`, the
+same code
    and recipe format as the GPU runs;
 5. measures the held-out questions before and after (greedy episodes): exact match, searches per
    question and the share of well-formed transcripts, and writes a summary table, the reward
@@ -46,7 +47,6 @@ from rich.table import Table
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from research_r1.callbacks import plot_reward_curve
 from research_r1.data import prepare, write_split
 from research_r1.errors import InputError
 from research_r1.generation import TransformersGenerator
@@ -67,7 +67,8 @@ from research_r1.retrieval.corpus import load_corpus
 from research_r1.rewards import exact_match
 from research_r1.rollout import RolloutConfig, encode_prompt, run_episodes, run_rollout
 from research_r1.tiny import build_tiny_model
-from research_r1.train import train
+from research_r1.training.callbacks import plot_reward_curve
+from research_r1.training.train import train
 from research_r1.world import (
     FLAWS,
     JOBS,
@@ -358,8 +359,9 @@ def evaluate(
 
 
 def grpo(paths: dict[str, Path], model_dir: Path, out: Path, steps: int | None, seed: int):
-    """Train with `research_r1.train` on the recipe as it is, pointed at this run's artefacts
-    (the recipe names the default output folder's) and seed; `steps` overrides max_steps."""
+    """Train with `research_r1.training.train` on the recipe as it is, pointed at this run's
+    artefacts (the recipe names the default output folder's) and seed; `steps` overrides
+    max_steps."""
     if not RECIPE.is_file():
         raise InputError(f"recipe {RECIPE} not found: run the demo from a source checkout")
     overrides = {

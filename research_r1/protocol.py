@@ -6,8 +6,9 @@ asks for), how retrieved passages are written and wrapped, how the final answer 
 a turn that neither searches nor answers gets. Search-R1's (`<search>`, passages in
 `<information>`, the answer in `<answer>`) and ReSearch's (passages in `<result>`, the answer a
 `\\boxed{}` in the first `<answer>`) are the two we train; published families
-(`research_r1.families`) build theirs from the same fields, read from their audited data, so
-their checkpoints are played as their own loops play them with no per-model code path anywhere.
+(`research_r1.evaluation.families`) build theirs from the same fields, read from their audited
+data, so their checkpoints are played as their own loops play them with no per-model code path
+anywhere.
 
 Everything else in the package (rollout, rewards, data preparation, evaluation, the Space) reads
 tags, stop strings, notices, the format checks and the passage list from here rather than spelling

@@ -13,9 +13,9 @@ from toy import Scripted, write_bm25
 from transformers import AutoTokenizer
 
 from research_r1 import evaluation
-from research_r1.ask import ask
 from research_r1.cli import main as cli_main
 from research_r1.cli import parse
+from research_r1.evaluation.ask import ask
 from research_r1.protocol import SEARCH_R1, TEMPLATES
 from research_r1.tiny import EOS, build_tiny_model
 

@@ -1,5 +1,6 @@
 """The demo's synthetic world, its scripted cold-start agent, and a two-step run of the whole
-pipeline (world, index, tiny model, SFT, GRPO through research_r1.train, evaluation, report)."""
+pipeline (world, index, tiny model, SFT, GRPO through research_r1.training.train, evaluation,
+report)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from pathlib import Path
 import pytest
 from datasets import load_dataset
 
-from research_r1 import train
 from research_r1.demo import (
     MEASURED,
     PINNED_KERNELS,
@@ -30,6 +30,7 @@ from research_r1.retrieval.config import load_retriever
 from research_r1.retrieval.corpus import split_contents
 from research_r1.rollout import RolloutConfig, encode_prompt, run_rollout
 from research_r1.tiny import build_tokenizer
+from research_r1.training import train
 from research_r1.world import FACTS, KINDS, ScriptedAgent, build_world, read_fact
 
 ROOT = Path(__file__).resolve().parents[1]

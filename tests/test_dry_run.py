@@ -1,6 +1,7 @@
 """`research-r1 train RECIPE --dry-run`: the resolved recipe with each key's source, the Hub
-files a run fetches (against the loopback Hub), and the memory estimate (research_r1.memory):
-exact parameter counts, exact items on a small case, and the shipped recipes' verdicts."""
+files a run fetches (against the loopback Hub), and the memory estimate
+(research_r1.training.memory): exact parameter counts, exact items on a small case, and the shipped
+recipes' verdicts."""
 
 from __future__ import annotations
 
@@ -15,11 +16,11 @@ from huggingface_hub import HfApi, constants
 from peft import LoraConfig, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, Qwen3Config
 
-from research_r1 import launch
 from research_r1.cli import main as cli_main
-from research_r1.configs import parse_recipe
-from research_r1.dry_run import parsed_as_on_gpu, size
-from research_r1.memory import (
+from research_r1.training import launch
+from research_r1.training.configs import parse_recipe
+from research_r1.training.dry_run import parsed_as_on_gpu, size
+from research_r1.training.memory import (
     LINEARS,
     Architecture,
     GiB,

@@ -25,14 +25,14 @@ from research_r1.cli import parse
 from research_r1.errors import InputError, RunStopped
 from research_r1.evaluation import EvalArguments
 from research_r1.evaluation import load as loading
+from research_r1.evaluation.families import families, get_family
 from research_r1.evaluation.plan import DIRECT_PROMPT, RAG_PROMPT, method_template
 from research_r1.evaluation.run import per_question, play_robustly
-from research_r1.families import families, get_family
+from research_r1.evaluation.scoring import METRICS
 from research_r1.protocol import FINAL_TURN_NOTICE, SEARCH_R1, TEMPLATES, render_prompt
-from research_r1.publish import model_card, update_model_card
 from research_r1.retrieval import Passage, QueryRejected, RetrieverUnavailable
-from research_r1.scoring import METRICS
 from research_r1.tiny import EOS, build_tiny_model, build_tokenizer
+from research_r1.training.publish import model_card, update_model_card
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -777,7 +777,7 @@ def test_batch_size_never_changes_a_trace(world, tmp_path):
 def test_our_checkpoints_are_scored_as_our_rewards_read_answers(name):
     """Our own templates' answers are read as the training rewards read them: Search-R1's last
     answer block, ReSearch's first one and the `\\boxed{}` in it."""
-    from research_r1.families import resolve
+    from research_r1.evaluation.families import resolve
     from research_r1.protocol import extract_answer
 
     resolved = resolve("ours", template=name)

@@ -4,9 +4,9 @@ Each case of `tests/fixtures/fidelity/<family>.json` was produced outside the pr
 the family's upstream evaluation code (its loop where it runs with a scripted model, else its
 functions glued as the loop calls them; the file's `how` and each case's `cite` say which) on the
 scripted model turns and passages the case holds. Here our rollout plays the same turns through
-the family's audited settings (`research_r1/families/<family>.yaml`), and everything the model
-is given (the ids of every call and its token budget), every query sent, the text the answer is
-read from, the prediction and the scores must equal upstream's, byte for byte.
+the family's audited settings (`research_r1/evaluation/families/<family>.yaml`), and everything the
+model is given (the ids of every call and its token budget), every query sent, the text the answer
+is read from, the prediction and the scores must equal upstream's, byte for byte.
 
 The tokenizer (`fixtures/fidelity/tokenizer`) is a small byte-level BPE whose merges cross tag
 boundaries (`>` + `\\n\\n` is one token), so a loop that tokenises observations apart from the
@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from research_r1.families import families, fidelity_table, get_family
+from research_r1.evaluation.families import families, fidelity_table, get_family
 from research_r1.generation import Generation, stop_token_ids
 from research_r1.retrieval import Passage
 from research_r1.rollout import RolloutConfig, encode_prompt, run_rollout
@@ -167,10 +167,11 @@ def test_every_family_has_golden_cases():
 
 
 def test_the_fidelity_table_in_the_docs_is_current():
-    """docs/fidelity.md is `python -m research_r1.families` of the families' data as it is."""
+    """docs/fidelity.md is `python -m research_r1.evaluation.families` of the families' data as it
+    is."""
     docs = Path(__file__).parents[1] / "docs" / "fidelity.md"
-    assert docs.read_text() == fidelity_table(), "run: python -m research_r1.families > " + str(
-        docs
+    assert docs.read_text() == fidelity_table(), (
+        "run: python -m research_r1.evaluation.families > " + str(docs)
     )
 
 

@@ -25,11 +25,11 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from research_r1.dry_run import dry_run
-from research_r1.memory import gib
 from research_r1.protocol import SEARCH_R1
-from research_r1.reduced import Reduced, read_recipe
 from research_r1.tiny import build_tokenizer
+from research_r1.training.dry_run import dry_run
+from research_r1.training.memory import gib
+from research_r1.training.reduced import Reduced, read_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
@@ -279,7 +279,7 @@ def test_main_runs_the_phases_in_recipe_order_and_writes_the_report(
 ):
     """main() past its checks, each run faked: a recipe without its package is skipped in both
     phases, one whose phase 1 failed is skipped in phase 2, and a failure makes the exit 1."""
-    import research_r1.reduced
+    import research_r1.training.reduced
 
     monkeypatch.chdir(ROOT)
     machine = gpu_check.Machine("NVIDIA H100 80GB HBM3", 81559, "580.159.04", 16)
@@ -288,7 +288,7 @@ def test_main_runs_the_phases_in_recipe_order_and_writes_the_report(
     monkeypatch.setattr(
         gpu_check, "missing_packages", lambda recipe: ["vllm"] * (recipe.stem == "qwen3b_grpo")
     )
-    monkeypatch.setattr(research_r1.reduced, "reduce_recipe", reduced_at)
+    monkeypatch.setattr(research_r1.training.reduced, "reduce_recipe", reduced_at)
 
     def phase1(reduced, deadline):
         name = reduced.recipe.stem

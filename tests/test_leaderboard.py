@@ -13,7 +13,7 @@ from huggingface_hub import HfApi
 
 from research_r1.cli import parse
 from research_r1.errors import InputError
-from research_r1.leaderboard import (
+from research_r1.evaluation.leaderboard import (
     REPORTED_ROWS,
     SEARCH_R1_SETTING,
     chart,

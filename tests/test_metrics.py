@@ -55,7 +55,7 @@ for name in METRICS:
         predictions=predictions, references=references
     )
     results[name] = [via_path, via_helper]
-from research_r1.scoring import METRICS as UPSTREAM_METRICS
+from research_r1.evaluation.scoring import METRICS as UPSTREAM_METRICS
 answered = [(p, r) for p, r in zip(predictions, references) if p is not None]
 for name in UPSTREAM_METRICS:
     metric = evaluate.load(metric_path("qa_upstream"), config_name=name)
@@ -147,7 +147,7 @@ UPSTREAM_EXPECTED = {
 
 @pytest.mark.parametrize("name", list(UPSTREAM_EXPECTED))
 def test_upstream_metrics_load_offline_with_exact_values(offline_results: dict, name: str) -> None:
-    from research_r1.scoring import score
+    from research_r1.evaluation.scoring import score
 
     answered = [(p, r) for p, r in zip(PREDICTIONS, REFERENCES, strict=True) if p is not None]
     per_example = [score(name, p, r) for p, r in answered]
@@ -173,7 +173,7 @@ def test_upstream_metrics_load_offline_with_exact_values(offline_results: dict, 
     ],
 )
 def test_each_metric_on_known_cases(name, prediction, golds, expected) -> None:
-    from research_r1.scoring import score
+    from research_r1.evaluation.scoring import score
 
     assert score(name, prediction, golds) == pytest.approx(expected, abs=1e-12)
     with pytest.raises(InputError, match="unknown metric 'cover'"):

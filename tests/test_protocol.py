@@ -14,7 +14,7 @@ from transformers import PreTrainedTokenizerFast
 
 from research_r1 import protocol as protocol_module
 from research_r1.errors import InputError
-from research_r1.families import get_family
+from research_r1.evaluation.families import get_family
 from research_r1.passages import ContentsBlocks, DocLines, PassageFormat, ShownPassage
 from research_r1.protocol import (
     FINAL_TURN_NOTICE,
@@ -42,7 +42,8 @@ from research_r1.protocol import (
 from research_r1.retrieval import Passage
 from research_r1.retrieval.corpus import split_contents
 
-# Published families' protocols, as their audited data builds them (research_r1/families).
+# Published families' protocols, as their audited data builds them
+# (research_r1/evaluation/families).
 AUTOREFINE, R1_SEARCHER, STEPSEARCH, ZEROSEARCH = (
     get_family(name).template.protocol
     for name in ("autorefine", "r1_searcher", "stepsearch", "zerosearch")

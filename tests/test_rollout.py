@@ -27,7 +27,7 @@ from research_r1.rollout import (
     run_rollout,
 )
 from research_r1.tiny import build_tiny_model
-from research_r1.trl_rollout import episodes_to_trl
+from research_r1.training.trl_rollout import episodes_to_trl
 
 EOS = "<|endoftext|>"
 CLOSE = "</information>\n\n"  # what follows the passages in a Search-R1 observation
@@ -651,7 +651,7 @@ def test_an_episode_is_the_same_played_alone_or_in_a_batch(tokenizer, family):
     """Prompts of very different lengths under budgets that bind (a small context, observation
     and completion budget): each episode's contexts, budgets and tokens are the same whether it
     is played alone or with the others."""
-    from research_r1.families import get_family
+    from research_r1.evaluation.families import get_family
 
     if family == "ours":
         protocol, settings = SEARCH_R1, {"max_completion_tokens": 90}

@@ -14,7 +14,7 @@ from research_r1.protocol import SEARCH_R1, TEMPLATES
 from research_r1.retrieval import Passage
 from research_r1.rollout import FINAL_TURN_NOTICE, encode_prompt
 from research_r1.tiny import build_tiny_model
-from research_r1.trl_rollout import make_rollout_func
+from research_r1.training.trl_rollout import make_rollout_func
 
 QUESTIONS = ["who wrote hamlet?", "capital of france?"]
 

@@ -23,7 +23,7 @@ import torch
 import yaml
 from huggingface_hub import HfApi, SpaceCard, hf_hub_download, snapshot_download
 
-from research_r1 import cli, evaluation, space
+from research_r1 import cli, evaluation
 from research_r1.cli import main as cli_main
 from research_r1.errors import InputError
 from research_r1.generation import Generation
@@ -33,7 +33,8 @@ from research_r1.retrieval.bm25 import build_bm25_index
 from research_r1.retrieval.config import parse_config
 from research_r1.retrieval.corpus import load_corpus
 from research_r1.rollout import FINAL_TURN_NOTICE, Episode, RolloutConfig, run_rollout
-from research_r1.space import (
+from research_r1.space import push as space
+from research_r1.space.push import (
     SPACE_DIR,
     SpaceSettings,
     Turn,
@@ -357,7 +358,7 @@ def summary(history: list[dict]) -> list[tuple[str, str | None, str]]:
 
 @pytest.fixture(scope="module")
 def app():
-    return pytest.importorskip("research_r1.app")
+    return pytest.importorskip("research_r1.space.app")
 
 
 @pytest.mark.slow
@@ -536,7 +537,11 @@ def test_push_space_uploads_the_app_package_config_and_card(hub, tmp_path, monke
         "template.yaml",
         "space_config.json",
     } <= files
-    assert {"research_r1/__init__.py", "research_r1/space.py", "research_r1/rollout.py"} <= files
+    assert {
+        "research_r1/__init__.py",
+        "research_r1/space/push.py",
+        "research_r1/rollout.py",
+    } <= files
     assert not [name for name in files if "__pycache__" in name or name.endswith(".pyc")]
 
     readme = hf_hub_download(repo_id, "README.md", repo_type="space", token=hub.token)
@@ -686,7 +691,7 @@ def run_file(folder: Path, model: str, setting: str, em: dict[str, float]) -> No
 def test_the_leaderboard_tab_ranks_runs_with_the_papers_rows_of_their_setting(
     app, tokenizer, tmp_path
 ):
-    from research_r1.leaderboard import SEARCH_R1_SETTING
+    from research_r1.evaluation.leaderboard import SEARCH_R1_SETTING
 
     runs = tmp_path / "runs"
     runs.mkdir()

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from trl import GRPOTrainer
 
 from research_r1 import hub as hub_io
-from research_r1 import rollout, train
+from research_r1 import rollout
 from research_r1.data import load_split, prepare, write_split
 from research_r1.errors import InputError
 from research_r1.protocol import SEARCH_R1, load_template
@@ -32,6 +32,7 @@ from research_r1.retrieval.corpus import load_corpus
 from research_r1.rewards import completion_text
 from research_r1.rollout import FINAL_TURN_NOTICE
 from research_r1.tiny import build_tiny_model
+from research_r1.training import train
 
 TINY_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "tiny_cpu_grpo.yaml"
 QA = [
@@ -552,10 +553,10 @@ def test_a_failed_space_push_is_logged_and_training_goes_on(tmp_path, caplog, mo
 def ask_space(folder: Path, question: str, monkeypatch) -> list[dict]:
     """Start a pushed Space's app from its own files (its folder as the working directory, as
     on the Hub) and ask it one question through gradio_client; the chat it returns."""
-    app = pytest.importorskip("research_r1.app")
+    app = pytest.importorskip("research_r1.space.app")
     from gradio_client import Client
 
-    from research_r1.space import load_settings
+    from research_r1.space.push import load_settings
 
     monkeypatch.chdir(folder)
     demo = app.load_space(load_settings(folder, {}))

@@ -20,18 +20,20 @@ import yaml
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError
 
-from research_r1 import cli, launch, space, train
+from research_r1 import cli
 from research_r1 import hub as hub_io
-from research_r1.callbacks import TRAINING_STATE_FILES, HubPushCallback
 from research_r1.cli import main as cli_main
-from research_r1.configs import RECIPE_DATACLASSES, parse_recipe
 from research_r1.errors import InputError
 from research_r1.protocol import FINAL_TURN_NOTICE, RESEARCH, SEARCH_R1
-from research_r1.publish import model_card, results_table
 from research_r1.retrieval.config import BM25Config, RemoteConfig, parse_config
 from research_r1.rollout import Episode
+from research_r1.space import push as space
 from research_r1.tiny import build_tokenizer
-from research_r1.trl_rollout import episodes_to_trl, make_episode_metrics
+from research_r1.training import launch, train
+from research_r1.training.callbacks import TRAINING_STATE_FILES, HubPushCallback
+from research_r1.training.configs import RECIPE_DATACLASSES, parse_recipe
+from research_r1.training.publish import model_card, results_table
+from research_r1.training.trl_rollout import episodes_to_trl, make_episode_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
@@ -61,7 +63,7 @@ def test_the_cli_imports_only_the_subcommand_it_runs():
         "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
         "    cli.parse({!r})\n"
         "print(' '.join(m for m in ('torch', 'trl', 'research_r1.retrieval.cli', "
-        "'research_r1.train') if m in sys.modules))"
+        "'research_r1.training.train') if m in sys.modules))"
     )
 
     def imported(argv: list[str]) -> set[str]:
@@ -73,7 +75,7 @@ def test_the_cli_imports_only_the_subcommand_it_runs():
 
     assert imported(["--help"]) == set()
     searched = imported(["search", "--help"])
-    assert "research_r1.retrieval.cli" in searched and "research_r1.train" not in searched
+    assert "research_r1.retrieval.cli" in searched and "research_r1.training.train" not in searched
 
 
 def test_a_subcommand_that_cannot_import_breaks_only_itself(monkeypatch, capsys):
@@ -207,7 +209,7 @@ def test_research_r1_train_hands_every_other_flag_to_accelerate(in_repo, monkeyp
         "recipes/accelerate/cpu.yaml",
         True,
         True,
-        "research_r1.train",
+        "research_r1.training.train",
     )
     assert run.training_script_args == [recipe, "--max_steps", "3"]
 

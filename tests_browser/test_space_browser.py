@@ -15,10 +15,10 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from research_r1 import evaluation
-from research_r1.app import build_app
 from research_r1.generation import Generation
 from research_r1.protocol import SEARCH_R1, TEMPLATES
 from research_r1.retrieval import Passage
+from research_r1.space.app import build_app
 from research_r1.tiny import EOS, build_tokenizer
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"

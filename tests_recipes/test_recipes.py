@@ -1,7 +1,7 @@
 """Every shipped GPU recipe, run through `research-r1 train` on the CPU at reduced shape
-(`research_r1.reduced`): the model shrunk, the demo world's data, 2-3 steps, the CPU's device and
-precision flags, the loopback Hub; every other key as shipped. The recipes that generate with
-vLLM run as shipped in `tests_vllm/test_vllm_recipes.py` (vLLM's CPU build has its own
+(`research_r1.training.reduced`): the model shrunk, the demo world's data, 2-3 steps, the CPU's
+device and precision flags, the loopback Hub; every other key as shipped. The recipes that generate
+with vLLM run as shipped in `tests_vllm/test_vllm_recipes.py` (vLLM's CPU build has its own
 virtualenv); here they run with two processes, DDP and FSDP2, generating with transformers.
 
 - QLoRA for real: bitsandbytes NF4 layers, a frozen quantised base, LoRA gradients, a checkpoint
@@ -27,7 +27,7 @@ import torch
 from huggingface_hub import HfApi, hf_hub_download
 from safetensors.torch import load_file
 
-from research_r1.reduced import CPU_FLAGS, Reduced, read_recipe, reduce_recipe
+from research_r1.training.reduced import CPU_FLAGS, Reduced, read_recipe, reduce_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU_RECIPES = sorted(
@@ -160,9 +160,9 @@ def test_qlora_is_4bit_for_real(recipe, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import get_quantization_config
 
-    from research_r1 import train
-    from research_r1.configs import parse_recipe
-    from research_r1.launch import launch_args
+    from research_r1.training import train
+    from research_r1.training.configs import parse_recipe
+    from research_r1.training.launch import launch_args
 
     reduced = reduce_recipe(recipe, tmp_path, head_dim=HEAD_DIM)
     cwd = Path.cwd()

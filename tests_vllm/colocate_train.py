@@ -45,7 +45,7 @@ def main() -> None:
 
     from research_r1.generation_vllm import prepare_cpu_colocate, vllm_generator_for
     from research_r1.protocol import SEARCH_R1
-    from research_r1.trl_rollout import make_rollout_func
+    from research_r1.training.trl_rollout import make_rollout_func
 
     model_dir, out_dir = sys.argv[1:]
     args = GRPOConfig(

@@ -1,8 +1,8 @@
 """The recipes that generate with vLLM, run as shipped through `research-r1 train` on vLLM's CPU
-build at reduced shape (`research_r1.reduced`: the recipe's architecture shrunk, the demo world's
-data and BM25 index, 2 steps), with only the device and precision flags a CPU needs: in colocate
-mode every recipe that asks for it (found in recipes/, so a new one runs without editing this
-file), and qwen7b_grpo in server mode, two training processes over gloo, against a vLLM server
+build at reduced shape (`research_r1.training.reduced`: the recipe's architecture shrunk, the demo
+world's data and BM25 index, 2 steps), with only the device and precision flags a CPU needs: in
+colocate mode every recipe that asks for it (found in recipes/, so a new one runs without editing
+this file), and qwen7b_grpo in server mode, two training processes over gloo, against a vLLM server
 started as `trl vllm-serve` starts it. Each run trains, checkpoints, saves its adapter and runs
 the recipe's eval; `recipe_hooks/sitecustomize.py` records what vLLM was asked.
 
@@ -32,8 +32,8 @@ import pytest
 pytest.importorskip("vllm")
 
 from research_r1.protocol import load_template
-from research_r1.publish import read_evaluations
-from research_r1.reduced import CPU_FLAGS, SHAPE, Reduced, read_recipe, reduce_recipe
+from research_r1.training.publish import read_evaluations
+from research_r1.training.reduced import CPU_FLAGS, SHAPE, Reduced, read_recipe, reduce_recipe
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from research_r1.data import FLASHRAG_REPO
-from research_r1.suites import SUITES
+from research_r1.evaluation.suites import SUITES
 
 METHODS = ("agent", "rag", "direct")
 MODEL_HELP = "local folder or Hub model id, optionally MODEL@REVISION"

@@ -1,10 +1,10 @@
 """The plan of an eval run: what it plays, resolved from its arguments before anything loads.
 
-The model's family (`research_r1.families`) says how its own evaluation code plays and scores
-it: template, protocol, budgets, scoring and metrics, each audited against upstream; a model of
-no known family is read from its model card (our checkpoints) or played with `--template`. The
-suite (`research_r1.suites`) gives the question sets and retriever of the setting the papers
-report. k, the turn limit, the suite, the retriever and the sets can be overridden for a run,
+The model's family (`research_r1.evaluation.families`) says how its own evaluation code plays and
+scores it: template, protocol, budgets, scoring and metrics, each audited against upstream; a model
+of no known family is read from its model card (our checkpoints) or played with `--template`. The
+suite (`research_r1.evaluation.suites`) gives the question sets and retriever of the setting the
+papers report. k, the turn limit, the suite, the retriever and the sets can be overridden for a run,
 which changes the run's `setting` string wherever it changes the setting. The baselines `rag`
 and `direct` are played with a prompt of their own in the agent's answer format
 (`method_template`).
@@ -27,7 +27,9 @@ from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from research_r1.data import ALIASES
 from research_r1.errors import InputError
 from research_r1.evaluation.arguments import METHODS, EvalArguments, PlayArguments
-from research_r1.families import Resolved, families, resolve
+from research_r1.evaluation.families import Resolved, families, resolve
+from research_r1.evaluation.scoring import METRICS
+from research_r1.evaluation.suites import Suite, get_suite
 from research_r1.protocol import Template
 from research_r1.retrieval.config import (
     BM25Config,
@@ -37,8 +39,6 @@ from research_r1.retrieval.config import (
     parse_config,
 )
 from research_r1.rollout import RolloutConfig
-from research_r1.scoring import METRICS
-from research_r1.suites import Suite, get_suite
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,10 @@ import research_r1
 from research_r1 import hub
 from research_r1.errors import RunStopped
 from research_r1.evaluation.plan import Plan
+from research_r1.evaluation.scoring import Scoring
 from research_r1.markdown import markdown_table
 from research_r1.metrics import UPSTREAM, load_metric
-from research_r1.publish import update_model_card
-from research_r1.scoring import Scoring
+from research_r1.training.publish import update_model_card
 
 BOOTSTRAP_SAMPLES = 1000
 

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from research_r1.errors import InputError
 from research_r1.evaluation.load import Question
 from research_r1.evaluation.plan import Plan, fingerprint, method_template
+from research_r1.evaluation.scoring import Scoring
 from research_r1.generators import Generator
 from research_r1.protocol import Prompt, Protocol, follows_format, render_prompt
 from research_r1.retrieval import QueryRejected, Retriever
@@ -38,7 +39,6 @@ from research_r1.rollout import (
     run_rollout,
     search_through_outages,
 )
-from research_r1.scoring import Scoring
 
 logger = logging.getLogger(__name__)
 

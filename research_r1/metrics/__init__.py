@@ -4,8 +4,8 @@
 inside the package instead. `qa_exact_match`, `qa_cover_match` and `qa_f1` score with the same
 functions as our rewards (`research_r1.rewards`), so training reports what a correct answer is
 as its reward sees it; `qa_upstream` scores as the published agents' evaluation code does
-(`research_r1.scoring`), the metric named by its configuration, and is what `research-r1 eval`
-reports:
+(`research_r1.evaluation.scoring`), the metric named by its configuration, and is what `research-r1
+eval` reports:
 
     import evaluate
     from research_r1.metrics import metric_path

@@ -2,14 +2,14 @@
 
 The configuration names the metric (`evaluate.load(path, config_name="subem")`): exact match,
 substring match, SQuAD F1, FlashRAG's F1, PiCA's set F1 or R1-Searcher's word cover, each with
-the normaliser its authors use (`research_r1.scoring.METRICS`). A prediction of None (no answer)
-scores 0 under every metric.
+the normaliser its authors use (`research_r1.evaluation.scoring.METRICS`). A prediction of None (no
+answer) scores 0 under every metric.
 """
 
 import evaluate
 
+from research_r1.evaluation.scoring import METRICS, score
 from research_r1.metrics import mean_score, qa_metric_info
-from research_r1.scoring import METRICS, score
 
 
 class QAUpstream(evaluate.Metric):

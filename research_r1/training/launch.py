@@ -7,8 +7,8 @@ becomes accelerate's `--config_file`, and every other flag goes to accelerate's 
 command starts one machine of a run of any size. `--help` lists every recipe key, as `trl grpo
 --help` does, and our own flags.
 
-With `--dry-run`, nothing is launched: `research_r1.dry_run` prints the resolved recipe, what
-the run will fetch from the Hub and an estimate of its memory per GPU (`--gpu-memory`).
+With `--dry-run`, nothing is launched: `research_r1.training.dry_run` prints the resolved recipe,
+what the run will fetch from the Hub and an estimate of its memory per GPU (`--gpu-memory`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from transformers import HfArgumentParser
 from trl import TrlParser
 from trl.cli.accelerate_config import resolve_accelerate_config_argument
 
-from research_r1.configs import RECIPE_DATACLASSES, Recipe, make_parser, recipe_argv
 from research_r1.errors import InputError
+from research_r1.training.configs import RECIPE_DATACLASSES, Recipe, make_parser, recipe_argv
 
 DEFAULT_GPU_MEMORY = "80GiB"
 USAGE = "research-r1 train RECIPE [--key value ...] [--dry_run [--gpu_memory SIZE]] [--flag ...]"
@@ -83,7 +83,8 @@ def parse_train(argv: list[str]) -> tuple[list[str], TrainArguments]:
 def launch_args(argv: list[str]) -> argparse.Namespace:
     """accelerate's launch arguments for `RECIPE [--key value ...]`: the flags the recipe does
     not know, the recipe's accelerate config, `--quiet` (a failed run ends with its own one-line
-    error, not the launcher's traceback), and `-m research_r1.train` with the recipe's flags."""
+    error, not the launcher's traceback), and `-m research_r1.training.train` with the recipe's
+    flags."""
     return parse_launch(argv)[1]
 
 
@@ -100,7 +101,14 @@ def parse_launch(argv: list[str]) -> tuple[Recipe, argparse.Namespace]:
     config = accelerate_config_file(recipe[0].accelerate_config)
     recipe_flags = _without(argv, flags_unknown)
     args, unknown = launch_command_parser().parse_known_args(
-        [*config, *flags_unknown, "--quiet", "--module", "research_r1.train", *recipe_flags]
+        [
+            *config,
+            *flags_unknown,
+            "--quiet",
+            "--module",
+            "research_r1.training.train",
+            *recipe_flags,
+        ]
     )
     if unknown:
         raise InputError(f"{' '.join(unknown)}: neither a recipe key nor an accelerate launch flag")
@@ -141,7 +149,7 @@ def run_train(parsed: tuple[list[str], TrainArguments]) -> int:
     if not Path(argv[0]).is_file():
         raise InputError(f"recipe {argv[0]} does not exist")
     if args.dry_run:  # imported here: it imports this module, and a launch does not need it
-        from research_r1.dry_run import dry_run
+        from research_r1.training.dry_run import dry_run
 
         dry_run(argv, args.gpu_memory or DEFAULT_GPU_MEMORY)
         return 0

@@ -38,8 +38,8 @@ from trl import ModelConfig
 from trl.kernels.chunked_logprob import TOKEN_CHUNK_SIZE
 from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE
 
-from research_r1.configs import SearchGRPOConfig
 from research_r1.errors import InputError
+from research_r1.training.configs import SearchGRPOConfig
 
 GiB = 1024**3
 # The longest prompt assumed (Search-R1's and ReSearch's are 200-400 tokens with the question).

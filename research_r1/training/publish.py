@@ -24,7 +24,8 @@ from research_r1.errors import InputError
 from research_r1.markdown import markdown_table
 
 EVAL_FOLDER = "eval"  # a training run's `research-r1 eval` output, inside its folder
-# results.json key (a `research_r1.scoring.METRICS` name) -> (model-index metric type, name)
+# results.json key (a `research_r1.evaluation.scoring.METRICS` name) -> (model-index metric type,
+# name)
 CARD_METRICS = {
     "em": ("exact_match", "EM"),
     "f1": ("f1", "F1"),

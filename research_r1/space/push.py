@@ -1,8 +1,8 @@
 """The demo Space: an episode's steps, the Space's settings, and `push-space`.
 
-The app (`research_r1/app.py`, run by spaces/search_agent/app.py) plays one episode per question
-and shows it step by step: `LiveTurns` holds the steps as they happen, `transcript_turns` reads
-them from a finished episode, and `load_settings` reads what the app needs (model, retriever,
+The app (`research_r1/space/app.py`, run by spaces/search_agent/app.py) plays one episode per
+question and shows it step by step: `LiveTurns` holds the steps as they happen, `transcript_turns`
+reads them from a finished episode, and `load_settings` reads what the app needs (model, retriever,
 template, limits).
 
 `push-space` uploads, in one commit: the app folder; a copy of this package's source, because
@@ -53,7 +53,7 @@ from research_r1.retrieval import Passage
 from research_r1.retrieval.config import TYPES, HybridConfig, RemoteConfig, parse_config
 from research_r1.rollout import Episode
 
-SPACE_DIR = Path(__file__).resolve().parent.parent / "spaces" / "search_agent"
+SPACE_DIR = Path(__file__).resolve().parents[2] / "spaces" / "search_agent"
 SETTINGS_FILE = "space_config.json"
 RETRIEVER_FILE = "retriever.yaml"
 TEMPLATE_FILE = "template.yaml"
@@ -307,7 +307,7 @@ def push_space(
     with tempfile.TemporaryDirectory(prefix="research-r1-space-") as tmp:
         stage = Path(tmp) / "space"
         shutil.copytree(SPACE_DIR, stage, ignore=_SKIP)
-        shutil.copytree(Path(__file__).resolve().parent, stage / "research_r1", ignore=_SKIP)
+        shutil.copytree(Path(__file__).resolve().parents[1], stage / "research_r1", ignore=_SKIP)
         for source, target in shipped.items():
             if source.is_dir():
                 shutil.copytree(source, stage / target, ignore=_NOT_SHIPPED)

@@ -7,7 +7,8 @@ Nothing is loaded or launched. Printed, in order:
 2. what the run will fetch from the Hub, with sizes where the Hub gives them: the model's
    weights, tokenizer and config, and a Hub dataset's files (local paths fetch nothing); a repo
    that cannot be listed (offline, unknown) gets one line saying why;
-3. the memory one GPU will hold (`research_r1.memory`), from the model's config (its folder, the
+3. the memory one GPU will hold (`research_r1.training.memory`), from the model's config (its
+folder, the
    Hub, or offline the copy in recipes/architectures) and the recipe's accelerate config, with a
    verdict against `--gpu-memory`.
 """
@@ -33,12 +34,12 @@ from rich.table import Table
 from transformers import AutoConfig, PretrainedConfig
 from trl import ModelConfig
 
-from research_r1.configs import Recipe, SearchGRPOConfig, key_sources
-from research_r1.download import PICKLES, skipped
 from research_r1.errors import InputError
+from research_r1.evaluation.download import PICKLES, skipped
 from research_r1.hub import PUSH_ERRORS, HubLocation, hub_errors, is_hub_uri, parse_uri, scrub
-from research_r1.launch import parse_launch
-from research_r1.memory import (
+from research_r1.training.configs import Recipe, SearchGRPOConfig, key_sources
+from research_r1.training.launch import parse_launch
+from research_r1.training.memory import (
     LINEARS,
     PROMPT_TOKENS,
     Architecture,
@@ -50,7 +51,7 @@ from research_r1.memory import (
     parse_size,
     setup_for,
 )
-from research_r1.reduced import ARCHITECTURES
+from research_r1.training.reduced import ARCHITECTURES
 
 # What from_pretrained (model and tokenizer) and vLLM read from a model repo.
 MODEL_FILES = (
@@ -268,8 +269,8 @@ def show_memory(
         line(console, f"not counted: {note}")
     line(
         console,
-        "(estimates from formulas, see research_r1/memory.py; the CUDA context, workspaces and "
-        "fragmentation, often 1-2 GiB, are not counted)",
+        "(estimates from formulas, see research_r1/training/memory.py; the CUDA context, "
+        "workspaces and fragmentation, often 1-2 GiB, are not counted)",
     )
 
 

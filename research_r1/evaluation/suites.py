@@ -4,7 +4,7 @@ A number means something only with its setting: the question sets and splits, th
 retriever, and how many passages a search returns. A suite names the first two; the family's k
 completes the setting (`research-r1 eval` writes `suite · retriever · top-k` into every result),
 and the leaderboard ranks together only the runs whose setting strings agree. How an episode is
-played and scored (budgets, turns, metric) is the family's (`research_r1.families`).
+played and scored (budgets, turns, metric) is the family's (`research_r1.evaluation.families`).
 
 A suite whose retriever cannot be served here (a web search engine, a retriever its authors did
 not publish, a corpus one builds first) says what it needs; `--retriever` then plays it on a

@@ -28,12 +28,13 @@ from typing import Any
 
 import gradio as gr
 
-from research_r1 import evaluation, leaderboard
+from research_r1 import evaluation
 from research_r1.errors import InputError, RunStopped
+from research_r1.evaluation import leaderboard
 from research_r1.evaluation.arguments import MODEL_HELP
 from research_r1.generation import Generator
 from research_r1.retrieval import RetrievalError, Retriever
-from research_r1.space import EpisodeStopped, LiveTurns, SpaceSettings, Turn, transcript_turns
+from research_r1.space.push import EpisodeStopped, LiveTurns, SpaceSettings, Turn, transcript_turns
 
 MAX_QUESTION_CHARS = 1000
 QUEUE_SIZE = 16  # questions waiting; more are turned away with a "busy" message

@@ -1,15 +1,15 @@
 """GRPO training of a search agent from a YAML recipe, in the order it happens.
 
-    accelerate launch -m research_r1.train recipes/qwen7b_grpo.yaml [--key value ...]
-    research-r1 train recipes/qwen7b_grpo.yaml [--key value ...]     (research_r1.launch)
+    accelerate launch -m research_r1.training.train recipes/qwen7b_grpo.yaml [--key value ...]
+    research-r1 train recipes/qwen7b_grpo.yaml [--key value ...]     (research_r1.training.launch)
 
-`train` reads like the run: parse the recipe (`research_r1.configs`), check what can be checked
-before anything is loaded, then the data, the tokenizer, the retriever, the rewards, the trainer;
-train (resuming when asked), save, publish. Every check names the recipe key that fixes it, and
-`--resume_from_checkpoint` with no value resumes from the newest checkpoint in `output_dir`.
+`train` reads like the run: parse the recipe (`research_r1.training.configs`), check what can be
+checked before anything is loaded, then the data, the tokenizer, the retriever, the rewards, the
+trainer; train (resuming when asked), save, publish. Every check names the recipe key that fixes
+it, and `--resume_from_checkpoint` with no value resumes from the newest checkpoint in `output_dir`.
 
 With `push_to_hub`, checkpoints go up in the background as `hub_strategy` says
-(`research_r1.callbacks.HubPushCallback`) and the final model with its card through the
+(`research_r1.training.callbacks.HubPushCallback`) and the final model with its card through the
 Trainer's own `push_to_hub`, each retried and never fatal. The recipe's `hub_token` is held by
 those two only: the Trainer pickles its config into every checkpoint, so its copy has none.
 """
@@ -33,9 +33,19 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.trainer_utils import get_last_checkpoint
 from trl import GRPOTrainer, ModelConfig, get_peft_config, get_quantization_config
 
-from research_r1 import evaluation, hub, space
-from research_r1.callbacks import HubPushCallback, RewardPlotCallback
-from research_r1.configs import (
+from research_r1 import evaluation, hub
+from research_r1.data import check_split, load_split
+from research_r1.errors import InputError, report
+from research_r1.evaluation.suites import SUITES
+from research_r1.generation_vllm import prepare_cpu_colocate
+from research_r1.protocol import Protocol, Template, load_template
+from research_r1.retrieval import RetrievalError, Retriever
+from research_r1.retrieval.config import DenseConfig, HybridConfig, load_retriever, parse_config
+from research_r1.rewards import REWARDS, get_reward
+from research_r1.rollout import encode_prompt
+from research_r1.space import push as space
+from research_r1.training.callbacks import HubPushCallback, RewardPlotCallback
+from research_r1.training.configs import (
     RESUME_LATEST,
     Recipe,
     SearchGRPOConfig,
@@ -43,17 +53,8 @@ from research_r1.configs import (
     key_sources,
     parse_recipe,
 )
-from research_r1.data import check_split, load_split
-from research_r1.errors import InputError, report
-from research_r1.generation_vllm import prepare_cpu_colocate
-from research_r1.protocol import Protocol, Template, load_template
-from research_r1.publish import EVAL_FOLDER, model_card, read_evaluations
-from research_r1.retrieval import RetrievalError, Retriever
-from research_r1.retrieval.config import DenseConfig, HybridConfig, load_retriever, parse_config
-from research_r1.rewards import REWARDS, get_reward
-from research_r1.rollout import encode_prompt
-from research_r1.suites import SUITES
-from research_r1.trl_rollout import make_episode_metrics, make_rollout_func
+from research_r1.training.publish import EVAL_FOLDER, model_card, read_evaluations
+from research_r1.training.trl_rollout import make_episode_metrics, make_rollout_func
 
 logger = logging.getLogger(__name__)
 

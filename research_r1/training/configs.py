@@ -75,8 +75,8 @@ class SearchScriptArguments(ScriptArguments):
     eval_suite: str | None = field(
         default=None,
         metadata={
-            "help": "Evaluate the trained model on this suite (research_r1.suites) after "
-            "training, into OUTPUT_DIR/eval; the scores go into its model card."
+            "help": "Evaluate the trained model on this suite (research_r1.evaluation.suites) "
+            "after training, into OUTPUT_DIR/eval; the scores go into its model card."
         },
     )
     eval_limit: int | None = field(

@@ -3,8 +3,8 @@
 A number is only comparable to numbers measured the same way: the same metric, and the same
 question sets, corpus, retriever, top-k and subset. `research-r1 eval` writes the latter into
 one `config.setting` string, so rows are grouped by it and never ranked across it; a board shows
-one metric (every name means one computation, `research_r1.scoring.METRICS`), and a run that
-does not report it is left out of that board. The papers' published numbers sit in the table of
+one metric (every name means one computation, `research_r1.evaluation.scoring.METRICS`), and a run
+that does not report it is left out of that board. The papers' published numbers sit in the table of
 their setting as `reported` rows, next to the `measured` runs that reproduce them.
 
 A run file (`research-r1 eval` writes one per run) is JSON:

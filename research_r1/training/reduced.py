@@ -45,7 +45,7 @@ from research_r1.retrieval.corpus import load_corpus
 from research_r1.tiny import build_tokenizer
 from research_r1.world import build_world, write_corpus, write_questions
 
-ARCHITECTURES = Path(__file__).resolve().parents[1] / "recipes" / "architectures"
+ARCHITECTURES = Path(__file__).resolve().parents[2] / "recipes" / "architectures"
 
 # Keys that scale a step's cost and are reduced with the model (all other keys stay as shipped):
 # fewer micro-batches per step, shorter turns and completions, a context the small world fits.
