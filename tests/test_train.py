@@ -556,7 +556,7 @@ def ask_space(folder: Path, question: str, monkeypatch) -> list[dict]:
     app = pytest.importorskip("research_r1.space.app")
     from gradio_client import Client
 
-    from research_r1.space.push import load_settings
+    from research_r1.space.settings import load_settings
 
     monkeypatch.chdir(folder)
     demo = app.load_space(load_settings(folder, {}))

@@ -1,12 +1,13 @@
-"""The demo app: ask a question, watch the agent think, search and answer, step by step.
+"""The Space's Gradio app, and `research-r1 space`, which runs it on this machine.
 
-The same app runs as the Hub Space (`spaces/search_agent/app.py`, settings from
-`space_config.json` and the Space variables) and on this machine (`research-r1 space`, by
-default on what `make demo` wrote). Each question is one episode of `eval`'s `agent` method
-(`evaluation.play`, as `research-r1 ask` plays it), in a worker thread the page watches through
-a rollout watcher: each thought, each search (pending until its passages are back), then the
-answer. When the episode ends, its steps are redrawn from the episode itself: passages as the
-model read them (cut where its observation was cut) and the environment's notices.
+Ask a question, watch the agent think, search and answer, step by step. The same app runs as the
+Hub Space (`spaces/search_agent/app.py` calls `load_space` with the settings `settings.py` reads)
+and here (`research-r1 space`, by default on what `make demo` wrote). Each question is one
+episode of `eval`'s `agent` method (`evaluation.play`, as `research-r1 ask` plays it), in a worker
+thread the page watches through `episode.LiveTurns`: each thought, each search (pending until its
+passages are back), then the answer. When the episode ends, its steps are redrawn from the
+episode itself (`episode.transcript_turns`): passages as the model read them (cut where its
+observation was cut) and the environment's notices.
 
 Everything the model writes and every passage is shown as text: HTML-escaped, with Markdown
 rendering off, so a passage holding `<img onerror=...>` or a link shows as those characters.
@@ -34,7 +35,8 @@ from research_r1.evaluation import leaderboard
 from research_r1.evaluation.arguments import MODEL_HELP
 from research_r1.generation import Generator
 from research_r1.retrieval import RetrievalError, Retriever
-from research_r1.space.push import EpisodeStopped, LiveTurns, SpaceSettings, Turn, transcript_turns
+from research_r1.space.episode import EpisodeStopped, LiveTurns, Turn, transcript_turns
+from research_r1.space.settings import SpaceSettings
 
 MAX_QUESTION_CHARS = 1000
 QUEUE_SIZE = 16  # questions waiting; more are turned away with a "busy" message

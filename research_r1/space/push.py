@@ -1,60 +1,40 @@
-"""The demo Space: an episode's steps, the Space's settings, and `push-space`.
+"""`research-r1 push-space`: stage the Space's folder and upload it to a Hub Space, in one commit.
 
-The app (`research_r1/space/app.py`, run by spaces/search_agent/app.py) plays one episode per
-question and shows it step by step: `LiveTurns` holds the steps as they happen, `transcript_turns`
-reads them from a finished episode, and `load_settings` reads what the app needs (model, retriever,
-template, limits).
-
-`push-space` uploads, in one commit: the app folder; a copy of this package's source, because
-research_r1 is not on PyPI and a copy pins the very code the model was trained with (the Space
-imports it from its root, next to app.py; requirements.txt lists the package's runtime
-dependencies); the retriever config as `retriever.yaml`; the settings as `space_config.json`;
-and the README, whose YAML header configures the Space (sdk, sdk_version, app_file, models).
-The Hub reads no variables from that header, so settings travel in `space_config.json`; Space
-variables of the same names (MODEL_ID, RETRIEVER_CONFIG, TEMPLATE, MAX_TURNS, TOPK, RESULTS: the
-Hub results dataset its leaderboard tab reads, and EXAMPLES: a QA file of example questions), set
-on the Space's settings page, override it without a new push. Without a model, `push-space`
-ships what `make demo` wrote (model, BM25 index, corpus, questions) into the Space itself.
+What goes up: the Space's own folder, `spaces/search_agent/` (its entry app.py and
+requirements.txt); a copy of this package's source, because research_r1 is not on PyPI and a
+copy pins the very code the model was trained with (the Space imports it from its root, next to
+app.py; requirements.txt lists the package's runtime dependencies); the retriever config as
+`retriever.yaml`; the settings as `space_config.json` (read back by `settings.py`, under the
+Space variables); and the README, whose YAML header configures the Space (sdk, sdk_version,
+app_file, models). Without a model, `push-space` ships what `make demo` wrote (model, BM25
+index, corpus, questions) into the Space itself.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import queue
 import shutil
 import tempfile
-import threading
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
-from itertools import groupby
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
 from huggingface_hub import SpaceCard
 from huggingface_hub.utils import HFValidationError, validate_repo_id
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    StringConstraints,
-    ValidationError,
-    field_validator,
-)
 
 from research_r1 import hub
-from research_r1.errors import InputError, invalid
-from research_r1.passages import ShownPassage
-from research_r1.protocol import TEMPLATES, Protocol, extract_answer, load_template, split_turn
-from research_r1.retrieval import Passage
+from research_r1.errors import InputError
+from research_r1.protocol import TEMPLATES, load_template
 from research_r1.retrieval.config import TYPES, HybridConfig, RemoteConfig, parse_config
-from research_r1.rollout import Episode
+from research_r1.space.settings import SETTINGS_FILE, SpaceSettings
 
-SPACE_DIR = Path(__file__).resolve().parents[2] / "spaces" / "search_agent"
-SETTINGS_FILE = "space_config.json"
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # research_r1/, copied into the Space
+SPACE_DIR = PACKAGE_DIR.parent / "spaces" / "search_agent"  # the Space's own files
 RETRIEVER_FILE = "retriever.yaml"
 TEMPLATE_FILE = "template.yaml"
 EXAMPLES_FILE = "examples.jsonl"
@@ -66,197 +46,6 @@ _SKIP = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
 _NOT_SHIPPED = shutil.ignore_patterns(
     "checkpoint-*", "training_args.bin", "runs", "eval", "__pycache__", ".*"
 )
-
-
-# ---------------------------------------------------------------------------------------------
-# An episode, step by step
-
-
-@dataclass(frozen=True)
-class Turn:
-    """One step of an episode as the demo shows it.
-
-    `kind` is "think" (the model's reasoning), "search" (`text` is the query and `passages` the
-    (title, text) pairs the model read back, once they are back), "answer" (the final answer),
-    or "notice" (other text the environment inserted: the invalid-step or last-turn notice).
-    """
-
-    kind: Literal["think", "search", "answer", "notice"]
-    text: str
-    passages: tuple[ShownPassage, ...] = ()
-    pending: bool = False  # a search whose passages have not come back yet
-
-
-def transcript_turns(episode: Episode, tokenizer: Any, protocol: Protocol) -> list[Turn]:
-    """The episode's steps in order, read from its `env_mask` runs: each run of sampled ids is
-    one model turn, each run of inserted ids what the environment answered. Passages are read
-    from the observation text, so they are what the model saw (cut where the observation was)."""
-    turns: list[Turn] = []
-    pairs = zip(episode.completion_ids, episode.env_mask, strict=True)
-    for sampled, run in groupby(pairs, key=lambda pair: pair[1]):
-        text = tokenizer.decode([token for token, _ in run], skip_special_tokens=True)
-        if sampled:
-            turns += _model_turns(text, protocol)
-            continue
-        passages, notices = _read_observation(text, protocol)
-        if turns and turns[-1].kind == "search" and passages:
-            turns[-1] = replace(turns[-1], passages=passages)
-        turns += [Turn("notice", notice) for notice in notices]
-    return turns
-
-
-class LiveTurns:
-    """A rollout `Watcher` for one episode: its steps so far, a copy of them put on `updates` at
-    each change (a search is pending until its passages are back; the player puts None when the
-    episode is over), and `stop()`, which ends the episode at its next step (`EpisodeStopped`),
-    for a time limit."""
-
-    def __init__(self, protocol: Protocol) -> None:
-        self.protocol = protocol
-        self.steps: list[Turn] = []
-        self.updates: queue.SimpleQueue[list[Turn] | None] = queue.SimpleQueue()
-        self._stopped = threading.Event()
-
-    def turn(self, row: int, text: str) -> None:
-        self._go_on()
-        turns = _model_turns(text, self.protocol)
-        self.steps += [replace(t, pending=True) if t.kind == "search" else t for t in turns]
-        self.updates.put(list(self.steps))
-
-    def searched(self, row: int, query: str, passages: Sequence[Passage]) -> None:
-        self._go_on()
-        shown = tuple(ShownPassage(p.title, p.text) for p in passages)
-        self.steps[-1] = replace(self.steps[-1], passages=shown, pending=False)
-        self.updates.put(list(self.steps))
-
-    def stop(self) -> None:
-        self._stopped.set()
-
-    def _go_on(self) -> None:
-        if self._stopped.is_set():
-            raise EpisodeStopped("the episode was stopped")
-
-
-class EpisodeStopped(Exception):
-    """Raised inside the rollout when a live view stops its episode."""
-
-
-def _model_turns(text: str, protocol: Protocol) -> list[Turn]:
-    """The reasoning before the turn's action (tags removed), then the action itself."""
-    thought, action = split_turn(text, protocol)
-    turns = [Turn("think", thought)] if thought else []
-    if action.kind == "search":
-        turns.append(Turn("search", action.content))
-    elif action.kind == "answer":
-        turns.append(Turn("answer", extract_answer(text, protocol) or action.content))
-    return turns
-
-
-def _read_observation(text: str, protocol: Protocol) -> tuple[tuple[ShownPassage, ...], list[str]]:
-    """Passages inside the observation tags, and any other inserted text as notices."""
-    head, opened, rest = text.partition(protocol.observation_open)
-    if not opened:
-        return (), [text.strip()] if text.strip() else []
-    body, _, tail = rest.partition(protocol.observation_close)
-    passages = protocol.passages.parse(body.strip())
-    notices = [part.strip() for part in (head, tail) if part.strip()]
-    if not passages and body.strip():
-        notices.insert(0, body.strip())
-    return passages, notices
-
-
-# ---------------------------------------------------------------------------------------------
-# The app's settings
-
-
-_NonBlank = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
-
-
-class SpaceSettings(BaseModel):
-    """What the app loads. Each field is read from the Space variable named by its alias, or
-    from the same key in space_config.json; `retriever_config` is a path (or `hf://` URI), or
-    the config itself."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-    model_id: _NonBlank = Field(alias="MODEL_ID")
-    retriever_config: _NonBlank | dict[str, Any] = Field(alias="RETRIEVER_CONFIG")
-    # None: the model's own, from its family or its model card (as `eval` resolves them)
-    template: str | None = Field(None, alias="TEMPLATE")
-    max_turns: int | None = Field(None, alias="MAX_TURNS", ge=0)
-    top_k: int | None = Field(None, alias="TOPK", ge=1)
-    results: str | None = Field(None, alias="RESULTS")  # hf://datasets/ORG/NAME of eval runs
-    examples: str | None = Field(None, alias="EXAMPLES")  # a QA file: its first questions
-
-    @field_validator("retriever_config", mode="before")
-    @classmethod
-    def _json_object(cls, value: Any) -> Any:
-        """A Space variable holds a config as JSON text; an object is the config itself."""
-        if not isinstance(value, str) or not value.strip().startswith("{"):
-            return value
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"not a valid JSON object ({error})") from None
-
-
-_VARIABLES = tuple(field.alias for field in SpaceSettings.model_fields.values())
-
-
-def load_settings(
-    folder: str | os.PathLike, environ: Mapping[str, str] = os.environ
-) -> SpaceSettings:
-    """Settings from the variables MODEL_ID, RETRIEVER_CONFIG (a YAML path, `hf://` URI or JSON
-    object), TEMPLATE, MAX_TURNS and TOPK, over those `push-space` wrote to
-    `folder/space_config.json`. Relative paths are read from `folder`."""
-    folder = Path(folder)
-    path = folder / SETTINGS_FILE
-    values: dict[str, Any] = {}
-    if path.is_file():
-        try:
-            values = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise InputError(f"{path}: not valid JSON ({error})") from error
-        if not isinstance(values, dict):
-            raise InputError(f"{path}: expected a JSON object of settings")
-    values.update({key: environ[key] for key in _VARIABLES if key in environ})
-    try:
-        settings = SpaceSettings.model_validate(values)
-    except ValidationError as error:
-        raise _settings_error(error, path, environ) from None
-    config, template, examples = settings.retriever_config, settings.template, settings.examples
-    return settings.model_copy(
-        update={
-            "model_id": _local(folder, settings.model_id),
-            "retriever_config": config if isinstance(config, dict) else _local(folder, config),
-            "template": template if template in (None, *TEMPLATES) else _local(folder, template),
-            "examples": examples and _local(folder, examples),
-        }
-    )
-
-
-def _settings_error(error: ValidationError, path: Path, environ: Mapping[str, str]) -> InputError:
-    """One line for the first problem, naming the file or the variables it came from. Unknown
-    keys come first: a misspelt key is why a setting looks unset."""
-    problems = error.errors(include_url=False)
-    unknown = sorted(str(p["loc"][0]) for p in problems if p["type"] == "extra_forbidden")
-    if unknown:
-        return InputError(f"{path}: unknown settings {unknown} (known: {list(_VARIABLES)})")
-    key = problems[0]["loc"][0]
-    if problems[0]["type"] in ("missing", "string_too_short"):
-        return InputError(f"{key} is not set: set the Space variable, or push with push-space")
-    return invalid(error, "Space variables" if key in environ else str(path))
-
-
-def _local(folder: Path, value: str) -> str:
-    """A relative path that exists in `folder` is read from there; anything else is kept."""
-    candidate = folder / value
-    return str(candidate) if not Path(value).is_absolute() and candidate.exists() else value
-
-
-# ---------------------------------------------------------------------------------------------
-# push-space
-
 
 DEMO = Path("outputs/demo")  # what `make demo` writes: the Space's embedded default
 SHIP_LIMIT_BYTES = 2**30  # local files a push puts into the Space repo; larger ones go to the Hub
@@ -307,7 +96,7 @@ def push_space(
     with tempfile.TemporaryDirectory(prefix="research-r1-space-") as tmp:
         stage = Path(tmp) / "space"
         shutil.copytree(SPACE_DIR, stage, ignore=_SKIP)
-        shutil.copytree(Path(__file__).resolve().parents[1], stage / "research_r1", ignore=_SKIP)
+        shutil.copytree(PACKAGE_DIR, stage / "research_r1", ignore=_SKIP)
         for source, target in shipped.items():
             if source.is_dir():
                 shutil.copytree(source, stage / target, ignore=_NOT_SHIPPED)
