@@ -235,7 +235,7 @@ def test_train_kill_resume_and_push(world, hub, tmp_path, caplog, capsys, monkey
     space = Path(snapshot_download(space_repo, repo_type="space", token=hub.token))
     assert json.loads((space / "space_config.json").read_text())["MODEL_ID"] == repo
     assert json.loads((space / "space_config.json").read_text())["TEMPLATE"] == "search_r1"
-    assert (space / "app.py").is_file() and (space / "research_r1" / "app.py").is_file()
+    assert (space / "app.py").is_file() and (space / "research_r1" / "space" / "app.py").is_file()
     assert (space / "retriever" / "bm25").is_dir()
     assert SpaceCard.load(space / "README.md").data.models == [repo]
     assert SpaceCard.load(space / "README.md").data.sdk == "gradio"
