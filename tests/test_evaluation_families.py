@@ -1,4 +1,8 @@
-"""Golden transcripts: every family's episodes played and scored exactly as its own code does.
+"""The published families (research_r1.evaluation.families): golden transcripts, every value a
+family plays audited, the docs' fidelity table current, and our own checkpoints scored as our
+rewards read them.
+
+Golden transcripts: every family's episodes played and scored exactly as its own code does.
 
 Each case of `tests/fixtures/fidelity/<family>.json` was produced outside the project by running
 the family's upstream evaluation code (its loop where it runs with a scripted model, else its
@@ -23,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from helpers import FIXTURES, ROOT
 from transformers import AutoTokenizer
 
 from research_r1.evaluation.families import families, fidelity_table, get_family
@@ -30,7 +35,7 @@ from research_r1.generation import Generation, stop_token_ids
 from research_r1.retrieval import Passage
 from research_r1.rollout import RolloutConfig, encode_prompt, run_rollout
 
-FIDELITY = Path(__file__).parent / "fixtures" / "fidelity"
+FIDELITY = FIXTURES / "fidelity"
 # The EOS ids of each tokenizer variant's generation config (Qwen2.5's: instruct <|im_end|> and
 # <|endoftext|>, base <|endoftext|> only), which vLLM adds to the tokenizer's EOS.
 GENERATION_EOS = {"instruct": [2, 0], "base": [0], "no_template": [2, 0], "pad_is_eos": [2]}
@@ -169,7 +174,7 @@ def test_every_family_has_golden_cases():
 def test_the_fidelity_table_in_the_docs_is_current():
     """docs/fidelity.md is `python -m research_r1.evaluation.families` of the families' data as it
     is."""
-    docs = Path(__file__).parents[1] / "docs" / "fidelity.md"
+    docs = ROOT / "docs" / "fidelity.md"
     assert docs.read_text() == fidelity_table(), (
         "run: python -m research_r1.evaluation.families > " + str(docs)
     )
@@ -204,3 +209,20 @@ def test_every_value_a_family_plays_is_audited(family):
         for section, names in fields.items()
     }
     assert not any(missing.values()), missing
+
+
+@pytest.mark.parametrize("name", ["search_r1", "research_base", "research_instruct"])
+def test_our_checkpoints_are_scored_as_our_rewards_read_answers(name):
+    """Our own templates' answers are read as the training rewards read them: Search-R1's last
+    answer block, ReSearch's first one and the `\\boxed{}` in it."""
+    from research_r1.evaluation.families import resolve
+    from research_r1.protocol import extract_answer
+
+    resolved = resolve("ours", template=name)
+    protocol = resolved.template.protocol
+    for text in (
+        "<answer> Lyon </answer> then <answer> Paris </answer>",
+        "<answer> it is \\boxed{Lyon} </answer><answer> \\boxed{Paris} </answer>",
+        "<think> no answer </think>",
+    ):
+        assert resolved.scoring.extract(text) == extract_answer(text, protocol), text

@@ -1,0 +1,47 @@
+"""`research-r1 build-index` and `research-r1 search` (research_r1.retrieval.cli): an index
+built, searched and pushed to the Hub."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from helpers import PASSAGES, write_corpus
+
+from research_r1.cli import main
+from research_r1.retrieval.config import load_retriever
+
+
+def test_cli_builds_and_searches(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    corpus = write_corpus(tmp_path / "corpus.jsonl")
+    out = tmp_path / "bm25"
+    assert main(["build-index", "bm25", "--corpus", str(corpus), "--out", str(out)]) == 0
+    assert json.loads((out / "index_info.json").read_text()) == {
+        "kind": "bm25",
+        "corpus": str(corpus),
+        "num_passages": len(PASSAGES),
+    }
+    config = tmp_path / "retriever.yaml"
+    config.write_text(f"type: bm25\nindex: {out}\n")
+    capsys.readouterr()
+    argv = ["search", "Titan rocket Uranus", "Seine", "--retriever", str(config), "--top_k", "2"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "Titan IIIE" in printed and "Voyager 2" in printed and "Seine" in printed
+    assert main(["search", "x", "--retriever", str(config), "--top-k", "0"]) == 2
+    assert capsys.readouterr().err == "error: --top_k must be >= 1, got 0\n"
+    assert main(["build-index", "dense", "--corpus", str(corpus), "--out", str(out)]) == 2
+    assert "needs --encoder" in capsys.readouterr().err
+
+
+def test_cli_pushes_the_index_to_the_hub(tmp_path: Path, hub, monkeypatch) -> None:
+    corpus = write_corpus(tmp_path / "corpus.jsonl")
+    repo = hub.new_repo_id("bm25-index")
+    monkeypatch.setenv("HF_TOKEN", hub.token)
+    out = tmp_path / "bm25"
+    argv = ["build-index", "bm25", "--corpus", str(corpus), "--out", str(out)]
+    assert main([*argv, "--push_to_hub", repo]) == 0
+    monkeypatch.delenv("HF_TOKEN")
+    retriever = load_retriever({"type": "bm25", "index": f"hf://datasets/{repo}"})
+    assert retriever.search(["Seine"], 1)[0][0].title == "Seine"
