@@ -223,3 +223,24 @@ def demo_world(tmp_path_factory) -> SimpleNamespace:
         template=template,
         tokenizer=tokenizer,
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """A tiny random model over a Search-R1 episode's words (the rollout's tests and the
+    transformers backend's)."""
+    from research_r1.protocol import SEARCH_R1
+    from research_r1.rollout import FINAL_TURN_NOTICE
+    from research_r1.tiny import build_tiny_model
+
+    texts = [
+        "Question: who wrote hamlet?\n",
+        "<think> I need to search </think>\n<search> hamlet author </search>",
+        "<think> found it </think>\n<answer> shakespeare </answer>",
+        "Doc 1(Title: title) fact 0 about hamlet author paris one two three four five six",
+        SEARCH_R1.invalid_notice,
+        FINAL_TURN_NOTICE,
+        # Unused words: they fix the vocabulary, hence the random model the sampling tests expect.
+        "Search failed: connection refused",
+    ]
+    return build_tiny_model(tmp_path_factory.mktemp("tiny"), texts, SEARCH_R1.tags, seed=0)

@@ -1,17 +1,19 @@
-"""prepare-data: QA sets from jsonl, parquet (FlashRAG and Search-R1 layouts) and the Hub."""
+"""`research-r1 prepare-data` (research_r1.data): QA sets from jsonl, parquet (FlashRAG and
+Search-R1 layouts) and the Hub, and a prepared split read back from a folder or the Hub."""
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
 import datasets
 import pytest
+from helpers import write_jsonl
 
 from research_r1.cli import main
-from research_r1.data import COLUMNS, prepare
+from research_r1.data import COLUMNS, load_split, prepare, write_split
 from research_r1.errors import InputError
+from research_r1.hub import push_dataset
 from research_r1.protocol import SEARCH_R1_PROMPT, load_template
 
 SEARCH_R1 = load_template("search_r1")
@@ -25,14 +27,6 @@ ROWS = [
     {"id": "2", "question": "capital of france?", "golden_answers": ["Paris", "paris"]},
     {"question": "  tallest mountain? ", "golden_answers": ["Everest"]},
 ]
-
-
-def write_jsonl(path: Path, rows: list[dict | str]) -> Path:
-    """Rows as JSON lines; a str row is written as the raw line (for malformed input)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [row if isinstance(row, str) else json.dumps(row) for row in rows]
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def read_split(path: Path) -> list[dict]:
@@ -373,3 +367,15 @@ def test_hub_file_uri_and_missing_hub_config(
         f"{absent} (config 'nq', split 'dev'): cannot load: "
         f"Dataset '{absent}' doesn't exist on the Hub or cannot be accessed."
     )
+
+
+def test_a_split_pushed_to_the_hub_loads_like_a_local_one(tmp_path: Path, hub) -> None:
+    dataset, _ = prepare([str(write_jsonl(tmp_path / "qa.jsonl", ROWS))], "train", SEARCH_R1)
+    local = datasets.Dataset.from_parquet(str(write_split(dataset, tmp_path / "data", "train")))
+    repo = hub.new_repo_id("toy-qa")
+    push_dataset(local, repo, split="train", token=hub.token)
+
+    uri = f"hf://datasets/{repo}"
+    assert load_split(uri, "train", "dataset_train_split").to_list() == local.to_list()
+    with pytest.raises(InputError, match=r"^dataset_name: no split 'dev' \(dataset_test_split\)"):
+        load_split(uri, "dev", "dataset_test_split")

@@ -1,5 +1,7 @@
-"""The search rollout: exact token accounting, turn and budget rules, batching, failures, and the
-transformers backend's sampling log-probabilities."""
+"""The search rollout (research_r1.rollout): exact token accounting, turn and budget rules,
+batching, retriever failures, and an episode the same alone or in a batch.
+
+The transformers backend that plays real episodes is in test_generation.py."""
 
 from __future__ import annotations
 
@@ -7,15 +9,13 @@ import subprocess
 import sys
 from collections import defaultdict
 from collections.abc import Sequence
-from itertools import groupby
 
 import pytest
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from helpers import RecordingRetriever, passages_for
+from transformers import AutoTokenizer
 
 from research_r1 import rollout
 from research_r1.errors import RunStopped
-from research_r1.generation import TransformersGenerator
 from research_r1.generators import Generation
 from research_r1.protocol import SEARCH_R1
 from research_r1.retrieval import Passage, RetrievalError, RetrieverUnavailable
@@ -26,29 +26,10 @@ from research_r1.rollout import (
     run_episodes,
     run_rollout,
 )
-from research_r1.tiny import build_tiny_model
-from research_r1.training.trl_rollout import episodes_to_trl
+from research_r1.tiny import EOS
 
-EOS = "<|endoftext|>"
 CLOSE = "</information>\n\n"  # what follows the passages in a Search-R1 observation
-
-
-def passages_for(query: str, k: int) -> list[Passage]:
-    return [
-        Passage(f"{query}#{i}", f'"title {query}"\nfact {i} about {query}', 1.0 / (i + 1))
-        for i in range(k)
-    ]
-
-
-class RecordingRetriever:
-    """Deterministic passages per query; remembers every call."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[list[str], int]] = []
-
-    def search(self, queries: Sequence[str], k: int) -> list[list[Passage]]:
-        self.calls.append((list(queries), k))
-        return [passages_for(query, k) for query in queries]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class FlakyRetriever(RecordingRetriever):
@@ -104,32 +85,6 @@ class ScriptedPolicy:
             logprobs = [scripted_logprob(j) for j in range(len(ids))]
             generations.append(Generation(ids, logprobs, finish))
         return generations
-
-
-TEXTS = [
-    "Question: who wrote hamlet?\n",
-    "<think> I need to search </think>\n<search> hamlet author </search>",
-    "<think> found it </think>\n<answer> shakespeare </answer>",
-    "Doc 1(Title: title) fact 0 about hamlet author paris one two three four five six",
-    SEARCH_R1.invalid_notice,
-    FINAL_TURN_NOTICE,
-    # Unused words: they fix the vocabulary, hence the random model the sampling tests expect.
-    "Search failed: connection refused",
-]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Other test processes share the two cores; one thread is faster than two fighting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("tiny"), TEXTS, SEARCH_R1.tags, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -447,7 +402,7 @@ def test_other_retriever_errors_propagate_at_once(tokenizer, error):
     assert raised.value is error and flaky.attempts == 1
 
 
-def test_trl_dict_and_batched_runner(tokenizer):
+def test_the_batched_runner_plays_as_one_batch_would(tokenizer):
     scripts = {
         "Question O\n": ["<answer> o </answer>"],
         "Question P\n": ["<search> p </search>", "<answer> p </answer>"],
@@ -468,18 +423,6 @@ def test_trl_dict_and_batched_runner(tokenizer):
     assert [len(contexts) for contexts, _ in policy.calls] == [2, 1, 1]  # batches of 2 prompts
     expected, _ = play(tokenizer, scripts)
     assert episodes == expected
-    trl = episodes_to_trl(episodes)
-    assert trl["prompt_ids"] == [e.prompt_ids for e in episodes]
-    assert trl["completion_ids"] == [e.completion_ids for e in episodes]
-    assert trl["env_mask"] == [e.env_mask for e in episodes]
-    assert trl["logprobs"] == [e.logprobs for e in episodes]
-    assert trl["num_searches"] == [0, 1, 0]
-    assert trl["queries"] == [[], ["p"], []]
-    assert trl["retrieved_ids"] == [[], [["p#0", "p#1"]], []]
-    assert trl["answered"] == [True, True, False]
-    assert trl["truncated"] == [False, False, False]
-    assert trl["inserted_tokens"] == [len(e.env_mask) - sum(e.env_mask) for e in episodes]
-    assert trl["inserted_tokens"][0] == 1  # the EOS the environment added after </answer>
 
 
 def test_bad_settings_are_rejected():
@@ -494,118 +437,6 @@ def test_bad_settings_are_rejected():
         RolloutConfig(k=True)  # strict: a YAML `true` is not a number
     with pytest.raises(InputError, match=r"^rollout setting: key 'topk': Extra inputs"):
         RolloutConfig(topk=3)
-
-
-# ---------------------------------------------------------------------------------------------
-# The transformers backend, sampling from the tiny model
-
-
-@pytest.fixture(scope="module")
-def model(tiny_dir, tokenizer):
-    """The tiny model, pushed to write tags and EOS often so every turn ending occurs."""
-    model = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
-    bias = torch.zeros(model.config.vocab_size)
-    for token in ("<search>", "</search>", "<answer>", "</answer>", EOS):
-        bias[tokenizer.convert_tokens_to_ids(token)] = 4.0
-    model.lm_head.bias = torch.nn.Parameter(bias)
-    return model
-
-
-def reference_logprobs(model, context: list[int], sampled: list[int], temperature: float):
-    """log_softmax(logits / T) at the sampled ids, from one forward pass over the sequence."""
-    with torch.no_grad():
-        logits = model(torch.tensor([context + sampled])).logits[0, len(context) - 1 : -1]
-    scores = (logits / temperature).log_softmax(-1)
-    return scores.gather(1, torch.tensor(sampled)[:, None]).squeeze(1)
-
-
-def test_transformers_backend_returns_sampling_logprobs_and_honours_stops(model, tokenizer):
-    from transformers import GenerationConfig
-
-    torch.manual_seed(0)
-    config = GenerationConfig(do_sample=True, temperature=0.7, top_k=0, top_p=1.0)
-    generator = TransformersGenerator(model, tokenizer, config, batch_size=4)
-    contexts = [encode(tokenizer, f"Question {i}\n")[: 2 + i % 3] for i in range(10)]
-    budgets = [12, 20, 0, 5, 20, 16, 20, 3, 20, 20]
-    generations = generator.generate(contexts, budgets, SEARCH_R1.stop_strings)
-
-    finishes = [g.finish for g in generations]
-    assert {"stop", "eos", "length"} <= set(finishes)
-    assert generations[2] == Generation([], [], "length")
-    for context, budget, generation in zip(contexts, budgets, generations, strict=True):
-        ids = generation.token_ids
-        assert len(ids) <= budget and len(generation.logprobs) == len(ids)
-        has_stop = [
-            any(s in tokenizer.decode(ids[:n]) for s in SEARCH_R1.stop_strings)
-            for n in range(len(ids) + 1)
-        ]
-        eos_at = [n for n, token in enumerate(ids) if token == tokenizer.eos_token_id]
-        if generation.finish == "stop":
-            assert has_stop[-1] and not has_stop[-2] and not eos_at
-        elif generation.finish == "eos":
-            assert eos_at == [len(ids) - 1] and not any(has_stop)
-        else:
-            assert len(ids) == budget and not any(has_stop) and not eos_at
-        if ids:
-            expected = reference_logprobs(model, list(context), ids, 0.7)
-            assert torch.allclose(torch.tensor(generation.logprobs), expected, atol=1e-4)
-
-
-def test_transformers_backend_matches_stop_strings_in_generated_text_without_special_tokens(
-    model, tokenizer
-):
-    """As upstream's vLLM matches them: a stop string begun in the context does not count, nor
-    does the text of a special token that is not an EOS id."""
-    bias = model.lm_head.bias.data.clone()
-    generator = TransformersGenerator(model, tokenizer, GenerationConfig(do_sample=False))
-    context = encode(tokenizer, "Question")
-    try:
-        for token, stop, finish, length in [
-            ("</search>", "</search>", "stop", 1),
-            ("</search>", "Question</search>", "length", 3),  # "Question" is the context's
-            ("<|pad|>", "<|pad|>", "length", 3),  # a special token: its text is left out
-        ]:
-            model.lm_head.bias.data.zero_()
-            model.lm_head.bias.data[tokenizer.convert_tokens_to_ids(token)] = 100.0
-            [generation] = generator.generate([context], [3], [stop])
-            assert generation.finish == finish
-            assert tokenizer.convert_ids_to_tokens(generation.token_ids) == [token] * length
-    finally:
-        model.lm_head.bias.data.copy_(bias)
-
-
-def test_transformers_episodes_have_consistent_masks_and_logprobs(model, tokenizer):
-    torch.manual_seed(1)
-    retriever = RecordingRetriever()
-    prompts = [f"Question {i}\n" for i in range(6)]
-    config = RolloutConfig(k=1, max_turns=2, max_new_tokens=10, max_completion_tokens=60)
-    sampling = GenerationConfig(do_sample=True, temperature=0.7, top_p=1.0, top_k=0)
-    episodes = run_episodes(
-        TransformersGenerator(model, tokenizer, sampling, batch_size=6),
-        tokenizer,
-        retriever,
-        prompts,
-        protocol=SEARCH_R1,
-        config=config,
-        batch_size=6,
-        show_progress=False,
-    )
-    assert len(retriever.calls) <= 2 and sum(e.num_searches for e in episodes) > 0
-    assert any(0 in e.env_mask for e in episodes) and any(e.answered for e in episodes)
-    eos = tokenizer.eos_token_id
-    for episode in episodes:
-        ids, mask, logprobs = episode.completion_ids, episode.env_mask, episode.logprobs
-        assert len(ids) == len(mask) == len(logprobs) <= 60
-        assert episode.truncated == (ids[-1] != eos)
-        assert all(lp == 0.0 for lp, m in zip(logprobs, mask, strict=True) if not m)
-        sampled = [n for n, m in enumerate(mask) if m]
-        full = reference_logprobs(model, episode.prompt_ids, ids, 0.7)
-        assert torch.allclose(torch.tensor(logprobs)[sampled], full[sampled], atol=1e-4)
-        # Each run of sampled ids is one turn: a stop string can only complete at its end.
-        for is_sampled, run in groupby(zip(ids, mask, strict=True), key=lambda pair: pair[1]):
-            if is_sampled:
-                turn = [token for token, _ in run]
-                assert not any(s in tokenizer.decode(turn[:-1]) for s in SEARCH_R1.stop_strings)
 
 
 # ---------------------------------------------------------------------------------------------

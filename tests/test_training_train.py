@@ -1,6 +1,8 @@
-"""Training from the tiny CPU recipe, end to end: a tiny model, prepared data and a BM25 index
-built here; LoRA training with checkpoints, a run killed after its first checkpoint and resumed,
-pushes to the loopback Hub (one retried, one given up), and every start-up check's message."""
+"""Training (research_r1.training.train) from the tiny CPU recipe, end to end: a tiny model,
+prepared data and a BM25 index built here; LoRA training with checkpoints, a run killed after
+its first checkpoint and resumed, pushes to the loopback Hub (one retried, one given up), every
+start-up check's message, and a retrieval server that goes away mid-run. Without training: the
+recipe's support checks, its rewards, the resume point, and the pushes that are never fatal."""
 
 from __future__ import annotations
 
@@ -14,27 +16,32 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import httpx2
 import pytest
 import torch
+import yaml
+from helpers import ROOT, fake_hub, free_port, write_bm25, write_jsonl
 from huggingface_hub import HfApi, ModelCard, SpaceCard, hf_hub_download, snapshot_download
+from huggingface_hub.errors import HfHubHTTPError
 from live_server import LiveServer
 from safetensors.torch import load_file
 from trl import GRPOTrainer
 
 from research_r1 import hub as hub_io
 from research_r1 import rollout
-from research_r1.data import load_split, prepare, write_split
+from research_r1.data import prepare, write_split
 from research_r1.errors import InputError
 from research_r1.protocol import SEARCH_R1, load_template
 from research_r1.retrieval import Passage, RetrievalError, RetrieverUnavailable
-from research_r1.retrieval.bm25 import build_bm25_index
-from research_r1.retrieval.corpus import load_corpus
 from research_r1.rewards import completion_text
 from research_r1.rollout import FINAL_TURN_NOTICE
+from research_r1.space import push as space
 from research_r1.tiny import build_tiny_model
 from research_r1.training import train
+from research_r1.training.callbacks import HubPushCallback
+from research_r1.training.configs import parse_recipe
 
-TINY_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "tiny_cpu_grpo.yaml"
+TINY_RECIPE = ROOT / "recipes" / "tiny_cpu_grpo.yaml"
 QA = [
     ("who wrote hamlet?", "shakespeare"),
     ("capital of france?", "paris"),
@@ -51,6 +58,7 @@ PASSAGES = [
 # search, answer and stop, and for rewards to differ within a group.
 PUSHES = {"<search>": 4.0, "</search>": 4.0, "<answer>": 4.0, "</answer>": 5.0}
 EOS_PUSH = 3.0
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Killed(BaseException):
@@ -90,20 +98,12 @@ def world(tmp_path_factory) -> SimpleNamespace:
 
     root = tmp_path_factory.mktemp("world")
     rows = [{"id": str(i), "question": q, "golden_answers": [a]} for i, (q, a) in enumerate(QA)]
-    source = root / "qa" / "train.jsonl"
-    source.parent.mkdir()
-    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    source = write_jsonl(root / "qa" / "train.jsonl", rows)
     template = load_template("search_r1")
     dataset, _ = prepare([f"toy={source}"], "train", template)
     write_split(dataset, root / "data", "train")
 
-    corpus = root / "corpus.jsonl"
-    corpus.write_text(
-        "".join(json.dumps({"id": str(i), "contents": c}) + "\n" for i, c in enumerate(PASSAGES))
-    )
-    build_bm25_index(load_corpus(corpus), root / "bm25", corpus_uri=str(corpus))
-    retriever = root / "bm25.yaml"
-    retriever.write_text(f"type: bm25\nindex: {root / 'bm25'}\ncorpus: {corpus}\n")
+    retriever = write_bm25(root, PASSAGES)
 
     texts = [m["content"] for p in dataset["prompt"] for m in p]
     texts += [SEARCH_R1.invalid_notice, FINAL_TURN_NOTICE, *PASSAGES]
@@ -118,13 +118,9 @@ def world(tmp_path_factory) -> SimpleNamespace:
 
 @pytest.fixture(autouse=True)
 def fast(monkeypatch):
-    """One thread (other tests share the cores) and Hub retries without the back-off wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    """Hub retries without the back-off wait, and TRL's notice of experimental features off."""
     monkeypatch.setattr(hub_io, "retry", functools.partial(hub_io.retry, backoff_s=0.0))
     monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")
-    yield
-    torch.set_num_threads(threads)
 
 
 def recipe(world: SimpleNamespace, output_dir: Path, *overrides: str) -> list[str]:
@@ -322,14 +318,10 @@ def data_without_answers(world: SimpleNamespace, folder: Path) -> Path:
 
 def dead_server(world: SimpleNamespace, folder: Path) -> Path:
     """A remote retriever config whose server is not there."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     folder.mkdir()
     path = folder / "remote.yaml"
-    path.write_text(f"type: remote\nurl: http://127.0.0.1:{port}\nretries: 0\ntimeout_s: 2\n")
+    url = f"http://127.0.0.1:{free_port()}"
+    path.write_text(f"type: remote\nurl: {url}\nretries: 0\ntimeout_s: 2\n")
     return path
 
 
@@ -390,19 +382,6 @@ def test_the_retriever_probe_names_retrieval_errors_and_lets_bugs_raise():
     with pytest.raises(KeyError, match="passages") as raised:  # a bug: raised as it was
         train.check_retriever(retriever(KeyError("passages")), "q", 3)
     assert raised.traceback[-1].name == "search"
-
-
-def test_a_split_pushed_to_the_hub_trains_like_a_local_one(world, hub):
-    from datasets import Dataset
-
-    local = Dataset.from_parquet(str(world.data / "train.parquet"))
-    repo = hub.new_repo_id("toy-qa")
-    hub_io.push_dataset(local, repo, split="train", token=hub.token)
-
-    uri = f"hf://datasets/{repo}"
-    assert load_split(uri, "train", "dataset_train_split").to_list() == local.to_list()
-    with pytest.raises(InputError, match=r"^dataset_name: no split 'dev' \(dataset_test_split\)"):
-        load_split(uri, "dev", "dataset_test_split")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -568,3 +547,226 @@ def ask_space(folder: Path, question: str, monkeypatch) -> list[dict]:
     finally:
         demo.close()
     return history
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks and pieces, without training
+
+
+def test_unsupported_combinations_are_refused_at_start_up(in_repo, bf16_gpu):
+    for recipe, overrides, message in [
+        ("qwen7b_grpo", ["--load_in_8bit", "true"], "load_in_8bit: 8-bit training is not"),
+        ("qwen7b_qlora_grpo", ["--use_vllm", "true"], "use_vllm: QLoRA with vLLM generation"),
+        ("qwen7b_grpo", ["--vllm_tensor_parallel_size", "2"], "vllm_tensor_parallel_size: "),
+        ("qwen7b_grpo", ["--push_to_hub", "true"], "hub_model_id: required with push_to_hub"),
+        ("qwen7b_grpo", ["--dataset_name", ""], "dataset_name: required"),
+    ]:
+        script, args, model_args = parse_recipe([f"recipes/{recipe}.yaml", *overrides])
+        with pytest.raises(InputError) as error:
+            train.check_recipe(script, args, model_args)
+        assert str(error.value).startswith(message)
+
+
+def test_a_resume_point_is_the_newest_checkpoint_or_the_one_named(tmp_path):
+    def resume(value, output_dir=tmp_path):
+        return train.resume_point(
+            SimpleNamespace(resume_from_checkpoint=value, output_dir=str(output_dir))
+        )
+
+    assert resume("latest") is None  # nothing saved yet: fresh start
+    for step in (3, 12, 9):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    assert resume("latest") == resume(True) == str(tmp_path / "checkpoint-12")
+    assert resume(str(tmp_path / "checkpoint-3"), "x") == str(tmp_path / "checkpoint-3")
+    assert resume(None) is None
+    with pytest.raises(InputError, match=r"^resume_from_checkpoint: /no/such is not a checkpoint"):
+        resume("/no/such")
+
+
+def test_the_recipe_record_holds_the_keys_set_as_run_with_the_token_masked(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "max_steps: 5\nhub_token: hf_secret\nretriever: r.yaml\nmax_new_tokens_per_turn: 500\n"
+        "max_observation_tokens: 400\nuse_cpu: true\nbf16: false\n"
+    )
+    argv = [
+        str(path),
+        *("--hub_token", "hf_a", "--seed", "3", "--lr_scheduler_type", "constant"),
+        *("--max_new_tokens_per_turn", "64", "--max_observation_tokens=32", "--lora-r", "4"),
+    ]
+
+    record = train.recipe_record(argv, parse_recipe(argv))
+    assert record == {
+        "max_steps": 5,
+        "hub_token": "<HUB_TOKEN>",
+        "retriever": "r.yaml",
+        "max_new_tokens_per_turn": 64,
+        "max_observation_tokens": 32,
+        "use_cpu": True,
+        "bf16": False,
+        "seed": 3,
+        "lr_scheduler_type": "constant",
+        "lora_r": 4,
+    }
+    assert "hf_" not in yaml.safe_dump(record)
+
+
+def test_reward_options_and_import_paths_come_from_the_recipe(in_repo, tmp_path):
+    path = tmp_path / "r.yaml"
+    recipe = yaml.safe_load((ROOT / "recipes" / "tiny_cpu_grpo.yaml").read_text())
+    recipe["reward_funcs"] = ["search_r1_format_em", "research_r1.rewards.search_r1_em"]
+    recipe["reward_kwargs"] = {"search_r1_format_em": {"retrieval": 0.1, "wrong_valid": 0.3}}
+    path.write_text(yaml.safe_dump(recipe))
+    script, args, _ = parse_recipe([str(path)])
+    format_em, em = train.load_rewards(script, args)
+    found_wrong = "<think>a</think><search>q</search><information>Doc 1(Title: Paris) Paris"
+    found_wrong += "</information><think>b</think><answer>Lyon</answer>"
+    assert format_em(["q"], [found_wrong], None, golden_answers=[["Paris"]]) == [0.3 + 0.1]
+    assert em.__name__ == "search_r1_em"
+
+    # A JSON string on the command line, as TRL's own dict keys take it.
+    override = '{"search_r1_format_em": {"retrieval": 0.5}}'
+    script, args, _ = parse_recipe([str(path), "--reward_kwargs", override])
+    format_em, _ = train.load_rewards(script, args)
+    assert format_em(["q"], [found_wrong], None, golden_answers=[["Paris"]]) == [0.2 + 0.5]
+
+    for overrides, message in [
+        (["--reward_kwargs", "{oops"], "reward_kwargs: not valid JSON"),
+        (["--reward_kwargs", '{"research_f1": {}}'], "reward_kwargs: ['research_f1'] are not in"),
+        (["--reward_kwargs", '{"search_r1_format_em": 1}'], "reward_kwargs: expected a mapping"),
+        (
+            ["--reward_kwargs", '{"search_r1_format_em": {"bonus": 1}}'],
+            "reward_funcs: reward 'search_r1_format_em' has no options ['bonus']",
+        ),
+        (
+            ["--reward_funcs", "search_r1_format_em", "pkg_missing.reward"],
+            "reward_funcs: reward 'pkg_missing.reward': cannot import module 'pkg_missing'",
+        ),
+    ]:
+        with pytest.raises(InputError) as error:
+            script, args, _ = parse_recipe([str(path), *overrides])
+            train.load_rewards(script, args)
+        assert str(error.value).startswith(message), error.value
+
+
+def test_an_in_process_gpu_index_is_refused_under_several_processes(tmp_path):
+    dense = tmp_path / "dense.yaml"
+    dense.write_text("type: dense\nindex: idx\ncorpus: c.jsonl\ndevice: cuda:0\n")
+    hybrid = tmp_path / "hybrid.yaml"
+    hybrid.write_text(
+        "type: hybrid\ncorpus: c.jsonl\nbm25: {index: b}\ndense: {index: d, device: auto}\n"
+    )
+    cpu = tmp_path / "cpu.yaml"
+    cpu.write_text("type: dense\nindex: idx\ncorpus: c.jsonl\n")
+
+    for config, device in ((dense, "cuda:0"), (hybrid, "auto")):
+        train.check_retriever_placement(str(config), 1)  # one process: its own GPU index is fine
+        with pytest.raises(InputError) as error:
+            train.check_retriever_placement(str(config), 8)
+        assert str(error.value).startswith(
+            f"retriever: {config} loads a dense index on device {device!r} in each of the 8 "
+            "training processes; serve it once with `research-r1 serve-retriever"
+        )
+        assert "`type: remote`" in str(error.value)
+    train.check_retriever_placement(str(cpu), 8)  # a CPU index is memory-mapped and shared
+
+
+def test_the_final_push_moves_files_from_the_main_process_only(hub, tmp_path, monkeypatch, caplog):
+    """The saved folder is uploaded (checkpoints left out), retried, and a failure is logged,
+    never raised; the other processes push nothing and save nothing again (a save is collective
+    under FSDP, so a retry of one on the main process alone would hang)."""
+    calls = []
+
+    def upload_folder(api, **kwargs):
+        keys = ("folder_path", "repo_id", "commit_message", "ignore_patterns")
+        calls.append(tuple(kwargs[key] for key in keys))
+        response = httpx2.Response(503, request=httpx2.Request("POST", "http://hub/commit"))
+        raise HfHubHTTPError(f"service unavailable for {api.token}", response=response)
+
+    fake_hub(monkeypatch, upload_folder)
+
+    def trainer(main: bool) -> SimpleNamespace:
+        args = SimpleNamespace(hub_model_id="org/agent", output_dir=str(tmp_path))
+        args.hub_private_repo = False
+        return SimpleNamespace(args=args, is_world_process_zero=lambda: main)
+
+    assert train.publish(trainer(main=False), hub.token) is False
+    assert calls == []
+    assert train.publish(trainer(main=True), hub.token) is False
+    assert calls == [(tmp_path, "org/agent", "Final model", ["_*", "checkpoint-*"])] * 3
+    assert "could not push the final model to org/agent" in caplog.text
+    assert hub.token not in caplog.text
+
+
+# The never-fatal pushes, each as training calls it: the final model, a checkpoint, the Space.
+
+
+def final_push(tmp_path: Path) -> None:
+    args = SimpleNamespace(hub_model_id="org/agent", output_dir=str(tmp_path))
+    args.hub_private_repo = False
+    train.publish(SimpleNamespace(args=args, is_world_process_zero=lambda: True), None)
+
+
+def checkpoint_push(tmp_path: Path) -> None:
+    (tmp_path / "checkpoint-1").mkdir(exist_ok=True)
+    pusher = HubPushCallback("org/agent")
+    state = SimpleNamespace(is_world_process_zero=True, global_step=1)
+    pusher.on_save(SimpleNamespace(output_dir=str(tmp_path)), state, None)
+    pusher.on_train_end(None, None, None)
+
+
+def space_push(tmp_path: Path) -> None:
+    retriever = tmp_path / "remote.yaml"
+    retriever.write_text("type: remote\nurl: https://retriever.example.org\n")
+    script = SimpleNamespace(space_repo="org/demo", retriever=str(retriever), template="search_r1")
+    args = SimpleNamespace(
+        push_to_hub=True, hub_model_id="org/agent", output_dir=str(tmp_path), hub_token=None
+    )
+    train.publish_space(script, args, pushed=True)
+
+
+HUB_PUSHES = {
+    "final": (final_push, "could not push the final model to org/agent: ", hub_io),
+    "checkpoint": (checkpoint_push, "giving up on pushing checkpoint 1: ", hub_io),
+    "space": (space_push, "could not push the Space org/demo: ", space),
+}
+
+
+PUSH_FAILURES = {
+    "hub 503": HfHubHTTPError(
+        "503 Server Error: Service Unavailable",
+        response=httpx2.Response(503, request=httpx2.Request("POST", "https://hub/commit")),
+    ),
+    "network": httpx2.ConnectError("connection refused"),
+    "disk": OSError("no space left on device"),
+}
+
+
+@pytest.mark.parametrize("failure", PUSH_FAILURES, ids=str)
+@pytest.mark.parametrize("push", HUB_PUSHES, ids=str)
+def test_a_push_that_fails_outside_the_program_is_logged_and_training_goes_on(
+    push, failure, tmp_path, monkeypatch, caplog
+):
+    def upload_folder(api, **kwargs):
+        raise PUSH_FAILURES[failure]
+
+    fake_hub(monkeypatch, upload_folder)
+    run, logged, _ = HUB_PUSHES[push]
+    run(tmp_path)  # returns: training goes on
+    assert f"{logged}{PUSH_FAILURES[failure]}" in caplog.text
+
+
+@pytest.mark.parametrize("push", HUB_PUSHES, ids=str)
+def test_a_bug_in_our_packaging_raises_with_its_traceback(push, tmp_path, monkeypatch, caplog):
+    """The monkeypatched function is ours: the upload (`hub.push_folder`) of the model and the
+    checkpoints, the Space's card (`space.space_card`) of the Space."""
+
+    def buggy(*args, **kwargs):
+        raise TypeError("a bug in our packaging")
+
+    run, _, module = HUB_PUSHES[push]
+    monkeypatch.setattr(module, "push_folder" if module is hub_io else "space_card", buggy)
+    with pytest.raises(TypeError, match="a bug in our packaging") as raised:
+        run(tmp_path)
+    assert raised.traceback[-1].name == "buggy"
+    assert "could not push" not in caplog.text and "giving up" not in caplog.text
