@@ -1,4 +1,4 @@
-"""The one markdown table renderer."""
+"""The one markdown table renderer (research_r1.markdown)."""
 
 from __future__ import annotations
 

@@ -176,6 +176,13 @@ def test_extract_answer(completion: str, search_r1: str | None, research: str | 
     assert extract_answer(completion, RESEARCH) == research
 
 
+def test_extract_answer_ignores_the_notice() -> None:
+    text = f"<think>a</think>{SEARCH_R1_INVALID_NOTICE}"
+    assert extract_answer(text, SEARCH_R1) is None
+    assert extract_answer(text + "<think>b</think><answer>Paris</answer>", SEARCH_R1) == "Paris"
+    assert extract_answer("<answer>\\boxed{x}</answer>", RESEARCH) == "x"
+
+
 # ---------------------------------------------------------------------------------------------
 # Observations
 

@@ -1,4 +1,5 @@
-"""Answer scoring and the reward functions through TRL's signature."""
+"""The rewards (research_r1.rewards): answer scoring, the reward functions through TRL's
+signature, and rewards named in the registry or by import path."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from research_r1.protocol import (
     SEARCH_R1,
     SEARCH_R1_INVALID_NOTICE,
     TEMPLATES,
-    extract_answer,
     follows_format,
     is_valid_search_r1_sequence,
 )
@@ -158,10 +158,6 @@ def _call(reward: Any, completions: list[str], golds: list[Any], conversational:
     )
 
 
-def test_the_prompt_example_answer_is_in_the_prompt() -> None:
-    assert "<answer> Beijing </answer>" in SEARCH_R1_PROMPT[0]["content"]
-
-
 EM_CASES = [
     ("<think>a</think><answer> Paris </answer>", ["Paris"], 1.0),
     ("<think>a</think><answer>the paris.</answer>", ["Paris"], 1.0),
@@ -286,13 +282,6 @@ def test_completion_text() -> None:
     assert completion_text([{"role": "assistant", "content": "a"}]) == "a"
     assert completion_text([{"role": "assistant", "content": None, "tool_calls": []}]) == ""
     assert completion_text([{"role": "assistant", "content": "a"}, {"content": "b"}]) == "ab"
-
-
-def test_extract_answer_ignores_the_notice() -> None:
-    text = f"<think>a</think>{SEARCH_R1_INVALID_NOTICE}"
-    assert extract_answer(text, SEARCH_R1) is None
-    assert extract_answer(text + "<think>b</think><answer>Paris</answer>", SEARCH_R1) == "Paris"
-    assert extract_answer("<answer>\\boxed{x}</answer>", RESEARCH) == "x"
 
 
 def test_rewards_need_the_gold_column() -> None:

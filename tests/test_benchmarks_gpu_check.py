@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import ROOT
 from rich.console import Console
 from transformers import (
     AutoConfig,
@@ -31,7 +32,6 @@ from research_r1.training.dry_run import dry_run
 from research_r1.training.memory import gib
 from research_r1.training.reduced import Reduced, read_recipe
 
-ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 
 
