@@ -115,6 +115,8 @@ def avx2_host() -> bool:
 
 
 @pytest.mark.slow
+# Two subprocesses of up to 600 s each (their own limits), then a training step.
+@pytest.mark.timeout(1500)
 def test_smoke_run_of_the_whole_demo_then_the_recipe_on_its_output(tmp_path, monkeypatch):
     """`research-r1 demo` in a fresh process, from a folder holding the repository's recipes
     (as a checkout does), writing the default outputs/demo; then the tiny recipe, unchanged,

@@ -40,6 +40,8 @@ EXPECTED = {
     "f1": [1, 2 / 3, 2 / 3, 0, 1, 1, 0],
 }
 SCORERS = {"qa_exact_match": exact_match, "qa_cover_match": cover_match, "qa_f1": token_f1}
+# The first test sets up `offline_results`: a fresh interpreter with a 300 s limit of its own.
+pytestmark = pytest.mark.timeout(400)
 
 # Runs in a fresh interpreter so that evaluate reads the offline switches and the empty cache
 # directories at import time; a proxy that refuses connections catches any network attempt.

@@ -102,6 +102,8 @@ def test_our_flags_are_read_wherever_they_appear():
 
 
 @pytest.mark.slow
+# `accelerate launch` in a subprocess with a 300 s limit of its own.
+@pytest.mark.timeout(400)
 def test_a_failed_run_through_the_launcher_ends_with_one_line(tmp_path):
     """`research-r1 train` under the real `accelerate launch`: our error, no launcher traceback."""
     run = subprocess.run(

@@ -70,8 +70,6 @@ def test_weights_by_dtype_and_4bit_quantisation():
     assert weight_bytes(arch, Setup(four_bit=True, nested_quant=True)) == nf4 + 2 * rest
 
 
-# peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` when it wraps a model.
-@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 def test_lora_parameters_and_their_dtype_are_what_peft_makes():
     """r x (in + out) per targeted linear per layer (161,480,704 at r 64 on Qwen2.5-7B's seven
     linears, as peft reports); peft keeps them in fp32 over a bf16 model, as `setup_for` says."""

@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from helpers import Scripted
 from playwright.sync_api import expect, sync_playwright
 
 from research_r1 import evaluation
-from research_r1.generation import Generation
 from research_r1.protocol import SEARCH_R1, TEMPLATES
 from research_r1.retrieval import Passage
 from research_r1.space.app import build_app
@@ -35,22 +35,6 @@ PASSAGES = [
     Passage("1", '"Hamlet"\nHamlet is a tragedy written by William Shakespeare.', 2.0),
     Passage("2", f"{EVIL}\n{EVIL} http://example.com", 1.0),
 ]
-
-
-class Scripted:
-    """Writes TURNS in order: the turn is the number of observations after the question."""
-
-    def __init__(self, tokenizer) -> None:
-        self.tokenizer = tokenizer
-
-    def generate(self, contexts, max_new_tokens, stop) -> list[Generation]:
-        generations = []
-        for context in contexts:
-            text = self.tokenizer.decode(context)
-            turn = TURNS[text.split(QUESTION, 1)[1].count("</information>")]
-            ids = self.tokenizer.encode(turn, add_special_tokens=False)
-            generations.append(Generation(ids, [0.0] * len(ids), "stop"))
-        return generations
 
 
 class Found:
@@ -74,7 +58,8 @@ def page_url(tmp_path_factory):
         backend="transformers",
     )
     plan = evaluation.agent_plan(options)
-    app = build_app(plan, Scripted(tokenizer), tokenizer, Found(), examples=[QUESTION])
+    scripted = Scripted(tokenizer, {QUESTION: TURNS})  # writes TURNS in order
+    app = build_app(plan, scripted, tokenizer, Found(), examples=[QUESTION])
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

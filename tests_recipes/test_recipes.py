@@ -40,6 +40,9 @@ HEAD_DIM = 32
 TIMEOUT_S = 900
 # What must repeat exactly after a resume (losses, and the episodes behind them).
 REPLAYED = ("loss", "reward", "completions/mean_length", "kl")
+# Each training subprocess has TIMEOUT_S of its own, which fails a hang with the run's output; the
+# first test to ask for `two_process_runs` waits on its five runs (setup.cfg's 300 s is per test).
+pytestmark = pytest.mark.timeout(6 * TIMEOUT_S)
 
 
 def uses_vllm(recipe: Path) -> bool:

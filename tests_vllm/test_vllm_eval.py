@@ -36,23 +36,10 @@ def eval_command(tiny, root: Path, backend: str) -> list[str]:
 
 
 def test_vllm_and_transformers_write_the_same_traces(tiny, tmp_path):
-    from research_r1.retrieval.bm25 import build_bm25_index
-    from research_r1.retrieval.corpus import load_corpus
+    from helpers import write_bm25, write_qa
 
-    (tmp_path / "toy.jsonl").write_text(
-        "".join(
-            json.dumps({"id": i, "question": q, "golden_answers": a}) + "\n"
-            for i, q, a in QUESTIONS
-        )
-    )
-    corpus = tmp_path / "corpus.jsonl"
-    corpus.write_text(
-        "".join(json.dumps({"id": str(i), "contents": c}) + "\n" for i, c in enumerate(CORPUS))
-    )
-    build_bm25_index(load_corpus(corpus), tmp_path / "bm25", corpus_uri=str(corpus))
-    (tmp_path / "bm25.yaml").write_text(
-        f"type: bm25\nindex: {tmp_path / 'bm25'}\ncorpus: {corpus}\n"
-    )
+    write_qa(tmp_path / "toy.jsonl", QUESTIONS)
+    write_bm25(tmp_path, CORPUS)  # tmp_path / "bm25.yaml"
     # The prompt the tiny model was shaped on: "Question: who wrote hamlet?\n", no chat template.
     (tmp_path / "template.yaml").write_text(
         'name: plain\nprotocol: search_r1\nuser: "Question: {question}\\n"\nchat: false\n'
