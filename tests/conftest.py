@@ -1,9 +1,11 @@
-"""Test-wide setup: a hermetic Hub environment and the `hub` fixture (a loopback Hub server).
+"""Test-wide setup: a hermetic Hub environment, the `hub` fixture (a loopback Hub server), and
+the fixtures more than one test file uses (tests/README.md lists them).
 
 huggingface_hub and datasets read HF_ENDPOINT, HF_HOME and the offline flags when they are first
 imported, so the environment is fixed here, at conftest import, before any test module imports
 them: every Hub call in the test session goes to the loopback server on a free 127.0.0.1 port
-(never to the network), caches live in a fresh temporary HF_HOME, and no user token is seen.
+(never to the network), caches live in a fresh temporary HF_HOME, and no user token is seen. For
+the same reason the fixtures below import what they use (helpers.py included) inside.
 """
 
 from __future__ import annotations
