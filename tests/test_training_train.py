@@ -725,8 +725,22 @@ def space_push(tmp_path: Path) -> None:
     train.publish_space(script, args, pushed=True)
 
 
+def eval_push(tmp_path: Path) -> None:
+    """The recipe's eval after training, its evaluation itself stood in for."""
+    script = SimpleNamespace(
+        eval_suite=None, eval_datasets=None, eval_retriever=None, eval_limit=None
+    )
+    args = SimpleNamespace(
+        output_dir=str(tmp_path), push_to_hub=True, hub_model_id="org/agent", hub_token=None
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train.evaluation, "run_eval", lambda arguments: 0)
+        train.evaluate_trained(SimpleNamespace(create_model_card=lambda: None), script, args)
+
+
 HUB_PUSHES = {
     "final": (final_push, "could not push the final model to org/agent: ", hub_io),
+    "eval": (eval_push, "could not push the evaluation to org/agent: ", hub_io),
     "checkpoint": (checkpoint_push, "giving up on pushing checkpoint 1: ", hub_io),
     "space": (space_push, "could not push the Space org/demo: ", space),
 }
@@ -758,8 +772,8 @@ def test_a_push_that_fails_outside_the_program_is_logged_and_training_goes_on(
 
 @pytest.mark.parametrize("push", HUB_PUSHES, ids=str)
 def test_a_bug_in_our_packaging_raises_with_its_traceback(push, tmp_path, monkeypatch, caplog):
-    """The monkeypatched function is ours: the upload (`hub.push_folder`) of the model and the
-    checkpoints, the Space's card (`space.space_card`) of the Space."""
+    """The monkeypatched function is ours: the upload (`hub.push_folder`) of the model, the
+    evaluation and the checkpoints, the Space's card (`space.space_card`) of the Space."""
 
     def buggy(*args, **kwargs):
         raise TypeError("a bug in our packaging")

@@ -478,7 +478,8 @@ def evaluate_trained(
     """The recipe's eval: `research-r1 eval OUTPUT_DIR` on the saved model, into
     OUTPUT_DIR/eval, through transformers (a vLLM engine of the run may still hold the GPU).
     Its scores go into the card, and to the Hub when the run pushes; it runs after the final
-    push, on the main process alone, so no other process waits on it."""
+    push, on the main process alone, so no other process waits on it. A push the Hub, the
+    network or the disk fails is logged, never raised: the model is trained and evaluated."""
     output_dir = Path(args.output_dir)
     evaluation.run_eval(
         evaluation.EvalArguments(
@@ -503,7 +504,7 @@ def evaluate_trained(
                 token=args.hub_token,
                 what=f"push the evaluation to {repo_id}",
             )
-        except Exception as error:
+        except (*hub.PUSH_ERRORS, InputError) as error:  # never fatal; a bug of ours raises
             logger.error("could not push the evaluation to %s: %s", repo_id, hub.scrub(str(error)))
 
 
