@@ -27,6 +27,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # helper
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
+# setup.cfg's per-test limit (300 s) is for the main suite; here one test may start vLLM's engine
+# or a server, or run a recipe in a subprocess with its own limit of up to 600 s, all on 2 cores.
+TEST_TIMEOUT_S = 1200
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        item.add_marker(pytest.mark.timeout(TEST_TIMEOUT_S))
+
+
 SEARCH_PROMPT = "Question: who wrote hamlet?\n"
 LONG_PROMPT = "Question: where is paris?\n"
 TEXTS = [
