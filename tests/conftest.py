@@ -39,6 +39,7 @@ os.environ.update(
     HF_HUB_CACHE=str(Path(_HF_HOME) / "hub"),
     HF_DATASETS_CACHE=str(Path(_HF_HOME) / "datasets"),
     HF_HUB_DISABLE_TELEMETRY="1",
+    GRADIO_ANALYTICS_ENABLED="False",  # read when gradio is imported: no calls home
 )
 for _name in (
     "HF_TOKEN",

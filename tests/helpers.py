@@ -1,6 +1,7 @@
-"""Set-ups the test files share: files on disk (JSON lines, a corpus, a BM25 retriever), retriever
-and policy test doubles, a retrieval server on a loopback port, the toy evaluation world's data,
-and a Hub whose uploads are faked. The fixtures built on them are in conftest.py.
+"""Set-ups the test files share: files on disk (JSON lines, a corpus, a BM25 retriever, a YAML
+config), retriever and policy test doubles, a retrieval server on a loopback port, the toy
+evaluation world's data, a Hub whose uploads are faked, and the Space's Hamlet episode with the
+app served on a loopback port. The fixtures built on them are in conftest.py.
 """
 
 from __future__ import annotations
@@ -16,16 +17,19 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import yaml
 from huggingface_hub import HfApi
 from live_server import LiveServer
 
 from research_r1 import hub as hub_io
 from research_r1.generators import Generation
+from research_r1.protocol import RESEARCH, SEARCH_R1
 from research_r1.retrieval import Passage
 from research_r1.retrieval.bm25 import build_bm25_index
 from research_r1.retrieval.corpus import load_corpus
 from research_r1.retrieval.server import ServerSettings, create_app
-from research_r1.tiny import EOS
+from research_r1.rollout import FINAL_TURN_NOTICE
+from research_r1.tiny import EOS, build_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -97,6 +101,12 @@ def write_bm25(root: Path, contents: Sequence[str]) -> Path:
     return config
 
 
+def write_config(path: Path, config: dict) -> Path:
+    """`config` as YAML (a retriever config, a template)."""
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 # ---------------------------------------------------------------------------------------------
 # Retrievers and policies
 
@@ -121,14 +131,20 @@ class RecordingRetriever:
 
 
 class Scripted:
-    """A `Generator` that writes fixed turns per question. The question is found in the
-    context's text, and the turn is the number of observations after it, so a batch that is
-    played again question by question replays the same turns."""
+    """A `Generator` that writes fixed turns. Given a mapping, turns per question: the question
+    is found in the context's text, and the turn is the number of observations after it, so a
+    batch that is played again question by question replays the same turns. Given a list, its
+    turns in order, whatever the context (for a protocol or an episode whose observations are not
+    Search-R1's `<information>`)."""
 
     def __init__(
-        self, tokenizer, scripts: Mapping[str, Sequence[str]], fail_on: str | None = None
+        self,
+        tokenizer,
+        scripts: Mapping[str, Sequence[str]] | Sequence[str],
+        fail_on: str | None = None,
     ) -> None:
-        self.tokenizer, self.scripts, self.fail_on = tokenizer, scripts, fail_on
+        self.tokenizer, self.fail_on = tokenizer, fail_on
+        self.scripts = scripts if isinstance(scripts, Mapping) else list(scripts)
         self.contexts: list[str] = []
 
     def generate(self, contexts, max_new_tokens, stop) -> list[Generation]:
@@ -136,14 +152,19 @@ class Scripted:
         for context, budget in zip(contexts, max_new_tokens, strict=True):
             text = self.tokenizer.decode(context)
             self.contexts.append(text)
-            question = next(q for q in self.scripts if q in text)
-            if question == self.fail_on:
-                raise KeyboardInterrupt  # stands for the process dying mid-run
-            turn = self.scripts[question][text.split(question, 1)[1].count("</information>")]
+            turn = self._turn(text)
             ids = self.tokenizer.encode(turn, add_special_tokens=False)[:budget]
             finish = "eos" if turn.endswith(EOS) else "stop" if turn.endswith(tuple(stop)) else ""
             generations.append(Generation(ids, [0.0] * len(ids), finish or "length"))
         return generations
+
+    def _turn(self, text: str) -> str:
+        if not isinstance(self.scripts, Mapping):
+            return self.scripts.pop(0)
+        question = next(q for q in self.scripts if q in text)
+        if question == self.fail_on:
+            raise KeyboardInterrupt  # stands for the process dying mid-run
+        return self.scripts[question][text.split(question, 1)[1].count("</information>")]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,3 +259,70 @@ def fake_hub(monkeypatch, upload_folder) -> None:
     monkeypatch.setattr(HfApi, "create_repo", lambda api, *args, **kwargs: None)
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
     monkeypatch.setattr(hub_io, "retry", functools.partial(hub_io.retry, backoff_s=0.0))
+
+
+# ---------------------------------------------------------------------------------------------
+# The Space's Hamlet episode (tests/test_space_*.py): two passages whose titles and texts hold
+# parentheses, a search turn then an answer, a tokenizer over them, and the app served on a
+# loopback port and read back through gradio_client.
+
+HAMLET_PAIRS = (
+    ("Hamlet (play)", "Hamlet is a tragedy by William Shakespeare."),
+    ("William Shakespeare", "Shakespeare (1564-1616) was a playwright."),
+)
+HAMLET, SHAKESPEARE = (
+    Passage(f"h{i}", f'"{title}"\n{text}', score)
+    for i, (title, text), score in zip((1, 2), HAMLET_PAIRS, (2.0, 1.0), strict=True)
+)
+SEARCH_TURN = "<think> I need the author. </think>\n<search> hamlet author </search>"
+ANSWER_TURN = "<think> Shakespeare wrote it. </think>\n<answer> William Shakespeare </answer>"
+TEXTS = [
+    "Question: who wrote hamlet?\n",
+    SEARCH_TURN,
+    ANSWER_TURN,
+    *(f"Doc {i}(Title: {p.title}) {p.text}\n" for i, p in enumerate((HAMLET, SHAKESPEARE), 1)),
+    SEARCH_R1.invalid_notice,
+    FINAL_TURN_NOTICE,
+    # Unused words: they fix the vocabulary, hence the random model these tests expect.
+    "Search failed: connection refused",
+    "The final answer is \\[ \\boxed{William Shakespeare} \\]",
+]
+
+
+class HamletRetriever:
+    """HAMLET and SHAKESPEARE for every query."""
+
+    def search(self, queries: Sequence[str], k: int) -> list[list[Passage]]:
+        return [[HAMLET, SHAKESPEARE][:k] for _ in queries]
+
+
+def hamlet_tokenizer():
+    """A tokenizer over `TEXTS` and both protocols' tags."""
+    tags = dict.fromkeys(SEARCH_R1.tags + RESEARCH.tags)
+    return build_tokenizer(TEXTS, list(tags))
+
+
+def launch(demo):
+    """Serve `demo` on a free loopback port; returns a gradio_client Client for it."""
+    from gradio_client import Client
+
+    demo.queue(max_size=4).launch(
+        server_name="127.0.0.1",
+        server_port=free_port(),
+        prevent_thread_lock=True,
+        ssr_mode=False,
+        quiet=True,
+    )
+    return Client(demo.local_url, verbose=False)
+
+
+def summary(history: list[dict]) -> list[tuple[str, str | None, str]]:
+    """(role, metadata title, text) per message, as gradio_client returns the chat."""
+    return [
+        (
+            message["role"],
+            (message.get("metadata") or {}).get("title"),
+            "".join(part["text"] for part in message["content"]),
+        )
+        for message in history
+    ]

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from space_setup import (
+from helpers import (
     ANSWER_TURN,
+    HAMLET_PAIRS,
     SEARCH_TURN,
     TEXTS,
     HamletRetriever,
-    ScriptedGenerator,
+    Scripted,
     hamlet_tokenizer,
     launch,
     summary,
@@ -62,9 +63,7 @@ def app():
 def test_the_app_streams_each_step_then_the_answer(app, tokenizer, tmp_path):
     from gradio_client.exceptions import AppError
 
-    generator = ScriptedGenerator(
-        tokenizer, [SEARCH_TURN, ANSWER_TURN, "<think> no idea </think>" + EOS]
-    )
+    generator = Scripted(tokenizer, [SEARCH_TURN, ANSWER_TURN, "<think> no idea </think>" + EOS])
     demo = app.build_app(plan_for(tmp_path), generator, tokenizer, HamletRetriever())
     client = launch(demo)
     try:
@@ -105,7 +104,7 @@ def test_the_app_streams_each_step_then_the_answer(app, tokenizer, tmp_path):
         demo.close()
 
 
-class SlowGenerator(ScriptedGenerator):
+class SlowGenerator(Scripted):
     def generate(self, contexts, max_new_tokens, stop):
         time.sleep(1.0)
         return super().generate(contexts, max_new_tokens, stop)
@@ -147,7 +146,7 @@ class UnreachableRetriever:
 def test_an_unreachable_retriever_fails_the_question_with_a_message(app, tokenizer, tmp_path):
     from gradio_client.exceptions import AppError
 
-    generator = ScriptedGenerator(tokenizer, [SEARCH_TURN, ANSWER_TURN])
+    generator = Scripted(tokenizer, [SEARCH_TURN, ANSWER_TURN])
     plan = plan_for(tmp_path)
     plan = dataclasses.replace(
         plan, rollout=plan.rollout.model_copy(update={"max_retriever_wait_s": 0.0})
@@ -165,7 +164,7 @@ def test_an_unreachable_retriever_fails_the_question_with_a_message(app, tokeniz
 def test_the_app_loads_a_checkpoint_and_retriever_from_its_settings(app, tmp_path):
     """The start-up path: from_pretrained and a BM25 retriever config; the random model writes
     no tags, so the episode ends unanswered after its one turn."""
-    corpus = write_corpus(tmp_path / "corpus.jsonl")
+    corpus = write_corpus(tmp_path / "corpus.jsonl", HAMLET_PAIRS)
     index = build_bm25_index(load_corpus(corpus), tmp_path / "bm25")
     model_dir = build_tiny_model(tmp_path / "model", TEXTS, SEARCH_R1.tags, hidden_size=64)
     settings = SpaceSettings(
@@ -218,7 +217,7 @@ def test_the_leaderboard_tab_ranks_runs_with_the_papers_rows_of_their_setting(
     runs.mkdir()
     run_file(runs, "org/strong", SEARCH_R1_SETTING, {"nq": 0.9, "bamboogle": 0.9})
     run_file(runs, "org/bm25", "search_r1 · wiki/corpus.jsonl, BM25 · top-3 · EM", {"nq": 0.99})
-    generator = ScriptedGenerator(tokenizer, [ANSWER_TURN])
+    generator = Scripted(tokenizer, [ANSWER_TURN])
     demo = app.build_app(
         plan_for(tmp_path), generator, tokenizer, HamletRetriever(), results=[str(runs)]
     )

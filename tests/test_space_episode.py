@@ -5,11 +5,12 @@ streaming tests."""
 from __future__ import annotations
 
 import pytest
-from space_setup import (
+from helpers import (
     ANSWER_TURN,
+    HAMLET_PAIRS,
     SEARCH_TURN,
     HamletRetriever,
-    ScriptedGenerator,
+    Scripted,
     hamlet_tokenizer,
 )
 
@@ -17,10 +18,6 @@ from research_r1.protocol import RESEARCH, SEARCH_R1
 from research_r1.rollout import FINAL_TURN_NOTICE, Episode, RolloutConfig, run_rollout
 from research_r1.space.episode import Turn, transcript_turns
 
-HAMLET_PAIRS = (
-    ("Hamlet (play)", "Hamlet is a tragedy by William Shakespeare."),
-    ("William Shakespeare", "Shakespeare (1564-1616) was a playwright."),
-)
 HAMLET_TURNS = [
     Turn("think", "I need the author."),
     Turn("search", "hamlet author", HAMLET_PAIRS),
@@ -37,7 +34,7 @@ def tokenizer():
 def play(tokenizer, turns: list[str], protocol=SEARCH_R1, **limits) -> Episode:
     [episode] = run_rollout(
         [tokenizer.encode("Question: who wrote hamlet?\n")],
-        generator=ScriptedGenerator(tokenizer, turns),
+        generator=Scripted(tokenizer, turns),
         tokenizer=tokenizer,
         retriever=HamletRetriever(),
         protocol=protocol,

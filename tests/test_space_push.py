@@ -13,8 +13,8 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+from helpers import HAMLET_PAIRS, TEXTS, launch, summary, write_config, write_corpus
 from huggingface_hub import HfApi, SpaceCard, hf_hub_download, snapshot_download
-from space_setup import TEXTS, launch, summary, write_config, write_corpus
 
 from research_r1 import cli
 from research_r1.cli import main as cli_main
@@ -196,7 +196,7 @@ def test_the_demo_space_ships_its_model_and_corpus_and_starts_from_its_files(
     app = pytest.importorskip("research_r1.space.app")
     demo = tmp_path / "work" / "outputs" / "demo"
     demo.mkdir(parents=True)
-    corpus = write_corpus(demo / "corpus.jsonl")
+    corpus = write_corpus(demo / "corpus.jsonl", HAMLET_PAIRS)
     build_bm25_index(load_corpus(corpus), demo / "bm25")
     write_config(
         demo / "retriever.yaml",
