@@ -5,8 +5,9 @@ Each job lives in a module that declares its options as one dataclass, `<Job>Arg
 work in `run_<job>(args)` (`<job>` with `_` for `-`). Every subcommand is parsed the same way,
 by TRL's `TrlParser` (transformers' `HfArgumentParser` plus `--config FILE.yaml`): options are
 snake_case as in TRL and transformers (`--max_new_tokens`), the kebab-case spelling
-(`--max-new-tokens`) is accepted too, and any option can come from a YAML file given with
-`--config`, flags on the command line overriding it. A field with `metadata={"positional":
+(`--max-new-tokens`) is accepted too, a bool is a switch, abbreviations are refused, and any
+option can come from a YAML file given with `--config`, flags on the command line overriding
+it. A field with `metadata={"positional":
 True}` is given without its flag (`research-r1 eval MODEL`). A job whose command line is not
 one dataclass (`train` hands the flags its recipe does not know to `accelerate launch`) parses
 its own: `parse_<job>(argv)` returns what `run_<job>` takes.
@@ -54,12 +55,24 @@ def command_parser(arguments: type, prog: str, description: str) -> argparse.Arg
     from trl import TrlParser  # here: `research-r1 --help` needs none of TRL
 
     class CommandParser(TrlParser):
-        """`TrlParser` with positional fields. `HfArgumentParser` only declares `--name`
-        options; its one per-field hook, `_parse_dataclass_field`, is where a positional field
-        is declared instead (same type, help and default)."""
+        """`TrlParser` with positional fields and switches. `HfArgumentParser` declares every
+        field as `--name VALUE`, a bool one with an optional value that takes the next word
+        (`eval --dry-run MODEL` would read MODEL as the bool); its one per-field hook,
+        `_parse_dataclass_field`, is where a positional field is declared instead, and a bool
+        as a switch (`--dry-run`; `--no-batching` for one that defaults to true)."""
 
         @staticmethod
         def _parse_dataclass_field(parser: Any, field: dataclasses.Field) -> None:
+            if field.type is bool:
+                names = dict.fromkeys([f"--{field.name}", f"--{field.name.replace('_', '-')}"])
+                parser.add_argument(
+                    *names,
+                    dest=field.name,
+                    action=argparse.BooleanOptionalAction if field.default else "store_true",
+                    default=field.default,
+                    help=field.metadata.get("help"),
+                )
+                return
             if not field.metadata.get("positional"):
                 TrlParser._parse_dataclass_field(parser, field)
                 return
@@ -79,6 +92,7 @@ def command_parser(arguments: type, prog: str, description: str) -> argparse.Arg
         prog=prog,
         description=description,
         formatter_class=_HelpFormatter,
+        allow_abbrev=False,  # `--max_step 3` is an error, not a guess at --max_steps
         epilog="Options are snake_case (kebab-case accepted); any of them can come from a YAML "
         "file of `option: value` lines given with --config FILE, flags overriding it.",
     )
@@ -121,7 +135,9 @@ def parse(argv: Sequence[str]) -> tuple[Callable[..., int | None], Any]:
     if not doc.startswith(f"{arguments.__name__}("):  # not the signature dataclasses writes
         description = doc
     parser = command_parser(arguments, prog, description)
-    (args,) = parser.parse_args_and_config(rest)
+    args, unknown = parser.parse_args_and_config(rest, return_remaining_strings=True)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")  # usage, one line, exit 2
     return run, args
 
 
