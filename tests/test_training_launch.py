@@ -125,3 +125,25 @@ def test_a_failed_run_through_the_launcher_ends_with_one_line(tmp_path):
     )
     assert expected in run.stderr
     assert "Traceback" not in run.stderr and "CalledProcessError" not in run.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "line"),
+    [
+        (
+            ["--max_step", "3"],
+            "error: --max_step: neither a recipe key nor an accelerate launch flag "
+            "(did you mean --max_steps?)",
+        ),
+        (
+            ["--max_steps", "three"],
+            "error: recipe: argument --max_steps/--max-steps: invalid int value: 'three'",
+        ),
+    ],
+    ids=["misspelled", "bad value"],
+)
+def test_a_recipe_key_mistake_is_one_line(flags, line, capsys):
+    """Not a guess at the key it begins (`--max_step` is no `--max_steps`), not the ~200 lines of
+    usage before a bad value: one line, naming what to fix."""
+    assert cli_main(["train", "recipes/tiny_cpu_grpo.yaml", *flags]) == 2
+    assert capsys.readouterr().err.splitlines() == [line]

@@ -12,6 +12,7 @@ import argparse
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import yaml
 from trl import GRPOConfig, ModelConfig, ScriptArguments, TrlParser
@@ -144,8 +145,20 @@ Recipe = tuple[SearchScriptArguments, SearchGRPOConfig, ModelConfig]
 RECIPE_DATACLASSES = (SearchScriptArguments, SearchGRPOConfig, ModelConfig)
 
 
-def make_parser() -> TrlParser:
-    return TrlParser(RECIPE_DATACLASSES)
+class RecipeParser(TrlParser):
+    """TRL's parser of the recipe's dataclasses, whose mistakes are our one-line errors: a bad
+    value (`--max_steps three`) is one line, not the ~200 lines of usage before it, and a key
+    is never guessed from its beginning (`--max_step` is unknown, not `--max_steps`)."""
+
+    def __init__(self) -> None:
+        super().__init__(RECIPE_DATACLASSES, allow_abbrev=False)
+
+    def error(self, message: str) -> NoReturn:
+        raise InputError(f"recipe: {message}")
+
+
+def make_parser() -> RecipeParser:
+    return RecipeParser()
 
 
 def recipe_argv(argv: list[str]) -> list[str]:

@@ -14,7 +14,8 @@ what the run will fetch from the Hub and an estimate of its memory per GPU (`--g
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
+import difflib
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 
@@ -94,6 +95,8 @@ def parse_launch(argv: list[str]) -> tuple[Recipe, argparse.Namespace]:
         *recipe, yaml_unknown, flags_unknown = make_parser().parse_args_and_config(
             recipe_argv(argv), return_remaining_strings=True, separate_remaining_strings=True
         )
+    except InputError:
+        raise
     except ValueError as error:
         raise InputError(f"recipe: {error}") from error
     if yaml_unknown:
@@ -111,8 +114,18 @@ def parse_launch(argv: list[str]) -> tuple[Recipe, argparse.Namespace]:
         ]
     )
     if unknown:
-        raise InputError(f"{' '.join(unknown)}: neither a recipe key nor an accelerate launch flag")
+        raise InputError(
+            f"{' '.join(unknown)}: neither a recipe key nor an accelerate launch flag"
+            + closest_key(unknown[0])
+        )
     return tuple(recipe), args
+
+
+def closest_key(flag: str) -> str:
+    """` (did you mean --KEY?)` for the recipe key `flag` most likely misspells, else ''."""
+    keys = [f"--{f.name}" for part in RECIPE_DATACLASSES for f in fields(part) if f.init]
+    match = difflib.get_close_matches(flag.split("=")[0].replace("-", "_"), keys, n=1)
+    return f" (did you mean {match[0]}?)" if match else ""
 
 
 def accelerate_config_file(name: str | None) -> list[str]:
