@@ -41,7 +41,11 @@ DENSE_KEYS = (
         ),
         (
             {"type": "dense", "index": "x", "nprob": 4},
-            f"unknown key 'nprob' for type dense (allowed: {DENSE_KEYS})",
+            f"unknown key 'nprob' for type dense (did you mean 'nprobe'? allowed: {DENSE_KEYS})",
+        ),
+        (  # the typo comes first, not the key it leaves missing
+            {"type": "bm25", "indx": "x"},
+            "unknown key 'indx' for type bm25 (did you mean 'index'? allowed: index, corpus)",
         ),
         (
             {"type": "dense", "index": "x", "nprobe": "ten"},

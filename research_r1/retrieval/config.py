@@ -24,6 +24,7 @@ an error rather than 1 or 8, and unknown keys are errors that name the key.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 from collections.abc import Mapping
@@ -225,13 +226,19 @@ def _parse(mapping: Any, where: str) -> RetrieverConfig:
 
 
 def _invalid(error: ValidationError, where: str, kind: str) -> InputError:
-    """`invalid`'s one line; an unknown key (a typo, often) also gets the keys allowed there."""
-    first = error.errors(include_url=False)[0]
-    if first["type"] != "extra_forbidden":
+    """`invalid`'s one line. An unknown key comes first, since it is often a typo that also
+    leaves a key missing (`indx:` for `index:`), with the key it most likely meant and the keys
+    allowed there."""
+    errors = error.errors(include_url=False)
+    unknown = [e for e in errors if e["type"] == "extra_forbidden"]
+    if not unknown:
         return invalid(error, where)
     model = TYPES[kind]
-    for section in first["loc"][:-1]:
+    for section in unknown[0]["loc"][:-1]:
         model = model.model_fields[section].annotation
-    key = ".".join(map(str, first["loc"]))
+    name = str(unknown[0]["loc"][-1])
+    key = ".".join(map(str, unknown[0]["loc"]))
     allowed = ", ".join(model.model_fields)
-    return InputError(f"{where}: unknown key {key!r} for type {kind} (allowed: {allowed})")
+    meant = difflib.get_close_matches(name, list(model.model_fields), n=1)
+    hint = f"did you mean {meant[0]!r}? " if meant else ""
+    return InputError(f"{where}: unknown key {key!r} for type {kind} ({hint}allowed: {allowed})")
