@@ -543,16 +543,16 @@ def overheads(
             for mode, url in urls.items()
         }
         for remote in remotes.values():
-            remote.search(batch_of(questions, OVERHEAD_BATCH, 0), args.k)
+            remote.search(batch_of(questions, OVERHEAD_BATCH, 0), args.top_k)
         stop = time.perf_counter() + args.seconds * 6
         for number in range(args.overhead_reps):
             batch = batch_of(questions, OVERHEAD_BATCH, number)
             for mode, remote in remotes.items():
                 start = time.perf_counter()
-                mine = retriever.search(batch, args.k)
+                mine = retriever.search(batch, args.top_k)
                 results[mode].local.append(time.perf_counter() - start)
                 start = time.perf_counter()
-                theirs = remote.search(batch, args.k)
+                theirs = remote.search(batch, args.top_k)
                 results[mode].remote.append(time.perf_counter() - start)
                 results[mode].identical &= ids(mine) == ids(theirs)
             if number >= 4 and time.perf_counter() > stop:
@@ -691,7 +691,7 @@ def measure_index(
     built: Built, work: Workload, kth: np.ndarray, args: argparse.Namespace, report: Report
 ) -> Retriever:
     """Quality and in-process latency of one built index; returns its retriever."""
-    k = args.k
+    k = args.top_k
     retriever = load_retriever(built.config)
     answers = answer_recall(retriever.search(work.questions, k), work.golds)
     index = None if built.spec == "bm25" else load_index(built)
@@ -764,7 +764,7 @@ def measure_server(
                             loads[mode][clients],
                             url,
                             work.questions,
-                            args.k,
+                            args.top_k,
                             clients,
                             requests,
                             args.server_seconds / args.rounds,
@@ -817,7 +817,7 @@ def measure_server(
 
 
 def print_report(work: Workload, args: argparse.Namespace, report: Report, load: float) -> None:
-    k, fmt = args.k, args.format
+    k, fmt = args.top_k, args.format
     flat_bytes = 4.0 * work.vectors.shape[1]
     print(
         f"\nRetrieval benchmark: {len(work.corpus)} passages ({args.corpus}"
@@ -1013,7 +1013,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=["Flat", "bm25"],
         help="indexes (as given to --indexes) to benchmark through the server; none to skip",
     )
-    parser.add_argument("-k", "--k", type=int, default=3, help="passages per query")
+    parser.add_argument("-k", "--top-k", type=int, default=3, help="passages per query")
     parser.add_argument(
         "--encoder", default=str(get_model_path()), help="sentence-transformers model"
     )
@@ -1039,7 +1039,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     unknown = set(args.server_indexes) - set(args.indexes)
     if unknown:
         parser.error(f"--server-indexes {sorted(unknown)} are not in --indexes")
-    if min(args.k, args.rounds, args.synthetic or 1) < 1:
+    if min(args.top_k, args.rounds, args.synthetic or 1) < 1:
         parser.error("-k, --rounds and --synthetic must be >= 1")
     return args
 
@@ -1049,7 +1049,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     load = os.getloadavg()[0]
     started = time.perf_counter()
     work = load_workload(args)
-    kth = exact_top(work, args.k)[0][:, -1]
+    kth = exact_top(work, args.top_k)[0][:, -1]
     report = Report()
     with tempfile.TemporaryDirectory(dir=args.cache_dir, prefix="indexes-") as run_dir:
         for spec in args.indexes:
@@ -1059,7 +1059,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if spec in args.server_indexes:
                 measure_server(built, retriever, work, args, report)
     if not args.no_sweep:
-        report.sweep = sweep_ivfpq(work, args.k, kth, args)
+        report.sweep = sweep_ivfpq(work, args.top_k, kth, args)
     print_report(work, args, report, load)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
     return 0

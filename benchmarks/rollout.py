@@ -1,7 +1,7 @@
 """Where the time of the multi-turn search rollout goes, turn by turn.
 
     .venv/bin/python benchmarks/rollout.py [--batch-sizes 8 64 256] [--batches 2] [--max-turns 4]
-        [--k 3] [--threads 1] [--device cpu|cuda] [--data DIR]
+        [--top-k 3] [--threads 1] [--device cpu|cuda] [--data DIR]
 
 `run_rollout` plays one batch of episodes. Each turn's wall time is split, by wrapping the
 generator and the retriever with timers, into:
@@ -327,7 +327,7 @@ def free(device: str) -> None:
 def print_tables(results: Sequence[Result], args: argparse.Namespace) -> None:
     print(
         f"\nSearch rollout, mean of {args.batches} batches after a warm-up batch, "
-        f"{args.threads} threads; max_turns {args.max_turns}, k {args.k}, max_new_tokens "
+        f"{args.threads} threads; max_turns {args.max_turns}, k {args.top_k}, max_new_tokens "
         f"{args.max_new_tokens}, max_observation_tokens {args.max_observation_tokens}, "
         f"max_completion_tokens {args.max_completion_tokens}"
     )
@@ -386,7 +386,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 64, 256])
     parser.add_argument("--batches", type=int, default=2, help="timed batches per row (default 2)")
     parser.add_argument("--max-turns", type=int, default=4)
-    parser.add_argument("--k", type=int, default=3)
+    parser.add_argument("--top-k", type=int, default=3, help="passages per search")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--max-observation-tokens", type=int, default=500)
     parser.add_argument("--max-completion-tokens", type=int, default=1024)
@@ -412,7 +412,7 @@ def main() -> None:
         parser.error("--device cuda: torch sees no GPU")
     torch.set_num_threads(args.threads)
     config = RolloutConfig(
-        k=args.k,
+        k=args.top_k,
         max_turns=args.max_turns,
         max_new_tokens=args.max_new_tokens,
         max_observation_tokens=args.max_observation_tokens,

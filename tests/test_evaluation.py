@@ -385,10 +385,10 @@ def test_another_model_or_setting_never_resumes_from_a_folders_traces(
     )
 
     with pytest.raises(InputError, match=r"another run \(rollout.k: 3 → 1; setting: "):
-        evaluation.run_eval(parse([*eval_args(toy_world, out), "--k", "1"])[1])
+        evaluation.run_eval(parse([*eval_args(toy_world, out), "--top_k", "1"])[1])
     assert traces(out) == first  # nothing was written
 
-    assert cli_main([*eval_args(toy_world, out), "--k", "1", "--overwrite"]) == 0
+    assert cli_main([*eval_args(toy_world, out), "--top_k", "1", "--overwrite"]) == 0
     assert results(out)["config"]["rollout"]["k"] == 1
     assert all(t["run"] != first[0]["run"] for t in traces(out))
 

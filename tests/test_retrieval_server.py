@@ -6,6 +6,8 @@ Its batching, request validation, settings and client have test files of their o
 
 from __future__ import annotations
 
+import socket
+
 import httpx
 import pytest
 from helpers import BERLIN, PARIS, QUERIES, RHINE, TOWER, OverlapRetriever, serving
@@ -205,3 +207,19 @@ def test_cli_registers_serve_retriever(monkeypatch: pytest.MonkeyPatch) -> None:
     args.token_env = "RR1_TEST_TOKEN"
     with pytest.raises(InputError, match="RR1_TEST_TOKEN is unset or empty"):
         run_serve_retriever(args)
+
+
+def test_a_busy_port_is_one_line_before_the_index_loads(monkeypatch, capsys) -> None:
+    def load_retriever(config: str) -> None:
+        pytest.fail("the index was loaded although the port is busy")
+
+    monkeypatch.setattr("research_r1.retrieval.server.load_retriever", load_retriever)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        argv = ["serve-retriever", "--retriever", "r.yaml", "--port", str(port)]
+        assert cli.main(argv) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: port {port} on 127.0.0.1 is in use (another server?); pick another with --port"
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -45,7 +46,7 @@ def tokenizer():
 def plan_for(tmp_path: Path, **settings):
     """`eval`'s agent plan for a model of no known family with Search-R1's template."""
     config = write_config(tmp_path / "r.yaml", {"type": "bm25", "index": "i", "corpus": "c"})
-    options = dict(model="tiny", template="search_r1", retriever=str(config), k=2, max_turns=2)
+    options = dict(model="tiny", template="search_r1", retriever=str(config), top_k=2, max_turns=2)
     played = evaluation.PlayArguments(**options | settings, backend="transformers")
     return evaluation.agent_plan(played)
 
@@ -272,3 +273,15 @@ def _refusing(name: str):
         return real(module, *args, **kwargs)
 
     return importer
+
+
+def test_a_busy_port_is_one_line_before_the_model_loads(app, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(app, "load_app", lambda *_, **__: pytest.fail("the model loaded"))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert cli_main(["space", "--model", str(tmp_path), "--port", str(port)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: port {port} on 127.0.0.1 is in use (another server?); pick another with --port"
+    )

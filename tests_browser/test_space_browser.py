@@ -53,7 +53,7 @@ def page_url(tmp_path_factory):
         model="scripted",
         template="search_r1",
         retriever=str(config),
-        k=2,
+        top_k=2,
         max_turns=2,
         backend="transformers",
     )

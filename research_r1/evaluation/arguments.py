@@ -51,7 +51,7 @@ class PlayArguments(ModelArguments):
     """The model's episodes: their budgets and the generation backend (`ask` and the app play
     one question at a time with these, as `eval` plays a set)."""
 
-    k: int | None = field(
+    top_k: int | None = field(
         default=None, metadata={"help": "passages per search (default: the family's)"}
     )
     max_turns: int | None = field(

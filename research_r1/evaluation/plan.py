@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,10 +154,13 @@ def make_plan(args: EvalArguments) -> Plan:
     known = given or any(f.match(model) for f in families())
     card = None if known else _card_settings(model, revision or None)
     family = resolve(model, card, args.template, args.family)
-    suite = get_suite(args.suite or family.suite)
+    own = None if args.suite or card is None else _card_setting(model, card)
+    suite = own[0] if own else get_suite(args.suite or family.suite)
     if args.datasets:
         entries = [entry.strip() for entry in args.datasets.split(",") if entry.strip()]
         datasets = {entry.partition("=")[0] if "=" in entry else entry: entry for entry in entries}
+    elif own:
+        datasets = own[1]
     elif suite.files:  # named by the user; a dry run shows what the suite needs
         datasets = {}
     else:
@@ -165,9 +169,8 @@ def make_plan(args: EvalArguments) -> Plan:
         name: args.split or suite.datasets.get(ALIASES.get(name.lower(), name), "test")
         for name in datasets
     }
-    overrides = {
-        key: getattr(args, key) for key in ("k", "max_turns") if getattr(args, key) is not None
-    }
+    given = {"k": args.top_k, "max_turns": args.max_turns}  # the option top_k is the rollout's k
+    overrides = {key: value for key, value in given.items() if value is not None}
     rollout = RolloutConfig(**{**family.rollout, **overrides})
     if args.subset is not None:
         suite = dataclasses.replace(suite, subset=args.subset)
@@ -216,7 +219,7 @@ def _retriever(suite: Suite, given: str | None) -> tuple[Mapping[str, Any] | str
 
 def agent_plan(args: PlayArguments) -> Plan:
     """`eval`'s plan for playing one question at a time with the agent method, as `ask` and the
-    Space do: eval's defaults and the options `args` has (model, template, retriever, k,
+    Space do: eval's defaults and the options `args` has (model, template, retriever, top_k,
     max_turns, backend...)."""
     shared = {field.name: getattr(args, field.name) for field in dataclasses.fields(PlayArguments)}
     return make_plan(EvalArguments(**shared, method="agent", batch_size=1))
@@ -274,6 +277,30 @@ def _card_settings(model: str, revision: str | None) -> Mapping[str, Any] | None
             card = None
     settings = card.data.to_dict().get("research_r1") if card is not None else None
     return settings if isinstance(settings, Mapping) else None
+
+
+def _card_setting(model: str, card: Mapping[str, Any]) -> tuple[Suite, dict[str, str]] | None:
+    """The setting a local checkpoint's card names as its own (the demo's: `setting`,
+    `retriever` and `questions`, a name -> file mapping, paths relative to the model folder),
+    as a suite and its `--datasets` entries; None when the card names none."""
+    if not Path(model).is_dir() or "retriever" not in card or "questions" not in card:
+        return None
+    where = f"{model}: model card, research_r1"
+    questions = card["questions"]
+    if not isinstance(questions, Mapping) or not questions:
+        raise InputError(f"{where}.questions: expected a mapping of name to question file")
+
+    def local(path: Any) -> str:
+        return os.path.normpath(Path(model) / str(path))
+
+    retriever = local(card["retriever"])
+    suite = Suite(
+        str(card.get("setting", "own")),
+        {str(name): "test" for name in questions},
+        retriever,
+        retriever_label(parse_config(retriever)),
+    )
+    return suite, {str(name): f"{name}={local(path)}" for name, path in questions.items()}
 
 
 def _searches(config: Any) -> dict[str, Any]:

@@ -46,6 +46,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.responses import Response
 
 from research_r1.errors import InputError
+from research_r1.ports import check_port
 from research_r1.retrieval import Passage, Retriever
 from research_r1.retrieval.batching import MicroBatcher, QueueFull, WorkerDown
 from research_r1.retrieval.config import load_retriever
@@ -319,6 +320,7 @@ def run_serve_retriever(args: ServeRetrieverArguments) -> int:
         name: value for name, value in asdict(args).items() if name in ServerSettings.model_fields
     }
     settings = ServerSettings(batching=not args.no_batching, token=token, **limits)
+    check_port(args.host, args.port)  # before the index loads, which can take minutes
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     retriever = load_retriever(args.retriever)
     if token is None and args.host not in ("127.0.0.1", "localhost", "::1"):

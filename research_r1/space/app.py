@@ -34,6 +34,7 @@ from research_r1.errors import InputError, RunStopped
 from research_r1.evaluation import leaderboard
 from research_r1.evaluation.arguments import MODEL_HELP
 from research_r1.generation import Generator
+from research_r1.ports import check_port
 from research_r1.retrieval import RetrievalError, Retriever
 from research_r1.space.episode import EpisodeStopped, LiveTurns, Turn, transcript_turns
 from research_r1.space.settings import SpaceSettings
@@ -233,7 +234,7 @@ def load_space(settings: SpaceSettings) -> gr.Blocks:
         model=settings.model_id,
         retriever=settings.retriever_config,
         template=settings.template,
-        k=settings.top_k,
+        top_k=settings.top_k,
         max_turns=settings.max_turns,
     )
     return load_app(
@@ -277,6 +278,7 @@ def run_space(args: SpaceArguments) -> int:
     demo_model = args.model == str(DEMO / "grpo")
     if demo_model and not Path(args.model).is_dir():
         raise InputError(f"{args.model} does not exist: run `make demo` first, or pass --model")
+    check_port("127.0.0.1", args.port)  # before the model loads
     if args.retriever is None and demo_model:
         args = dataclasses.replace(args, retriever=str(DEMO / "retriever.yaml"))
     questions = args.examples or (DEMO / "questions" / "test.jsonl" if demo_model else None)
