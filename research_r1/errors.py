@@ -17,6 +17,12 @@ class RunStopped(RuntimeError):
     with its input, and the message says how to go on (e.g. resume from the last checkpoint)."""
 
 
+class Unreachable(RuntimeError):
+    """A service the command needs (a retrieval server) stayed unreachable through its retries:
+    nothing is wrong with the input or the program, and the same command may work later. The
+    message names the service and the cause."""
+
+
 def invalid(error: ValidationError, where: str) -> InputError:
     """A pydantic validation failure as one line: where, the first wrong key, what is wrong,
     and the value given (clipped) when there is one. A validator's own `ValueError` reads as
@@ -31,7 +37,8 @@ def invalid(error: ValidationError, where: str) -> InputError:
 
 def report(run: Callable[[], int | None]) -> int:
     """`run()`'s exit status, with our errors printed as one line instead of a traceback: 2 for
-    bad input, 3 for a stopped run (its last checkpoint resumes it), 130 for Ctrl-C."""
+    bad input, 3 for a stopped run (its last checkpoint resumes it), 4 for a service that stayed
+    unreachable, 130 for Ctrl-C."""
     try:
         return run() or 0
     except InputError as error:
@@ -40,6 +47,9 @@ def report(run: Callable[[], int | None]) -> int:
     except RunStopped as error:
         print(f"\nstopped: {error}", file=sys.stderr)  # below any progress bar it cut off
         return 3
+    except Unreachable as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 4
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import PASSAGES, write_corpus
+from helpers import PASSAGES, free_port, write_corpus
 
 from research_r1.cli import main
 from research_r1.retrieval.config import load_retriever
@@ -45,3 +45,18 @@ def test_cli_pushes_the_index_to_the_hub(tmp_path: Path, hub, monkeypatch) -> No
     monkeypatch.delenv("HF_TOKEN")
     retriever = load_retriever({"type": "bm25", "index": f"hf://datasets/{repo}"})
     assert retriever.search(["Seine"], 1)[0][0].title == "Seine"
+
+
+def test_search_against_a_dead_server_is_one_line(tmp_path: Path, capsys) -> None:
+    """The client's retries, then one line naming the server and the cause, exit 4 (a service
+    that stayed unreachable): no traceback."""
+    port = free_port()
+    config = tmp_path / "remote.yaml"
+    config.write_text(f"type: remote\nurl: http://127.0.0.1:{port}\nretries: 1\n")
+    assert main(["search", "--retriever", str(config), "who wrote hamlet"]) == 4
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.splitlines()[-1].startswith(
+        f"error: retrieval at http://127.0.0.1:{port}/retrieve failed after 2 attempts; last "
+        "cause: NewConnectionError"
+    )

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from research_r1.errors import Unreachable
+
 
 @dataclass(slots=True)
 class Passage:
@@ -52,9 +54,10 @@ class QueryRejected(RetrievalError):
     long, or not text it can read): a failure of that query alone, which another may not hit."""
 
 
-class RetrieverUnavailable(RetrievalError):
-    """The retriever could not be reached (connection refused or reset, timeout, HTTP 5xx) after
-    its own quick retries. Waiting may help: the rollout waits for it (`max_retriever_wait_s`)."""
+class RetrieverUnavailable(RetrievalError, Unreachable):
+    """The retriever could not be reached (connection refused or reset, timeout, HTTP 502, 503
+    or 504) after its own quick retries. Waiting may help: the rollout waits for it
+    (`max_retriever_wait_s`); a command that stops on it says so in one line."""
 
 
 class Retriever(Protocol):
