@@ -21,6 +21,7 @@ would let an empty prediction score). Blank lines in jsonl files are ignored.
 
 from __future__ import annotations
 
+import difflib
 import json
 import random
 import re
@@ -166,7 +167,24 @@ def load_source(source: Source) -> datasets.Dataset:
         ConnectionError,
         datasets.exceptions.DatasetsError,
     ) as error:
+        if isinstance(error, ConnectionError) and _unknown(source):
+            raise InputError(
+                f"{source}: {source.config!r} is none of the FlashRAG sets we know "
+                f"({_closest(source.config)}known: {', '.join(FLASHRAG_DATASETS)}), and the Hub "
+                f"could not be reached to look for it: {error}"
+            ) from None
         raise InputError(f"{source}: cannot load: {error}") from None
+
+
+def _unknown(source: Source) -> bool:
+    """Whether `source` names a config of FlashRAG's repo that is none of the sets we know (it
+    may still be one of the repo's others): offline, a typo must not read as a network error."""
+    return source.repo == FLASHRAG_REPO and source.config not in FLASHRAG_DATASETS
+
+
+def _closest(name: str) -> str:
+    meant = difflib.get_close_matches(name.lower(), [*FLASHRAG_DATASETS, *ALIASES], n=1)
+    return f"did you mean {ALIASES.get(meant[0], meant[0])!r}? " if meant else ""
 
 
 # ---------------------------------------------------------------------------------------------

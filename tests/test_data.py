@@ -11,7 +11,7 @@ import pytest
 from helpers import write_jsonl
 
 from research_r1.cli import main
-from research_r1.data import COLUMNS, load_split, prepare, write_split
+from research_r1.data import COLUMNS, find_source, load_source, load_split, prepare, write_split
 from research_r1.errors import InputError
 from research_r1.hub import push_dataset
 from research_r1.protocol import SEARCH_R1_PROMPT, load_template
@@ -379,3 +379,30 @@ def test_a_split_pushed_to_the_hub_loads_like_a_local_one(tmp_path: Path, hub) -
     assert load_split(uri, "train", "dataset_train_split").to_list() == local.to_list()
     with pytest.raises(InputError, match=r"^dataset_name: no split 'dev' \(dataset_test_split\)"):
         load_split(uri, "dev", "dataset_test_split")
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        (
+            "hotpotq",
+            "RUC-NLPIR/FlashRAG_datasets (config 'hotpotq', split 'dev'): 'hotpotq' is none of "
+            "the FlashRAG sets we know (did you mean 'hotpotqa'? known: nq, triviaqa, popqa, "
+            "hotpotqa, 2wikimultihopqa, musique, bamboogle), and the Hub could not be reached "
+            "to look for it: Couldn't reach it",
+        ),
+        (
+            "hotpot",  # an alias: a set we know, so the network is to blame
+            "RUC-NLPIR/FlashRAG_datasets (config 'hotpotqa', split 'dev'): cannot load: "
+            "Couldn't reach it",
+        ),
+    ],
+)
+def test_offline_an_unknown_set_is_told_from_an_unreachable_hub(name, message, monkeypatch):
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach it")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(InputError) as raised:
+        load_source(find_source(name, "dev"))
+    assert str(raised.value) == message
