@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 import yaml
+from huggingface_hub import ModelCard
 from matplotlib.figure import Figure
 from rich.console import Console
 from rich.table import Table
@@ -152,11 +153,32 @@ def write_world(world: World, out: Path) -> dict[str, Path]:
     )
     template = out / "template.yaml"
     template.write_text(yaml.safe_dump(TEMPLATE, sort_keys=False, width=200))
+    sources = {}
     for split, questions in (("train", world.train), ("test", world.test)):
-        source = write_questions(questions, out / "questions" / f"{split}.jsonl")
-        dataset, _ = prepare([f"world={source}"], split, load_template(template))
+        sources[split] = write_questions(questions, out / "questions" / f"{split}.jsonl")
+        dataset, _ = prepare([f"world={sources[split]}"], split, load_template(template))
         write_split(dataset, out / "data", split)
-    return {"retriever": retriever, "template": template, "data": out / "data"}
+    return {
+        "retriever": retriever,
+        "template": template,
+        "data": out / "data",
+        "questions": sources["test"],
+    }
+
+
+def name_own_setting(model_dir: Path, paths: dict[str, Path]) -> None:
+    """Add the demo's setting to the trained model's card (its `research_r1` metadata, beside
+    the template and budgets training wrote): the retriever config and the held-out questions,
+    as paths relative to the model folder, so `research-r1 eval` and `ask` on the folder need
+    no other flag."""
+    readme = model_dir / "README.md"
+    card = ModelCard.load(readme)
+    settings = dict(card.data.to_dict().get("research_r1") or {})
+    settings["setting"] = "demo"
+    settings["retriever"] = os.path.relpath(paths["retriever"], model_dir)
+    settings["questions"] = {"demo": os.path.relpath(paths["questions"], model_dir)}
+    card.data.research_r1 = settings
+    card.save(readme)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -561,6 +583,7 @@ def run_one(
     before = evaluate(model_dir, world.test, retriever, template, config, settings.eval_batch_size)
     done("cold start", f"tiny model in {model_dir}; held-out EM {before.em:.1%}")
     trainer = grpo(paths, model_dir, out, steps, seed)
+    name_own_setting(out / "grpo", paths)
     grpo_steps = trainer.state.global_step
     after = evaluate(
         out / "grpo", world.test, retriever, template, config, settings.eval_batch_size

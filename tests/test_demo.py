@@ -18,6 +18,7 @@ import pytest
 from datasets import load_dataset
 from helpers import ROOT
 
+from research_r1 import evaluation
 from research_r1.demo import (
     MEASURED,
     PINNED_KERNELS,
@@ -153,14 +154,21 @@ def test_smoke_run_of_the_whole_demo_then_the_recipe_on_its_output(tmp_path, mon
     assert f"not compared with {spread()}: that is for the default sizes" in run.stdout
     assert results["cpu"]
 
+    # The model card names the demo's retriever and held-out questions: eval and ask need no
+    # other flag.
+    monkeypatch.chdir(tmp_path)
+    plan = evaluation.make_plan(evaluation.EvalArguments(model="outputs/demo/grpo", dry_run=True))
+    assert plan.datasets == {"demo": "demo=outputs/demo/questions/test.jsonl"}
+    assert plan.retriever == "outputs/demo/retriever.yaml" and plan.suite.name == "demo"
+    played = evaluation.agent_plan(evaluation.PlayArguments(model="outputs/demo/grpo"))
+    assert played.retriever == "outputs/demo/retriever.yaml"
+
     # `research-r1 eval` on the trained model, reading its settings from the model card, plays
     # the demo's greedy episodes (same batches, same pinned kernels): the same scores.
     evaluated = subprocess.run(
         [
             *(sys.executable, "-m", "research_r1.cli", "eval", "outputs/demo/grpo"),
-            *("--datasets", "demo=outputs/demo/questions/test.jsonl"),
-            *("--retriever", "outputs/demo/retriever.yaml", "--batch-size", "100"),
-            *("--out", "outputs/demo/eval"),
+            *("--batch-size", "100", "--out", "outputs/demo/eval"),
         ],
         capture_output=True,
         text=True,
@@ -177,7 +185,6 @@ def test_smoke_run_of_the_whole_demo_then_the_recipe_on_its_output(tmp_path, mon
     assert measured["searches"] == pytest.approx(reported["searches"], abs=1e-9)
     assert measured["valid_format_rate"] == pytest.approx(reported["valid_format"], abs=1e-9)
 
-    monkeypatch.chdir(tmp_path)
     trainer = train.train(["recipes/tiny_cpu_grpo.yaml", "--max_steps", "1"])
     assert trainer.state.global_step == 1
     assert (tmp_path / "outputs" / "tiny_cpu_grpo" / "model.safetensors").is_file()

@@ -162,6 +162,57 @@ def test_our_checkpoints_are_read_back_from_their_model_card(toy_world, hub, tmp
     assert config["datasets"] == {"toy": "test"}
 
 
+def test_a_card_that_names_its_own_setting_is_its_default(toy_world, tmp_path, monkeypatch):
+    """The demo's card names its retriever and held-out questions (paths relative to the model
+    folder): with no flag, eval plays those; `--datasets`, `--retriever` and `--suite` still
+    win, and `ask`'s plan searches with the card's retriever."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(toy_world.model, tmp_path / "run" / "grpo")
+    shutil.copy(toy_world.qa, tmp_path / "run" / "test.jsonl")
+    shutil.copy(toy_world.retriever, tmp_path / "run" / "retriever.yaml")
+    template = {"name": "demo", "protocol": "search_r1", "user": "Q: {question}\n", "chat": False}
+    settings = {
+        "template": template,
+        "k": 2,
+        "setting": "demo",
+        "retriever": "../retriever.yaml",
+        "questions": {"demo": "../test.jsonl"},
+    }
+    card = model_card(
+        model_name="grpo",
+        base_model="m",
+        dataset="d",
+        template="demo",
+        observation_tag="<information>",
+        rewards=["search_r1_em"],
+        retriever="r.yaml",
+        recipe={},
+        evaluations=[],
+        peft=False,
+        settings=settings,
+    )
+    card.save(tmp_path / "run" / "grpo" / "README.md")
+    model = "run/grpo"
+
+    plan = evaluation.make_plan(EvalArguments(model=model, dry_run=True))
+    assert plan.datasets == {"demo": "demo=run/test.jsonl"} and plan.splits == {"demo": "test"}
+    assert plan.retriever == "run/retriever.yaml" and plan.suite.name == "demo"
+    assert plan.setting.startswith("demo · ") and plan.setting.endswith("BM25 · top-2")
+    assert [q.id for q in evaluation.load_questions(plan)["demo"]]
+
+    chosen = evaluation.make_plan(
+        EvalArguments(
+            model=model, datasets=f"toy={toy_world.qa}", retriever=str(toy_world.retriever)
+        )
+    )
+    assert chosen.datasets == {"toy": f"toy={toy_world.qa}"}
+    assert chosen.retriever == str(toy_world.retriever)
+    suite = evaluation.make_plan(EvalArguments(model=model, suite="research"))
+    assert suite.suite.name == "research" and "demo" not in suite.datasets
+    played = evaluation.agent_plan(evaluation.PlayArguments(model=model))
+    assert played.retriever == "run/retriever.yaml"
+
+
 def test_the_default_folder_is_one_per_model_and_setting(toy_world, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     finals = []
@@ -180,7 +231,7 @@ def test_the_default_folder_is_one_per_model_and_setting(toy_world, tmp_path, mo
     a, b = out(finals[0]), out(finals[1])
     assert a.parent == b.parent == Path("eval") and a != b
     assert a.name.startswith("a_final-") and b.name.startswith("b_final-")
-    assert out(finals[0], k=1) != a
+    assert out(finals[0], top_k=1) != a
     assert out(finals[0], batch_size=64, limit=2) == a  # no result changes
     hub_id = out("PeterJinGo/SearchR1-nq_hotpotqa_train-qwen2.5-7b-em-ppo@v1")
     assert hub_id.name.startswith("PeterJinGo__SearchR1-nq_hotpotqa_train-qwen2.5-7b-em-ppo@v1-")

@@ -2,14 +2,14 @@
 
     research-r1 ask "who wrote hamlet?" \\
         --model PeterJinGo/SearchR1-nq_hotpotqa_train-qwen2.5-3b-em-ppo
-    research-r1 ask "who wrote hamlet?" --model outputs/demo/grpo \\
-        --retriever outputs/demo/retriever.yaml
+    research-r1 ask "Where was Vildrorul born?" --model outputs/demo/grpo
 
 Scores say how often an agent is right; reading one episode says how it got there. `ask` shows
 each thought, each search with the titles of the passages it brought back, and the answer, as
 they happen. It runs exactly what `eval`'s `agent` method scores (the same plan, model family
 resolution, prompt, greedy decoding and `play`), so what it shows is what `eval` measures: a
-`Watcher` prints each turn and each search's titles as the rollout plays them.
+`Watcher` prints each turn and each search's titles as the rollout plays them. A model whose card
+names its retriever (the demo's) searches with it unless `--retriever` says otherwise.
 """
 
 from __future__ import annotations
