@@ -9,11 +9,12 @@ import json
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from helpers import ROOT
-from huggingface_hub import HfApi
+from huggingface_hub import HfApi, ModelCard
 
 from research_r1 import evaluation
 from research_r1.cli import main as cli_main
@@ -117,13 +118,10 @@ def test_the_setting_names_the_retriever_only_when_it_is_not_the_suites(tmp_path
     ]
 
 
-def test_our_checkpoints_are_read_back_from_their_model_card(toy_world, hub, tmp_path, capsys):
-    """Training writes the template and budgets into the card; eval reads them back, from a
-    folder or from the Hub."""
-    model = tmp_path / "ours"
-    model.mkdir()
+def write_card(folder: Path, settings: dict[str, Any]) -> ModelCard:
+    """Our training's model card in `folder`, with `settings` as its research_r1 section."""
     card = model_card(
-        model_name="ours",
+        model_name=folder.name,
         base_model="Qwen/Qwen2.5-3B",
         dataset="data",
         template="demo",
@@ -133,7 +131,20 @@ def test_our_checkpoints_are_read_back_from_their_model_card(toy_world, hub, tmp
         recipe={},
         evaluations=[],
         peft=False,
-        settings={
+        settings=settings,
+    )
+    card.save(folder / "README.md")
+    return card
+
+
+def test_our_checkpoints_are_read_back_from_their_model_card(toy_world, hub, tmp_path, capsys):
+    """Training writes the template and budgets into the card; eval reads them back, from a
+    folder or from the Hub."""
+    model = tmp_path / "ours"
+    model.mkdir()
+    card = write_card(
+        model,
+        {
             "template": {
                 "name": "demo",
                 "protocol": "search_r1",
@@ -147,7 +158,6 @@ def test_our_checkpoints_are_read_back_from_their_model_card(toy_world, hub, tmp
             "max_completion_tokens": 256,
         },
     )
-    card.save(model / "README.md")
     repo = hub.new_repo_id("ours")
     HfApi().create_repo(repo, token=hub.token)
     card.push_to_hub(repo, token=hub.token)
@@ -178,20 +188,7 @@ def test_a_card_that_names_its_own_setting_is_its_default(toy_world, tmp_path, m
         "retriever": "../retriever.yaml",
         "questions": {"demo": "../test.jsonl"},
     }
-    card = model_card(
-        model_name="grpo",
-        base_model="m",
-        dataset="d",
-        template="demo",
-        observation_tag="<information>",
-        rewards=["search_r1_em"],
-        retriever="r.yaml",
-        recipe={},
-        evaluations=[],
-        peft=False,
-        settings=settings,
-    )
-    card.save(tmp_path / "run" / "grpo" / "README.md")
+    write_card(tmp_path / "run" / "grpo", settings)
     model = "run/grpo"
 
     plan = evaluation.make_plan(EvalArguments(model=model, dry_run=True))
