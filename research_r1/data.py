@@ -21,7 +21,6 @@ would let an empty prediction score). Blank lines in jsonl files are ignored.
 
 from __future__ import annotations
 
-import difflib
 import json
 import random
 import re
@@ -35,7 +34,7 @@ import datasets
 from datasets.exceptions import DatasetNotFoundError
 
 from research_r1 import hub
-from research_r1.errors import InputError
+from research_r1.errors import InputError, closest
 from research_r1.protocol import Template, load_template
 
 FLASHRAG_REPO = "RUC-NLPIR/FlashRAG_datasets"
@@ -183,8 +182,8 @@ def _unknown(source: Source) -> bool:
 
 
 def _closest(name: str) -> str:
-    meant = difflib.get_close_matches(name.lower(), [*FLASHRAG_DATASETS, *ALIASES], n=1)
-    return f"did you mean {ALIASES.get(meant[0], meant[0])!r}? " if meant else ""
+    meant = closest(name.lower(), [*FLASHRAG_DATASETS, *ALIASES])
+    return f"did you mean {ALIASES.get(meant, meant)!r}? " if meant else ""
 
 
 # ---------------------------------------------------------------------------------------------

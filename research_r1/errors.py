@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from pydantic import ValidationError
 
@@ -21,6 +22,13 @@ class Unreachable(RuntimeError):
     """A service the command needs (a retrieval server) stayed unreachable through its retries:
     nothing is wrong with the input or the program, and the same command may work later. The
     message names the service and the cause."""
+
+
+def closest(name: str, choices: Iterable[str]) -> str | None:
+    """The choice `name` most likely misspells, for a "did you mean" in an error; None if none
+    is close."""
+    match = difflib.get_close_matches(name, list(choices), n=1)
+    return match[0] if match else None
 
 
 def invalid(error: ValidationError, where: str) -> InputError:

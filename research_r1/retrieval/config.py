@@ -24,7 +24,6 @@ an error rather than 1 or 8, and unknown keys are errors that name the key.
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 from collections.abc import Mapping
@@ -34,7 +33,7 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from research_r1.errors import InputError, invalid
+from research_r1.errors import InputError, closest, invalid
 from research_r1.hub import resolve
 from research_r1.retrieval import Retriever
 from research_r1.retrieval.bm25 import BM25Retriever
@@ -239,6 +238,6 @@ def _invalid(error: ValidationError, where: str, kind: str) -> InputError:
     name = str(unknown[0]["loc"][-1])
     key = ".".join(map(str, unknown[0]["loc"]))
     allowed = ", ".join(model.model_fields)
-    meant = difflib.get_close_matches(name, list(model.model_fields), n=1)
-    hint = f"did you mean {meant[0]!r}? " if meant else ""
+    meant = closest(name, model.model_fields)
+    hint = f"did you mean {meant!r}? " if meant else ""
     return InputError(f"{where}: unknown key {key!r} for type {kind} ({hint}allowed: {allowed})")

@@ -14,7 +14,6 @@ what the run will fetch from the Hub and an estimate of its memory per GPU (`--g
 from __future__ import annotations
 
 import argparse
-import difflib
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -24,7 +23,7 @@ from transformers import HfArgumentParser
 from trl import TrlParser
 from trl.cli.accelerate_config import resolve_accelerate_config_argument
 
-from research_r1.errors import InputError
+from research_r1.errors import InputError, closest
 from research_r1.training.configs import RECIPE_DATACLASSES, Recipe, make_parser, recipe_argv
 
 DEFAULT_GPU_MEMORY = "80GiB"
@@ -124,8 +123,8 @@ def parse_launch(argv: list[str]) -> tuple[Recipe, argparse.Namespace]:
 def closest_key(flag: str) -> str:
     """` (did you mean --KEY?)` for the recipe key `flag` most likely misspells, else ''."""
     keys = [f"--{f.name}" for part in RECIPE_DATACLASSES for f in fields(part) if f.init]
-    match = difflib.get_close_matches(flag.split("=")[0].replace("-", "_"), keys, n=1)
-    return f" (did you mean {match[0]}?)" if match else ""
+    match = closest(flag.split("=")[0].replace("-", "_"), keys)
+    return f" (did you mean {match}?)" if match else ""
 
 
 def accelerate_config_file(name: str | None) -> list[str]:
