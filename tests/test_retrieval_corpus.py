@@ -50,8 +50,9 @@ def test_corpus_parses_titles_from_every_format_the_same_way(tmp_path: Path) -> 
         Passage("d", '"Given title"\ngiven text', 0.0),
     ]
     for source in (jsonl, gz, parquet):
-        corpus = load_corpus(source)
-        assert corpus.path == tmp_path / f"{source.name}.arrow"
+        corpus = load_corpus(source, cache_dir=tmp_path / "cache")
+        assert corpus.path.parent == tmp_path / "cache"
+        assert corpus.path.name.endswith(f"-{source.name}.arrow")
         assert len(corpus) == 4
         got = corpus.passages([0, 1, 2, 3], [0.0] * 4)
         assert [p.title for p in got] == [p.title for p in expected]
@@ -105,23 +106,36 @@ def test_corpus_conversion_is_cached_until_the_source_changes(tmp_path: Path, mo
     assert len(load_corpus(source)) == 3
     assert conversions == [source]
     write_corpus(source, PASSAGES[:5])
-    assert len(load_corpus(source)) == 5
+    converted = load_corpus(source)
+    assert len(converted) == 5
     assert conversions == [source, source]
-    assert len(load_corpus(tmp_path / "c.jsonl.arrow")) == 5  # an .arrow file loads as is
+    assert len(load_corpus(converted.path)) == 5  # an .arrow file loads as is
 
 
-def test_corpus_beside_a_read_only_source_goes_to_a_cache_dir(tmp_path: Path, monkeypatch) -> None:
-    source = write_corpus(tmp_path / "c.jsonl", PASSAGES[:2])
-    monkeypatch.setattr(corpus_module.os, "access", lambda path, mode: False)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+def test_the_conversion_goes_to_the_cache_never_beside_the_source(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Under $HF_HOME/research_r1/corpora (or `cache_dir`), named so that two sources of one
+    file name never share a conversion; the source's folder may be read-only."""
     monkeypatch.setattr("huggingface_hub.constants.HF_HOME", str(tmp_path / "hf"))
-    corpus = load_corpus(source)
-    assert corpus.path.parent == tmp_path / "hf" / "research_r1" / "corpora"
-    assert corpus.path.name.endswith("-c.jsonl.arrow")
-    assert len(corpus) == 2
-    explicit = load_corpus(source, cache_dir=tmp_path / "cache")
+    sources = [
+        write_corpus(tmp_path / name / "c.jsonl", PASSAGES[:n]) for name, n in (("a", 2), ("b", 3))
+    ]
+    for source in sources:
+        source.parent.chmod(0o555)
+    try:
+        corpora = [load_corpus(source) for source in sources]
+    finally:
+        for source in sources:
+            source.parent.chmod(0o755)
+    assert [len(corpus) for corpus in corpora] == [2, 3]
+    for corpus in corpora:
+        assert corpus.path.parent == tmp_path / "hf" / "research_r1" / "corpora"
+        assert corpus.path.name.endswith("-c.jsonl.arrow")
+    assert corpora[0].path != corpora[1].path
+    explicit = load_corpus(sources[0], cache_dir=tmp_path / "cache")
     assert explicit.path.parent == tmp_path / "cache"
-    assert not (tmp_path / "c.jsonl.arrow").exists()
+    assert sorted(p.name for p in tmp_path.glob("[ab]/*")) == ["c.jsonl", "c.jsonl"]
 
 
 @pytest.mark.parametrize(
@@ -141,7 +155,9 @@ def test_bad_corpus_rows_name_file_line_and_field(tmp_path: Path, line: str, mes
     with pytest.raises(InputError) as error:
         load_corpus(source)
     assert str(error.value).startswith(f"{source}, {message}")
-    assert not (tmp_path / "bad.jsonl.arrow").exists()  # no half-written cache
+    assert not list(
+        corpus_module.outputs.cache_dir("corpora").glob("*bad.jsonl*")
+    )  # no half-written cache
 
 
 def test_bad_parquet_row_is_named(tmp_path: Path) -> None:

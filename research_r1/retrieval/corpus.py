@@ -4,8 +4,8 @@ Search-R1 and FlashRAG ship corpora as JSON lines (`{"id": str, "contents": "\\"
 often gzipped) or parquet. Parsing 21M JSON rows into Python objects on every start-up would take
 minutes and tens of GB, so the source is converted once into an uncompressed Arrow IPC file with
 the columns `id`, `title` (the first line of `contents` exactly as stored, quotes and all), `text`
-(cached beside the source, or under `$HF_HOME/research_r1` for
-`hf://` sources), and later loads map that file: the OS pages in only the rows a search returns.
+(cached under `$HF_HOME/research_r1/corpora`, never beside the source), and later loads map that
+file: the OS pages in only the rows a search returns.
 Row `i` of the corpus is row `i` of every index built from it.
 """
 
@@ -22,11 +22,11 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from huggingface_hub import constants
 from tqdm.auto import tqdm
 
+from research_r1 import outputs
 from research_r1.errors import InputError
-from research_r1.hub import is_hub_uri, resolve
+from research_r1.hub import resolve
 from research_r1.retrieval import Passage
 
 SCHEMA = pa.schema([("id", pa.string()), ("title", pa.string()), ("text", pa.string())])
@@ -102,15 +102,17 @@ def load_corpus(
     """Open a corpus (jsonl, jsonl.gz, parquet or an already converted .arrow; local or `hf://`),
     converting it to Arrow first unless an up-to-date conversion is cached.
 
-    The conversion goes to `cache_dir` when given, else beside a local source (or, if that folder
-    is read-only, and for Hub sources, under `$HF_HOME/research_r1/corpora`).
+    The conversion goes to `cache_dir` when given, else to the cache folder,
+    `$HF_HOME/research_r1/corpora` (research_r1.outputs), never beside the source; it is named
+    after the source's resolved path, so two sources never share one, and made again when the
+    source changes.
     """
     source = resolve(uri_or_path, token=token)
     if not source.is_file():
         raise InputError(f"corpus {uri_or_path} must be a file (jsonl, jsonl.gz, parquet, arrow)")
     if source.name.endswith(".arrow"):
         return Corpus(source)
-    target = _cache_path(source, cache_dir, hub=is_hub_uri(uri_or_path))
+    target = _cache_path(source, cache_dir)
     stamp = _source_stamp(source)
     if not _is_fresh(target, stamp):
         convert_corpus(source, target, stamp)
@@ -225,15 +227,11 @@ def _empty_batch() -> dict[str, list[str]]:
     return {"id": [], "title": [], "text": []}
 
 
-def _cache_path(source: Path, cache_dir: str | os.PathLike | None, hub: bool) -> Path:
-    name = f"{source.name}.arrow"
-    if cache_dir is None and not hub and os.access(source.parent, os.W_OK):
-        return source.parent / name
-    if cache_dir is None:
-        cache_dir = Path(constants.HF_HOME) / "research_r1" / "corpora"
+def _cache_path(source: Path, cache_dir: str | os.PathLike | None) -> Path:
+    folder = Path(cache_dir) if cache_dir is not None else outputs.cache_dir("corpora")
     # Different sources may share a file name; the resolved path tells them apart.
     digest = hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:12]
-    return Path(cache_dir) / f"{digest}-{name}"
+    return folder / f"{digest}-{source.name}.arrow"
 
 
 def _source_stamp(source: Path) -> dict[str, str]:
