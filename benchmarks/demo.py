@@ -1,18 +1,18 @@
 """The demo's bar, seed by seed: does GRPO with the search rollout really teach the tiny model?
 
     .venv/bin/python benchmarks/demo.py                      # seeds 0, 1, 2
-    .venv/bin/python benchmarks/demo.py --seeds 5 --first-seed 10 --out outputs/demo-bench
+    .venv/bin/python benchmarks/demo.py --seeds 5 --first-seed 10 --output-dir outputs/demo-bench
 
 Each seed runs the whole `research-r1 demo` (world, index, tiny model, cold-start SFT, GRPO
-through research_r1.training.train, greedy evaluation) in OUT/seed-N and is held to the project's
-bar:
+through research_r1.training.train, greedy evaluation) in OUTPUT_DIR/seed-N and is held to the
+project's bar:
 
 - held-out exact match after GRPO at least 30 points above the cold-start (SFT-only) model's;
 - at least 300 held-out questions (people never seen in training);
 - the run takes at most 10 minutes (wall clock, this machine; a shared CPU makes it noisy).
 
 It prints a table per seed (by question kind), then one line per seed with PASS or FAIL, and
-writes everything measured to OUT/bench.json. The exit status is 1 when any seed fails.
+writes everything measured to OUTPUT_DIR/bench.json. The exit status is 1 when any seed fails.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import json
 import sys
 from pathlib import Path
 
+from research_r1 import outputs
 from research_r1.demo import Settings, pin_cpu_kernels, print_seeds, run_one
 
 MIN_GAIN_POINTS = 30.0
@@ -46,7 +47,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--first-seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("outputs/demo-bench"))
+    parser.add_argument("--output-dir", type=Path, default=outputs.output_dir("demo-bench"))
     parser.add_argument("--steps", type=int, help="GRPO steps (default: the recipe's)")
     args = parser.parse_args()
 
@@ -54,15 +55,16 @@ def main() -> int:
     kernels = pin_cpu_kernels()  # before torch runs anything, as `research-r1 demo` does
     results = []
     for seed in range(args.first_seed, args.first_seed + args.seeds):
-        results.append(run_one(args.out / f"seed-{seed}", seed, settings, args.steps, kernels))
+        out = args.output_dir / f"seed-{seed}"
+        results.append(run_one(out, seed, settings, args.steps, kernels))
     print_seeds(results)
     passed = True
     for result in results:
         ok, detail = verdict(result)
         passed &= ok
         print(f"seed {result['seed']}: {'PASS' if ok else 'FAIL'} ({detail})")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    (args.output_dir / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
     return 0 if passed else 1
 
 

@@ -310,7 +310,7 @@ def play(
     argv = [
         *("eval", str(setup.model), "--datasets", f"world={setup.questions}"),
         *("--retriever", str(setup.retriever), "--method", ",".join(methods)),
-        *("--batch-size", str(batch_size), "--backend", backend, "--out", str(out)),
+        *("--batch-size", str(batch_size), "--backend", backend, "--output_dir", str(out)),
     ]
     clock.take()
     start = time.perf_counter()

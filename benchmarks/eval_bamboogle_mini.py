@@ -3,7 +3,7 @@
 setting, played as Search-R1's own evaluation plays it (its family), for the three methods, with a
 tiny random model.
 
-    .venv/bin/python benchmarks/eval_bamboogle_mini.py [--out outputs/eval-bamboogle-mini]
+    .venv/bin/python benchmarks/eval_bamboogle_mini.py [--output-dir outputs/eval-bamboogle-mini]
         [--limit N]
 
 What it shows is the harness on the published setting, not a score: the model is random (its
@@ -16,7 +16,8 @@ final turn, 500 new tokens per turn, observations cut to their first 500 tokens,
 to its last 4,096, EM on the last of at least two answers of the prompt and response, decoded
 greedily.
 
-It prints each method's `results.md` and writes the run under `--out` (traces per question).
+It prints each method's `results.md` and writes the run under `--output-dir` (traces per
+question).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import argparse
 import json
 from pathlib import Path
 
-from research_r1 import cli
+from research_r1 import cli, outputs
 from research_r1.protocol import SEARCH_R1, SEARCH_R1_PROMPT
 from research_r1.retrieval.bm25 import build_bm25_index
 from research_r1.retrieval.corpus import load_corpus
@@ -51,14 +52,17 @@ def build(out: Path) -> tuple[Path, Path]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("outputs/eval-bamboogle-mini"))
+    parser.add_argument(
+        "--output-dir", type=Path, default=outputs.output_dir("eval-bamboogle-mini")
+    )
     parser.add_argument("--limit", type=int, help="the first N questions only")
     args = parser.parse_args()
-    model, retriever = build(args.out)
+    model, retriever = build(args.output_dir)
     argv = [
         *("eval", str(model), "--suite", "search_r1", "--family", "search_r1"),
         *("--datasets", f"bamboogle={DATA / 'test.jsonl'}", "--retriever", str(retriever)),
-        *("--method", ",".join(METHODS), "--batch-size", "64", "--out", str(args.out / "eval")),
+        *("--method", ",".join(METHODS), "--batch-size", "64"),
+        *("--output_dir", str(args.output_dir / "eval")),
         *(("--limit", str(args.limit)) if args.limit else ()),
     ]
     print("research-r1", " ".join(argv))

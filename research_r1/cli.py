@@ -25,6 +25,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from research_r1 import outputs
 from research_r1.errors import report
 
 # subcommand -> (module, one-line help)
@@ -87,14 +88,19 @@ def command_parser(arguments: type, prog: str, description: str) -> argparse.Arg
                 default=field.default if has_default else None,
             )
 
+    epilog = (
+        "Options are snake_case (kebab-case accepted); any of them can come from a YAML file of "
+        "`option: value` lines given with --config FILE, flags overriding it."
+    )
+    if "output_dir" in {field.name for field in dataclasses.fields(arguments)}:
+        epilog += f" {outputs.HELP}"
     return CommandParser(
         [arguments],
         prog=prog,
         description=description,
         formatter_class=_HelpFormatter,
         allow_abbrev=False,  # `--max_step 3` is an error, not a guess at --max_steps
-        epilog="Options are snake_case (kebab-case accepted); any of them can come from a YAML "
-        "file of `option: value` lines given with --config FILE, flags overriding it.",
+        epilog=epilog,
     )
 
 
@@ -103,7 +109,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     text already says what the default is."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default in (None, False) or "default" in (action.help or ""):
+        if action.default is None or action.default is False or "default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 

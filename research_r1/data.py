@@ -33,7 +33,7 @@ from typing import Any
 import datasets
 from datasets.exceptions import DatasetNotFoundError
 
-from research_r1 import hub
+from research_r1 import hub, outputs
 from research_r1.errors import InputError, closest
 from research_r1.protocol import Template, load_template
 
@@ -458,9 +458,9 @@ def check_split(dataset: datasets.Dataset, split: str, template: Template) -> No
 
 @dataclass
 class PrepareDataArguments:
-    """Load QA sets, check every row, add the template's prompt and write OUT/{split}.parquet
-    with columns id, question, golden_answers, data_source, prompt, template. Ids are
-    {data_source}-{split}-{original id} and unique across the merged sources."""
+    """Load QA sets, check every row, add the template's prompt and write
+    OUTPUT_DIR/{split}.parquet with columns id, question, golden_answers, data_source, prompt,
+    template. Ids are {data_source}-{split}-{original id} and unique across the merged sources."""
 
     datasets: str = field(
         metadata={
@@ -470,7 +470,13 @@ class PrepareDataArguments:
             "data_source name"
         }
     )
-    out: Path = field(metadata={"help": "output directory", "metavar": "DIR"})
+    output_dir: Path | None = field(
+        default=None,
+        metadata={
+            "help": "output directory (default: outputs/data/NAMES, the sets' names joined by _)",
+            "metavar": "DIR",
+        },
+    )
     split: str = field(default="train", metadata={"help": "train, dev or test"})
     template: str = field(
         default="search_r1",
@@ -492,7 +498,10 @@ class PrepareDataArguments:
     skip_bad: bool = field(default=False, metadata={"help": "skip bad rows and count them"})
     max_rows: int | None = field(
         default=None,
-        metadata={"help": "at most N rows per source, sampled with --seed", "metavar": "N"},
+        metadata={
+            "help": "at most N rows per source, sampled with --seed (default: all)",
+            "metavar": "N",
+        },
     )
     seed: int = field(default=0, metadata={"help": "seed for --max-rows sampling"})
 
@@ -509,7 +518,8 @@ def run_prepare_data(args: PrepareDataArguments) -> int:
     dataset, summaries = prepare(
         specs, args.split, template, args.source, args.skip_bad, args.max_rows, args.seed
     )
-    path = write_split(dataset, Path(args.out), args.split)
+    output_dir = args.output_dir or default_output_dir(summaries)
+    path = write_split(dataset, Path(output_dir), args.split)
     for summary in summaries:
         print(f"{summary.source.name}: {_rows(summary.rows)} from {summary.source}")
         for reason, count in summary.skipped.most_common():
@@ -519,6 +529,14 @@ def run_prepare_data(args: PrepareDataArguments) -> int:
         hub.push_dataset(dataset, args.push_to_hub, split=args.split, private=args.private)
         print(f"pushed split {args.split!r} to {args.push_to_hub}")
     return 0
+
+
+def default_output_dir(summaries: Sequence[SourceSummary]) -> Path:
+    """`outputs/data/<names>`: the sets' names joined by `_` (`nq,hotpotqa`: nq_hotpotqa), so
+    the train and test splits of one selection share a folder."""
+    return outputs.output_dir(
+        "data", outputs.folder_name("_".join(s.source.name for s in summaries))
+    )
 
 
 def _rows(count: int) -> str:

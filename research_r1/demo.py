@@ -48,6 +48,7 @@ from rich.table import Table
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
+from research_r1 import outputs
 from research_r1.data import prepare, write_split
 from research_r1.errors import InputError
 from research_r1.generation import TransformersGenerator
@@ -668,10 +669,12 @@ class DemoArguments:
     """Build a synthetic world and a tiny model, cold-start it, train it with GRPO and the
     search rollout, and compare held-out exact match before and after. Runs on a CPU."""
 
-    out: Path = field(default=Path("outputs/demo"), metadata={"help": "output folder"})
+    output_dir: Path | None = field(
+        default=None, metadata={"help": "output folder (default: outputs/demo)", "metavar": "DIR"}
+    )
     seed: int = field(default=0, metadata={"help": "seed of the world and the model"})
     seeds: int = field(
-        default=1, metadata={"help": "run this many seeds from --seed, each in OUT/seed-N"}
+        default=1, metadata={"help": "run this many seeds from --seed, each in OUTPUT_DIR/seed-N"}
     )
     steps: int | None = field(
         default=None, metadata={"help": f"GRPO steps (default: max_steps of {RECIPE.name}, 60)"}
@@ -691,9 +694,10 @@ def run_demo(args: DemoArguments) -> int:
         raise InputError("--steps must be at least 1")
     kernels = pin_cpu_kernels()
     seeds = range(args.seed, args.seed + args.seeds)
+    output_dir = Path(args.output_dir or outputs.demo_dir())
     results = []
     for seed in seeds:
-        out = args.out if args.seeds == 1 else args.out / f"seed-{seed}"
+        out = output_dir if args.seeds == 1 else output_dir / f"seed-{seed}"
         results.append(run_one(out, seed, settings, steps, kernels))
     if len(results) > 1:
         print_seeds(results)

@@ -37,7 +37,7 @@ def test_prepare_data_writes_checked_rows_with_prompts(tmp_path: Path) -> None:
     source = write_jsonl(tmp_path / "nq" / "train.jsonl", ROWS)
     out = tmp_path / "out"
 
-    assert main(["prepare-data", "--datasets", str(source), "--out", str(out)]) == 0
+    assert main(["prepare-data", "--datasets", str(source), "--output_dir", str(out)]) == 0
 
     table = datasets.Dataset.from_parquet(str(out / "train.parquet"))
     assert table.column_names == list(COLUMNS)
@@ -250,7 +250,7 @@ def test_cli_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
             "test",
             "--template",
             "research_instruct",
-            "--out",
+            "--output_dir",
             str(out),
             "--skip-bad",
         ]
@@ -266,7 +266,7 @@ def test_cli_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert rows[0]["prompt"][0]["role"] == "system"
     assert {row["template"] for row in rows} == {"research_instruct"}
 
-    code = main(["prepare-data", "--datasets", str(bad), "--out", str(tmp_path / "none")])
+    code = main(["prepare-data", "--datasets", str(bad), "--output_dir", str(tmp_path / "none")])
 
     assert code == 2
     # Progress bars share stderr: the error is its last line.
@@ -281,14 +281,13 @@ def test_cli_refuses_a_missing_file_and_an_unknown_template(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     missing = tmp_path / "missing.jsonl"
-    assert main(["prepare-data", "--datasets", str(missing), "--out", str(tmp_path)]) == 2
+    assert main(["prepare-data", "--datasets", str(missing), "--output_dir", str(tmp_path)]) == 2
     assert capsys.readouterr().err == f"error: dataset {str(missing)!r}: no such file {missing}\n"
 
     source = write_jsonl(tmp_path / "qa.jsonl", ROWS)
-    argv = ["prepare-data", "--datasets", str(source), "--out", str(tmp_path), "--template", "nope"]
-    assert main(argv) == 2
+    argv = ["prepare-data", "--datasets", str(source), "--output_dir", str(tmp_path)]
+    assert main([*argv, "--template", "nope"]) == 2
     assert "template 'nope' is neither a built-in" in capsys.readouterr().err
-    argv = ["prepare-data", "--datasets", str(source), "--out", str(tmp_path)]
     assert main([*argv, "--split", "../train"]) == 2
     assert capsys.readouterr().err == "error: --split '../train' is not a simple name\n"
     assert main([*argv, "--max_rows", "0"]) == 2
@@ -313,7 +312,7 @@ def test_hub_dataset_config_is_loaded_and_the_split_pushed(
             repo,
             "--split",
             "train",
-            "--out",
+            "--output_dir",
             str(out),
             "--push-to-hub",
             target,
@@ -348,7 +347,8 @@ def test_hub_file_uri_and_missing_hub_config(
 
     configs = hub.new_repo_id("configs")
     datasets.Dataset.from_list(ROWS[1:]).push_to_hub(configs, config_name="nq", token=hub.token)
-    argv = ["prepare-data", "--datasets", "popqa", "--source", configs, "--out", str(tmp_path)]
+    argv = ["prepare-data", "--datasets", "popqa", "--source", configs]
+    argv += ["--output_dir", str(tmp_path)]
     assert main(argv) == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"error: {configs} (config 'popqa', split 'train'): cannot load: "

@@ -168,7 +168,7 @@ def test_smoke_run_of_the_whole_demo_then_the_recipe_on_its_output(tmp_path, mon
     evaluated = subprocess.run(
         [
             *(sys.executable, "-m", "research_r1.cli", "eval", "outputs/demo/grpo"),
-            *("--batch-size", "100", "--out", "outputs/demo/eval"),
+            *("--batch-size", "100", "--output_dir", "outputs/demo/eval"),
         ],
         capture_output=True,
         text=True,

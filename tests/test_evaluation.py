@@ -35,7 +35,7 @@ def eval_args(world, out: Path, *extra: str) -> list[str]:
     return [
         *("eval", str(world.model), "--template", "search_r1"),
         *("--datasets", f"toy={world.qa}", "--retriever", str(world.retriever)),
-        *("--out", str(out), "--batch-size", "2"),
+        *("--output_dir", str(out), "--batch-size", "2"),
         *extra,
     ]
 
@@ -341,7 +341,7 @@ def test_a_run_goes_to_a_results_dataset_the_card_and_the_leaderboard(
     assert len(ModelCard.load(model / "README.md").data.eval_results) == 6
 
     board = tmp_path / "board"
-    assert cli_main(["leaderboard", f"hf://datasets/{repo}", "--out", str(board)]) == 0
+    assert cli_main(["leaderboard", f"hf://datasets/{repo}", "--output_dir", str(board)]) == 0
     table = (board / "leaderboard.md").read_text()
     ours = table.split(f"## {setting}\n")[1].split("\n## ")[0]  # a table of its own
     rows = [
@@ -381,7 +381,7 @@ def test_another_model_or_setting_never_resumes_from_a_folders_traces(
     message = str(refused.value)
     assert message.startswith(f"{out / 'agent'} holds the traces of another run (identity: ")
     assert "model: " in message and message.endswith(
-        "give another --out, or --overwrite to replace them"
+        "give another --output_dir, or --overwrite to replace them"
     )
 
     with pytest.raises(InputError, match=r"another run \(rollout.k: 3 → 1; setting: "):

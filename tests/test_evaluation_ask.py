@@ -96,7 +96,7 @@ def test_ask_plays_what_eval_scores(toy_world, scripted, tmp_path):
         "--datasets",
         f"toy={toy_world.qa}",
     ]
-    assert cli_main([*argv, "--retriever", str(toy_world.retriever), "--out", str(out)]) == 0
+    assert cli_main([*argv, "--retriever", str(toy_world.retriever), "--output_dir", str(out)]) == 0
     scored = json.loads((out / "agent" / "traces" / "toy.jsonl").read_text().splitlines()[0])
     keys = ("question", "prediction", "transcript", "queries", "retrieved_ids", "tokens", "finish")
     assert {key: line[key] for key in keys} == {key: scored[key] for key in keys}

@@ -97,7 +97,7 @@ def test_runs_share_a_table_with_the_papers_only_in_their_own_setting(tmp_path, 
     out = tmp_path / "board"
     run_7b, run_3b, run_bm25 = three_runs(tmp_path)
 
-    assert leaderboard(run_7b, run_3b, run_bm25, "--out", str(out)) == 0
+    assert leaderboard(run_7b, run_3b, run_bm25, "--output_dir", str(out)) == 0
 
     markdown = (out / "leaderboard.md").read_text()
     wrote = f"wrote leaderboard.md, leaderboard.csv and leaderboard.png to {out}"
@@ -203,7 +203,7 @@ def test_no_reported_leaves_only_the_runs(tmp_path) -> None:
     out = tmp_path / "board"
     run_7b, run_3b, run_bm25 = three_runs(tmp_path)
 
-    assert leaderboard(run_7b, run_3b, run_bm25, "--out", str(out), "--no-reported") == 0
+    assert leaderboard(run_7b, run_3b, run_bm25, "--output_dir", str(out), "--no-reported") == 0
 
     markdown = (out / "leaderboard.md").read_text()
     assert "reported |" not in markdown
@@ -230,7 +230,7 @@ def test_metric_picks_the_column_and_drops_the_papers_em(tmp_path) -> None:
     out = tmp_path / "board"
     run_7b, run_3b, _ = three_runs(tmp_path)
 
-    assert leaderboard(run_7b, run_3b, "--out", str(out), "--metric", "f1") == 0
+    assert leaderboard(run_7b, run_3b, "--output_dir", str(out), "--metric", "f1") == 0
 
     markdown = (out / "leaderboard.md").read_text()
     assert markdown.startswith("# Leaderboard: f1\n")
@@ -247,7 +247,7 @@ def test_a_folder_source_reads_every_run_file_below_it(tmp_path) -> None:
     write(runs / "b" / "nested" / "run-3b.json", RUN_3B)
     out = tmp_path / "board"
 
-    assert leaderboard(str(runs), "--out", str(out), "--no-reported") == 0
+    assert leaderboard(str(runs), "--output_dir", str(out), "--no-reported") == 0
 
     sources = [row["source"] for row in csv.DictReader((out / "leaderboard.csv").open())]
     assert sorted(set(sources)) == [f"{runs}/a/results.json", f"{runs}/b/nested/run-3b.json"]
@@ -268,14 +268,14 @@ def test_a_hub_results_dataset_is_a_source_at_its_revision(hub, tmp_path) -> Non
     upload(RUN_BM25, "bm25.json")
     out = tmp_path / "board"
 
-    assert leaderboard(f"hf://datasets/{repo_id}", "--out", str(out), "--no-reported") == 0
+    assert leaderboard(f"hf://datasets/{repo_id}", "--output_dir", str(out), "--no-reported") == 0
     rows = list(csv.DictReader((out / "leaderboard.csv").open()))
     assert sorted({(row["setting"], row["source"]) for row in rows}) == [
         (BM25_SETTING, f"hf://datasets/{repo_id}/bm25.json"),
         (SEARCH_R1_SETTING, f"hf://datasets/{repo_id}/searcher-7b/results.json"),
     ]
 
-    assert leaderboard(f"hf://datasets/{repo_id}@{first}", "--out", str(out)) == 0
+    assert leaderboard(f"hf://datasets/{repo_id}@{first}", "--output_dir", str(out)) == 0
     rows = list(csv.DictReader((out / "leaderboard.csv").open()))
     assert {row["source"] for row in rows if row["kind"] == "measured"} == {
         f"hf://datasets/{repo_id}@{first}/searcher-7b/results.json"
@@ -307,7 +307,7 @@ def test_a_bad_run_file_is_named_with_its_key(tmp_path, content, named) -> None:
 
     for source, name in ((path, path), (tmp_path / "runs", f"{tmp_path}/runs/sub/bad.json")):
         with pytest.raises(InputError) as error:
-            leaderboard(str(source), "--out", str(tmp_path / "board"))
+            leaderboard(str(source), "--output_dir", str(tmp_path / "board"))
         assert str(error.value).startswith(f"{name}: {named}")
     assert not (tmp_path / "board").exists()
 
@@ -315,7 +315,7 @@ def test_a_bad_run_file_is_named_with_its_key(tmp_path, content, named) -> None:
 def test_a_folder_without_run_files_is_an_error(tmp_path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match=r"empty: no \*\.json run files in it"):
-        leaderboard(str(tmp_path / "empty"), "--out", str(tmp_path / "board"))
+        leaderboard(str(tmp_path / "empty"), "--output_dir", str(tmp_path / "board"))
 
 
 def test_a_board_shows_one_metric_and_leaves_out_runs_that_report_others(tmp_path):
@@ -338,5 +338,5 @@ def test_a_board_shows_one_metric_and_leaves_out_runs_that_report_others(tmp_pat
     f1_rows = sections(load_runs([str(runs)], metric="f1"))[SEARCH_R1_SETTING]
     assert {row.model for row in f1_rows} == {"org/searcher-7b", "org/zerosearch"}
     out = tmp_path / "board"
-    assert leaderboard(str(runs), "--metric", "subem", "--out", str(out)) == 0
+    assert leaderboard(str(runs), "--metric", "subem", "--output_dir", str(out)) == 0
     assert "| reported |" not in (out / "leaderboard.md").read_text()  # the papers': EM only

@@ -223,10 +223,10 @@ def test_the_default_folder_is_one_per_model_and_setting(toy_world, tmp_path, mo
         args = EvalArguments(
             model=str(model), template="search_r1", datasets=f"toy={toy_world.qa}", **options
         )
-        return evaluation.make_plan(args).out
+        return evaluation.make_plan(args).output_dir
 
     a, b = out(finals[0]), out(finals[1])
-    assert a.parent == b.parent == Path("eval") and a != b
+    assert a.parent == b.parent == Path("outputs", "eval") and a != b
     assert a.name.startswith("a_final-") and b.name.startswith("b_final-")
     assert out(finals[0], top_k=1) != a
     assert out(finals[0], batch_size=64, limit=2) == a  # no result changes

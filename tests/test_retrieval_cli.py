@@ -7,7 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from helpers import PASSAGES, free_port, write_corpus
+from huggingface_hub import HfApi
 
 from research_r1.cli import main
 from research_r1.retrieval.config import load_retriever
@@ -16,22 +18,26 @@ from research_r1.retrieval.config import load_retriever
 def test_cli_builds_and_searches(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     corpus = write_corpus(tmp_path / "corpus.jsonl")
     out = tmp_path / "bm25"
-    assert main(["build-index", "bm25", "--corpus", str(corpus), "--out", str(out)]) == 0
+    assert main(["build-index", "bm25", "--corpus", str(corpus), "--output_dir", str(out)]) == 0
     assert json.loads((out / "index_info.json").read_text()) == {
         "kind": "bm25",
         "corpus": str(corpus),
         "num_passages": len(PASSAGES),
     }
-    config = tmp_path / "retriever.yaml"
-    config.write_text(f"type: bm25\nindex: {out}\n")
-    capsys.readouterr()
+    config = out / "retriever.yaml"  # written beside the index, to search it
+    assert yaml.safe_load(config.read_text()) == {
+        "type": "bm25",
+        "corpus": str(corpus),
+        "index": str(out),
+    }
+    assert f"search QUERY --retriever {config}" in capsys.readouterr().out
     argv = ["search", "Titan rocket Uranus", "Seine", "--retriever", str(config), "--top_k", "2"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "Titan IIIE" in printed and "Voyager 2" in printed and "Seine" in printed
     assert main(["search", "x", "--retriever", str(config), "--top-k", "0"]) == 2
     assert capsys.readouterr().err == "error: --top_k must be >= 1, got 0\n"
-    assert main(["build-index", "dense", "--corpus", str(corpus), "--out", str(out)]) == 2
+    assert main(["build-index", "dense", "--corpus", str(corpus), "--output_dir", str(out)]) == 2
     assert "needs --encoder" in capsys.readouterr().err
 
 
@@ -40,8 +46,10 @@ def test_cli_pushes_the_index_to_the_hub(tmp_path: Path, hub, monkeypatch) -> No
     repo = hub.new_repo_id("bm25-index")
     monkeypatch.setenv("HF_TOKEN", hub.token)
     out = tmp_path / "bm25"
-    argv = ["build-index", "bm25", "--corpus", str(corpus), "--out", str(out)]
+    argv = ["build-index", "bm25", "--corpus", str(corpus), "--output_dir", str(out)]
     assert main([*argv, "--push_to_hub", repo]) == 0
+    files = HfApi(token=hub.token).list_repo_files(repo, repo_type="dataset")
+    assert "index_info.json" in files and "retriever.yaml" not in files  # it names local paths
     monkeypatch.delenv("HF_TOKEN")
     retriever = load_retriever({"type": "bm25", "index": f"hf://datasets/{repo}"})
     assert retriever.search(["Seine"], 1)[0][0].title == "Seine"

@@ -93,7 +93,7 @@ def test_push_space_uploads_the_app_package_config_and_card(hub, tmp_path, monke
     repo_id = hub.new_repo_id("demo-space")
     monkeypatch.setenv("HF_TOKEN", hub.token)
     argv = ["push-space", "--repo", repo_id, "--model", "org/agent", "--top-k", "2", "--private"]
-    options = ["--retriever-config", str(retriever), "--template", str(template)]
+    options = ["--retriever", str(retriever), "--template", str(template)]
     assert cli_main([*argv, *options]) == 0
 
     api = HfApi(token=hub.token)
@@ -150,11 +150,11 @@ def test_push_space_options_are_one_dataclass_in_either_spelling(tmp_path):
     options = tmp_path / "space.yaml"
     options.write_text("repo: org/space\nmax_turns: 3\n")
     run, args = cli.parse(
-        ["push-space", "--config", str(options), "--top_k", "2", "--retriever-config", "r.yaml"]
+        ["push-space", "--config", str(options), "--top_k", "2", "--retriever", "r.yaml"]
     )
     assert run is push.run_push_space
     assert args == push.PushSpaceArguments(
-        repo="org/space", retriever_config="r.yaml", max_turns=3, top_k=2
+        repo="org/space", retriever="r.yaml", max_turns=3, top_k=2
     )
 
 

@@ -111,7 +111,7 @@ def test_the_files_it_fetches_come_from_the_hub_with_their_sizes(hub, tmp_path, 
     assert re.search(rf"^│ 3 files +│ +{total} │$", out, re.MULTILINE)
     assert "and 3 other files in the repo, not fetched" in out  # .gitattributes, README, .bin
     assert "model config: Qwen/Qwen2.5-7B (Hub)" in out
-    assert "dataset data/nq_hotpotqa: local, nothing fetched" in out
+    assert "dataset outputs/data/nq_hotpotqa: local, nothing fetched" in out
 
     # A Hub dataset: every file datasets reads (the card for its configs, the data files).
     data = tmp_path / "data"

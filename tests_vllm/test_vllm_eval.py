@@ -31,7 +31,7 @@ def eval_command(tiny, root: Path, backend: str) -> list[str]:
         *(sys.executable, "-m", "research_r1.cli", "eval", str(tiny.path)),
         *("--template", str(root / "template.yaml"), "--datasets", f"toy={root / 'toy.jsonl'}"),
         *("--retriever", str(root / "bm25.yaml"), "--top-k", "2", "--max-turns", "2"),
-        *("--backend", backend, "--batch-size", "1", "--out", str(root / backend)),
+        *("--backend", backend, "--batch-size", "1", "--output_dir", str(root / backend)),
     ]
 
 

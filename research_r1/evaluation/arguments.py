@@ -30,11 +30,16 @@ class ModelArguments:
         default=None,
         metadata={
             "help": "play the model as this published family's evaluation does (for a "
-            "checkpoint trained with its code under another name)"
+            "checkpoint trained with its code under another name; default: the family its name "
+            "or model card names)"
         },
     )
     template: str | None = field(
-        default=None, metadata={"help": "template (built-in name or YAML) for unknown models"}
+        default=None,
+        metadata={
+            "help": "template (built-in name or YAML) for unknown models (default: the model "
+            "family's own)"
+        },
     )
     suite: str | None = field(
         default=None,
@@ -89,20 +94,27 @@ class EvalArguments(PlayArguments):
         },
     )
     subset: int | None = field(
-        default=None, metadata={"help": "a fixed sample per set (Bamboogle whole)"}
+        default=None,
+        metadata={"help": "a fixed sample per set, Bamboogle whole (default: the suite's, or all)"},
     )
-    limit: int | None = field(default=None, metadata={"help": "the first N questions of each set"})
+    limit: int | None = field(
+        default=None, metadata={"help": "the first N questions of each set (default: all)"}
+    )
     skip_bad: bool = field(default=False, metadata={"help": "skip bad rows and count them"})
     batch_size: int = field(default=16, metadata={"help": "questions played together"})
     tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM only"})
-    out: Path | None = field(
+    output_dir: Path | None = field(
         default=None,
-        metadata={"help": "output folder (default: eval/MODEL-DIGEST, one per model and setting)"},
+        metadata={
+            "help": "output folder (default: outputs/eval/MODEL-DIGEST, one per model and setting)",
+            "metavar": "DIR",
+        },
     )
     overwrite: bool = field(
         default=False,
         metadata={
-            "help": "replace the traces of another run in --out instead of refusing to mix them"
+            "help": "replace the traces of another run in --output_dir instead of refusing to "
+            "mix them"
         },
     )
     push_to_hub: str | None = field(

@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from research_r1 import hub
+from research_r1 import hub, outputs
 from research_r1.data import FLASHRAG_DATASETS
 from research_r1.errors import InputError, invalid
 from research_r1.markdown import markdown_table
@@ -446,8 +446,8 @@ def plot(board: Mapping[str, Sequence[Row]], path: Path, metric: str = "em") -> 
 
 @dataclass
 class LeaderboardArguments:
-    """Merge evaluation runs (and the papers' reported numbers) into DIR/leaderboard.md, .csv
-    and .png: one table per setting, so numbers from different corpora, retrievers, top-k or
+    """Merge evaluation runs (and the papers' reported numbers) into OUTPUT_DIR/leaderboard.md,
+    .csv and .png: one table per setting, so numbers from different corpora, retrievers, top-k or
     metrics are never ranked together."""
 
     sources: list[str] = field(
@@ -458,8 +458,9 @@ class LeaderboardArguments:
             "results dataset hf://datasets/ORG/NAME[@REV] (every *.json in it)",
         }
     )
-    out: Path = field(
-        default=Path("leaderboard"), metadata={"metavar": "DIR", "help": "output directory"}
+    output_dir: Path | None = field(
+        default=None,
+        metadata={"metavar": "DIR", "help": "output directory (default: outputs/leaderboard)"},
     )
     no_reported: bool = field(
         default=False, metadata={"help": "leave out the papers' reported numbers"}
@@ -478,11 +479,12 @@ def run_leaderboard(args: LeaderboardArguments) -> int:
     if not args.no_reported and args.metric == REPORTED_METRIC:
         rows += REPORTED_ROWS
     board = sections(rows)
-    args.out.mkdir(parents=True, exist_ok=True)
+    out = Path(args.output_dir or outputs.output_dir("leaderboard"))
+    out.mkdir(parents=True, exist_ok=True)
     text = markdown(board, args.metric)
-    (args.out / "leaderboard.md").write_text(text)
-    write_csv(board, args.out / "leaderboard.csv", args.metric)
-    plot(board, args.out / "leaderboard.png", args.metric)
+    (out / "leaderboard.md").write_text(text)
+    write_csv(board, out / "leaderboard.csv", args.metric)
+    plot(board, out / "leaderboard.png", args.metric)
     print(text)
-    print(f"wrote leaderboard.md, leaderboard.csv and leaderboard.png to {args.out}")
+    print(f"wrote leaderboard.md, leaderboard.csv and leaderboard.png to {out}")
     return 0

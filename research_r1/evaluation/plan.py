@@ -25,6 +25,7 @@ import torch
 from huggingface_hub import ModelCard
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 
+from research_r1 import outputs
 from research_r1.data import ALIASES
 from research_r1.errors import InputError
 from research_r1.evaluation.arguments import METHODS, EvalArguments, PlayArguments
@@ -64,7 +65,7 @@ class Plan:
     limit: int | None
     skip_bad: bool
     source: str
-    out: Path
+    output_dir: Path
     identity: str  # the model's content (a local folder) or Hub id and revision
 
     @property
@@ -198,10 +199,10 @@ def make_plan(args: EvalArguments) -> Plan:
         limit=args.limit,
         skip_bad=args.skip_bad,
         source=args.source,
-        out=args.out or Path("."),
+        output_dir=args.output_dir or Path("."),
         identity=model_identity(model, revision or None),
     )
-    return plan if args.out else dataclasses.replace(plan, out=default_out(plan))
+    return plan if args.output_dir else dataclasses.replace(plan, output_dir=default_out(plan))
 
 
 def _retriever(suite: Suite, given: str | None) -> tuple[Mapping[str, Any] | str | None, str]:
@@ -253,14 +254,14 @@ def fingerprint(settings: Mapping[str, Any]) -> str:
 
 
 def default_out(plan: Plan) -> Path:
-    """`eval/<model>-<digest>`: one folder per model and setting, so two runs never share one
-    (two checkpoints both called `final` included)."""
+    """`outputs/eval/<model>-<digest>`: one folder per model and setting, so two runs never
+    share one (two checkpoints both called `final` included)."""
     if Path(plan.model).is_dir():
         name = "_".join(Path(plan.model).resolve().parts[-2:])
     else:
         name = plan.model.replace("/", "__") + (f"@{plan.revision}" if plan.revision else "")
     settings = {method: plan.result_settings(method) for method in plan.methods}
-    return Path("eval") / f"{name}-{fingerprint(settings)[:8]}"
+    return outputs.output_dir("eval", f"{name}-{fingerprint(settings)[:8]}")
 
 
 def _card_settings(model: str, revision: str | None) -> Mapping[str, Any] | None:

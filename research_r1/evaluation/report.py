@@ -33,7 +33,7 @@ def write_results(
     too); the record `results.json` holds."""
     results = {name: summarize(lines, plan.family.scoring) for name, lines in traces.items()}
     record = {"config": plan.describe(method) | provenance(), "results": results}
-    folder = plan.out / method
+    folder = plan.output_dir / method
     (folder / "results.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
     markdown = results_markdown(plan, method, results)
     (folder / "results.md").write_text(markdown)
@@ -154,7 +154,7 @@ def push_results(plan: Plan, repo_id: str) -> str:
     where = f"runs/{model}/{stamp}"
     try:
         hub.push_folder(
-            plan.out,
+            plan.output_dir,
             repo_id,
             repo_type="dataset",
             path_in_repo=where,
@@ -165,6 +165,6 @@ def push_results(plan: Plan, repo_id: str) -> str:
     except hub.PUSH_ERRORS as error:
         raise RunStopped(
             f"could not push the results to {repo_id}: {hub.scrub(str(error))}. They are in "
-            f"{plan.out}; run the same command again to push them"
+            f"{plan.output_dir}; run the same command again to push them"
         ) from error
     return where

@@ -53,10 +53,10 @@ def play_method(
     *,
     overwrite: bool,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Every dataset's traces under `method`, in the folder `plan.out/method`, claimed for this
-    run (`claim_folder`); each dataset resumes from its trace file."""
+    """Every dataset's traces under `method`, in the folder `plan.output_dir/method`, claimed for
+    this run (`claim_folder`); each dataset resumes from its trace file."""
     protocol = method_template(method, plan.family.template).protocol
-    folder = plan.out / method
+    folder = plan.output_dir / method
     settings = claim_folder(folder, plan, method, overwrite=overwrite)
 
     def play_batch(batch: Sequence[Question]) -> list[dict[str, Any]]:
@@ -97,7 +97,7 @@ def claim_folder(folder: Path, plan: Plan, method: str, *, overwrite: bool) -> d
         if changed:
             raise InputError(
                 f"{folder} holds the traces of another run ({'; '.join(changed)}); give another "
-                "--out, or --overwrite to replace them"
+                "--output_dir, or --overwrite to replace them"
             )
         datasets = record["datasets"] | datasets
     folder.mkdir(parents=True, exist_ok=True)
@@ -140,7 +140,7 @@ def run_dataset(
     if foreign:
         raise InputError(
             f"{path} holds traces of another run (fingerprint {', '.join(foreign)}, this run's "
-            f"is {stamp['run']}); give another --out, or --overwrite to replace them"
+            f"is {stamp['run']}); give another --output_dir, or --overwrite to replace them"
         )
     todo = [q for q in questions if q.id not in done or done[q.id]["error"] is not None]
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -106,7 +106,7 @@ SUITES: dict[str, Suite] = {
                 "R1-Searcher searched KILT's 2019 Wikipedia in 100-word chunks (HotpotQA: its 2017 "
                 "abstracts) with bge-large-en-v1.5, flat inner product: build it with "
                 "`research-r1 build-index dense --corpus CORPUS.jsonl --encoder "
-                "BAAI/bge-large-en-v1.5 --out DIR` (4.1 GB of float32 vectors per million "
+                "BAAI/bge-large-en-v1.5 --output_dir DIR` (4.1 GB of float32 vectors per million "
                 "chunks) and pass --retriever"
             ),
         ),

@@ -1,22 +1,29 @@
 """`research-r1 build-index` and `research-r1 search`: build a retriever's index, try it out.
 
-    research-r1 build-index bm25 --corpus corpus.jsonl --out indexes/bm25
+    research-r1 build-index bm25 --corpus corpus.jsonl     # into outputs/indexes/corpus_bm25
+    research-r1 search "who wrote hamlet" --retriever outputs/indexes/corpus_bm25/retriever.yaml
     research-r1 build-index dense --corpus hf://datasets/ORG/wiki/wiki-18.jsonl.gz \\
-        --encoder intfloat/e5-base-v2 --factory IVF4096,SQ8 --out indexes/e5 --push_to_hub ORG/NAME
-    research-r1 search "who wrote hamlet" --retriever retriever.yaml --top_k 3
+        --encoder intfloat/e5-base-v2 --factory IVF4096,SQ8 --output_dir outputs/indexes/e5 \\
+        --push_to_hub ORG/NAME
 
-A dense build saves each encoded chunk under OUT/embeddings and skips chunks already there, so
-running the same command again after an interruption resumes it.
+The index folder gets the index, its build info (index_info.json) and `retriever.yaml`, a
+retriever config that searches it (`search --retriever`, `eval --retriever`, a recipe's
+`retriever`). A dense build saves each encoded chunk under OUTPUT_DIR/embeddings and skips
+chunks already there, so running the same command again after an interruption resumes it. The
+corpus is read through its Arrow conversion in the cache folder (research_r1.outputs), never
+written beside it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
+import yaml
 from rich.console import Console
 from rich.table import Table
 
+from research_r1 import outputs
 from research_r1.errors import InputError
 from research_r1.hub import is_hub_uri, push_folder
 from research_r1.retrieval.bm25 import build_bm25_index
@@ -25,6 +32,8 @@ from research_r1.retrieval.corpus import load_corpus
 from research_r1.retrieval.dense import EMBEDDINGS_DIR, Encoder, build_dense_index
 
 _SHOWN_TEXT_CHARS = 300
+_CORPUS_SUFFIXES = (".gz", ".jsonl", ".json", ".parquet", ".arrow")
+RETRIEVER_FILE = "retriever.yaml"  # written beside an index: a config that searches it
 
 
 @dataclass
@@ -35,7 +44,15 @@ class BuildIndexArguments:
         metadata={"positional": True, "help": "which index to build", "choices": ["bm25", "dense"]}
     )
     corpus: str = field(metadata={"help": "jsonl, jsonl.gz or parquet; path or hf://"})
-    out: Path = field(metadata={"help": "folder to write the index to"})
+    output_dir: Path | None = field(
+        default=None,
+        metadata={
+            "help": "folder to write the index and its retriever.yaml to (default: "
+            "outputs/indexes/CORPUS_KIND, CORPUS the corpus file's name without its suffixes: "
+            "corpus_bm25 for corpus.jsonl)",
+            "metavar": "DIR",
+        },
+    )
     encoder: str | None = field(
         default=None, metadata={"help": "sentence-transformers model name or path"}
     )
@@ -43,10 +60,14 @@ class BuildIndexArguments:
         default="Flat", metadata={"help": "FAISS factory string, e.g. HNSW32, SQ8"}
     )
     query_prompt: str | None = field(
-        default=None, metadata={"help": "override the encoder family's query prompt"}
+        default=None,
+        metadata={
+            "help": "the encoder's query prompt (default: its family's, e.g. e5's 'query: ')"
+        },
     )
     passage_prompt: str | None = field(
-        default=None, metadata={"help": "override the encoder family's passage prompt"}
+        default=None,
+        metadata={"help": "the encoder's passage prompt (default: its family's)"},
     )
     chunk_size: int = field(default=100_000, metadata={"help": "passages per saved chunk"})
     batch_size: int = field(default=256, metadata={"help": "encoder batch size"})
@@ -57,23 +78,32 @@ class BuildIndexArguments:
         default=None, metadata={"help": "encoder device (default: a GPU when there is one)"}
     )
     save_embeddings: bool = field(
-        default=False, metadata={"help": "keep OUT/embeddings after the build"}
+        default=False, metadata={"help": "keep OUTPUT_DIR/embeddings after the build"}
     )
     push_to_hub: str | None = field(
-        default=None, metadata={"help": "upload OUT to this dataset repo", "metavar": "ORG/NAME"}
+        default=None,
+        metadata={"help": "upload OUTPUT_DIR to this dataset repo", "metavar": "ORG/NAME"},
     )
     private: bool = field(default=False, metadata={"help": "create the dataset repo private"})
 
 
+def default_output_dir(args: BuildIndexArguments) -> Path:
+    """`outputs/indexes/<corpus>_<kind>`: `wiki-18_dense` for `.../wiki-18.jsonl.gz`."""
+    stem = PurePosixPath(str(args.corpus).rstrip("/")).name
+    while (suffix := PurePosixPath(stem).suffix) in _CORPUS_SUFFIXES:
+        stem = stem.removesuffix(suffix)
+    return outputs.output_dir("indexes", outputs.folder_name(f"{stem}_{args.kind}"))
+
+
 def run_build_index(args: BuildIndexArguments) -> int:
-    out = Path(args.out)
+    if args.kind == "dense" and not args.encoder:
+        raise InputError("build-index dense needs --encoder (e.g. intfloat/e5-base-v2)")
+    out = Path(args.output_dir or default_output_dir(args))
     corpus = load_corpus(args.corpus)
     corpus_uri = args.corpus if is_hub_uri(args.corpus) else str(Path(args.corpus).resolve())
     if args.kind == "bm25":
         build_bm25_index(corpus, out, corpus_uri=corpus_uri)
     else:
-        if not args.encoder:
-            raise InputError("build-index dense needs --encoder (e.g. intfloat/e5-base-v2)")
         encoder = Encoder(
             args.encoder,
             query_prompt=args.query_prompt,
@@ -91,13 +121,20 @@ def run_build_index(args: BuildIndexArguments) -> int:
             save_embeddings=args.save_embeddings,
             corpus_uri=corpus_uri,
         )
-    print(f"wrote {args.kind} index for {len(corpus)} passages to {out}")
+    config = out / RETRIEVER_FILE
+    config.write_text(
+        yaml.safe_dump(
+            {"type": args.kind, "corpus": corpus_uri, "index": str(out)}, sort_keys=False
+        )
+    )
+    print(f"wrote {args.kind} index for {len(corpus)} passages to {out}; search it with")
+    print(f"research-r1 search QUERY --retriever {config}")
     if args.push_to_hub:
         push_folder(
             out,
             args.push_to_hub,
             repo_type="dataset",
-            ignore_patterns=[f"{EMBEDDINGS_DIR}/*"],
+            ignore_patterns=[f"{EMBEDDINGS_DIR}/*", RETRIEVER_FILE],  # local paths
             private=args.private,
             what=f"push the index to {args.push_to_hub}",
         )

@@ -213,7 +213,7 @@ def _encode_chunks(
         if saved != manifest:
             raise InputError(
                 f"{chunk_dir} holds embeddings made with {saved}, not {manifest}: delete that "
-                "folder or build into another --out"
+                "folder or build into another --output_dir"
             )
     else:
         manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")

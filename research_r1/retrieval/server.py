@@ -254,7 +254,8 @@ class ServeRetrieverArguments:
     token_env: str | None = field(
         default=None,
         metadata={
-            "help": "environment variable holding a bearer token every request must send",
+            "help": "environment variable holding a bearer token every request must send "
+            "(default: none, no token asked)",
             "metavar": "VAR",
         },
     )

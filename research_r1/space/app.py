@@ -29,7 +29,7 @@ from typing import Any
 
 import gradio as gr
 
-from research_r1 import evaluation
+from research_r1 import evaluation, outputs
 from research_r1.errors import InputError, RunStopped
 from research_r1.evaluation import leaderboard
 from research_r1.evaluation.arguments import MODEL_HELP
@@ -46,7 +46,6 @@ TIME_LIMIT_S = 300.0  # per question; the episode stops at its next step after t
 # minutes a training run allows, then the question fails with a message.
 RETRIEVER_WAIT_S = 30.0
 NO_ANSWER = "The agent gave no answer (it ran out of searches or tokens)."
-DEMO = Path("outputs/demo")  # what `make demo` writes: the default of `research-r1 space`
 EXAMPLES = 5
 
 
@@ -260,9 +259,16 @@ class SpaceArguments(evaluation.PlayArguments):
     synthetic corpus, as `make demo` wrote them to outputs/demo (its retriever too, unless
     --retriever is given)."""
 
-    model: str = field(default=str(DEMO / "grpo"), metadata={"help": MODEL_HELP})
+    model: str | None = field(
+        default=None,
+        metadata={"help": f"{MODEL_HELP} (default: the demo's, outputs/demo/grpo)"},
+    )
     examples: Path | None = field(
-        default=None, metadata={"help": "a QA file whose first questions are shown"}
+        default=None,
+        metadata={
+            "help": "a QA file whose first questions are shown (default: the demo's held-out "
+            "questions with the demo's model, else none)"
+        },
     )
     results: list[str] = field(
         default_factory=list,
@@ -275,13 +281,15 @@ class SpaceArguments(evaluation.PlayArguments):
 
 
 def run_space(args: SpaceArguments) -> int:
-    demo_model = args.model == str(DEMO / "grpo")
+    demo = outputs.demo_dir()  # what `make demo` writes: the default of `research-r1 space`
+    args = dataclasses.replace(args, model=args.model or str(demo / "grpo"))
+    demo_model = args.model == str(demo / "grpo")
     if demo_model and not Path(args.model).is_dir():
         raise InputError(f"{args.model} does not exist: run `make demo` first, or pass --model")
     check_port("127.0.0.1", args.port)  # before the model loads
     if args.retriever is None and demo_model:
-        args = dataclasses.replace(args, retriever=str(DEMO / "retriever.yaml"))
-    questions = args.examples or (DEMO / "questions" / "test.jsonl" if demo_model else None)
+        args = dataclasses.replace(args, retriever=str(demo / "retriever.yaml"))
+    questions = args.examples or (demo / "questions" / "test.jsonl" if demo_model else None)
     examples = read_examples(questions) if questions else []
     app = load_app(args, examples=examples, results=args.results)
     app.queue(max_size=QUEUE_SIZE).launch(server_name="127.0.0.1", server_port=args.port)

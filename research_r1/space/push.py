@@ -7,7 +7,8 @@ app.py; requirements.txt lists the package's runtime dependencies); the retrieve
 `retriever.yaml`; the settings as `space_config.json` (read back by `settings.py`, under the
 Space variables); and the README, whose YAML header configures the Space (sdk, sdk_version,
 app_file, models). Without a model, `push-space` ships what `make demo` wrote (model, BM25
-index, corpus, questions) into the Space itself.
+index, corpus, questions) into the Space itself. The folder is staged in a temporary folder
+(under $TMPDIR), removed once the upload is done: the push writes nothing else locally.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import yaml
 from huggingface_hub import SpaceCard
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from research_r1 import hub
+from research_r1 import hub, outputs
 from research_r1.errors import InputError
 from research_r1.protocol import TEMPLATES, load_template
 from research_r1.retrieval.config import TYPES, HybridConfig, RemoteConfig, parse_config
@@ -47,14 +48,13 @@ _NOT_SHIPPED = shutil.ignore_patterns(
     "checkpoint-*", "training_args.bin", "runs", "eval", "__pycache__", ".*"
 )
 
-DEMO = Path("outputs/demo")  # what `make demo` writes: the Space's embedded default
 SHIP_LIMIT_BYTES = 2**30  # local files a push puts into the Space repo; larger ones go to the Hub
 
 
 def push_space(
     repo_id: str,
     model: str | None = None,
-    retriever_config: str | os.PathLike | None = None,
+    retriever: str | os.PathLike | None = None,
     *,
     template: str | None = None,
     max_turns: int | None = None,
@@ -69,15 +69,16 @@ def push_space(
     demo's trained model on its corpus (`make demo`'s output), so a free CPU Space works. A
     local model folder, index or corpus goes into the Space itself (up to 1 GiB in all)."""
     if model is None:
-        if not (DEMO / "grpo").is_dir():
+        demo = outputs.demo_dir()  # what `make demo` writes: the Space's embedded default
+        if not (demo / "grpo").is_dir():
             raise InputError(
-                f"{DEMO / 'grpo'} does not exist: run `make demo` first, or pass --model"
+                f"{demo / 'grpo'} does not exist: run `make demo` first, or pass --model"
             )
-        model, retriever_config = str(DEMO / "grpo"), retriever_config or DEMO / "retriever.yaml"
-        examples = examples or DEMO / "questions" / "test.jsonl"
-    if retriever_config is None:
-        raise InputError("--retriever-config is needed with --model")
-    config_path = Path(retriever_config)
+        model, retriever = str(demo / "grpo"), retriever or demo / "retriever.yaml"
+        examples = examples or demo / "questions" / "test.jsonl"
+    if retriever is None:
+        raise InputError("--retriever is needed with --model")
+    config_path = Path(retriever)
     if not config_path.is_file():
         raise InputError(f"retriever config {config_path} is not a file")
     config = parse_config(config_path)
@@ -228,10 +229,15 @@ class PushSpaceArguments:
 
     repo: str = field(metadata={"metavar": "ORG/NAME", "help": "The Space repo."})
     model: str | None = field(
-        default=None, metadata={"help": "Hub model id or local folder (default: the demo's)."}
+        default=None,
+        metadata={"help": "Hub model id or local folder (default: the demo's, outputs/demo/grpo)."},
     )
-    retriever_config: str | None = field(
-        default=None, metadata={"metavar": "FILE", "help": "Retriever YAML (default: the demo's)."}
+    retriever: str | None = field(
+        default=None,
+        metadata={
+            "metavar": "FILE",
+            "help": "Retriever YAML (default: the demo's, outputs/demo/retriever.yaml).",
+        },
     )
     template: str | None = field(
         default=None,
@@ -251,7 +257,12 @@ class PushSpaceArguments:
         },
     )
     examples: str | None = field(
-        default=None, metadata={"metavar": "FILE", "help": "A QA file: its first questions."}
+        default=None,
+        metadata={
+            "metavar": "FILE",
+            "help": "A QA file: its first questions (default: the demo's held-out questions "
+            "without --model, else none).",
+        },
     )
     private: bool = field(default=False, metadata={"help": "Create the Space private."})
 
@@ -260,7 +271,7 @@ def run_push_space(args: PushSpaceArguments) -> int:
     sha = push_space(
         args.repo,
         args.model,
-        args.retriever_config,
+        args.retriever,
         template=args.template,
         max_turns=args.max_turns,
         top_k=args.top_k,

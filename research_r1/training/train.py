@@ -489,7 +489,7 @@ def evaluate_trained(
             retriever=script.eval_retriever,
             limit=script.eval_limit,
             backend="transformers",
-            out=output_dir / EVAL_FOLDER,
+            output_dir=output_dir / EVAL_FOLDER,
         )
     )
     trainer.create_model_card()
