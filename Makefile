@@ -100,3 +100,11 @@ test-browser: install
 	test -x $(CHROMIUM) || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
 	$(PY) -m pip install -q -r requirements/browser.txt
 	CHROMIUM=$(CHROMIUM) $(PY) -m pytest -q tests_browser
+
+# The README's "Your first hour", run as written on what `make demo` wrote (the demo runs first
+# when its trained model is missing), then a check that nothing was written outside outputs/.
+.PHONY: test-first-hour
+
+test-first-hour: install
+	test -f outputs/demo/grpo/README.md || $(MAKE) demo
+	$(PY) -m pytest -q -p no:cacheprovider tests_first_hour
