@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from research_r1 import outputs
-from research_r1.errors import report
+from research_r1.errors import OneLineParser, closest, report
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -55,8 +55,9 @@ def command_parser(arguments: type, prog: str, description: str) -> argparse.Arg
     """The parser of one subcommand's dataclass: TRL's parser, with its positional fields."""
     from trl import TrlParser  # here: `research-r1 --help` needs none of TRL
 
-    class CommandParser(TrlParser):
-        """`TrlParser` with positional fields and switches. `HfArgumentParser` declares every
+    class CommandParser(OneLineParser, TrlParser):
+        """`TrlParser` with positional fields and switches, whose mistakes are one line
+        (`OneLineParser`). `HfArgumentParser` declares every
         field as `--name VALUE`, a bool one with an optional value that takes the next word
         (`eval --dry-run MODEL` would read MODEL as the bool); its one per-field hook,
         `_parse_dataclass_field`, is where a positional field is declared instead, and a bool
@@ -114,8 +115,12 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+class _TopParser(OneLineParser, argparse.ArgumentParser):
+    """The commands' parser, whose mistakes are one line."""
+
+
 def _top_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="research-r1", description=__doc__.splitlines()[0])
+    parser = _TopParser(prog="research-r1", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         subparsers.add_parser(name, help=help_text, description=help_text)
@@ -126,6 +131,10 @@ def parse(argv: Sequence[str]) -> tuple[Callable[..., int | None], Any]:
     """The run function of `argv`'s subcommand and its parsed arguments."""
     argv = list(argv)
     command = next((arg for arg in argv if not arg.startswith("-")), None)
+    if command is not None and command not in COMMANDS:
+        meant = closest(command, COMMANDS)
+        hint = f"did you mean {meant}?" if meant else None
+        _top_parser().error(f"unknown command {command!r}", hint)
     if command not in COMMANDS:
         _top_parser().parse_args(argv)  # prints the commands (--help) or the error, and exits
     rest = argv[argv.index(command) + 1 :]
@@ -141,15 +150,34 @@ def parse(argv: Sequence[str]) -> tuple[Callable[..., int | None], Any]:
     if not doc.startswith(f"{arguments.__name__}("):  # not the signature dataclasses writes
         description = doc
     parser = command_parser(arguments, prog, description)
-    args, unknown = parser.parse_args_and_config(rest, return_remaining_strings=True)
+    import yaml  # here, as TRL imports it: `research-r1 --help` needs none of it
+
+    try:
+        args, unknown = parser.parse_args_and_config(rest, return_remaining_strings=True)
+    except (OSError, ValueError, IndexError, yaml.YAMLError) as error:  # reading --config FILE
+        if "--config" not in rest:
+            raise
+        parser.error(_config_error(error, rest[rest.index("--config") + 1 :][:1]))
     if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")  # usage, one line, exit 2
+        parser.unrecognized(unknown)  # one line, exit 2
     return run, args
+
+
+def _config_error(error: Exception, path: list[str]) -> str:
+    """What is wrong with `--config FILE` (`path`: FILE, or none given), as TrlParser found it."""
+    if not path:
+        return "argument --config: expected one argument"
+    if isinstance(error, OSError):
+        return f"--config {path[0]}: {error.strerror or error}"
+    reason = " ".join(str(error).split())  # a YAML error spans lines
+    return f"--config {path[0]}: {reason}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     run, args = parse(sys.argv[1:] if argv is None else argv)
-    return report(lambda: run(args))
+    from research_r1.hub import user_error  # here: `research-r1 --help` needs no Hub client
+
+    return report(lambda: run(args), user_error)
 
 
 if __name__ == "__main__":

@@ -172,6 +172,15 @@ def load_source(source: Source) -> datasets.Dataset:
                 f"({_closest(source.config)}known: {', '.join(FLASHRAG_DATASETS)}), and the Hub "
                 f"could not be reached to look for it: {error}"
             ) from None
+        if isinstance(error, ConnectionError) and source.repo is not None:  # datasets' words
+            location = hub.HubLocation(source.repo, "dataset", revision=source.revision)
+            what = f"{location.named()}, config '{source.config}', split '{source.split}'"
+            raise hub.unreachable(location, str(error), what) from None
+        if isinstance(error, DatasetNotFoundError):  # a missing, private or gated repo
+            raise InputError(
+                f"{source}: cannot load: {error} Check the id (--source); if it is private, "
+                f"{hub.LOG_IN}"
+            ) from None
         raise InputError(f"{source}: cannot load: {error}") from None
 
 
@@ -423,6 +432,8 @@ def load_split(dataset: str, split: str, key: str, config: str | None = None) ->
             return datasets.load_dataset(
                 location.repo_id, config, split=split, revision=location.revision
             )
+        except ConnectionError as error:  # datasets' words, without the cause
+            raise hub.unreachable(location, str(error)) from error
         except (DatasetNotFoundError, ValueError) as error:
             raise InputError(
                 f"dataset_name: no split {split!r} ({key}) in {dataset}: {error}"

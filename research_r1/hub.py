@@ -4,11 +4,13 @@ Corpora, FAISS indexes, parquet splits and checkpoints are named either by a loc
 Hub URI in the form HfFileSystem writes: `hf://datasets/ORG/NAME[@REV]/path`, `hf://ORG/NAME/...`
 for models, `hf://spaces/ORG/NAME/...`. huggingface_hub does the work (cache, revisions, LFS,
 offline mode); this module only turns names into calls and the client's exceptions into
-`InputError` messages a user can act on. Tokens never appear in messages or logs.
+one-line errors a user can act on (`user_error`: every command's one place for that). Tokens
+never appear in messages or logs.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -18,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
+from urllib.parse import unquote, urlsplit
 
 import httpx2
 import tenacity
@@ -35,14 +38,15 @@ from huggingface_hub.errors import (
     HfUriError,
     HFValidationError,
     LocalEntryNotFoundError,
+    LocalTokenNotFoundError,
     OfflineModeIsEnabled,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-from huggingface_hub.utils import parse_hf_uri
+from huggingface_hub.utils import parse_hf_uri, validate_repo_id
 from tqdm.auto import tqdm
 
-from research_r1.errors import InputError
+from research_r1.errors import InputError, Unreachable
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -79,6 +83,14 @@ class HubLocation:
         """`'path' in dataset repo 'org/name' at revision 'main'`, for messages."""
         where = f"{self.repo_type} repo '{self.repo_id}' at revision '{self.revision or 'main'}'"
         return f"'{self.path}' in {where}" if self.path else where
+
+    def named(self) -> str:
+        """`describe()` for a file; for a repo, its revision only where one other than the
+        default branch is set."""
+        if self.path:
+            return self.describe()
+        revision = f" at revision '{self.revision}'" if self.revision not in (None, "main") else ""
+        return f"{self.repo_type} repo '{self.repo_id}'{revision}"
 
 
 def is_hub_uri(value: object) -> bool:
@@ -328,53 +340,264 @@ def scrub(text: str) -> str:
 
 @contextmanager
 def hub_errors(location: HubLocation) -> Iterator[None]:
-    """Turn huggingface_hub's exceptions about `location` into InputErrors that say what to fix.
+    """huggingface_hub's exceptions about `location` as our one-line errors (`user_error`).
 
-    Transient failures (network, HTTP 5xx, 429) pass through untouched so `retry` can act.
+    Transient failures (network, HTTP 5xx, 429) pass through untouched so `retry` can act; once
+    its attempts are spent, the command's `errors.report` maps the last one (see cli.main).
     """
-    endpoint = _endpoint()
-    repo = f"{location.repo_type} repo '{location.repo_id}'"
     try:
         yield
-    except GatedRepoError as error:
-        raise InputError(
-            f"{repo} on {endpoint} is gated: accept its terms on the Hub, then pass a token "
-            "(HF_TOKEN or `hf auth login`) from an account that has access"
-        ) from error
-    except RepositoryNotFoundError as error:
-        raise InputError(
-            f"{repo} not found on {endpoint}: check the repo id and type "
-            "(hf://datasets/..., hf://spaces/..., hf://ORG/NAME for models); a private repo "
-            "needs a token (HF_TOKEN or `hf auth login`) with access to it"
-        ) from error
-    except RevisionNotFoundError as error:
-        raise InputError(
-            f"revision '{location.revision or 'main'}' not found in {repo} on {endpoint}: "
-            "use an existing branch, tag or commit sha"
-        ) from error
-    except LocalEntryNotFoundError as error:
-        if _offline():
-            raise _not_cached_offline(location) from error
-        raise InputError(
-            f"could not reach {endpoint} for {location.uri} and it is not in the Hub cache: "
-            "check the network or HF_ENDPOINT"
-        ) from error
-    except EntryNotFoundError as error:
-        raise InputError(f"no file or folder {location.describe()} on {endpoint}") from error
-    except OfflineModeIsEnabled as error:
-        raise InputError(
-            f"offline mode is on (HF_HUB_OFFLINE=1): cannot reach {endpoint} for {location.uri}"
-        ) from error
-    except HFValidationError as error:
-        raise InputError(f"invalid Hub name for {location.uri}: {scrub(str(error))}") from error
-    except HfHubHTTPError as error:
-        status = error.response.status_code if error.response is not None else None
-        if status in (401, 403):
-            raise InputError(
-                f"{endpoint} answered HTTP {status} for {repo}: the token is missing, invalid or "
-                "lacks access; set HF_TOKEN or run `hf auth login` (uploads need write access)"
-            ) from error
-        raise
+    except Exception as error:
+        mapped = None if _is_transient(error) else user_error(error, location)
+        if mapped is None:
+            raise
+        raise mapped from error
+
+
+# What `user_error` recognises: huggingface_hub's own errors, and failures of its HTTP client's
+# transport (httpx2, which nothing else here uses): a refused connection, DNS, a timeout.
+_HUB_FAILURES = (
+    HfHubHTTPError,
+    EntryNotFoundError,
+    OfflineModeIsEnabled,
+    HFValidationError,
+    LocalTokenNotFoundError,
+    httpx2.TransportError,
+)
+LOG_IN = "log in with `hf auth login` or set HF_TOKEN"
+
+
+def user_error(
+    error: BaseException, location: HubLocation | None = None
+) -> InputError | Unreachable | None:
+    """The one-line error a failure to fetch from or push to the Hub reads as: `Unreachable`
+    (exit 4) when the Hub could not be reached, `InputError` (exit 2) for a missing, private or
+    gated repo, a missing revision or file, a refused token, offline mode; None for any other
+    error, which keeps its traceback (a bug is not a Hub failure).
+
+    Recognised precisely: huggingface_hub's exceptions and httpx2's transport errors, raised
+    as they are or as the `__cause__` of the OSError that transformers and
+    sentence-transformers raise `from` them. Each message names what was fetched or pushed to
+    (`location` when the caller knows it, else read from the failed request's URL), the cause,
+    and the way out; tokens are masked.
+    """
+    failure = error
+    while not isinstance(failure, _HUB_FAILURES):
+        if not isinstance(failure, OSError) or failure.__cause__ is None:
+            return None
+        failure = failure.__cause__
+    request = _request_of(failure)
+    location = location or _location_of(failure, request)
+    mapped = _mapped(failure, location, request)
+    return type(mapped)(scrub(str(mapped)))
+
+
+def model_error(
+    error: BaseException, model: str, revision: str | None = None
+) -> InputError | Unreachable | None:
+    """`user_error` for a failure to load the model `model` (at `revision`), named as such even
+    where the failure does not say which repo it was about (offline); None where `model` is a
+    local path or no repo id, or the failure is not the Hub's."""
+    if Path(model).exists():
+        return None
+    try:
+        validate_repo_id(model)
+    except HFValidationError:
+        return None
+    return user_error(error, HubLocation(model, "model", revision=revision))
+
+
+def _mapped(
+    failure: BaseException, location: HubLocation | None, request: httpx2.Request | None
+) -> InputError | Unreachable:
+    endpoint = _endpoint()
+    repo = f"{location.repo_type} repo '{location.repo_id}'" if location else "the repo"
+    what = location.named() if location else _url(request) if request else "the files asked for"
+    pushing = request is not None and _is_push(request)
+    if isinstance(failure, GatedRepoError):
+        return InputError(
+            f"{repo} on {endpoint} is gated: accept its terms on its page, then {LOG_IN} "
+            "(a token of an account that has access)"
+        )
+    if isinstance(failure, RepositoryNotFoundError):
+        return InputError(
+            f"{repo} not found on {endpoint}: check the id (and its type: hf://datasets/... for "
+            f"a dataset, hf://spaces/... for a Space); if it is private, {LOG_IN}"
+        )
+    if isinstance(failure, RevisionNotFoundError):
+        revision = location.revision if location else None
+        return InputError(
+            f"revision '{revision or 'main'}' not found in {repo} on {endpoint}: use an "
+            "existing branch, tag or commit sha"
+        )
+    if isinstance(failure, OfflineModeIsEnabled):
+        return InputError(
+            f"offline mode is on (HF_HUB_OFFLINE=1): cannot reach {endpoint} for "
+            f"{location.uri if location else what}; unset HF_HUB_OFFLINE, or fetch it while "
+            "online beforehand (`research-r1 download` fetches a model and its index)"
+        )
+    if isinstance(failure, LocalEntryNotFoundError) and _offline():
+        return _not_cached(location.uri if location else what)
+    if isinstance(failure, (LocalEntryNotFoundError, httpx2.TransportError)):
+        return _unreachable(endpoint, what, _cause(failure), pushing, location)
+    if isinstance(failure, EntryNotFoundError):
+        return _no_entry(what)
+    if isinstance(failure, HFValidationError):
+        given = f" ({location.uri})" if location else ""
+        return InputError(f"not a Hub repo id{given}: {_first_line(failure)}")
+    if isinstance(failure, LocalTokenNotFoundError):
+        return InputError(f"no Hub token here: {LOG_IN}")
+    assert isinstance(failure, HfHubHTTPError)
+    status = failure.response.status_code if failure.response is not None else None
+    if status in (401, 403):
+        if pushing:
+            lacks = "is missing or invalid" if status == 401 else "has no write access to it"
+            return InputError(
+                f"{endpoint} refused the push to {repo} (HTTP {status}): the token {lacks}; "
+                f"{LOG_IN} with a write token of an account that may write there"
+            )
+        return InputError(
+            f"{endpoint} refused access to {repo} (HTTP {status}): the token is missing, "
+            f"invalid or has no access to it; {LOG_IN}"
+        )
+    said = failure.server_message or _first_line(failure)
+    if status in _RETRY_STATUS:
+        return Unreachable(
+            f"{endpoint} answered HTTP {status} for {what} through every retry ({said}); "
+            "try again later"
+        )
+    return InputError(f"{endpoint} answered HTTP {status} for {what}: {said}")
+
+
+def _unreachable(
+    endpoint: str, what: str, cause: str, pushing: bool, location: HubLocation | None
+) -> Unreachable:
+    if pushing:
+        return Unreachable(
+            f"cannot reach {endpoint} to push to {what} ({cause}): connect to the network (or "
+            "fix HF_ENDPOINT) and run it again"
+        )
+    model = location is not None and location.repo_type == "model"
+    download = " (`research-r1 download` puts a model there)" if model else ""
+    return Unreachable(
+        f"cannot reach {endpoint} to fetch {what} ({cause}): connect to the network (or fix "
+        f"HF_ENDPOINT); if it is in the Hub cache{download}, set HF_HUB_OFFLINE=1 to use it"
+    )
+
+
+def unreachable(
+    location: HubLocation, cause: str, what: str | None = None
+) -> InputError | Unreachable:
+    """What a fetch of `location` (`what`, when it says more) that could not reach the Hub reads
+    as, for a library that reports it without its cause (datasets' `ConnectionError`):
+    `Unreachable`, or, with HF_HUB_OFFLINE=1, an `InputError` saying it is not in the cache."""
+    if _offline():
+        return _not_cached(location.uri)
+    return _unreachable(_endpoint(), what or location.named(), scrub(cause), False, location)
+
+
+def _no_entry(what: str) -> InputError:
+    return InputError(f"no file or folder {what} on {_endpoint()}: check its path and revision")
+
+
+def _not_cached(what: str) -> InputError:
+    return InputError(
+        f"{what} is not in the Hub cache and offline mode is on (HF_HUB_OFFLINE=1): download it "
+        "once while online (`research-r1 download` fetches a model and its index), or unset "
+        "HF_HUB_OFFLINE"
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def _cause(failure: BaseException) -> str:
+    """The transport error under `failure`, e.g. `ConnectError: [Errno 111] Connection refused`."""
+    link: BaseException | None = failure
+    while link is not None and not isinstance(link, httpx2.TransportError):
+        link = link.__cause__ or link.__context__
+    if link is None:
+        return "no answer, and not in the Hub cache"
+    return f"{type(link).__name__}: {link}" if str(link) else type(link).__name__
+
+
+def _request_of(failure: BaseException) -> httpx2.Request | None:
+    """The HTTP request that failed: an HTTP error's, or the transport error's under it."""
+    link: BaseException | None = failure
+    while link is not None:
+        if isinstance(link, HfHubHTTPError) and link.response is not None:
+            return link.response.request
+        if isinstance(link, httpx2.RequestError):
+            try:
+                return link.request
+            except RuntimeError:  # raised without one
+                return None
+        link = link.__cause__ or link.__context__
+    return None
+
+
+# The Hub's URL paths, as huggingface_hub builds them: its API (`/api/models/ORG/NAME/tree/REV`,
+# `.../revision/REV`, `.../commit/REV`, ...), file downloads (`/datasets/ORG/NAME/resolve/REV/
+# PATH`) and LFS (`/ORG/NAME.git/info/lfs/...`). A repo id is NAME or ORG/NAME.
+_REPO_ID = r"(?P<id>[^/]+(?:/[^/]+)?)"
+_API_PATH = re.compile(
+    rf"/api/(?P<type>models|datasets|spaces)/{_REPO_ID}"
+    r"(?:/(?:revision|tree|paths-info|preupload|commit|commits|refs|branch|tag)"
+    r"(?:/(?P<rev>[^/]+)(?:/(?P<path>.+))?)?)?"
+)
+_FILE_PATH = re.compile(
+    rf"/(?:(?P<type>datasets|spaces)/)?{_REPO_ID}/resolve/(?P<rev>[^/]+)/(?P<path>.+)"
+)
+_LFS_PATH = re.compile(rf"/(?:(?P<type>datasets|spaces)/)?{_REPO_ID}\.git/.*")
+_OFFLINE_URL = re.compile(r"Cannot reach (\S+?):? offline mode")
+
+
+def _location_of(failure: BaseException, request: httpx2.Request | None) -> HubLocation | None:
+    """The repo (and revision and file) a failed Hub request was about, read from its URL (or,
+    for offline mode, from the URL its message names); None for a URL of no repo."""
+    if request is not None:
+        url, method = str(request.url), request.method
+    elif isinstance(failure, OfflineModeIsEnabled) and (found := _OFFLINE_URL.search(str(failure))):
+        url, method = found.group(1), "GET"
+    else:
+        return None
+    parts, base = urlsplit(url), urlsplit(_endpoint())
+    if parts.netloc != base.netloc or not parts.path.startswith(base.path):
+        return None
+    path = parts.path[len(base.path.rstrip("/")) :]
+    if method == "POST" and path == "/api/repos/create":
+        return _created(request)
+    for pattern in (_API_PATH, _FILE_PATH, _LFS_PATH):
+        if found := pattern.fullmatch(path):
+            groups = found.groupdict()
+            kind = (groups["type"] or "models").removesuffix("s")
+            revision = unquote(groups["rev"]) if groups.get("rev") else None
+            file = unquote(groups.get("path") or "").removeprefix("./")
+            return HubLocation(unquote(found["id"]), kind, file, revision)
+    return None
+
+
+def _created(request: httpx2.Request | None) -> HubLocation | None:
+    """The repo a `create_repo` request was for, from its JSON body."""
+    try:
+        body = json.loads(request.content) if request is not None else {}
+    except (httpx2.RequestNotRead, ValueError):
+        return None
+    if not isinstance(body, dict) or not body.get("name"):
+        return None
+    owner = f"{body['organization']}/" if body.get("organization") else ""
+    return HubLocation(f"{owner}{body['name']}", str(body.get("type") or "model"))
+
+
+def _is_push(request: httpx2.Request) -> bool:
+    """Whether a request writes to the Hub (creates a repo, commits, uploads)."""
+    return request.method in ("POST", "PUT", "DELETE") and "/paths-info/" not in request.url.path
+
+
+def _url(request: httpx2.Request) -> str:
+    parts = urlsplit(str(request.url))
+    return f"'{parts.scheme}://{parts.netloc}{parts.path}'"
 
 
 def _download_file(location: HubLocation, token: str | bool | None) -> Path:
@@ -410,15 +633,12 @@ def _download_folder(
     if not folder.is_dir():
         if _offline():
             raise _not_cached_offline(location)
-        raise InputError(f"no file or folder {location.describe()} on {_endpoint()}")
+        raise _no_entry(location.describe())
     return folder
 
 
 def _not_cached_offline(location: HubLocation) -> InputError:
-    return InputError(
-        f"{location.uri} is not in the Hub cache and offline mode is on (HF_HUB_OFFLINE=1): "
-        "download it once while online, or unset HF_HUB_OFFLINE"
-    )
+    return _not_cached(location.uri)
 
 
 def _endpoint() -> str:
@@ -433,7 +653,7 @@ def _offline() -> bool:
 
 # What a push can fail with from outside this program (the Hub's answer, the network, the disk):
 # a caller that must survive a failed push catches these, and lets a bug in its own code raise.
-PUSH_ERRORS: tuple[type[Exception], ...] = (HfHubHTTPError, httpx2.HTTPError, OSError)
+PUSH_ERRORS: tuple[type[Exception], ...] = (HfHubHTTPError, httpx2.HTTPError, OSError, Unreachable)
 
 
 def _is_transient(error: BaseException) -> bool:

@@ -11,6 +11,7 @@ the same reason the fixtures below import what they use (helpers.py included) in
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import shutil
 import socket
@@ -68,9 +69,32 @@ def hub() -> Iterator[LoopbackHub]:
       use one per test, since the server lives for the whole session.
     - `hub.requests`: recent "METHOD /path" lines, e.g. to check an upload went through LFS.
     - `hub.inject_failure("/commit/", status=500, times=1)`: fail the next matching requests.
+    - `with hub.down():` the Hub unreachable (see `no_hub`).
     """
     with LoopbackHub(_HUB_PORT) as server:
         yield server
+
+
+@pytest.fixture
+def no_hub(hub, monkeypatch) -> Iterator[Any]:
+    """No network for one test: HF_ENDPOINT's port is closed (every connection refused), and
+    HF_HUB_OFFLINE is unset; a repo id no test has fetched is in no cache. The clients keep
+    their retries, without the waits between them (huggingface_hub's http_backoff: 1 to 8 s;
+    research_r1.hub.retry: 2 s, then 4), so a test takes a second, not minutes. Yields the
+    loopback Hub (its `token`, `new_repo_id`)."""
+    from huggingface_hub.utils import _http
+
+    from research_r1 import hub as hub_io
+
+    for backoff in (_http.http_backoff, _http.http_stream_backoff.__wrapped__):
+        monkeypatch.setitem(backoff.__kwdefaults__, "base_wait_time", 0)
+    retry = hub_io.retry  # every module's, by name too; a test may have wrapped it already
+    while isinstance(retry, functools.partial):
+        retry = retry.func
+    monkeypatch.setitem(retry.__kwdefaults__, "backoff_s", 0.0)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with hub.down():
+        yield hub
 
 
 # ---------------------------------------------------------------------------------------------

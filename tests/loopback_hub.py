@@ -38,6 +38,7 @@ import shutil
 import tempfile
 import threading
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -140,8 +141,9 @@ class LoopbackHub:
     """The server and its state. Use as a context manager, or call `start()` and `stop()`.
 
     Attributes for tests: `endpoint` (for HF_ENDPOINT), `token`, `new_repo_id(name)`,
-    `requests` (the last request lines, e.g. to check the LFS path ran) and
-    `inject_failure(path_part, status, times)` to make matching requests fail.
+    `requests` (the last request lines, e.g. to check the LFS path ran),
+    `inject_failure(path_part, status, times)` to make matching requests fail, and `down()`, a
+    block during which the Hub cannot be reached.
     """
 
     def __init__(self, port: int = 0) -> None:
@@ -181,6 +183,21 @@ class LoopbackHub:
     def new_repo_id(self, name: str) -> str:
         """A repo id no other caller of this server has been given: `loopback-user/NAME-N`."""
         return f"{USER}/{name}-{next(self._names)}"
+
+    @contextlib.contextmanager
+    def down(self) -> Iterator[None]:
+        """The Hub unreachable: nothing listens on its port, so every connection is refused,
+        until the block ends; then it serves again on the same port, with the same repos."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
+        try:
+            yield
+        finally:
+            self._server = _Server(("127.0.0.1", self.port), _Handler)
+            self._server.hub = self
+            self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+            self._thread.start()
 
     def inject_failure(self, path_part: str, status: int = 500, times: int = 1) -> None:
         """Answer the next `times` requests whose path contains `path_part` with `status`."""

@@ -3,12 +3,15 @@ that cannot import breaks only itself."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import types
 from dataclasses import dataclass, field
 
+import httpx2
 import pytest
+from huggingface_hub import constants
 
 from research_r1 import cli
 from research_r1.cli import main as cli_main
@@ -98,11 +101,133 @@ def test_help_lists_the_options_with_defaults_that_say_something(toy_command, ca
     assert "--config FILE" in shown
 
 
-@pytest.mark.parametrize("option", ["--top_kk", "--top"])  # a typo; an abbreviation
-def test_an_unknown_option_is_one_line_of_usage_error(toy_command, capsys, option):
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (  # a typo
+            ["toy", "q", "--top_kk", "2"],
+            "research-r1 toy: error: unrecognized arguments: --top_kk 2 (did you mean --top_k?)",
+        ),
+        (  # an abbreviation
+            ["toy", "q", "--top", "2"],
+            "research-r1 toy: error: unrecognized arguments: --top 2 (did you mean --top_k?)",
+        ),
+        (
+            ["toy", "q", "--zzz"],
+            "research-r1 toy: error: unrecognized arguments: --zzz (research-r1 toy --help lists "
+            "the options)",
+        ),
+        (
+            ["toy", "q", "--top_k", "three"],
+            "research-r1 toy: error: argument --top_k/--top-k: invalid int value: 'three' "
+            "(research-r1 toy --help lists the options)",
+        ),
+        (
+            ["toy"],
+            "research-r1 toy: error: the following arguments are required: QUERIES (research-r1 "
+            "toy --help lists the options)",
+        ),
+        (["tyo", "q"], "research-r1: error: unknown command 'tyo' (did you mean toy?)"),
+        (
+            ["zzz"],
+            "research-r1: error: unknown command 'zzz' (research-r1 --help lists the commands)",
+        ),
+        (
+            [],
+            "research-r1: error: the following arguments are required: COMMAND (research-r1 "
+            "--help lists the commands)",
+        ),
+    ],
+)
+def test_a_command_line_mistake_is_one_line_without_the_usage(toy_command, capsys, argv, line):
     with pytest.raises(SystemExit) as done:
-        cli.parse(["toy", "q", option, "2"])
+        cli.parse(argv)
     assert done.value.code == 2
-    assert capsys.readouterr().err.splitlines()[-1] == (
-        f"research-r1 toy: error: unrecognized arguments: {option} 2"
+    assert capsys.readouterr().err.splitlines() == [line]
+
+
+def test_a_config_file_that_cannot_be_read_is_one_line(toy_command, tmp_path, capsys):
+    not_yaml, a_list = tmp_path / "not.yaml", tmp_path / "list.yaml"
+    not_yaml.write_text("top_k: [1\n")
+    a_list.write_text("- top_k\n")
+    for config, reason in [
+        ([str(tmp_path / "none.yaml")], f"--config {tmp_path / 'none.yaml'}: No such file"),
+        ([], "argument --config: expected one argument"),
+        ([str(not_yaml)], f"--config {not_yaml}: while parsing a flow sequence"),
+        ([str(a_list)], f"--config {a_list}: Config file {a_list} must contain a YAML mapping"),
+    ]:
+        with pytest.raises(SystemExit) as done:
+            cli.parse(["toy", "q", "--config", *config])
+        assert done.value.code == 2
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line.startswith(f"research-r1 toy: error: {reason}"), line
+
+
+def test_a_bad_value_of_a_real_command_is_one_line(capsys):
+    with pytest.raises(SystemExit) as done:
+        cli_main(["eval", "x", "--limit", "three"])
+    assert done.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "research-r1 eval: error: argument --limit: invalid int value: 'three' (research-r1 eval "
+        "--help lists the options)"
+    ]
+
+
+# What `errors.report` prints as one line: our errors, and the Hub's through hub.user_error
+# (each command's own tests show them); anything else is a bug and keeps its traceback.
+
+
+@pytest.mark.parametrize(
+    "bug", [TypeError("a bug"), KeyError("a bug"), OSError("a bug"), ConnectionError("a bug")]
+)
+def test_a_bug_keeps_its_traceback(toy_command, monkeypatch, bug):
+    def run(args):
+        raise bug
+
+    monkeypatch.setattr(sys.modules["toy_job"], "run_toy", run)
+    with pytest.raises(type(bug)) as raised:
+        cli_main(["toy", "q"])
+    assert raised.value is bug
+
+
+def test_a_hub_error_raised_anywhere_in_a_command_is_one_line(toy_command, monkeypatch, capsys):
+    request = httpx2.Request("GET", f"{constants.ENDPOINT}/api/models/org/name/revision/main")
+
+    def run(args):
+        raise httpx2.ConnectError("[Errno 111] Connection refused", request=request)
+
+    monkeypatch.setattr(sys.modules["toy_job"], "run_toy", run)
+    assert cli_main(["toy", "q"]) == 4
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(
+        f"error: cannot reach {constants.ENDPOINT} to fetch model repo 'org/name'"
     )
+
+
+def test_bitsandbytes_notice_of_an_optional_kernel_is_dropped_and_nothing_else(caplog):
+    """research_r1/__init__.py drops the one line bitsandbytes logs at import on a CPU with
+    AVX512-BF16 when the optional `kernels` package is missing; other lines of its logger stay."""
+    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    with caplog.at_level(logging.WARNING):
+        logger.warning(
+            "Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure "
+            "you already `pip install kernels` and the kernels >= 0.11.1",
+            ModuleNotFoundError("No module named 'kernels'"),
+        )
+        logger.warning("Failed to load CPU gemv_4bit: another problem")
+    assert [record.getMessage() for record in caplog.records] == [
+        "Failed to load CPU gemv_4bit: another problem"
+    ]
+
+
+@pytest.mark.slow
+def test_a_command_that_imports_trl_prints_nothing_on_stderr():
+    """`serve-retriever --help` imports sentence-transformers, hence transformers' Trainer, peft
+    and bitsandbytes: stderr stays empty."""
+    run = subprocess.run(
+        [sys.executable, "-m", "research_r1.cli", "serve-retriever", "--help"],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0 and "--port" in run.stdout
+    assert run.stderr == ""

@@ -9,10 +9,11 @@ from pathlib import Path
 import datasets
 import pytest
 from helpers import write_jsonl
+from huggingface_hub import constants
 
 from research_r1.cli import main
 from research_r1.data import COLUMNS, find_source, load_source, load_split, prepare, write_split
-from research_r1.errors import InputError
+from research_r1.errors import InputError, Unreachable
 from research_r1.hub import push_dataset
 from research_r1.protocol import SEARCH_R1_PROMPT, load_template
 
@@ -365,7 +366,8 @@ def test_hub_file_uri_and_missing_hub_config(
         prepare(["nq"], "dev", SEARCH_R1, source=absent)
     assert str(error.value) == (
         f"{absent} (config 'nq', split 'dev'): cannot load: "
-        f"Dataset '{absent}' doesn't exist on the Hub or cannot be accessed."
+        f"Dataset '{absent}' doesn't exist on the Hub or cannot be accessed. Check the id "
+        "(--source); if it is private, log in with `hf auth login` or set HF_TOKEN"
     )
 
 
@@ -392,9 +394,10 @@ def test_a_split_pushed_to_the_hub_loads_like_a_local_one(tmp_path: Path, hub) -
             "to look for it: Couldn't reach it",
         ),
         (
-            "hotpot",  # an alias: a set we know, so the network is to blame
-            "RUC-NLPIR/FlashRAG_datasets (config 'hotpotqa', split 'dev'): cannot load: "
-            "Couldn't reach it",
+            "hotpot",  # an alias: a set we know, so the network is to blame (exit 4)
+            "cannot reach {endpoint} to fetch dataset repo 'RUC-NLPIR/FlashRAG_datasets', config "
+            "'hotpotqa', split 'dev' (Couldn't reach it): connect to the network (or fix "
+            "HF_ENDPOINT); if it is in the Hub cache, set HF_HUB_OFFLINE=1 to use it",
         ),
     ],
 )
@@ -403,6 +406,18 @@ def test_offline_an_unknown_set_is_told_from_an_unreachable_hub(name, message, m
         raise ConnectionError("Couldn't reach it")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
-    with pytest.raises(InputError) as raised:
+    with pytest.raises((InputError, Unreachable)) as raised:
         load_source(find_source(name, "dev"))
-    assert str(raised.value) == message
+    assert str(raised.value) == message.format(endpoint=constants.ENDPOINT)
+
+
+def test_a_flashrag_set_without_network_is_one_line(no_hub, tmp_path, capsys) -> None:
+    """datasets says only `Couldn't reach ...` (it drops the cause): that, the repo, the set
+    and the way out, exit 4."""
+    assert main(["prepare-data", "--datasets", "nq", "--output_dir", str(tmp_path)]) == 4
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: cannot reach {no_hub.endpoint} to fetch dataset repo "
+        "'RUC-NLPIR/FlashRAG_datasets', config 'nq', split 'train' (Couldn't reach "
+        "'RUC-NLPIR/FlashRAG_datasets' on the Hub (LocalEntryNotFoundError)): connect to the "
+        "network (or fix HF_ENDPOINT); if it is in the Hub cache, set HF_HUB_OFFLINE=1 to use it"
+    ]

@@ -415,3 +415,16 @@ def test_batch_size_never_changes_a_trace(toy_world, tmp_path):
         ]
     assert runs["1"] == runs["3"]
     assert all(t["tokens"] > 0 for t in runs["1"])
+
+
+def test_a_hub_model_without_network_is_one_line_naming_its_card(no_hub, capsys):
+    """A model of no known family: its card is read from the Hub, which cannot be reached;
+    that is said, exit 4, not blamed on the model (no family, no card)."""
+    model = no_hub.new_repo_id("never-fetched")
+    assert cli_main(["eval", model, "--dry-run"]) == 4
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(
+        f"error: cannot reach {no_hub.endpoint} to fetch 'README.md' in model repo '{model}' at "
+        "revision 'main' (ConnectError: [Errno 111] Connection refused): connect to the network"
+    )
+    assert line.endswith("set HF_HUB_OFFLINE=1 to use it")

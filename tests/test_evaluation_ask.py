@@ -123,3 +123,15 @@ def test_the_real_tiny_model_completes_and_prints_the_footer(toy_world, capsys):
     footer = capsys.readouterr().out.splitlines()[-1]
     assert footer.split(" · ")[0] in ("0 searches", "1 search")
     assert footer.split(" · ")[2] in ("answered", "truncated", "no_answer")
+
+
+def test_a_hub_model_without_network_is_one_line_naming_it(toy_world, no_hub, capsys):
+    model = no_hub.new_repo_id("never-fetched")
+    argv = ["ask", "who?", "--model", f"{model}@v2", "--template", "search_r1"]
+    assert cli_main([*argv, "--retriever", str(toy_world.retriever)]) == 4
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: cannot reach {no_hub.endpoint} to fetch model repo '{model}' at revision 'v2' "
+        "(ConnectError: [Errno 111] Connection refused): connect to the network (or fix "
+        "HF_ENDPOINT); if it is in the Hub cache (`research-r1 download` puts a model there), "
+        "set HF_HUB_OFFLINE=1 to use it"
+    ]

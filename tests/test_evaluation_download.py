@@ -88,12 +88,38 @@ def test_a_revision_is_downloaded_as_it_was(hub, tmp_path, capsys):
     assert err.startswith(f"error: revision 'no-such-tag' not found in model repo '{repo}'")
 
 
-def test_a_missing_repo_is_named(hub, capsys):
-    repo = hub.new_repo_id("never-created")
-    assert cli_main(["download", repo]) == 2
+def test_a_missing_or_private_repo_is_one_line_with_the_way_out(hub, capsys, monkeypatch):
+    missing = hub.new_repo_id("never-created")
+    private = hub.new_repo_id("private-ckpt")
+    HfApi(token=hub.token).create_repo(private, private=True)
+    for repo in (missing, private):  # the Hub tells them apart only to who may read the repo
+        assert cli_main(["download", repo]) == 2
+        assert capsys.readouterr().err.splitlines() == [
+            f"error: model repo '{repo}' not found on {hub.endpoint}: check the id (and its "
+            "type: hf://datasets/... for a dataset, hf://spaces/... for a Space); if it is "
+            "private, log in with `hf auth login` or set HF_TOKEN"
+        ]
+
+    bad_token = "hf_" + "Wrong" * 6 + "Toke"
+    monkeypatch.setenv("HF_TOKEN", bad_token)
+    assert cli_main(["download", private]) == 2
     err = capsys.readouterr().err
-    assert err.splitlines()[-1].startswith(f"error: model repo '{repo}' not found on ")
-    assert hub.token not in err
+    assert err.splitlines() == [
+        f"error: {hub.endpoint} refused access to model repo '{private}' (HTTP 401): the token "
+        "is missing, invalid or has no access to it; log in with `hf auth login` or set HF_TOKEN"
+    ]
+    assert bad_token not in err and hub.token not in err
+
+
+def test_without_network_it_is_one_line_naming_the_repo(no_hub, capsys):
+    repo = no_hub.new_repo_id("never-fetched")
+    assert cli_main(["download", f"{repo}@v1"]) == 4
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: cannot reach {no_hub.endpoint} to fetch model repo '{repo}' at revision 'v1' "
+        "(ConnectError: [Errno 111] Connection refused): connect to the network (or fix "
+        "HF_ENDPOINT); if it is in the Hub cache (`research-r1 download` puts a model there), "
+        "set HF_HUB_OFFLINE=1 to use it"
+    ]
 
 
 def test_a_local_folder_needs_nothing_but_its_suites_index(hub, tmp_path, capsys):

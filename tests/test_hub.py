@@ -16,7 +16,7 @@ from huggingface_hub import HfApi, HfFileSystem, constants
 from huggingface_hub.errors import HfHubHTTPError
 
 from research_r1 import hub as hub_io
-from research_r1.errors import InputError
+from research_r1.errors import InputError, Unreachable
 from research_r1.hub import (
     HubLocation,
     is_hub_uri,
@@ -27,6 +27,7 @@ from research_r1.hub import (
     resolve,
     resolve_split,
     retry,
+    user_error,
 )
 
 
@@ -249,13 +250,13 @@ def test_missing_repo_file_and_revision_are_named(hub) -> None:
         resolve("hf://datasets/loopback-user/no-such-repo/nq/test.jsonl", token=hub.token)
     message = str(missing_repo.value)
     assert "dataset repo 'loopback-user/no-such-repo' not found on http://127.0.0.1:" in message
-    assert "a private repo needs a token" in message
+    assert message.endswith("if it is private, log in with `hf auth login` or set HF_TOKEN")
 
     with pytest.raises(InputError) as missing_file:
         resolve(f"hf://datasets/{repo_id}/nq/train.jsonl")
     assert str(missing_file.value) == (
         f"no file or folder 'nq/train.jsonl' in dataset repo '{repo_id}' at revision 'main' "
-        f"on {hub.endpoint}"
+        f"on {hub.endpoint}: check its path and revision"
     )
 
     with pytest.raises(InputError, match=f"revision 'v9' not found in dataset repo '{repo_id}'"):
@@ -274,12 +275,18 @@ def test_bad_or_missing_token_gives_a_clear_error_without_the_token(hub, tmp_pat
         resolve(f"hf://{repo_id}/weights.txt", token=bad_token)
     with pytest.raises(InputError) as refused_write:
         push_folder(tmp_path, hub.new_repo_id("never"), token=bad_token)
+    assert str(refused_read.value).startswith(
+        f"{hub.endpoint} refused access to model repo '{repo_id}' (HTTP 401): the token is "
+        "missing, invalid or has no access to it; log in with `hf auth login` or set HF_TOKEN"
+    )
+    assert str(refused_write.value).startswith(
+        f"{hub.endpoint} refused the push to model repo 'loopback-user/never-"
+    )
+    assert "(HTTP 401): the token is missing or invalid; log in" in str(refused_write.value)
     for refused in (refused_read, refused_write):
-        message = str(refused.value)
-        assert "answered HTTP 401" in message and "the token is missing, invalid" in message
-        assert bad_token not in message and hub.token not in message
+        assert bad_token not in str(refused.value) and hub.token not in str(refused.value)
 
-    with pytest.raises(InputError, match=f"model repo '{repo_id}' not found .* private repo needs"):
+    with pytest.raises(InputError, match=f"model repo '{repo_id}' not found .* if it is private"):
         resolve(f"hf://{repo_id}/weights.txt")
     assert resolve(f"hf://{repo_id}/weights.txt", token=hub.token).read_bytes() == b"secret"
 
@@ -379,3 +386,95 @@ def test_pushed_splits_load_back_by_name(hub, monkeypatch) -> None:
     assert datasets.load_dataset(repo_id, split="train", download_mode="force_redownload")[
         "id"
     ] == ["q2"]
+
+
+# Every command's one place for the Hub's failures: `user_error`.
+
+
+def test_a_hub_that_cannot_be_reached_is_named_with_the_way_out(no_hub) -> None:
+    """HF_ENDPOINT refuses connections: what was fetched (repo, file), the cause, and the way
+    out (connect, or the cache with HF_HUB_OFFLINE=1) in one Unreachable (exit 4)."""
+    repo_id = no_hub.new_repo_id("never-fetched")
+    with pytest.raises(Unreachable) as down:
+        resolve(f"hf://datasets/{repo_id}/nq/test.jsonl")
+    assert str(down.value) == (
+        f"cannot reach {no_hub.endpoint} to fetch 'nq/test.jsonl' in dataset repo '{repo_id}' "
+        "at revision 'main' (ConnectError: [Errno 111] Connection refused): connect to the "
+        "network (or fix HF_ENDPOINT); if it is in the Hub cache, set HF_HUB_OFFLINE=1 to use it"
+    )
+
+    from transformers import AutoConfig  # raises OSError from the Hub's error, as ST does
+
+    model_id = no_hub.new_repo_id("never-fetched-model")
+    with pytest.raises(OSError) as wrapped:
+        AutoConfig.from_pretrained(model_id)
+    mapped = user_error(wrapped.value)
+    assert isinstance(mapped, Unreachable)
+    assert str(mapped).startswith(
+        f"cannot reach {no_hub.endpoint} to fetch 'config.json' in model repo '{model_id}' at "
+        "revision 'main' (ConnectError: [Errno 111] Connection refused): connect to the "
+    )
+    assert str(mapped).endswith(
+        "if it is in the Hub cache (`research-r1 download` puts a model there), set "
+        "HF_HUB_OFFLINE=1 to use it"
+    )
+
+
+CREATE = {"name": "n", "organization": "o", "type": "space"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "named"),
+    [
+        ("GET", "/api/models/org/name/tree/main", None, "model repo 'org/name'"),
+        ("GET", "/api/datasets/o/d/revision/v1%2Fx", None, "dataset repo 'o/d' at revision 'v1/x'"),
+        ("HEAD", "/gpt2/resolve/main/./c", None, "'c' in model repo 'gpt2' at revision 'main'"),
+        ("HEAD", "/spaces/o/s/resolve/v2/a", None, "'a' in space repo 'o/s' at revision 'v2'"),
+        ("POST", "/api/repos/create", CREATE, "push to space repo 'o/n'"),
+        ("POST", "/datasets/o/d.git/info/lfs/objects/batch", {}, "push to dataset repo 'o/d'"),
+        ("POST", "/api/models/o/m/commit/main", {}, "push to model repo 'o/m'"),
+    ],
+)
+def test_what_a_failed_request_was_about_is_read_from_its_url(method, path, body, named) -> None:
+    request = httpx2.Request(method, constants.ENDPOINT + path, json=body)
+    mapped = user_error(httpx2.ConnectError("[Errno 111] Connection refused", request=request))
+    assert isinstance(mapped, Unreachable) and f" {named} (ConnectError: " in str(mapped)
+
+
+def _raised_from(error: Exception, cause: Exception) -> Exception:
+    try:
+        raise error from cause
+    except Exception as raised:
+        return raised
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        TypeError("a bug"),
+        KeyError("a bug"),
+        OSError("No space left on device"),
+        ConnectionError("a retrieval server"),
+        _raised_from(RuntimeError("a bug while handling it"), httpx2.ConnectError("refused")),
+        _raised_from(ValueError("a bug while handling it"), _http_error(404, "not found")),
+    ],
+    ids=repr,
+)
+def test_an_error_that_is_not_the_hubs_is_left_alone(error: Exception) -> None:
+    """Anything but huggingface_hub's and httpx2's errors (or the OSError raised from one)
+    keeps its traceback: `errors.report` re-raises what `user_error` does not map."""
+    assert user_error(error) is None
+
+
+def test_no_token_appears_in_a_mapped_error(hub, monkeypatch) -> None:
+    token = "hf_" + "Secret" * 6
+    monkeypatch.setenv("HF_TOKEN", token)
+    request = httpx2.Request("GET", f"{hub.endpoint}/api/models/org/name?token={token}")
+    said = HfHubHTTPError(
+        f"400 for url with Bearer {token}",
+        response=httpx2.Response(400, request=request),
+        server_message=f"bad token {token}",
+    )
+    mapped = user_error(said)
+    assert isinstance(mapped, InputError) and "hf_***" in str(mapped)
+    assert token not in str(mapped)

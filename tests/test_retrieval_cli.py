@@ -68,3 +68,22 @@ def test_search_against_a_dead_server_is_one_line(tmp_path: Path, capsys) -> Non
         f"error: retrieval at http://127.0.0.1:{port}/retrieve failed after 2 attempts; last "
         "cause: NewConnectionError"
     )
+
+
+def test_an_encoder_on_an_unreachable_hub_is_one_line_naming_it(
+    no_hub, minilm_index, tmp_path, capsys
+):
+    """A dense config whose encoder is a Hub id not in the cache: sentence-transformers' OSError
+    (from huggingface_hub's error) is one line, exit 4."""
+    encoder = no_hub.new_repo_id("e5-base-v2")
+    config = tmp_path / "dense.yaml"
+    config.write_text(
+        yaml.safe_dump({"type": "dense", "index": str(minilm_index[1]), "encoder": encoder})
+    )
+    assert main(["search", "Seine", "--retriever", str(config)]) == 4
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: cannot reach {no_hub.endpoint} to fetch 'config.json' in model repo '{encoder}' "
+        "at revision 'main' (ConnectError: [Errno 111] Connection refused): connect to the "
+        "network (or fix HF_ENDPOINT); if it is in the Hub cache (`research-r1 download` puts a "
+        "model there), set HF_HUB_OFFLINE=1 to use it"
+    ]

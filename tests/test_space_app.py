@@ -20,6 +20,7 @@ from helpers import (
     TEXTS,
     HamletRetriever,
     Scripted,
+    free_port,
     hamlet_tokenizer,
     launch,
     summary,
@@ -284,4 +285,14 @@ def test_a_busy_port_is_one_line_before_the_model_loads(app, tmp_path, monkeypat
         assert cli_main(["space", "--model", str(tmp_path), "--port", str(port)]) == 2
     assert capsys.readouterr().err.strip() == (
         f"error: port {port} on 127.0.0.1 is in use (another server?); pick another with --port"
+    )
+
+
+def test_a_hub_model_without_network_is_one_line_naming_it(app, toy_world, no_hub, capsys):
+    model = no_hub.new_repo_id("never-fetched")
+    argv = ["space", "--model", model, "--template", "search_r1", "--port", str(free_port())]
+    assert cli_main([*argv, "--retriever", str(toy_world.retriever)]) == 4
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(
+        f"error: cannot reach {no_hub.endpoint} to fetch model repo '{model}' (ConnectError: "
     )

@@ -255,3 +255,43 @@ def test_two_local_indexes_of_one_name_are_shipped_apart(tmp_path):
         "retriever/1-index",
     )
     assert relocated["corpus"] == "retriever/corpus.jsonl" and relocated["type"] == "hybrid"
+
+
+@pytest.fixture
+def space_argv(tmp_path) -> list[str]:
+    """`push-space` for a Hub model and a retriever on the Hub: nothing local goes up."""
+    retriever = write_config(
+        tmp_path / "wiki.yaml", {"type": "bm25", "index": "hf://datasets/org/wiki/bm25"}
+    )
+    return ["push-space", "--model", "org/agent", "--retriever", str(retriever)]
+
+
+def test_a_push_without_network_is_one_line_naming_the_space(no_hub, space_argv, capsys):
+    repo_id = no_hub.new_repo_id("space")
+    assert cli_main([*space_argv, "--repo", repo_id]) == 4
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: cannot reach {no_hub.endpoint} to push to space repo '{repo_id}' (ConnectError: "
+        "[Errno 111] Connection refused): connect to the network (or fix HF_ENDPOINT) and run "
+        "it again"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("status", "token_is"), [(401, "is missing or invalid"), (403, "has no write access to it")]
+)
+def test_a_push_the_hub_refuses_says_why_without_the_token(
+    hub, space_argv, capsys, monkeypatch, status, token_is
+):
+    repo_id = hub.new_repo_id("space")
+    token = "hf_" + "Wrong" * 6 + "Toke" if status == 401 else hub.token
+    monkeypatch.setenv("HF_TOKEN", token)
+    if status == 403:  # an organisation the token's account may not write to
+        hub.inject_failure("/api/repos/create", status=403)
+    assert cli_main([*space_argv, "--repo", repo_id]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        f"error: {hub.endpoint} refused the push to space repo '{repo_id}' (HTTP {status}): the "
+        f"token {token_is}; log in with `hf auth login` or set HF_TOKEN with a write token of an "
+        "account that may write there"
+    ]
+    assert token not in err

@@ -96,9 +96,22 @@ def test_our_flags_are_read_wherever_they_appear():
         False,
         None,
     )
-    with pytest.raises(SystemExit) as done:  # argparse's usage error
-        launch.parse_train(["--dry-run", "r.yaml"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["--dry-run", "r.yaml"], "the recipe comes first"),
+        (["r.yaml", "--gpu_memory"], "argument --gpu_memory/--gpu-memory: expected one argument"),
+    ],
+)
+def test_a_mistake_in_our_flags_is_one_line_without_the_usage(argv, line, capsys):
+    with pytest.raises(SystemExit) as done:
+        launch.parse_train(argv)
     assert done.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"research-r1 train: error: {line} (research-r1 train --help lists the options)"
+    ]
 
 
 @pytest.mark.slow

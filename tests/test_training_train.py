@@ -784,3 +784,18 @@ def test_a_bug_in_our_packaging_raises_with_its_traceback(push, tmp_path, monkey
         run(tmp_path)
     assert raised.traceback[-1].name == "buggy"
     assert "could not push" not in caplog.text and "giving up" not in caplog.text
+
+
+def test_a_hub_model_without_network_is_one_line_naming_it(world, no_hub, tmp_path, capsys):
+    model = no_hub.new_repo_id("never-fetched")
+    argv = recipe(world, tmp_path / "out", "--model_name_or_path", model)
+    assert train.main(argv) == 4
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.splitlines()[-1:] == [  # after the progress bars of the split's loading
+        f"error: model_name_or_path: cannot reach {no_hub.endpoint} to fetch model repo "
+        f"'{model}' (ConnectError: [Errno 111] Connection refused): connect to the network (or "
+        "fix HF_ENDPOINT); if it is in the Hub cache (`research-r1 download` puts a model "
+        "there), set HF_HUB_OFFLINE=1 to use it"
+    ]
+    assert not (tmp_path / "out").exists()

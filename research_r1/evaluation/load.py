@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
+from research_r1 import hub
 from research_r1.data import check_rows, find_source, load_source
 from research_r1.errors import InputError
 from research_r1.evaluation.plan import Plan
@@ -130,7 +131,8 @@ def load_tokenizer(plan: Plan) -> Any:
     try:
         return AutoTokenizer.from_pretrained(plan.model, revision=plan.revision)
     except (OSError, ValueError) as error:
-        raise InputError(f"model {plan.model}: {error}") from error
+        mapped = hub.model_error(error, plan.model, plan.revision)  # the Hub's: exit 4 or 2
+        raise mapped or InputError(f"model {plan.model}: {error}") from error
 
 
 def open_retriever(plan: Plan) -> Retriever:

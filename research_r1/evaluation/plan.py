@@ -25,9 +25,9 @@ import torch
 from huggingface_hub import ModelCard
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 
-from research_r1 import outputs
+from research_r1 import hub, outputs
 from research_r1.data import ALIASES
-from research_r1.errors import InputError
+from research_r1.errors import InputError, Unreachable
 from research_r1.evaluation.arguments import METHODS, EvalArguments, PlayArguments
 from research_r1.evaluation.families import Resolved, families, resolve
 from research_r1.evaluation.scoring import METRICS
@@ -274,8 +274,11 @@ def _card_settings(model: str, revision: str | None) -> Mapping[str, Any] | None
     else:
         try:
             card = ModelCard.load(model, repo_type="model", ignore_metadata_errors=True)
-        except (HfHubHTTPError, HFValidationError, OSError):  # no card there: --template decides
-            card = None
+        except (HfHubHTTPError, HFValidationError, OSError) as error:
+            unreachable = hub.user_error(error, hub.HubLocation(model, "model", "README.md"))
+            if isinstance(unreachable, Unreachable):  # the Hub, not the card, is missing
+                raise unreachable from error
+            card = None  # no card there: --template decides
     settings = card.data.to_dict().get("research_r1") if card is not None else None
     return settings if isinstance(settings, Mapping) else None
 

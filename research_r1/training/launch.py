@@ -23,7 +23,7 @@ from transformers import HfArgumentParser
 from trl import TrlParser
 from trl.cli.accelerate_config import resolve_accelerate_config_argument
 
-from research_r1.errors import InputError, closest
+from research_r1.errors import InputError, OneLineParser, closest
 from research_r1.training.configs import RECIPE_DATACLASSES, Recipe, make_parser, recipe_argv
 
 DEFAULT_GPU_MEMORY = "80GiB"
@@ -50,9 +50,17 @@ class TrainArguments:
     )
 
 
+class _HelpParser(OneLineParser, TrlParser):
+    """TRL's parser, whose mistakes are one line."""
+
+
+class _OwnParser(OneLineParser, HfArgumentParser):
+    """The parser of our own flags, whose mistakes are one line."""
+
+
 def help_parser() -> TrlParser:
     """The parser `--help` prints: the recipe's keys, then ours."""
-    parser = TrlParser(
+    parser = _HelpParser(
         (*RECIPE_DATACLASSES, TrainArguments),
         prog="research-r1 train",
         usage=USAGE,
@@ -73,7 +81,7 @@ def parse_train(argv: list[str]) -> tuple[list[str], TrainArguments]:
         help_parser().parse_args(["--help"])  # prints every key and exits
     if not argv or argv[0].startswith("-"):
         help_parser().error("the recipe comes first")
-    own = HfArgumentParser(TrainArguments, add_help=False, allow_abbrev=False)
+    own = _OwnParser(TrainArguments, prog="research-r1 train", add_help=False, allow_abbrev=False)
     args, rest = own.parse_args_into_dataclasses(
         argv, return_remaining_strings=True, look_for_args_file=False
     )

@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> None:
         train(sys.argv[1:] if argv is None else argv)
 
-    return report(run)
+    return report(run, hub.user_error)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,6 +276,9 @@ def load_tokenizer(model_args: ModelConfig, args: SearchGRPOConfig) -> PreTraine
             trust_remote_code=args.trust_remote_code,
         )
     except OSError as error:
+        mapped = hub.model_error(error, model_args.model_name_or_path, model_args.model_revision)
+        if mapped is not None:  # the Hub's: unreachable (exit 4), or no such repo or revision
+            raise type(mapped)(f"model_name_or_path: {mapped}") from error
         raise InputError(f"model_name_or_path: {error}") from error
 
 
