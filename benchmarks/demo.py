@@ -22,8 +22,12 @@ import json
 import sys
 from pathlib import Path
 
-from research_r1 import outputs
-from research_r1.demo import Settings, pin_cpu_kernels, print_seeds, run_one
+from research_r1 import kernels
+
+kernels.pin()  # before anything computes with torch, as `research-r1 demo` pins before its imports
+
+from research_r1 import outputs  # noqa: E402
+from research_r1.demo import Settings, print_seeds, run_one  # noqa: E402
 
 MIN_GAIN_POINTS = 30.0
 MIN_HELD_OUT = 300
@@ -52,11 +56,11 @@ def main() -> int:
     args = parser.parse_args()
 
     settings = Settings()
-    kernels = pin_cpu_kernels()  # before torch runs anything, as `research-r1 demo` does
+    in_force = kernels.in_force()
     results = []
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         out = args.output_dir / f"seed-{seed}"
-        results.append(run_one(out, seed, settings, args.steps, kernels))
+        results.append(run_one(out, seed, settings, args.steps, in_force))
     print_seeds(results)
     passed = True
     for result in results:

@@ -65,18 +65,22 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-import torch
-from huggingface_hub import ModelCard, ModelCardData
-from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+from research_r1 import kernels
 
-from research_r1 import cli, demo, evaluation
-from research_r1.evaluation import load, report
-from research_r1.evaluation import run as playing
-from research_r1.generation import Generation, Generator
-from research_r1.protocol import load_template
-from research_r1.retrieval import Passage, Retriever
-from research_r1.retrieval.config import load_retriever
-from research_r1.world import build_world
+kernels.pin()  # the demo's kernels, as it runs them: before anything computes with torch
+
+import torch  # noqa: E402
+from huggingface_hub import ModelCard, ModelCardData  # noqa: E402
+from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM  # noqa: E402
+
+from research_r1 import cli, demo, evaluation  # noqa: E402
+from research_r1.evaluation import load, report  # noqa: E402
+from research_r1.evaluation import run as playing  # noqa: E402
+from research_r1.generation import Generation, Generator  # noqa: E402
+from research_r1.protocol import load_template  # noqa: E402
+from research_r1.retrieval import Passage, Retriever  # noqa: E402
+from research_r1.retrieval.config import load_retriever  # noqa: E402
+from research_r1.world import build_world  # noqa: E402
 
 TARGET_BATCH = 64
 TARGET_SHARE = 0.05  # of the run's wall time, for everything but generation and retrieval
@@ -414,8 +418,8 @@ def main() -> None:
     args = parser.parse_args()
     if not 1 <= args.questions <= 600 or min(args.batch_sizes) < 1 or args.sft_steps < 1:
         parser.error("--questions must be 1-600; --batch-sizes and --sft-steps at least 1")
-    # The demo's pinned kernels, as it runs (the CPU still moves its numbers: demo.MEASURED).
-    kernels = demo.pin_cpu_kernels()
+    # The demo's pinned kernels (the CPU still moves its numbers: demo.MEASURED).
+    in_force = kernels.in_force()
     torch.set_num_threads(args.threads)
     clock = Clock()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -428,7 +432,7 @@ def main() -> None:
             if args.gpu and skipped is None:
                 qwen = qwen_shaped(setup, folder / "qwen2.5-0.5b-shaped")
                 runs += measure(clock, qwen, args, "vllm", folder / "vllm")
-    print_table(runs, args, f"transformers on {device}, CPU kernels {kernels['aten']}")
+    print_table(runs, args, f"transformers on {device}, CPU kernels {in_force['aten']}")
     if skipped is not None:
         print(f"\nGPU rows skipped: {skipped}.")
 

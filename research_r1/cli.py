@@ -25,7 +25,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from research_r1 import outputs
+from research_r1 import kernels, outputs
 from research_r1.errors import OneLineParser, closest, report
 
 # subcommand -> (module, one-line help)
@@ -138,6 +138,8 @@ def parse(argv: Sequence[str]) -> tuple[Callable[..., int | None], Any]:
     if command not in COMMANDS:
         _top_parser().parse_args(argv)  # prints the commands (--help) or the error, and exits
     rest = argv[argv.index(command) + 1 :]
+    if command == "demo":
+        kernels.pin()  # before the demo's imports compute with torch (see research_r1.kernels)
     module = importlib.import_module(COMMANDS[command][0])
     job = command.replace("-", "_")
     run = getattr(module, f"run_{job}")

@@ -52,6 +52,7 @@ from research_r1 import outputs
 from research_r1.data import prepare, write_split
 from research_r1.errors import InputError
 from research_r1.generation import TransformersGenerator
+from research_r1.kernels import in_force
 from research_r1.markdown import markdown_table
 from research_r1.protocol import (
     FINAL_TURN_NOTICE,
@@ -85,9 +86,6 @@ from research_r1.world import (
 )
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "tiny_cpu_grpo.yaml"
-# The instruction set torch's CPU kernels are pinned to, so hosts with and without AVX-512 run
-# kernels of the same kind (see pin_cpu_kernels; the CPU still moves the numbers: MEASURED).
-PINNED_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
 # A model trained from scratch learns the protocol from the cold start, not from instructions,
 # so the prompt is the question alone: an instruction would only cost compute at every step.
 TEMPLATE = {
@@ -628,30 +626,6 @@ def run_one(
     return results
 
 
-def pin_cpu_kernels() -> dict[str, str]:
-    """Pin torch's CPU kernels to AVX2 unless the caller chose otherwise; return what is in force.
-
-    torch, oneDNN and MKL pick their kernels by the host's instruction set, and AVX2 and AVX-512
-    kernels round differently: unpinned, the same seed and versions trained to 40.0% -> 82.8%
-    held-out EM on an AVX2 host and 33.5% -> 70.5% on an AVX-512 one. The pin does not make CPUs
-    agree: an Intel AVX-512 host with all three variables set trained to 34.5% -> 69.2%, so
-    MEASURED, not one table, says what to expect. Each library reads its variable when it first
-    runs a kernel, so the pin holds only in a process that has not computed with torch yet (as
-    `research-r1 demo`: importing torch computes nothing).
-    """
-    for name, value in PINNED_KERNELS.items():
-        os.environ.setdefault(name, value)
-
-    kernels = {"aten": torch.backends.cpu.get_cpu_capability()}
-    kernels.update({name: os.environ[name] for name in PINNED_KERNELS})
-    if kernels["aten"] != "AVX2":
-        Console(stderr=True).print(
-            f"[yellow]torch runs {kernels['aten']} CPU kernels, not AVX2: the pin did not "
-            "hold, and the numbers may fall outside the measured spread[/yellow]"
-        )
-    return kernels
-
-
 def rollout_config() -> RolloutConfig:
     """The recipe's episode budgets, so evaluation plays the episodes training plays."""
     recipe = yaml.safe_load(RECIPE.read_text())
@@ -692,7 +666,7 @@ def run_demo(args: DemoArguments) -> int:
     steps = settings.grpo_steps if args.steps is None else args.steps
     if steps is not None and steps < 1:
         raise InputError("--steps must be at least 1")
-    kernels = pin_cpu_kernels()
+    kernels = in_force()  # pinned by cli.py before this module was imported
     seeds = range(args.seed, args.seed + args.seeds)
     output_dir = Path(args.output_dir or outputs.demo_dir())
     results = []

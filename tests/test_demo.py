@@ -21,11 +21,11 @@ from helpers import ROOT
 from research_r1 import evaluation
 from research_r1.demo import (
     MEASURED,
-    PINNED_KERNELS,
     Measured,
     against_spread,
     spread,
 )
+from research_r1.kernels import PINNED_KERNELS
 from research_r1.training import train
 from research_r1.world import KINDS
 
