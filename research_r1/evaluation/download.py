@@ -17,14 +17,18 @@ retriever from the cache alone:
   `resolve_index`, `corpus_uri`, `encoder_name`), so the same cache entries are read back; a
   split index is reassembled and the corpus converted to Arrow here, as `load_retriever` would
   do on first use.
+
+Each request is retried by huggingface_hub itself (`http_backoff`: connection errors and HTTP
+5xx, five times with backoff); a loop of ours around it only multiplied the wait and the log
+lines before the one-line error when there is no network.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from huggingface_hub import HfApi, constants, snapshot_download
 from rich.console import Console
@@ -34,7 +38,7 @@ from tqdm.auto import tqdm
 from research_r1.errors import InputError
 from research_r1.evaluation import EvalArguments, ModelArguments, make_plan
 from research_r1.evaluation.arguments import MODEL_HELP
-from research_r1.hub import HubLocation, hub_errors, is_hub_uri, resolve, retry
+from research_r1.hub import HubLocation, hub_errors, is_hub_uri, resolve
 from research_r1.retrieval.config import (
     BM25Config,
     DenseConfig,
@@ -46,8 +50,6 @@ from research_r1.retrieval.config import (
 )
 from research_r1.retrieval.corpus import load_corpus, read_info
 from research_r1.retrieval.dense import resolve_index
-
-T = TypeVar("T")
 
 # Weights that neither transformers' PyTorch loader nor vLLM reads.
 OTHER_FORMATS = (
@@ -112,12 +114,9 @@ def fetch_snapshot(item: str, repo_id: str, revision: str | None) -> Fetched:
     """A model repo's files at `revision` (see `skipped` for those left out)."""
     location = HubLocation(repo_id, "model", revision=revision)
 
-    def download() -> str:
-        with hub_errors(location):
-            files = HfApi().list_repo_files(repo_id, revision=revision)
-            return snapshot_download(repo_id, revision=revision, ignore_patterns=skipped(files))
-
-    path = retry(download, what=f"download {location.uri}")
+    with hub_errors(location):
+        files = HfApi().list_repo_files(repo_id, revision=revision)
+        path = snapshot_download(repo_id, revision=revision, ignore_patterns=skipped(files))
     return Fetched(item, f"{repo_id}@{revision}" if revision else repo_id, Path(path))
 
 
@@ -131,7 +130,7 @@ def fetch_retriever(config: Mapping[str, Any] | str) -> list[Fetched]:
     """Everything `load_retriever(config)` reads, fetched through the same functions."""
     fetched = []
     if is_hub_uri(config):
-        fetched.append(Fetched("retriever config", str(config), _fetch(resolve, str(config))))
+        fetched.append(Fetched("retriever config", str(config), resolve(str(config))))
     parsed = parse_config(config)
     if isinstance(parsed, RemoteConfig):
         print(f"retriever {parsed.url}: served remotely, nothing to download")
@@ -146,13 +145,13 @@ def fetch_retriever(config: Mapping[str, Any] | str) -> list[Fetched]:
 
 
 def _bm25(config: BM25Config, default_corpus: str | None) -> list[Fetched]:
-    index = _fetch(resolve, config.index)
+    index = resolve(config.index)
     corpus = _corpus(config.corpus or default_corpus, read_info(index), config.index)
     return [Fetched("BM25 index", config.index, index), *corpus]
 
 
 def _dense(config: DenseConfig, default_corpus: str | None) -> list[Fetched]:
-    path, info = _fetch(resolve_index, config.index)
+    path, info = resolve_index(config.index)
     encoder = encoder_name(config, info)
     corpus = _corpus(config.corpus or default_corpus, info, config.index)
     if Path(encoder).exists():
@@ -165,15 +164,10 @@ def _dense(config: DenseConfig, default_corpus: str | None) -> list[Fetched]:
 def _corpus(uri: str | None, info: Mapping[str, Any], index: str) -> list[Fetched]:
     """The corpus source, and the Arrow file it is converted to (what searches read)."""
     uri = corpus_uri(uri, info, index)
-    source = _fetch(resolve, uri)
+    source = resolve(uri)
     arrow = load_corpus(uri).path
     converted = [Fetched("corpus, as Arrow", uri, arrow)] if arrow != source else []
     return [Fetched("corpus", uri, source), *converted]
-
-
-def _fetch(fn: Callable[[str], T], uri: str) -> T:
-    """`fn(uri)` with transient Hub errors retried."""
-    return retry(lambda: fn(uri), what=f"download {uri}")
 
 
 def show(fetched: Sequence[Fetched]) -> None:
