@@ -27,8 +27,13 @@ class Unreachable(RuntimeError):
 
 def closest(name: str, choices: Iterable[str]) -> str | None:
     """The choice `name` most likely misspells, for a "did you mean" in an error; None if none
-    is close."""
-    match = difflib.get_close_matches(name, list(choices), n=1)
+    is close. The one choice `name` begins is taken first (`--out` for `--output_dir`, an old
+    name cut short), then the closest by spelling."""
+    choices = list(choices)
+    extended = [choice for choice in choices if choice.startswith(name) and choice != name]
+    if len({choice.replace("-", "_") for choice in extended}) == 1:  # one option, two spellings
+        return extended[0]
+    match = difflib.get_close_matches(name, choices, n=1)
     return match[0] if match else None
 
 

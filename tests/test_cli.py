@@ -4,6 +4,8 @@ that cannot import breaks only itself."""
 from __future__ import annotations
 
 import logging
+import re
+import shlex
 import subprocess
 import sys
 import types
@@ -11,6 +13,7 @@ from dataclasses import dataclass, field
 
 import httpx2
 import pytest
+from helpers import ROOT
 from huggingface_hub import constants
 
 from research_r1 import cli
@@ -231,3 +234,34 @@ def test_a_command_that_imports_trl_prints_nothing_on_stderr():
     )
     assert run.returncode == 0 and "--port" in run.stdout
     assert run.stderr == ""
+
+
+def documented_commands() -> list[tuple[str, str]]:
+    """Every `research-r1 ...` line of a bash block in the README and docs/ (continuations
+    joined; environment assignments, a trailing `&` and comments left out), with its page."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    found = []
+    for page in pages:
+        for block in re.findall(r"```bash\n(.*?)```", page.read_text(), re.S):
+            for line in re.sub(r"\\\n\s*", "", block).splitlines():
+                words = shlex.split(line, comments=True)
+                while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):
+                    words.pop(0)
+                if words[:1] == ["research-r1"]:
+                    found.append((page.name, shlex.join(words).removesuffix(" '&'")))
+    return found
+
+
+@pytest.mark.parametrize(("page", "command"), documented_commands())
+def test_every_documented_command_parses(page, command, capsys):
+    """A renamed or removed option fails here, in `make test`, not in a reader's shell."""
+    try:
+        cli.parse(shlex.split(command)[1:])
+    except SystemExit as stop:  # `--help` exits 0; a bad line exits 2 with its one-line error
+        assert stop.code == 0 and "--help" in command, capsys.readouterr().err
+
+
+def test_the_docs_show_commands():
+    pages = {page for page, _ in documented_commands()}
+    assert {"README.md", "training.md", "evaluation.md", "retrieval.md", "data.md"} <= pages
+    assert len(documented_commands()) > 40
