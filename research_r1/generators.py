@@ -33,3 +33,47 @@ class Generator(Protocol):
         """Continue each context by at most its own `max_new_tokens`, stopping right after the
         first stop string in the generated text; one `Generation` per context, in order."""
         ...
+
+
+class Engine(Protocol):
+    """A backend that takes requests one at a time and hands each back when it is done, so an
+    episode can go on while others are still decoding (the continuous scheduler's contract).
+    `step` advances the engine and returns the requests finished since the last call (perhaps
+    none), each with the `key` it was submitted with; same stop rules as `Generator.generate`."""
+
+    def submit(
+        self, key: int, context: Sequence[int], max_new_tokens: int, stop: Sequence[str]
+    ) -> None: ...
+
+    def step(self) -> list[tuple[int, Generation]]: ...
+
+
+class BatchEngine:
+    """A `Generator` as an `Engine`: each `step` generates everything submitted since the last
+    one, in one batch. For backends without continuous batching (transformers' `generate`); the
+    continuous scheduler over it plays what the turn-synchronous one plays, except that an
+    episode's next turn waits for its own search only."""
+
+    def __init__(self, generator: Generator) -> None:
+        self.generator = generator
+        self._queued: list[tuple[int, Sequence[int], int]] = []
+        self._stop: Sequence[str] = ()
+
+    def submit(
+        self, key: int, context: Sequence[int], max_new_tokens: int, stop: Sequence[str]
+    ) -> None:
+        self._queued.append((key, context, max_new_tokens))
+        self._stop = stop
+
+    def step(self) -> list[tuple[int, Generation]]:
+        queued, self._queued = self._queued, []
+        if not queued:
+            return []
+        generations = self.generator.generate(
+            [context for _, context, _ in queued], [budget for _, _, budget in queued], self._stop
+        )
+        if len(generations) != len(queued):
+            raise RuntimeError(f"generator returned {len(generations)} rows for {len(queued)}")
+        return [
+            (key, generation) for (key, _, _), generation in zip(queued, generations, strict=True)
+        ]

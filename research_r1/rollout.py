@@ -1,11 +1,15 @@
 """The search episode: the model reasons, searches, reads results and answers, turn by turn.
 
-Each turn, every unfinished episode of the batch generates until a stop string, EOS or its token
-budget. The turn is read (`protocol.read_turn`: what the family's loop keeps of it and what it
-asks for); all the batch's queries of that turn go to the retriever in ONE call, and each result
-is inserted as an observation before the next turn. What an episode does follows only from its
-own text and the settings (`Protocol`, `RolloutConfig`), never from the other episodes of its
-batch, so a question's transcript is the same whatever it is played with.
+An episode generates until a stop string, EOS or its token budget; the turn is read
+(`protocol.read_turn`: what the family's loop keeps of it and what it asks for); a search's
+passages are inserted as an observation before the next turn. Two schedulers play episodes:
+`run_rollout`, turn by turn (every unfinished episode of the batch generates in one call, then
+all the turn's queries go to the retriever in ONE call), and `run_rollout_continuous`, episode by
+episode over an `Engine` (an episode that searched goes back to the engine as soon as its own
+passages are in, while the others decode). Both apply the same per-episode rules (`_Play`). What
+an episode does follows only from its own text and the settings (`Protocol`, `RolloutConfig`),
+never from the other episodes of its batch, so a question's transcript is the same whatever it
+is played with, and whichever scheduler plays it.
 
 Token accounting. In `sampled` protocols (ours, and every training run) it is exact, because it
 is what the policy loss trains on:
@@ -67,7 +71,8 @@ from __future__ import annotations
 
 import logging
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -76,7 +81,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from tqdm.auto import tqdm
 
 from research_r1.errors import InputError, RunStopped, invalid
-from research_r1.generators import Generation, Generator
+from research_r1.generators import Engine, Generation, Generator
 from research_r1.protocol import FINAL_TURN_NOTICE, Prompt, Protocol, read_turn, render_prompt
 from research_r1.retrieval import Passage, Retriever, RetrieverUnavailable
 
@@ -188,67 +193,128 @@ def run_rollout(
     watcher: Watcher | None = None,
     prompt_texts: Sequence[str] | None = None,
 ) -> list[Episode]:
-    """Play one episode per prompt, all turns batched; episodes come back in prompt order.
-    `text` protocols continue the prompt's text (`prompt_texts`; by default the prompt ids
-    decoded)."""
-    if protocol.tokens == "sampled" and tokenizer.eos_token_id is None:
-        raise InputError("the tokenizer has no EOS token; finished episodes must end with one")
-    if prompt_texts is None:  # only `text` protocols read them
-        as_text = protocol.tokens == "text" and bool(prompt_ids)
-        prompt_texts = tokenizer.batch_decode(prompt_ids) if as_text else [""] * len(prompt_ids)
-    play = _Play(tokenizer, protocol, config)
-    episodes = [
-        Episode(prompt_ids=list(ids), prompt_text=text)
-        for ids, text in zip(prompt_ids, prompt_texts, strict=True)
-    ]
-    active = list(range(len(episodes)))
+    """Play one episode per prompt, turn by turn (the turn-synchronous scheduler): each turn,
+    every unfinished episode generates in one batch, then all the turn's searches go to the
+    retriever in one call. Episodes come back in prompt order. `text` protocols continue the
+    prompt's text (`prompt_texts`; by default the prompt ids decoded)."""
+    play = _Play(prompt_ids, prompt_texts, tokenizer, protocol, config, retriever, watcher)
+    active = list(range(len(play.episodes)))
     turn = 0
     while True:
-        last_turn = turn == config.max_turns
-        calls = {row: call for row in active if (call := play.call(episodes[row])) is not None}
-        active = list(calls)
-        if not active and not getattr(generator, "collective", False):
+        calls = play.calls(active)
+        if not calls and not getattr(generator, "collective", False):
             break
+        rows = list(calls)
         generations = generator.generate(
-            [calls[row][0] for row in active],
-            [calls[row][1] for row in active],
-            protocol.stop_strings,
+            [calls[row][0] for row in rows], [calls[row][1] for row in rows], protocol.stop_strings
         )
-        if len(generations) != len(active):
-            raise RuntimeError(f"generator returned {len(generations)} rows for {len(active)}")
-        for row, generation in zip(active, generations, strict=True):
-            _check(generation, calls[row][1])
-        # one call for the batch; guarded, as transformers decodes [] as one empty sequence
-        texts = (
-            tokenizer.batch_decode(
-                [g.token_ids for g in generations],
-                skip_special_tokens=protocol.tokens != "sampled",
-            )
-            if generations
-            else []
+        if len(generations) != len(rows):
+            raise RuntimeError(f"generator returned {len(generations)} rows for {len(rows)}")
+        read = play.read(
+            [(row, calls[row], g, turn) for row, g in zip(rows, generations, strict=True)]
         )
-        notes: list[tuple[int, str]] = []  # observations that are no search's
-        searches: list[tuple[int, str]] = []
-        discarded: list[tuple[int, str]] = []  # run, as the family's last turn runs them
-        for row, generation, text in zip(active, generations, texts, strict=True):
-            if watcher is not None:
-                watcher.turn(row, tokenizer.decode(generation.token_ids, skip_special_tokens=True))
-            outcome = play.turn(episodes[row], generation, text, calls[row][0], last_turn)
-            if outcome is None:
-                continue
-            kinds = {"search": searches, "search_discarded": discarded, "text": notes}
-            kinds[outcome.kind].append((row, outcome.content))
-        notice = config.final_turn_notice if turn + 1 == config.max_turns else ""
-        play.observe([(episodes[row], note, notice) for row, note in notes])
-        _run_searches(searches, episodes, retriever, play, notice, watcher)
-        if discarded:
-            queries = [query for _, query in discarded]
-            search_through_outages(retriever, queries, config.k, config.max_retriever_wait_s)
-        active = sorted(row for row, _ in [*notes, *searches])
-        if last_turn:
+        play.insert_notes(read.notes)
+        play.insert_results(read.searches, play.fetch(read.searches))
+        play.fetch(read.discarded)
+        if turn == config.max_turns:
             break
+        active = sorted(read.continuing)
         turn += 1
-    return episodes
+    return play.episodes
+
+
+def run_rollout_continuous(
+    prompt_ids: Sequence[Sequence[int]],
+    *,
+    engine: Engine,
+    tokenizer: Any,
+    retriever: Retriever,
+    protocol: Protocol,
+    config: RolloutConfig,
+    watcher: Watcher | None = None,
+    prompt_texts: Sequence[str] | None = None,
+) -> list[Episode]:
+    """Play one episode per prompt, each on its own (the continuous scheduler): an episode that
+    stops at a search waits only for its own search and goes back to the engine while the others
+    are still decoding. The searches of the episodes that stopped since the last retriever call
+    go in the next one, run in a background thread while the engine steps on.
+
+    Each episode's transcript, ids, masks and log-probabilities come from the same per-episode
+    rules as `run_rollout` (`_Play`), and an episode depends only on its own text: under greedy
+    decoding both schedulers play the same episodes. The weights do not change within a call.
+    """
+    play = _Play(prompt_ids, prompt_texts, tokenizer, protocol, config, retriever, watcher)
+    turn_of = [0] * len(play.episodes)
+    in_engine: dict[int, _Call] = {}
+
+    def submit(rows: Iterable[int]) -> None:
+        for row, call in play.calls(rows).items():
+            in_engine[row] = call
+            engine.submit(row, call[0], call[1], protocol.stop_strings)
+
+    def resume(rows: Iterable[int]) -> None:
+        """Send rows whose observation is in to the engine again, unless that was their last."""
+        going_on = [row for row in rows if turn_of[row] != config.max_turns]
+        for row in going_on:
+            turn_of[row] += 1
+        submit(going_on)
+
+    submit(range(len(play.episodes)))
+    waiting: list[_Search] = []
+    in_flight: tuple[list[_Search], Future[list[list[Passage]]]] | None = None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="search") as searcher:
+        while in_engine or waiting or in_flight is not None:
+            if in_flight is not None and (in_flight[1].done() or not in_engine):
+                searches, results = in_flight[0], in_flight[1].result()
+                in_flight = None
+                play.insert_results(searches, results)
+                resume(search.row for search in searches)
+            if waiting and in_flight is None:
+                in_flight = (waiting, searcher.submit(play.fetch, waiting))
+                waiting = []
+            if not in_engine:
+                continue
+            finished = engine.step()
+            items = [(row, in_engine.pop(row), g, turn_of[row]) for row, g in finished]
+            read = play.read(items)
+            play.insert_notes(read.notes)
+            resume(note.row for note in read.notes)
+            waiting += read.searches
+            play.fetch(read.discarded)
+    return play.episodes
+
+
+_Call = tuple[list[int], int]  # the ids a call sees, and how many it may sample
+
+
+@dataclass(frozen=True)
+class _Search:
+    """A search an episode asked for, and the notice its observation ends with."""
+
+    row: int
+    query: str
+    notice: str = ""
+
+
+@dataclass(frozen=True)
+class _Note:
+    """A text an episode inserts that is no search's (a notice, a message), and its notice."""
+
+    row: int
+    text: str
+    notice: str
+
+
+@dataclass
+class _Read:
+    """What a set of finished calls asks for next; `continuing` are the rows that go on."""
+
+    notes: list[_Note] = field(default_factory=list)
+    searches: list[_Search] = field(default_factory=list)
+    discarded: list[_Search] = field(
+        default_factory=list
+    )  # run, as the family's last turn runs them
+    continuing: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -261,15 +327,39 @@ class _Next:
 
 
 class _Play:
-    """One family's rules applied to one episode at a time: the context and budget of its next
-    call, what a turn adds to it, and how an observation is cut and inserted."""
+    """The episodes of one rollout call, and one family's rules applied to each on its own: the
+    context and budget of its next call, what a turn adds to it, and how an observation is cut
+    and inserted. Both schedulers drive it; it never looks at two episodes together."""
 
-    def __init__(self, tokenizer: Any, protocol: Protocol, config: RolloutConfig) -> None:
+    def __init__(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        prompt_texts: Sequence[str] | None,
+        tokenizer: Any,
+        protocol: Protocol,
+        config: RolloutConfig,
+        retriever: Retriever,
+        watcher: Watcher | None,
+    ) -> None:
+        if protocol.tokens == "sampled" and tokenizer.eos_token_id is None:
+            raise InputError("the tokenizer has no EOS token; finished episodes must end with one")
+        if prompt_texts is None:  # only `text` protocols read them
+            as_text = protocol.tokens == "text" and bool(prompt_ids)
+            prompt_texts = tokenizer.batch_decode(prompt_ids) if as_text else [""] * len(prompt_ids)
+        self.episodes = [
+            Episode(prompt_ids=list(ids), prompt_text=text)
+            for ids, text in zip(prompt_ids, prompt_texts, strict=True)
+        ]
         self.tokenizer, self.protocol, self.config = tokenizer, protocol, config
+        self.retriever, self.watcher = retriever, watcher
         self.pad_id = tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = tokenizer.eos_token_id
         self.special_tokens = protocol.special_tokens is not False
+
+    def calls(self, rows: Iterable[int]) -> dict[int, _Call]:
+        """The next call of each of `rows` whose budgets let it make one."""
+        return {row: call for row in rows if (call := self.call(self.episodes[row])) is not None}
 
     def call(self, episode: Episode) -> tuple[list[int], int] | None:
         """The ids the next call sees and how many it may sample, or None when a budget ends
@@ -304,6 +394,40 @@ class _Play:
             context = context[: longest - 5]  # max_req_input_len: the head is kept
             budget = min(budget, longest - len(context) - 1)
         return context, budget
+
+    def read(self, items: Sequence[tuple[int, _Call, Generation, int]]) -> _Read:
+        """Add each finished call's turn (`row`, its call, what it generated, the turn's index)
+        to its episode, and say what each asks for next; the texts are decoded in one call."""
+        for _, call, generation, _ in items:
+            _check(generation, call[1])
+        # one call for the batch; guarded, as transformers decodes [] as one empty sequence
+        texts = (
+            self.tokenizer.batch_decode(
+                [generation.token_ids for _, _, generation, _ in items],
+                skip_special_tokens=self.protocol.tokens != "sampled",
+            )
+            if items
+            else []
+        )
+        read = _Read()
+        for (row, call, generation, turn), text in zip(items, texts, strict=True):
+            if self.watcher is not None:
+                decoded = self.tokenizer.decode(generation.token_ids, skip_special_tokens=True)
+                self.watcher.turn(row, decoded)
+            last_turn = turn == self.config.max_turns
+            outcome = self.turn(self.episodes[row], generation, text, call[0], last_turn)
+            if outcome is None:
+                continue
+            notice = self.config.final_turn_notice if turn + 1 == self.config.max_turns else ""
+            if outcome.kind == "text":
+                read.notes.append(_Note(row, outcome.content, notice))
+            elif outcome.kind == "search":
+                read.searches.append(_Search(row, outcome.content, notice))
+            else:
+                read.discarded.append(_Search(row, outcome.content))
+            if outcome.kind != "search_discarded" and not last_turn:
+                read.continuing.append(row)
+        return read
 
     def turn(
         self,
@@ -364,6 +488,38 @@ class _Play:
             episode.add_inserted([self.tokenizer.eos_token_id])
         return None
 
+    def insert_notes(self, notes: Sequence[_Note]) -> None:
+        self.observe([(self.episodes[note.row], note.text, note.notice) for note in notes])
+
+    def fetch(self, searches: Sequence[_Search]) -> list[list[Passage]]:
+        """The passages of `searches`, in one retriever call (none when there are none)."""
+        if not searches:
+            return []
+        queries = [search.query for search in searches]
+        config = self.config
+        results = search_through_outages(
+            self.retriever, queries, config.k, config.max_retriever_wait_s
+        )
+        if len(results) != len(queries):
+            raise RuntimeError(f"retriever returned {len(results)} result lists for {len(queries)}")
+        return results
+
+    def insert_results(self, searches: Sequence[_Search], results: Sequence[list[Passage]]) -> None:
+        """Insert each search's passages as an observation, followed by its notice (empty unless
+        the next turn is the last)."""
+        closing = self.protocol.observation_tail
+        items = []
+        for search, passages in zip(searches, results, strict=True):
+            if self.watcher is not None:
+                self.watcher.searched(search.row, search.query, passages)
+            episode = self.episodes[search.row]
+            episode.num_searches += 1
+            episode.queries.append(search.query)
+            episode.retrieved_ids.append([passage.id for passage in passages])
+            head = self.protocol.observation(passages).removesuffix(closing)
+            items.append((episode, head, closing + search.notice))
+        self.observe(items)
+
     def observe(self, items: Sequence[tuple[Episode, str, str]]) -> None:
         """Insert `head + tail` into each episode, cut to the observation budget as the protocol
         cuts it (a `passages` cut shortens the head and keeps the tail, the wrapper's closing
@@ -409,37 +565,6 @@ def _check(generation: Generation, budget: int) -> None:
         )
     if len(generation.token_ids) > budget:
         raise RuntimeError(f"generator returned {len(generation.token_ids)} ids, budget {budget}")
-
-
-def _run_searches(
-    searches: list[tuple[int, str]],
-    episodes: list[Episode],
-    retriever: Retriever,
-    play: _Play,
-    notice: str,
-    watcher: Watcher | None,
-) -> None:
-    """Run the turn's queries in one retriever call and insert each result as an observation,
-    followed by `notice` (empty unless the next turn is the last)."""
-    if not searches:
-        return
-    protocol, config = play.protocol, play.config
-    queries = [query for _, query in searches]
-    results = search_through_outages(retriever, queries, config.k, config.max_retriever_wait_s)
-    if len(results) != len(queries):
-        raise RuntimeError(f"retriever returned {len(results)} result lists for {len(queries)}")
-    closing = protocol.observation_tail
-    items = []
-    for (row, query), passages in zip(searches, results, strict=True):
-        if watcher is not None:
-            watcher.searched(row, query, passages)
-        episode = episodes[row]
-        episode.num_searches += 1
-        episode.queries.append(query)
-        episode.retrieved_ids.append([passage.id for passage in passages])
-        head = protocol.observation(passages).removesuffix(closing)
-        items.append((episode, head, closing + notice))
-    play.observe(items)
 
 
 def search_through_outages(

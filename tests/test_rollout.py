@@ -5,6 +5,7 @@ The transformers backend that plays real episodes is in test_generation.py."""
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
 from collections import defaultdict
@@ -16,7 +17,7 @@ from transformers import AutoTokenizer
 
 from research_r1 import rollout
 from research_r1.errors import RunStopped
-from research_r1.generators import Generation
+from research_r1.generators import BatchEngine, Generation
 from research_r1.protocol import SEARCH_R1
 from research_r1.retrieval import Passage, RetrievalError, RetrieverUnavailable
 from research_r1.rollout import (
@@ -25,6 +26,7 @@ from research_r1.rollout import (
     RolloutConfig,
     run_episodes,
     run_rollout,
+    run_rollout_continuous,
 )
 from research_r1.tiny import EOS
 
@@ -521,6 +523,137 @@ def test_an_episode_is_the_same_played_alone_or_in_a_batch(tokenizer, family):
     assert len(seen_together) > len(prompts)  # episodes searched, and went on
     lengths = {len(e.completion_ids) + len(e.completion_text) for e in together}
     assert len(lengths) > 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The continuous scheduler plays the same episodes, each on its own
+
+
+class StragglingEngine:
+    """An `Engine` over a `Generator` whose requests finish in an order of their own: each step
+    finishes a seeded random share of what is queued (at least one), one request at a time, as
+    a continuously batching engine returns whichever requests are done."""
+
+    def __init__(self, generator, seed: int = 0) -> None:
+        self.generator, self.random = generator, random.Random(seed)
+        self.queued: list[tuple[int, list[int], int, Sequence[str]]] = []
+        self.log: list[tuple[str, int]] = []  # ("submit" | "done", row), in order
+
+    def submit(self, key, context, max_new_tokens, stop) -> None:
+        self.queued.append((key, list(context), max_new_tokens, stop))
+        self.log.append(("submit", key))
+
+    def step(self) -> list[tuple[int, Generation]]:
+        done = self.random.sample(self.queued, self.random.randint(1, len(self.queued)))
+        finished = []
+        for request in done:
+            self.queued.remove(request)
+            key, context, budget, stop = request
+            finished.append((key, self.generator.generate([context], [budget], stop)[0]))
+            self.log.append(("done", key))
+        return finished
+
+
+def fields_of(episode: Episode) -> tuple:
+    return (
+        episode.completion_ids,
+        episode.env_mask,
+        episode.logprobs,
+        episode.completion_text,
+        episode.turns,
+        episode.queries,
+        episode.retrieved_ids,
+        episode.num_searches,
+        episode.answered,
+        episode.truncated,
+        episode.invalid_steps,
+        episode.finish,
+    )
+
+
+@pytest.mark.parametrize("family", ["ours", "search_r1", "research", "verltool", "r1_searcher"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_continuous_scheduler_plays_the_same_episodes(tokenizer, family, seed):
+    """Under budgets that bind, with requests finishing out of order: every field of every
+    episode equals the turn-synchronous scheduler's, and episodes went on before others ended
+    their turn."""
+    from research_r1.evaluation.families import get_family
+
+    if family == "ours":
+        protocol, settings = SEARCH_R1, {"max_completion_tokens": 90}
+    else:
+        audited = get_family(family)
+        protocol, settings = audited.template.protocol, dict(audited.rollout)
+        settings |= {"max_context": 160} if settings.get("max_context") else {"max_turns": 3}
+    config = RolloutConfig(
+        **{**settings, "k": 2, "max_new_tokens": 64, "max_observation_tokens": 30}
+    )
+    prompts = [
+        tokenizer.encode("question " + "word " * length, add_special_tokens=False)
+        for length in (3, 60, 17, 110, 8, 33)
+    ]
+    common = {"tokenizer": tokenizer, "protocol": protocol, "config": config}
+    synchronous = run_rollout(
+        prompts,
+        generator=ContextModel(tokenizer, protocol, answer_after=120),
+        retriever=RecordingRetriever(),
+        **common,
+    )
+    engine = StragglingEngine(ContextModel(tokenizer, protocol, answer_after=120), seed)
+    continuous = run_rollout_continuous(
+        prompts, engine=engine, retriever=RecordingRetriever(), **common
+    )
+
+    assert [fields_of(e) for e in continuous] == [fields_of(e) for e in synchronous]
+    assert sum(e.num_searches for e in continuous) > 0
+    started: set[int] = set()
+    decoding: set[int] = set()
+    went_on_beside_others = 0  # next turns submitted while another episode's call was decoding
+    for kind, row in engine.log:
+        if kind == "done":
+            decoding.remove(row)
+        else:
+            went_on_beside_others += row in started and bool(decoding)
+            started.add(row)
+            decoding.add(row)
+    assert went_on_beside_others > 0
+
+
+def test_the_continuous_scheduler_over_a_batch_engine_calls_as_the_synchronous_one(tokenizer):
+    """`BatchEngine` (transformers has no continuous batching here): the same generate calls,
+    and one retriever call per turn, as the turn-synchronous scheduler makes."""
+    scripts = {
+        "who wrote hamlet?": [
+            "<think> look </think><search> hamlet </search>",
+            "<answer> Shakespeare </answer>" + EOS,
+        ],
+        "capital of france?": ["<answer> Paris </answer>" + EOS],
+    }
+    prompts = [encode(tokenizer, prompt) for prompt in scripts]
+    config = RolloutConfig(k=2, max_new_tokens=40)
+    common = {"tokenizer": tokenizer, "protocol": SEARCH_R1, "config": config}
+    sync_policy, sync_retriever = ScriptedPolicy(tokenizer, scripts), RecordingRetriever()
+    sync = run_rollout(prompts, generator=sync_policy, retriever=sync_retriever, **common)
+    policy, retriever = ScriptedPolicy(tokenizer, scripts), RecordingRetriever()
+    engine = BatchEngine(policy)
+    continuous = run_rollout_continuous(prompts, engine=engine, retriever=retriever, **common)
+    assert [fields_of(e) for e in continuous] == [fields_of(e) for e in sync]
+    assert policy.calls == sync_policy.calls and retriever.calls == sync_retriever.calls
+
+
+def test_an_outage_in_the_search_thread_stops_the_continuous_run(tokenizer, monkeypatch):
+    monkeypatch.setattr(rollout, "OUTAGE_FIRST_WAIT_S", 0.01)
+    retriever = FlakyRetriever(*[RetrieverUnavailable("http://127.0.0.1:9: refused")] * 50)
+    scripts = {"who wrote hamlet?": ["<search> hamlet </search>", "<answer> x </answer>" + EOS]}
+    with pytest.raises(RunStopped, match="stayed unreachable"):
+        run_rollout_continuous(
+            [encode(tokenizer, "who wrote hamlet?")],
+            engine=BatchEngine(ScriptedPolicy(tokenizer, scripts)),
+            tokenizer=tokenizer,
+            retriever=retriever,
+            protocol=SEARCH_R1,
+            config=RolloutConfig(k=2, max_retriever_wait_s=0.05),
+        )
 
 
 def test_the_rollout_imports_neither_torch_nor_transformers():
