@@ -24,8 +24,8 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from itertools import islice
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from itertools import count, islice
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -34,7 +34,7 @@ from accelerate.utils import broadcast_object_list, gather_object
 from trl.generation.vllm_client import VLLMClient
 
 from research_r1.errors import InputError
-from research_r1.generators import Generation, Generator
+from research_r1.generators import Engine, Generation, Generator
 
 if TYPE_CHECKING:  # vLLM is an optional extra, imported where it is used
     from vllm import LLM
@@ -95,7 +95,8 @@ class VLLMGenerator:
 
     With `seed`, each row gets its own seed drawn from one stream, so repeated contexts (a GRPO
     group) still sample different continuations while a whole run stays reproducible. Without it,
-    the engine's own random state is used, as TRL does in colocate mode.
+    the engine's own random state is used, as TRL does in colocate mode. It is also an `Engine`
+    (`submit`, `step`: the engine's own `add_request` and `step`) for the continuous scheduler.
     """
 
     def __init__(
@@ -120,31 +121,62 @@ class VLLMGenerator:
             **(generation_kwargs or {}),
         }
         self._seeds = None if seed is None else random.Random(seed)
+        self._request_ids = count()
+        self._keys: dict[str, int] = {}  # engine request id -> the scheduler's key
 
     def generate(
         self, contexts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], stop: Sequence[str]
     ) -> list[Generation]:
-        from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         rows = _rows(contexts, max_new_tokens)
         if not rows:
             return []
         prompts = [TokensPrompt(prompt_token_ids=context) for context, _ in rows]
-        params = [
-            SamplingParams(
-                **self.sampling,
-                max_tokens=budget,
-                stop=list(stop),
-                include_stop_str_in_output=True,
-                skip_special_tokens=False,
-                logprobs=0,
-                seed=None if self._seeds is None else self._seeds.randrange(2**31),
-            )
-            for _, budget in rows
-        ]
+        params = [self._params(budget, stop) for _, budget in rows]
         outputs = self.llm.generate(prompts=prompts, sampling_params=params, use_tqdm=False)
         return [to_generation(output.outputs[0]) for output in outputs]
+
+    def submit(
+        self, key: int, context: Sequence[int], max_new_tokens: int, stop: Sequence[str]
+    ) -> None:
+        """Add one request to the engine (the continuous scheduler's `Engine`); `step` hands it
+        back when it is done. Never mixed with `generate` while requests are in flight."""
+        from vllm.inputs import TokensPrompt
+
+        ((context, budget),) = _rows([context], [max_new_tokens])
+        request_id = self.llm.llm_engine.add_request(
+            f"research-r1-{next(self._request_ids)}",
+            TokensPrompt(prompt_token_ids=context),
+            self._params(budget, stop, final_only=True),
+        )
+        self._keys[request_id] = key
+
+    def step(self) -> list[tuple[int, Generation]]:
+        """One engine step; the requests it finished, with their keys."""
+        outputs = self.llm.llm_engine.step()
+        return [
+            (self._keys.pop(output.request_id), to_generation(output.outputs[0]))
+            for output in outputs
+            if output.finished
+        ]
+
+    def _params(self, budget: int, stop: Sequence[str], final_only: bool = False) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        # `step` returns finished requests only (the default streams every request each step)
+        only_final = {"output_kind": RequestOutputKind.FINAL_ONLY} if final_only else {}
+        return SamplingParams(
+            **self.sampling,
+            max_tokens=budget,
+            stop=list(stop),
+            include_stop_str_in_output=True,
+            skip_special_tokens=False,
+            logprobs=0,
+            seed=None if self._seeds is None else self._seeds.randrange(2**31),
+            **only_final,
+        )
 
 
 def _choice_to_generation(choice: Mapping[str, Any]) -> Generation:
@@ -225,23 +257,112 @@ class VLLMServerGenerator:
 
     def _post(self, prompts: list[list[int]], budget: int, stop: Sequence[str]) -> list[dict]:
         """The request `VLLMClient.generate` would send, plus one budget and the stop strings."""
-        url = f"{self.client.base_url}/v1/completions"
-        payload = {
-            "model": self.client.model,
-            "prompt": prompts,
-            "return_token_ids": True,
-            "return_tokens_as_token_ids": True,
-            **self.sampling,
-            "max_tokens": budget,
-            "stop": list(stop),
-            "include_stop_str_in_output": True,
-            "skip_special_tokens": False,
-            "logprobs": 0,
+        return _post_completions(
+            self.client.session,
+            self.client.base_url,
+            self.client.model,
+            self.sampling,
+            prompts,
+            budget,
+            stop,
+        )
+
+
+class VLLMServerEngine:
+    """vLLM's server (TRL's server mode) as an `Engine` for the continuous scheduler, on each
+    rank by itself: every request is posted alone, from a pool of threads, as soon as its
+    episode needs it, and `step` hands back whichever are done. No collective: ranks do not wait
+    for each other between turns (the server batches what arrives). Nothing is gathered, so each
+    rank needs the server's address and model name (`server_address`)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        min_p: float = 0.0,
+        repetition_penalty: float = 1.0,
+        generation_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        import requests
+
+        self.base_url, self.model, self.session = base_url, model, requests.Session()
+        self.sampling = {
+            "n": 1,
+            "temperature": temperature,
+            "top_p": top_p,
+            "top_k": top_k,
+            "min_p": min_p,
+            "repetition_penalty": repetition_penalty,
+            **(generation_kwargs or {}),
         }
-        response = self.client.session.post(url, json=payload)
-        if response.status_code != 200:
-            raise RuntimeError(f"{url} answered {response.status_code}: {response.text}")
-        return sorted(response.json()["choices"], key=lambda choice: choice["index"])
+        self._pool = ThreadPoolExecutor(_MAX_CONCURRENT_REQUESTS, thread_name_prefix="vllm")
+        self._pending: dict[Future[list[dict]], int] = {}
+
+    def submit(
+        self, key: int, context: Sequence[int], max_new_tokens: int, stop: Sequence[str]
+    ) -> None:
+        ((context, budget),) = _rows([context], [max_new_tokens])
+        future = self._pool.submit(
+            _post_completions,
+            self.session,
+            self.base_url,
+            self.model,
+            self.sampling,
+            [context],
+            budget,
+            stop,
+        )
+        self._pending[future] = key
+
+    def step(self) -> list[tuple[int, Generation]]:
+        """The requests answered by now, waiting for the first if none is."""
+        if not self._pending:
+            return []
+        done, _ = wait(self._pending, return_when=FIRST_COMPLETED)
+        return [(self._pending.pop(f), _choice_to_generation(f.result()[0])) for f in done]
+
+
+def server_address(trainer: Any) -> tuple[str, str]:
+    """The vLLM server's base URL and model name, as the main process's TRL client has them,
+    sent to every rank (one broadcast, when the rollout function is built)."""
+    client = trainer.vllm_generation.vllm_client if trainer.accelerator.is_main_process else None
+    box = [(client.base_url, client.model) if client is not None else None]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
+
+
+def _post_completions(
+    session: Any,
+    base_url: str,
+    model: str,
+    sampling: Mapping[str, Any],
+    prompts: list[list[int]],
+    budget: int,
+    stop: Sequence[str],
+) -> list[dict]:
+    """One `/v1/completions` request as `VLLMClient.generate` would send it, plus one budget
+    and the stop strings; its choices in prompt order."""
+    url = f"{base_url}/v1/completions"
+    payload = {
+        "model": model,
+        "prompt": prompts,
+        "return_token_ids": True,
+        "return_tokens_as_token_ids": True,
+        **sampling,
+        "max_tokens": budget,
+        "stop": list(stop),
+        "include_stop_str_in_output": True,
+        "skip_special_tokens": False,
+        "logprobs": 0,
+    }
+    response = session.post(url, json=payload)
+    if response.status_code != 200:
+        raise RuntimeError(f"{url} answered {response.status_code}: {response.text}")
+    return sorted(response.json()["choices"], key=lambda choice: choice["index"])
 
 
 def vllm_generator_for(trainer: Any) -> Generator:
@@ -256,14 +377,7 @@ def vllm_generator_for(trainer: Any) -> Generator:
     args = trainer.args
     if not args.use_vllm:
         raise InputError("GRPOConfig.use_vllm is False: the trainer has no vLLM engine")
-    sampling = {
-        "temperature": args.temperature,
-        "top_p": args.top_p,
-        "top_k": args.top_k,
-        "min_p": args.min_p or 0.0,
-        "repetition_penalty": args.repetition_penalty,
-        "generation_kwargs": args.generation_kwargs,
-    }
+    sampling = _sampling(args)
     backend = trainer.vllm_generation
     if args.vllm_mode == "server":
         client = backend.vllm_client if trainer.accelerator.is_main_process else None
@@ -279,6 +393,28 @@ def vllm_generator_for(trainer: Any) -> Generator:
             "the engine would sleep without its weights between turns"
         )
     return VLLMGenerator(backend.llm, **sampling)
+
+
+def vllm_engine_for(trainer: Any) -> Engine:
+    """The `Engine` over a TRL 1.16 `GRPOTrainer`'s vLLM, for the continuous scheduler: the
+    colocated engine itself (stepped directly), or in server mode a `VLLMServerEngine` on each
+    rank. Refuses what `vllm_generator_for` refuses."""
+    generator = vllm_generator_for(trainer)
+    if isinstance(generator, VLLMGenerator):
+        return generator
+    return VLLMServerEngine(*server_address(trainer), **_sampling(trainer.args))
+
+
+def _sampling(args: Any) -> dict[str, Any]:
+    """The trainer's sampling settings, as the vLLM backends take them."""
+    return {
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "top_k": args.top_k,
+        "min_p": args.min_p or 0.0,
+        "repetition_penalty": args.repetition_penalty,
+        "generation_kwargs": args.generation_kwargs,
+    }
 
 
 def size_cpu_kv_cache(gib: int = 1) -> None:

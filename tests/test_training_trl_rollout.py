@@ -5,10 +5,12 @@ updates the weights."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from datasets import Dataset
-from helpers import RecordingRetriever
+from helpers import RecordingRetriever, Scripted
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from research_r1.protocol import RESEARCH, SEARCH_R1, TEMPLATES
@@ -139,11 +141,9 @@ def test_episodes_become_one_column_per_field():
     assert trl["inserted_tokens"][0] == 1  # the EOS the environment added after </answer>
 
 
-@pytest.mark.slow
-def test_grpo_step_masks_inserted_tokens_and_updates_weights(tmp_path, monkeypatch):
-    from trl import GRPOConfig, GRPOTrainer
-
-    monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")
+def searching_model(tmp_path):
+    """The tiny chat model with its head pushed towards tags and EOS, so episodes search, answer
+    and stop; its tokenizer; and the Search-R1 prompts of QUESTIONS."""
     template = TEMPLATES["search_r1"]
     prompts = [template.prompt(question) for question in QUESTIONS]
     texts = [m["content"] for p in prompts for m in p] + [SEARCH_R1.invalid_notice]
@@ -151,15 +151,63 @@ def test_grpo_step_masks_inserted_tokens_and_updates_weights(tmp_path, monkeypat
         tmp_path / "tiny", [*texts, FINAL_TURN_NOTICE], SEARCH_R1.tags, chat=True
     )
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    # A template option, as Qwen3's enable_thinking: the recipe's chat_template_kwargs turn it on.
-    tokenizer.chat_template = "{% if hint %}hamlet {% endif %}" + tokenizer.chat_template
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    # Push the random model towards tags and EOS so episodes search, answer and stop.
     bias = torch.zeros(model.config.vocab_size)
     pushes = {"<search>": 5.0, "</search>": 5.0, "<answer>": 3.0, "</answer>": 3.0}
     for token, push in {**pushes, tokenizer.eos_token: 3.0}.items():
         bias[tokenizer.convert_tokens_to_ids(token)] = push
     model.lm_head.bias = torch.nn.Parameter(bias)
+    return model, tokenizer, prompts
+
+
+def test_both_schedulers_give_trl_the_same_episodes(tmp_path, monkeypatch):
+    """`rollout_func` with `scheduler="continuous"` (transformers: over `BatchEngine`) returns
+    the columns the turn-synchronous one returns, episodes that search once, twice or not at
+    all side by side (a deterministic policy in place of the trainer's model)."""
+    from accelerate import Accelerator
+
+    from research_r1.training import trl_rollout
+
+    model, tokenizer, prompts = searching_model(tmp_path)
+    scripts = {
+        QUESTIONS[0]: ["<search> hamlet </search>", "<search> author </search>", "<answer> x"],
+        QUESTIONS[1]: ["<answer> Paris </answer>"],
+    }
+    monkeypatch.setattr(
+        trl_rollout, "TransformersGenerator", lambda *args, **kwargs: Scripted(tokenizer, scripts)
+    )
+    trainer = SimpleNamespace(
+        processing_class=tokenizer,
+        args=SimpleNamespace(
+            max_completion_length=120,
+            chat_template_kwargs=None,
+            use_vllm=False,
+            ds3_gather_for_generation=True,
+            gradient_checkpointing_kwargs=None,
+        ),
+        model_wrapped=model,
+        accelerator=Accelerator(cpu=True),
+        generation_kwargs={},
+        generation_config=None,
+    )
+    played = {}
+    for scheduler in ("turn", "continuous"):
+        rollout_func = make_rollout_func(
+            RecordingRetriever(), SEARCH_R1, k=1, max_turns=2, max_new_tokens=8, scheduler=scheduler
+        )
+        played[scheduler] = rollout_func(prompts * 2, trainer)
+    assert played["continuous"] == played["turn"]
+    assert played["turn"]["num_searches"] == [2, 0, 2, 0]
+
+
+@pytest.mark.slow
+def test_grpo_step_masks_inserted_tokens_and_updates_weights(tmp_path, monkeypatch):
+    from trl import GRPOConfig, GRPOTrainer
+
+    monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")
+    model, tokenizer, prompts = searching_model(tmp_path)
+    # A template option, as Qwen3's enable_thinking: the recipe's chat_template_kwargs turn it on.
+    tokenizer.chat_template = "{% if hint %}hamlet {% endif %}" + tokenizer.chat_template
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
 
     retriever = RecordingRetriever()
