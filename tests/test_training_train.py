@@ -40,6 +40,7 @@ from research_r1.tiny import build_tiny_model
 from research_r1.training import train
 from research_r1.training.callbacks import HubPushCallback
 from research_r1.training.configs import parse_recipe
+from research_r1.training.sampler import ZeroStdSkipSampler
 
 TINY_RECIPE = ROOT / "recipes" / "tiny_cpu_grpo.yaml"
 QA = [
@@ -297,6 +298,57 @@ def test_train_kill_resume_and_push(world, hub, tmp_path, caplog, capsys, monkey
     assert_token_nowhere(hub.token, [straight, resumed], caplog.text, output.out, output.err, card)
 
 
+@pytest.mark.slow
+def test_skipping_zero_std_prompts_logs_its_shares_and_resumes_as_it_ran(
+    world, tmp_path, monkeypatch
+):
+    """`skip_zero_std_prompts` on the 4-question world, 2 prompts a step, 4 steps (two epochs):
+    each step logs the share of its groups with zero reward std (TRL's frac_reward_zero_std,
+    here per group) and of the prompts skipped; each checkpoint holds the sampler's state; a run
+    killed after its first checkpoint and resumed scores the same prompts, with the same
+    outcomes, as the uninterrupted run."""
+    records: list[tuple[list[int], list[bool]]] = []
+    record = ZeroStdSkipSampler.record
+
+    def spy(self, prompts, zero_std):
+        records.append((list(prompts), list(zero_std)))
+        return record(self, prompts, zero_std)
+
+    monkeypatch.setattr(ZeroStdSkipSampler, "record", spy)
+    skip = ("--skip_zero_std_prompts", "true", "--max_steps", "4")
+    straight = tmp_path / "straight"
+    trainer = train.train(recipe(world, straight, *skip))
+
+    steps = [row for row in trainer.state.log_history if "loss" in row]
+    assert [row["step"] for row in steps] == [1, 2, 3, 4]
+    for row in steps:
+        assert row["sampler/zero_std_groups"] == row["frac_reward_zero_std"]
+        assert 0 <= row["sampler/skipped_prompts"] <= 1
+    assert any(row["sampler/skipped_prompts"] > 0 for row in steps)  # in epoch 2
+    saved = json.loads((straight / "checkpoint-4" / "trainer_state.json").read_text())
+    assert saved["log_history"][3]["sampler/skipped_prompts"] == steps[3]["sampler/skipped_prompts"]
+    assert (straight / "checkpoint-3" / "sampler_state.json").is_file()  # (save_total_limit 2)
+    assert [len(prompts) for prompts, _ in records] == [2, 2, 2, 2]
+    assert sorted(p for prompts, _ in records[:2] for p in prompts) == [0, 1, 2, 3]  # epoch 1
+
+    straight_records, records[:] = list(records), []
+    resumed = tmp_path / "resumed"
+    save = GRPOTrainer._save_checkpoint
+
+    def save_then_die(self, model, trial):
+        save(self, model, trial)
+        raise Killed
+
+    with monkeypatch.context() as patch, pytest.raises(Killed):
+        patch.setattr(GRPOTrainer, "_save_checkpoint", save_then_die)
+        train.train(recipe(world, resumed, *skip))
+    train.train(recipe(world, resumed, *skip, "--resume_from_checkpoint"))
+    assert records == straight_records
+    assert (resumed / "checkpoint-4" / "sampler_state.json").read_text() == (
+        straight / "checkpoint-4" / "sampler_state.json"
+    ).read_text()
+
+
 def special_tag_model(world: SimpleNamespace, folder: Path) -> Path:
     """The tiny model with `<search>` registered as a special token."""
     shutil.copytree(world.model, folder)
@@ -350,6 +402,7 @@ START_UP_FAILURES = [
     (["--eval_suite", "search_r1", "--eval_limit", "0"], r"^eval_limit: 0; give at least 1"),
     (["--space_repo", "not a repo"], r"^space_repo: 'not a repo' is not a repo id"),
     (["--no_such_key", "1"], r"^recipe: .*--no_such_key"),
+    (["--skip_zero_std_decay", "1"], r"^skip_zero_std_decay: must be in \[0, 1\) so skipped"),
 ]
 
 

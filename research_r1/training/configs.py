@@ -109,7 +109,8 @@ class SearchScriptArguments(ScriptArguments):
 
 @dataclass
 class SearchGRPOConfig(GRPOConfig):
-    """GRPOConfig plus the multi-turn search rollout's budgets (Search-R1's paper values)."""
+    """GRPOConfig plus the multi-turn search rollout's budgets (Search-R1's paper values) and
+    the sampler that skips prompts whose groups had zero reward std."""
 
     max_turns: int = field(default=4, metadata={"help": "Searches allowed per episode."})
     retrieval_topk: int = field(default=3, metadata={"help": "Passages per search."})
@@ -130,12 +131,45 @@ class SearchGRPOConfig(GRPOConfig):
             "timeout, HTTP 5xx) before the run stops; resume it from its last checkpoint."
         },
     )
+    skip_zero_std_prompts: bool = field(
+        default=False,
+        metadata={
+            "help": "Spend fewer rollouts on prompts that cannot teach: a prompt whose last "
+            "skip_zero_std_after groups all had zero reward std (all solved, or all failed) is "
+            "skipped when it next comes up with probability skip_zero_std_probability, which "
+            "is multiplied by skip_zero_std_decay at each skip so the prompt comes back; a "
+            "group of it whose rewards differ resets it. A skipped prompt is replaced by the "
+            "next one, so batches keep their size. Logs sampler/zero_std_groups and "
+            "sampler/skipped_prompts per step (research_r1.training.sampler)."
+        },
+    )
+    skip_zero_std_after: int = field(
+        default=1, metadata={"help": "Zero-std groups in a row before a prompt may be skipped."}
+    )
+    skip_zero_std_probability: float = field(
+        default=1.0, metadata={"help": "Skip probability of such a prompt before any skip."}
+    )
+    skip_zero_std_decay: float = field(
+        default=0.5, metadata={"help": "Factor on a prompt's skip probability at each skip."}
+    )
     if _OLD_CHECKPOINTING_NAME:
         activation_checkpointing: bool | None = field(
             default=None, metadata={"help": "gradient_checkpointing, by its newer name."}
         )
 
     def __post_init__(self) -> None:
+        if self.skip_zero_std_after < 1:
+            raise InputError(
+                f"skip_zero_std_after: must be at least 1, got {self.skip_zero_std_after}"
+            )
+        if not 0.0 <= self.skip_zero_std_probability <= 1.0:
+            value = self.skip_zero_std_probability
+            raise InputError(f"skip_zero_std_probability: must be in [0, 1], got {value}")
+        if not 0.0 <= self.skip_zero_std_decay < 1.0:
+            raise InputError(
+                f"skip_zero_std_decay: must be in [0, 1) so skipped prompts come back, got "
+                f"{self.skip_zero_std_decay}"
+            )
         if _OLD_CHECKPOINTING_NAME and self.activation_checkpointing is not None:
             self.gradient_checkpointing = self.activation_checkpointing
         super().__post_init__()

@@ -21,13 +21,14 @@ import dataclasses
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import datasets
 import transformers
 from accelerate import PartialState
+from accelerate.utils import gather_object
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.trainer_utils import get_last_checkpoint
@@ -54,6 +55,12 @@ from research_r1.training.configs import (
     parse_recipe,
 )
 from research_r1.training.publish import EVAL_FOLDER, model_card, read_evaluations
+from research_r1.training.sampler import (
+    INDEX_COLUMN,
+    ZeroStdSkipSampler,
+    with_prompt_index,
+    zero_std_groups,
+)
 from research_r1.training.trl_rollout import make_episode_metrics, make_rollout_func
 
 logger = logging.getLogger(__name__)
@@ -67,11 +74,70 @@ FINAL_PUSH_IGNORE = ["_*", "checkpoint-*"]
 
 class SearchGRPOTrainer(GRPOTrainer):
     """TRL's GRPOTrainer whose model card, written at every checkpoint and before the final
-    push, is ours: how the agent was trained, its recipe, and its evaluation results."""
+    push, is ours: how the agent was trained, its recipe, and its evaluation results.
 
-    def __init__(self, *args: Any, card: dict[str, Any], **kwargs: Any) -> None:
+    With `skip_zero_std_prompts`, its training sampler is `ZeroStdSkipSampler`: the training
+    split gets an `INDEX_COLUMN`, each generation's gathered rewards (the same on every process)
+    tell the sampler which prompts' groups had zero std, its state goes into each checkpoint
+    beside the RNG states and comes back on resume, and every step logs
+    `sampler/zero_std_groups` and `sampler/skipped_prompts`."""
+
+    def __init__(
+        self, *args: Any, card: dict[str, Any], train_dataset: Any = None, **kwargs: Any
+    ) -> None:
         self.card = card
-        super().__init__(*args, **kwargs)
+        self.skipper: ZeroStdSkipSampler | None = None
+        self.resume_from: str | bool | None = None
+        if (
+            getattr(kwargs.get("args"), "skip_zero_std_prompts", False)
+            and train_dataset is not None
+        ):
+            train_dataset = with_prompt_index(train_dataset)
+        super().__init__(*args, train_dataset=train_dataset, **kwargs)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> Any:
+        self.resume_from = resume_from_checkpoint
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _get_train_sampler(self, dataset: Any = None) -> Any:
+        sampler = super()._get_train_sampler(dataset)
+        if not getattr(self.args, "skip_zero_std_prompts", False):
+            return sampler
+        self.skipper = ZeroStdSkipSampler(
+            sampler.data_source,
+            sampler.mini_repeat_count,
+            sampler.batch_size,
+            sampler.repeat_count,
+            sampler.shuffle,
+            sampler.seed,
+            after=self.args.skip_zero_std_after,
+            probability=self.args.skip_zero_std_probability,
+            decay=self.args.skip_zero_std_decay,
+        )
+        checkpoint = self.resume_from
+        if checkpoint is True:
+            checkpoint = get_last_checkpoint(self.args.output_dir)
+        if checkpoint and not self.skipper.load(checkpoint):
+            logger.warning("%s holds no sampler state: prompts start unskipped", checkpoint)
+        if self.args.ignore_data_skip:  # the data loader does not skip the trained batches
+            self.skipper.replay = []
+        return self.skipper
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        if self.skipper is not None and self.model.training:
+            indices = gather_object([row[INDEX_COLUMN] for row in inputs])
+            flat = zero_std_groups(rewards, self.reward_weights, self.num_generations)
+            skipped = self.skipper.record(indices[:: self.num_generations], flat)
+            self._metrics["train"]["sampler/zero_std_groups"].append(sum(flat) / len(flat))
+            self._metrics["train"]["sampler/skipped_prompts"].append(skipped)
+        return rewards
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        """The RNG states, and the sampler's, which is the data order's."""
+        super()._save_rng_state(output_dir)
+        if self.skipper is not None and self.args.should_save:
+            self.skipper.save(output_dir)
 
     def create_model_card(self, model_name: str | None = None, **_: Any) -> None:
         if not self.is_world_process_zero():
@@ -85,8 +151,9 @@ class SearchGRPOTrainer(GRPOTrainer):
         card.save(output_dir / "README.md")
 
 
-def train(argv: list[str]) -> SearchGRPOTrainer:
-    """Parse the recipe, check it, train (resuming when asked), save, and publish when asked."""
+def train(argv: list[str], extra_callbacks: Sequence[Any] = ()) -> SearchGRPOTrainer:
+    """Parse the recipe, check it, train (resuming when asked), save, and publish when asked.
+    `extra_callbacks` join the trainer's (benchmarks/skip_solved.py measures with one)."""
     script, args, model_args = parse_recipe(argv)
     set_up_logging(args)
     check_recipe(script, args, model_args)
@@ -117,7 +184,7 @@ def train(argv: list[str]) -> SearchGRPOTrainer:
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
         quantization_config=get_quantization_config(model_args),
-        callbacks=callbacks(args),
+        callbacks=[*callbacks(args), *extra_callbacks],
         rollout_func=make_rollout_func(
             retriever,
             template.protocol,
