@@ -340,6 +340,19 @@ def evaluate(
     """
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    return score(model, tokenizer, questions, retriever, template, config, batch_size)
+
+
+def score(
+    model: Any,
+    tokenizer: Any,
+    questions: Sequence[Question],
+    retriever: Retriever,
+    template: Template,
+    config: RolloutConfig,
+    batch_size: int,
+) -> Scores:
+    """`evaluate` for a model already loaded (in eval mode)."""
     greedy = GenerationConfig(do_sample=False)
     episodes = run_episodes(
         TransformersGenerator(model, tokenizer, greedy, batch_size=batch_size),
@@ -379,10 +392,18 @@ def evaluate(
 # GRPO through the training entry point
 
 
-def grpo(paths: dict[str, Path], model_dir: Path, out: Path, steps: int | None, seed: int):
+def grpo(
+    paths: dict[str, Path],
+    model_dir: Path,
+    out: Path,
+    steps: int | None,
+    seed: int,
+    *extra: str,
+    callbacks: Sequence[Any] = (),
+):
     """Train with `research_r1.training.train` on the recipe as it is, pointed at this run's
     artefacts (the recipe names the default output folder's) and seed; `steps` overrides
-    max_steps."""
+    max_steps. `extra` (recipe flags) and `callbacks` are for benchmarks/skip_solved.py."""
     if not RECIPE.is_file():
         raise InputError(f"recipe {RECIPE} not found: run the demo from a source checkout")
     overrides = {
@@ -399,7 +420,7 @@ def grpo(paths: dict[str, Path], model_dir: Path, out: Path, steps: int | None, 
     argv = [str(RECIPE)]
     for key, value in overrides.items():
         argv += [f"--{key}", str(value)]
-    return train(argv)
+    return train([*argv, *extra], extra_callbacks=callbacks)
 
 
 # ---------------------------------------------------------------------------------------------
