@@ -89,6 +89,22 @@ def write_corpus(path: Path, passages: Sequence[tuple[str, str]] = PASSAGES) -> 
     return write_jsonl(path, [{"id": str(i), "contents": c} for i, c in enumerate(contents)])
 
 
+# Corpus `contents` whose first line is not one title in one pair of quotes (`""Title: ...
+# Text: ...`, no quotes, quotes inside, no newline after it, CR LF): each must be encoded,
+# indexed and served exactly as stored, never rebuilt from a title and text.
+MALFORMED_CONTENTS = [
+    '""Title: Kyoto Protocol Text: A treaty that extends the 1992 climate convention.',
+    '""Title: Sea otter" Text: A marine mammal of the North Pacific.\nIt eats sea urchins.',
+    "Unquoted Vesuvius\nA volcano on the Gulf of Naples, without quotes around its title.",
+    '"Say "hi" to Zanzibar""\nA title with quotes inside it and one too many at its end.',
+    '  "Spaced Reykjavik"  \nThe capital of Iceland, its title line padded with spaces.',
+    '"Carriage Return Lisbon"\r\nThe capital of Portugal, its title line ending in CR LF.',
+    '"Only a title: Timbuktu"',
+    '"Trailing newline Quito"\n',
+    '"Café – naïve Montréal"\nA city in Québec ✓, a tab\there.\n\nAnd a blank line.',
+]
+
+
 def write_bm25(root: Path, contents: Sequence[str]) -> Path:
     """A corpus of `contents` (ids "0", "1", ...), its BM25 index and the retriever config
     (`root/bm25.yaml`) that loads them."""

@@ -1,5 +1,6 @@
 """BM25 (research_r1.retrieval.bm25): rankings equal a brute-force Lucene BM25, the index loads
-memory-mapped and searches in batches, and an index of another corpus is refused."""
+memory-mapped and searches in batches, an index of another corpus is refused, and malformed rows
+are indexed and returned exactly as stored."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ import numpy as np
 import pytest
 import Stemmer
 from bm25s.stopwords import STOPWORDS_EN
-from helpers import PASSAGES, write_corpus
+from bm25s.tokenization import Tokenizer
+from helpers import MALFORMED_CONTENTS, PASSAGES, write_corpus, write_jsonl
 
 from research_r1.errors import InputError
-from research_r1.retrieval.bm25 import BM25Retriever
+from research_r1.retrieval.bm25 import BM25Retriever, build_bm25_index
 from research_r1.retrieval.config import load_retriever
 from research_r1.retrieval.corpus import load_corpus
 
@@ -90,3 +92,27 @@ def test_bm25_index_of_another_corpus_is_refused(bm25_index, tmp_path: Path) -> 
         BM25Retriever(other, index_dir)
     with pytest.raises(InputError, match="is not a BM25 index folder"):
         BM25Retriever(other, tmp_path)
+
+
+def test_bm25_indexes_and_returns_contents_as_stored(tmp_path: Path, monkeypatch) -> None:
+    """The text BM25 tokenizes for each row is its stored contents, byte for byte, whatever its
+    first line looks like; a word of that first line finds the row, returned as stored."""
+    rows = [{"id": str(i), "contents": c} for i, c in enumerate(MALFORMED_CONTENTS)]
+    corpus = load_corpus(write_jsonl(tmp_path / "corpus.jsonl", rows), cache_dir=tmp_path)
+    tokenized: list[str] = []
+    tokenize = Tokenizer.tokenize
+
+    def spy(self, texts, *args, **kwargs):
+        texts = list(texts)
+        tokenized.extend(texts)
+        return tokenize(self, texts, *args, **kwargs)
+
+    monkeypatch.setattr(Tokenizer, "tokenize", spy)
+    build_bm25_index(corpus, tmp_path / "index")
+    assert [t.encode() for t in tokenized] == [c.encode() for c in MALFORMED_CONTENTS]
+    retriever = BM25Retriever(corpus, tmp_path / "index")
+    words = ["Kyoto", "otter", "Vesuvius", "Zanzibar", "Reykjavik", "Lisbon", "Timbuktu", "Quito"]
+    found = retriever.search([*words, "Montréal"], 1)
+    assert [[p.contents.encode() for p in result] for result in found] == [
+        [c.encode()] for c in MALFORMED_CONTENTS
+    ]

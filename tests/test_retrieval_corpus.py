@@ -1,23 +1,31 @@
 """The corpus (research_r1.retrieval.corpus): every source format read the same way into a
-memory-mapped Arrow file, cached until the source changes, bad rows named, and a passage's
-contents split into title and text."""
+memory-mapped Arrow file, cached until the source changes, contents kept byte for byte however
+malformed, bad rows named, and a passage's contents split into title and text."""
 
 from __future__ import annotations
 
 import gzip
 import json
+import logging
 import re
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import PASSAGES, write_corpus
+from helpers import MALFORMED_CONTENTS, PASSAGES, write_corpus, write_jsonl
 
 from research_r1.errors import InputError
 from research_r1.retrieval import Passage
 from research_r1.retrieval import corpus as corpus_module
-from research_r1.retrieval.corpus import SCHEMA, Corpus, load_corpus, split_contents
+from research_r1.retrieval.corpus import (
+    FORMAT_VERSION,
+    LEGACY_SCHEMA,
+    SCHEMA,
+    Corpus,
+    load_corpus,
+    split_contents,
+)
 
 
 def test_corpus_parses_titles_from_every_format_the_same_way(tmp_path: Path) -> None:
@@ -46,7 +54,7 @@ def test_corpus_parses_titles_from_every_format_the_same_way(tmp_path: Path) -> 
     expected = [
         Passage("a", '"Hamlet"\nA tragedy.\nSecond line.', 0.0),
         Passage("7", "No quotes\ntext", 0.0),
-        Passage("c", '"Only a title"\n', 0.0),
+        Passage("c", '"Only a title"', 0.0),
         Passage("d", '"Given title"\ngiven text', 0.0),
     ]
     for source in (jsonl, gz, parquet):
@@ -71,16 +79,79 @@ def test_corpus_parses_titles_from_every_format_the_same_way(tmp_path: Path) -> 
     ]
 
 
-def test_a_corpus_file_of_format_1_gets_its_titles_quotes_back(tmp_path: Path) -> None:
-    """Format 1 stored titles without their quotes; such a file, given as is, reads as before."""
-    arrow = tmp_path / "old.arrow"
-    schema = SCHEMA.with_metadata({"research_r1_format": "1"})
-    with pa.OSFile(str(arrow), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-        writer.write_batch(
-            pa.record_batch({"id": ["a"], "title": ["Hamlet"], "text": ["A tragedy."]}, schema)
-        )
-    [passage] = load_corpus(arrow).passages([0], [1.0])
-    assert passage == Passage("a", '"Hamlet"\nA tragedy.', 1.0)
+def write_legacy(path: Path, version: str, title: str, text: str, **metadata: str) -> Path:
+    """An Arrow corpus file of format 1 or 2 (title and text columns) holding one row."""
+    schema = LEGACY_SCHEMA.with_metadata({"research_r1_format": version, **metadata})
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+        writer.write_batch(pa.record_batch({"id": ["a"], "title": [title], "text": [text]}, schema))
+    return path
+
+
+@pytest.mark.parametrize("source", ["c.jsonl", "c.jsonl.gz", "c.parquet"])
+def test_malformed_contents_round_trip_byte_for_byte(tmp_path: Path, source: str) -> None:
+    """Whatever the first line holds (no quotes, extra quotes, no newline at all, CR LF), the
+    corpus gives back the stored `contents`, byte for byte, to an index builder
+    (`contents`) and in every passage; title and text are still read from it for display."""
+    path = tmp_path / source
+    rows = [{"id": str(i), "contents": c} for i, c in enumerate(MALFORMED_CONTENTS)]
+    if source.endswith(".parquet"):
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    elif source.endswith(".gz"):
+        path.write_bytes(gzip.compress(write_jsonl(tmp_path / "plain.jsonl", rows).read_bytes()))
+    else:
+        write_jsonl(path, rows)
+    corpus = load_corpus(path, cache_dir=tmp_path / "cache")
+    stored = [c.encode() for c in MALFORMED_CONTENTS]
+    assert [c.encode() for c in corpus.contents(0, len(corpus))] == stored
+    assert [c.encode() for c in corpus.contents(2, 5)] == stored[2:5]
+    rows_asked = list(reversed(range(len(corpus))))
+    passages = corpus.passages(rows_asked, [0.5] * len(corpus))
+    assert [p.contents.encode() for p in passages] == [stored[row] for row in rows_asked]
+    assert [p.id for p in passages] == [str(row) for row in rows_asked]
+    [[kyoto], [timbuktu]] = corpus.results([[0], [6]], [[2.0], [1.0]])
+    assert kyoto == Passage("0", MALFORMED_CONTENTS[0], 2.0)
+    assert (kyoto.title, kyoto.text) == (
+        "Title: Kyoto Protocol Text: A treaty that extends the 1992 climate convention.",
+        "",
+    )
+    assert (timbuktu.title, timbuktu.text) == ("Only a title: Timbuktu", "")
+
+
+def test_a_conversion_of_an_older_format_is_redone(tmp_path: Path, caplog) -> None:
+    """A cached conversion of format 2 (title and text apart, a newline added to a row stored
+    without one) is made again from the source, not read."""
+    source = write_jsonl(tmp_path / "c.jsonl", [{"id": "a", "contents": MALFORMED_CONTENTS[0]}])
+    cache = tmp_path / "cache"
+    stale = corpus_module._cache_path(source, cache)
+    stale.parent.mkdir()
+    stamp = corpus_module._source_stamp(source) | {"research_r1_format": "2"}
+    write_legacy(stale, "2", MALFORMED_CONTENTS[0], "", **stamp)
+    with caplog.at_level(logging.WARNING):
+        corpus = load_corpus(source, cache_dir=cache)
+    assert corpus.path == stale
+    assert corpus.contents(0, 1) == [MALFORMED_CONTENTS[0]]  # not MALFORMED_CONTENTS[0] + "\n"
+    schema = pa.ipc.open_file(pa.memory_map(str(stale))).schema
+    assert schema.remove_metadata() == SCHEMA
+    assert schema.metadata[b"research_r1_format"] == FORMAT_VERSION.encode()
+    assert not caplog.records
+
+
+@pytest.mark.parametrize(
+    ("version", "title", "contents"),
+    [("1", "Hamlet", '"Hamlet"\nA tragedy.'), ("2", "Hamlet", "Hamlet\nA tragedy.")],
+)
+def test_a_corpus_file_of_an_older_format_given_as_is_still_loads(
+    tmp_path: Path, caplog, version: str, title: str, contents: str
+) -> None:
+    """Formats 1 and 2 kept title and text apart (format 1 without the title's quotes); such a
+    file, given as is, reads as before, with a warning that its contents are rebuilt."""
+    arrow = write_legacy(tmp_path / "old.arrow", version, title, "A tragedy.")
+    with caplog.at_level(logging.WARNING):
+        corpus = load_corpus(arrow)
+    [passage] = corpus.passages([0], [1.0])
+    assert passage == Passage("a", contents, 1.0)
+    assert corpus.contents(0, 1) == [contents]
+    assert f"format {version}, which kept title and text apart" in caplog.text
 
 
 def test_corpus_is_memory_mapped_not_copied(tmp_path: Path) -> None:

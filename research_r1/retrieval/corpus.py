@@ -3,10 +3,16 @@
 Search-R1 and FlashRAG ship corpora as JSON lines (`{"id": str, "contents": "\\"Title\\"\\ntext"}`,
 often gzipped) or parquet. Parsing 21M JSON rows into Python objects on every start-up would take
 minutes and tens of GB, so the source is converted once into an uncompressed Arrow IPC file with
-the columns `id`, `title` (the first line of `contents` exactly as stored, quotes and all), `text`
-(cached under `$HF_HOME/research_r1/corpora`, never beside the source), and later loads map that
-file: the OS pages in only the rows a search returns.
+the columns `id` and `contents` (cached under `$HF_HOME/research_r1/corpora`, never beside the
+source), and later loads map that file: the OS pages in only the rows a search returns.
 Row `i` of the corpus is row `i` of every index built from it.
+
+`contents` is kept exactly as stored, character for character, whatever its first line looks like
+(`""Title: ... Text: ...`, a title without quotes, no newline at all): it is what every
+index encodes or tokenizes, what a `Passage` carries and what the server sends, as Search-R1's
+index builder and server use it. Title and text (`Passage.title`, `.text`, `split_contents`) are
+read from it for display only. A parquet source with `title` and `text` columns instead has its
+`contents` made once, at conversion, as `"title"` then a newline and the text.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
@@ -29,11 +36,16 @@ from research_r1.errors import InputError
 from research_r1.hub import resolve
 from research_r1.retrieval import Passage
 
-SCHEMA = pa.schema([("id", pa.string()), ("title", pa.string()), ("text", pa.string())])
+logger = logging.getLogger(__name__)
+
+SCHEMA = pa.schema([("id", pa.string()), ("contents", pa.string())])
 INFO_FILE = "index_info.json"  # written beside an index: the corpus it was built from, and how
-FORMAT_VERSION = "2"  # bump when the Arrow layout changes, so stale caches are rebuilt
-# Format 1 kept titles without their quotes; such a file (an .arrow given as is) is read with the
-# quotes put back, which is exact for every title that neither starts nor ends with one.
+FORMAT_VERSION = "3"  # bump when the Arrow layout changes, so stale caches are rebuilt
+# Formats 1 and 2 split `contents` into a title line and the text; format 1 also took the
+# title's quotes off. An .arrow file of either, given as is, still loads, with `contents` rebuilt
+# from the split: exact for format 2 except rows stored without a newline (they gain one), and
+# for format 1 only where the title line was one title in one pair of quotes.
+LEGACY_SCHEMA = pa.schema([("id", pa.string()), ("title", pa.string()), ("text", pa.string())])
 _UNQUOTED_TITLES = "1"
 _BATCH_ROWS = 50_000
 
@@ -51,21 +63,33 @@ class Corpus:
     def __init__(self, arrow_path: str | os.PathLike) -> None:
         self.path = Path(arrow_path)
         self._table = pa.ipc.open_file(pa.memory_map(str(self.path))).read_all()
-        if self._table.schema.remove_metadata() != SCHEMA:
+        schema = self._table.schema.remove_metadata()
+        self._legacy = schema == LEGACY_SCHEMA
+        if schema != SCHEMA and not self._legacy:
             raise InputError(f"{self.path} is not a corpus file (columns must be {SCHEMA.names})")
         metadata = self._table.schema.metadata or {}
-        self._quote = metadata.get(b"research_r1_format", b"1").decode() == _UNQUOTED_TITLES
+        version = metadata.get(b"research_r1_format", b"1").decode()
+        self._quote = self._legacy and version == _UNQUOTED_TITLES
+        if self._legacy:
+            logger.warning(
+                "%s is a corpus file of format %s, which kept title and text apart: contents "
+                "are rebuilt from them and differ from the source's where its first line was "
+                "malformed; load the source (jsonl or parquet) to convert it again",
+                self.path,
+                version,
+            )
 
     def __len__(self) -> int:
         return self._table.num_rows
 
     def passages(self, rows: Sequence[int], scores: Sequence[float]) -> list[Passage]:
         """The passages at `rows`, in that order, each carrying its score."""
-        picked = self._table.take(pa.array(rows, type=pa.int64())).to_pydict()
-        contents = self._contents(picked["title"], picked["text"])
+        picked = self._table.take(pa.array(rows, type=pa.int64()))
         return [
-            Passage(id=id_, contents=text, score=float(score))
-            for id_, text, score in zip(picked["id"], contents, scores, strict=True)
+            Passage(id=id_, contents=contents, score=float(score))
+            for id_, contents, score in zip(
+                picked.column("id").to_pylist(), self._contents(picked), scores, strict=True
+            )
         ]
 
     def results(
@@ -83,14 +107,17 @@ class Corpus:
         return split
 
     def contents(self, start: int, stop: int) -> list[str]:
-        """Rows `start..stop` as their `contents` strings (`"Title"` line, then the text): the
-        exact form Search-R1's published e5 index was encoded from."""
-        chunk = self._table.slice(start, stop - start).to_pydict()
-        return self._contents(chunk["title"], chunk["text"])
+        """Rows `start..stop`'s `contents` exactly as stored: what every index encodes or
+        tokenizes (Search-R1's published e5 index was encoded from the same strings)."""
+        return self._contents(self._table.slice(start, stop - start))
 
-    def _contents(self, titles: Sequence[str], texts: Sequence[str]) -> list[str]:
+    def _contents(self, table: pa.Table) -> list[str]:
+        if not self._legacy:
+            return table.column("contents").to_pylist()
+        titles = table.column("title").to_pylist()
         if self._quote:
             titles = [f'"{title}"' for title in titles]
+        texts = table.column("text").to_pylist()
         return [f"{title}\n{text}" for title, text in zip(titles, texts, strict=True)]
 
 
@@ -208,7 +235,6 @@ def _append(batch: dict[str, list[str]], row: Any, where: str) -> None:
         contents = row["contents"]
         if not isinstance(contents, str):
             raise InputError(f"{where}: field 'contents' must be a string, got {contents!r}")
-        title, _, text = contents.partition("\n")
     else:
         title, text = row.get("title"), row.get("text")
         for field, value in (("title", title), ("text", text)):
@@ -217,14 +243,13 @@ def _append(batch: dict[str, list[str]], row: Any, where: str) -> None:
                     f"{where}: needs a string field 'contents' (or 'title' and 'text'); "
                     f"field '{field}' is {value!r}"
                 )
-        title = f'"{title}"'  # as a `contents` field would hold it
+        contents = f'"{title}"\n{text}'  # as a `contents` field would hold it
     batch["id"].append(str(id_))
-    batch["title"].append(title)
-    batch["text"].append(text)
+    batch["contents"].append(contents)
 
 
 def _empty_batch() -> dict[str, list[str]]:
-    return {"id": [], "title": [], "text": []}
+    return {"id": [], "contents": []}
 
 
 def _cache_path(source: Path, cache_dir: str | os.PathLike | None) -> Path:
