@@ -177,8 +177,7 @@ def synthetic_corpus(source: Corpus, count: int, path: Path) -> Path:
             originals = source.passages(rows, [0.0] * len(rows))
             for row, original in zip(range(start, stop), originals, strict=True):
                 id_ = original.id if row < len(source) else f"synthetic-{row}"
-                contents = f'"{original.title}"\n{original.text}'
-                sink.write(json.dumps({"id": id_, "contents": contents}) + "\n")
+                sink.write(json.dumps({"id": id_, "contents": original.contents}) + "\n")
     os.replace(tmp, path)
     return path
 
@@ -189,7 +188,10 @@ def load_workload(args: argparse.Namespace) -> Workload:
     encoder = Encoder(args.encoder, device="cpu")
     source = args.corpus.resolve()
     corpus = real = load_corpus(source, cache_dir=cache / "corpora")
-    key = file_stamp(source, source.stat().st_size, source.stat().st_mtime_ns, args.encoder)
+    # "contents as stored": vectors cached before passages were encoded from their stored
+    # contents (rather than a title and text joined again) are not reused
+    stat = source.stat()
+    key = file_stamp(source, stat.st_size, stat.st_mtime_ns, args.encoder, "contents as stored")
     path = cache / "embeddings" / f"{key}.npy"
     vectors = real_vectors = encode_cached(encoder, real.contents, len(real), path)
     note = f"{len(real)} real passage vectors (cached in {path})"
@@ -559,10 +561,7 @@ def overheads(
                 break
     answer = {
         "result": [
-            [
-                {"document": {"id": p.id, "contents": f'"{p.title}"\n{p.text}'}, "score": p.score}
-                for p in passages
-            ]
+            [{"document": {"id": p.id, "contents": p.contents}, "score": p.score} for p in passages]
             for passages in mine
         ]
     }
