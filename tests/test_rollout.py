@@ -571,9 +571,16 @@ def fields_of(episode: Episode) -> tuple:
     )
 
 
+class NetworkRetriever(RecordingRetriever):
+    """As a remote retriever: the continuous scheduler calls it from its search thread."""
+
+    waits_on_network = True
+
+
 @pytest.mark.parametrize("family", ["ours", "search_r1", "research", "verltool", "r1_searcher"])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_the_continuous_scheduler_plays_the_same_episodes(tokenizer, family, seed):
+@pytest.mark.parametrize("retriever", [RecordingRetriever, NetworkRetriever])
+def test_the_continuous_scheduler_plays_the_same_episodes(tokenizer, family, seed, retriever):
     """Under budgets that bind, with requests finishing out of order: every field of every
     episode equals the turn-synchronous scheduler's, and episodes went on before others ended
     their turn."""
@@ -600,9 +607,7 @@ def test_the_continuous_scheduler_plays_the_same_episodes(tokenizer, family, see
         **common,
     )
     engine = StragglingEngine(ContextModel(tokenizer, protocol, answer_after=120), seed)
-    continuous = run_rollout_continuous(
-        prompts, engine=engine, retriever=RecordingRetriever(), **common
-    )
+    continuous = run_rollout_continuous(prompts, engine=engine, retriever=retriever(), **common)
 
     assert [fields_of(e) for e in continuous] == [fields_of(e) for e in synchronous]
     assert sum(e.num_searches for e in continuous) > 0
@@ -644,6 +649,7 @@ def test_the_continuous_scheduler_over_a_batch_engine_calls_as_the_synchronous_o
 def test_an_outage_in_the_search_thread_stops_the_continuous_run(tokenizer, monkeypatch):
     monkeypatch.setattr(rollout, "OUTAGE_FIRST_WAIT_S", 0.01)
     retriever = FlakyRetriever(*[RetrieverUnavailable("http://127.0.0.1:9: refused")] * 50)
+    retriever.waits_on_network = True
     scripts = {"who wrote hamlet?": ["<search> hamlet </search>", "<answer> x </answer>" + EOS]}
     with pytest.raises(RunStopped, match="stayed unreachable"):
         run_rollout_continuous(

@@ -41,7 +41,11 @@ REJECTED_STATUSES = frozenset({400, 413, 422})
 
 
 class RemoteRetriever:
-    """Search through a server; holds one connection pool for all calls (close it when done)."""
+    """Search through a server; holds one connection pool for all calls (close it when done).
+    A call mostly waits on the network (`waits_on_network`), so the continuous rollout runs it
+    beside the engine."""
+
+    waits_on_network = True
 
     def __init__(
         self,
