@@ -531,11 +531,18 @@ def assert_every_search_read_real_passages(steps: list) -> None:
 
 
 @pytest.mark.slow
-def test_a_retriever_outage_costs_time_not_training(world, searcher, outage, tmp_path, caplog):
+@pytest.mark.parametrize("scheduler", ["turn", "continuous"])
+def test_a_retriever_outage_costs_time_not_training(
+    world, searcher, outage, tmp_path, caplog, scheduler
+):
     """The server dies after step 1 and is back 2 s later: step 2 waits for it, and every
-    trained step's episodes read real passages."""
+    trained step's episodes read real passages, with either rollout scheduler (the continuous
+    one searches from its own thread)."""
     OUTAGE["down_s"] = 2.0
-    trainer = train.train(outage_recipe(world, searcher, tmp_path / "run", outage))
+    argv = outage_recipe(
+        world, searcher, tmp_path / "run", outage, "--rollout_scheduler", scheduler
+    )
+    trainer = train.train(argv)
 
     assert trainer.state.global_step == 3
     assert len(OUTAGE["steps"]) == 3

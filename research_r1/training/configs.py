@@ -12,7 +12,7 @@ import argparse
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
+from typing import Literal, NoReturn
 
 import yaml
 from trl import GRPOConfig, ModelConfig, ScriptArguments, TrlParser
@@ -129,6 +129,16 @@ class SearchGRPOConfig(GRPOConfig):
         metadata={
             "help": "How long a rollout waits for an unreachable retriever (connection, "
             "timeout, HTTP 5xx) before the run stops; resume it from its last checkpoint."
+        },
+    )
+    rollout_scheduler: Literal["turn", "continuous"] = field(
+        default="turn",
+        metadata={
+            "help": "How episodes are played: `turn`, all episodes turn by turn (each turn "
+            "waits for the batch's longest generation, then one retrieval call), or "
+            "`continuous`, each episode on its own (vLLM's engine stepped directly, or one "
+            "request per turn to the vLLM server from each process; transformers batches each "
+            "step's turns). Both play the same episodes under greedy decoding."
         },
     )
     skip_zero_std_prompts: bool = field(

@@ -194,6 +194,7 @@ def train(argv: list[str], extra_callbacks: Sequence[Any] = ()) -> SearchGRPOTra
             max_observation_tokens=args.max_observation_tokens,
             max_retriever_wait_s=args.max_retriever_wait_s,
             generate_batch_size=args.rollout_batch_size,
+            scheduler=args.rollout_scheduler,
         ),
         card=dict(
             base_model=model_args.model_name_or_path,
