@@ -145,10 +145,10 @@ class VLLMGenerator:
         from vllm.inputs import TokensPrompt
 
         ((context, budget),) = _rows([context], [max_new_tokens])
-        request_id = self.llm.llm_engine.add_request(
-            f"research-r1-{next(self._request_ids)}",
-            TokensPrompt(prompt_token_ids=context),
-            self._params(budget, stop, final_only=True),
+        # Outputs carry this id (add_request returns the engine's internal one, suffixed).
+        request_id = f"research-r1-{next(self._request_ids)}"
+        self.llm.llm_engine.add_request(
+            request_id, TokensPrompt(prompt_token_ids=context), self._params(budget, stop, True)
         )
         self._keys[request_id] = key
 

@@ -237,3 +237,33 @@ def test_search_episodes_with_vllm_equal_the_transformers_backend(llm, tiny):
             theirs.truncated,
             theirs.invalid_steps,
         )
+
+
+def test_the_engine_stepped_directly_plays_the_episodes_generate_plays(llm, tiny):
+    """`VLLMGenerator` as an `Engine` (add_request / step on the engine itself): the continuous
+    scheduler's greedy episodes equal the turn-synchronous ones over `generate`, and nothing is
+    left in the engine afterwards."""
+    from research_r1.rollout import RolloutConfig, run_rollout, run_rollout_continuous
+
+    prompts = [tiny.search_prompt, tiny.long_prompt, tiny.search_prompt[:-1]]
+    config = RolloutConfig(
+        k=2, max_turns=2, max_new_tokens=12, max_observation_tokens=40, max_completion_tokens=96
+    )
+    play = dict(tokenizer=tiny.tokenizer, protocol=SEARCH_R1, config=config)
+    generator = VLLMGenerator(llm, temperature=0.0)
+    turn = run_rollout(prompts, generator=generator, retriever=FixedRetriever(), **play)
+    continuous = run_rollout_continuous(
+        prompts, engine=generator, retriever=FixedRetriever(), **play
+    )
+
+    assert turn[0].num_searches >= 1
+    for mine, theirs in zip(continuous, turn, strict=True):
+        assert mine.completion_ids == theirs.completion_ids
+        assert mine.env_mask == theirs.env_mask
+        assert mine.logprobs == pytest.approx(theirs.logprobs, abs=TOLERANCE)
+        assert (mine.queries, mine.answered, mine.finish) == (
+            theirs.queries,
+            theirs.answered,
+            theirs.finish,
+        )
+    assert not llm.llm_engine.has_unfinished_requests() and not generator._keys

@@ -117,6 +117,26 @@ def test_one_process_generates_through_trl_client(server_url, llm, tiny):
     assert generator.generate([], [], STOP) == []
 
 
+def test_each_request_posted_alone_comes_back_with_its_key(server_url, llm, tiny):
+    """`VLLMServerEngine` (the continuous scheduler's server mode, on each rank alone): every
+    request is its own POST, `step` hands back whichever are done, each under its key, equal to
+    the in-process engine's greedy output."""
+    from trl.generation.vllm_client import VLLMClient
+
+    from research_r1.generation_vllm import VLLMServerEngine
+
+    client = VLLMClient(base_url=server_url, connection_timeout=30)
+    engine = VLLMServerEngine(client.base_url, client.model, temperature=0.0)
+    rows = [(tiny.search_prompt, 20), (tiny.long_prompt, 4), (tiny.search_prompt, 2)]
+    for key, (ids, budget) in enumerate(rows):
+        engine.submit(key, ids, budget, STOP)
+    done: dict[int, Generation] = {}
+    while len(done) < len(rows):
+        done.update(engine.step())
+    assert engine.step() == []
+    assert_same([done[key] for key in range(len(rows))], expected(llm, rows))
+
+
 def test_two_ranks_with_uneven_batches_get_their_own_rows_back(server_url, llm, tiny, tmp_path):
     """Rank 1 brings fewer rows than rank 0, then none: both still take part in every call."""
     search, long = tiny.search_prompt, tiny.long_prompt
