@@ -18,6 +18,12 @@ engine's, the episode is the plan's. Searches go to BM25 over the demo world's p
 process, plus `--search-latency-ms` of sleep per retriever call, standing in for a retrieval
 server's round trip.
 
+The engine decodes at most `--concurrency` sequences at once (vLLM's `max_num_seqs`, the
+transformers generator's batch), fewer than the episodes, as on a GPU whose KV cache holds only
+part of a step's episodes (the 7B recipe's dry run: 63 of 320 at once). Where every episode fits
+in the engine at once, a rollout call lasts as long as its longest episode's chain of turns and
+searches under either scheduler; continuous scheduling then only ends the other episodes sooner.
+
 Both schedulers play the same episodes (checked: the same completion ids); per scheduler the
 script reports episodes per second, p50 and p99 episode time (from the start of the rollout to the
 end of the episode's last turn), and the engine's idle share (the part of the wall time spent
@@ -28,6 +34,7 @@ outside `generate` / `step`: retrieval, orchestration, waiting). Each (workload,
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import tempfile
@@ -197,13 +204,25 @@ def build(args: argparse.Namespace, folder: Path) -> tuple[Any, Any, Retriever, 
 def backends(args: argparse.Namespace, model: Any, tokenizer: Any, filler: int, folder: Path):
     """The turn-synchronous `Generator` and the continuous `Engine` of `--backend`."""
     if args.backend == "vllm":
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in this process, as TRL's
         from vllm import LLM
 
-        from research_r1.generation_vllm import VLLMGenerator
+        from research_r1.generation_vllm import VLLMGenerator, pass_opaque_namespaces
 
         model.save_pretrained(folder / "vllm")
         tokenizer.save_pretrained(folder / "vllm")
-        llm = LLM(model=str(folder / "vllm"), dtype="float32", max_model_len=4096, seed=0)
+        pass_opaque_namespaces()  # bm25s imported numba, which vLLM's start-up scan trips on
+        llm = LLM(  # as tests_vllm starts it on a CPU: its own KV cache, one process
+            model=str(folder / "vllm"),
+            dtype="float32",
+            enforce_eager=True,
+            max_model_len=2048,
+            kv_cache_memory_bytes=512 * 2**20,
+            distributed_executor_backend="uni",
+            enable_prefix_caching=True,
+            max_num_seqs=args.concurrency,
+            seed=0,
+        )
         forced = {"allowed_token_ids": [filler], "ignore_eos": True}
         generator = VLLMGenerator(llm, temperature=0.0, generation_kwargs=forced)
         return generator, generator
@@ -212,7 +231,7 @@ def backends(args: argparse.Namespace, model: Any, tokenizer: Any, filler: int, 
     from research_r1.generation import TransformersGenerator
 
     config = GenerationConfig(do_sample=False, sequence_bias={(filler,): 100.0})
-    generator = TransformersGenerator(model, tokenizer, config, batch_size=args.episodes)
+    generator = TransformersGenerator(model, tokenizer, config, batch_size=args.concurrency)
     return generator, BatchEngine(generator)
 
 
@@ -257,6 +276,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=["transformers", "vllm"], default="transformers")
     parser.add_argument("--episodes", type=int, default=64)
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=16,
+        help="sequences the engine decodes at once (vLLM max_num_seqs, transformers batch)",
+    )
     parser.add_argument("--short", type=int, default=24, help="tokens of a uniform turn")
     parser.add_argument("--long", type=int, default=160, help="tokens of a straggler's turn")
     parser.add_argument("--max-turns", type=int, default=4)
@@ -297,9 +322,10 @@ def main() -> None:
 
 def print_table(rows, args: argparse.Namespace) -> None:
     print(
-        f"\n{args.backend}, {args.episodes} episodes, model hidden {args.hidden} x {args.layers} "
-        f"layers, turns {args.short} / {args.long} tokens, max_turns {args.max_turns}, search "
-        f"latency {args.search_latency_ms:g} ms; medians of {args.repeats} runs\n"
+        f"\n{args.backend}, {args.episodes} episodes, {args.concurrency} at once, model hidden "
+        f"{args.hidden} x {args.layers} layers, turns {args.short} / {args.long} tokens, "
+        f"max_turns {args.max_turns}, search latency {args.search_latency_ms:g} ms; "
+        f"medians of {args.repeats} runs\n"
     )
     columns = ["episodes/s", "p50 episode s", "p99 episode s", "engine idle", "speed-up"]
     print("| workload | scheduler | " + " | ".join(columns) + " |")
