@@ -74,6 +74,25 @@ def to_generation(output: CompletionOutput) -> Generation:
     return Generation(token_ids, logprobs, _finish(output.finish_reason, output.stop_reason))
 
 
+def _sampling_settings(
+    temperature: float,
+    top_p: float,
+    top_k: int,
+    min_p: float,
+    repetition_penalty: float,
+    generation_kwargs: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The sampling settings every vLLM backend sends, with the trainer's extra ones."""
+    return {
+        "temperature": temperature,
+        "top_p": top_p,
+        "top_k": top_k,
+        "min_p": min_p,
+        "repetition_penalty": repetition_penalty,
+        **(generation_kwargs or {}),
+    }
+
+
 def _rows(
     contexts: Sequence[Sequence[int]], max_new_tokens: Sequence[int]
 ) -> list[tuple[list[int], int]]:
@@ -112,14 +131,9 @@ class VLLMGenerator:
         generation_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         self.llm = llm
-        self.sampling = {
-            "temperature": temperature,
-            "top_p": top_p,
-            "top_k": top_k,
-            "min_p": min_p,
-            "repetition_penalty": repetition_penalty,
-            **(generation_kwargs or {}),
-        }
+        self.sampling = _sampling_settings(
+            temperature, top_p, top_k, min_p, repetition_penalty, generation_kwargs
+        )
         self._seeds = None if seed is None else random.Random(seed)
         self._request_ids = count()
         self._keys: dict[str, int] = {}  # engine request id -> the scheduler's key
@@ -217,12 +231,9 @@ class VLLMServerGenerator:
         self.client = client
         self.sampling = {
             "n": 1,
-            "temperature": temperature,
-            "top_p": top_p,
-            "top_k": top_k,
-            "min_p": min_p,
-            "repetition_penalty": repetition_penalty,
-            **(generation_kwargs or {}),
+            **_sampling_settings(
+                temperature, top_p, top_k, min_p, repetition_penalty, generation_kwargs
+            ),
         }
 
     def generate(
@@ -292,12 +303,9 @@ class VLLMServerEngine:
         self.base_url, self.model, self.session = base_url, model, requests.Session()
         self.sampling = {
             "n": 1,
-            "temperature": temperature,
-            "top_p": top_p,
-            "top_k": top_k,
-            "min_p": min_p,
-            "repetition_penalty": repetition_penalty,
-            **(generation_kwargs or {}),
+            **_sampling_settings(
+                temperature, top_p, top_k, min_p, repetition_penalty, generation_kwargs
+            ),
         }
         self._pool = ThreadPoolExecutor(_MAX_CONCURRENT_REQUESTS, thread_name_prefix="vllm")
         self._pending: dict[Future[list[dict]], int] = {}

@@ -479,11 +479,9 @@ class ContextModel:
         return generations
 
 
-@pytest.mark.parametrize("family", ["ours", "search_r1", "research", "verltool", "r1_searcher"])
-def test_an_episode_is_the_same_played_alone_or_in_a_batch(tokenizer, family):
-    """Prompts of very different lengths under budgets that bind (a small context, observation
-    and completion budget): each episode's contexts, budgets and tokens are the same whether it
-    is played alone or with the others."""
+def binding_budgets(family: str):
+    """A family's protocol and rollout settings, with context, observation and completion
+    budgets small enough to bind."""
     from research_r1.evaluation.families import get_family
 
     if family == "ours":
@@ -495,6 +493,15 @@ def test_an_episode_is_the_same_played_alone_or_in_a_batch(tokenizer, family):
     config = RolloutConfig(
         **{**settings, "k": 2, "max_new_tokens": 64, "max_observation_tokens": 30}
     )
+    return protocol, config
+
+
+@pytest.mark.parametrize("family", ["ours", "search_r1", "research", "verltool", "r1_searcher"])
+def test_an_episode_is_the_same_played_alone_or_in_a_batch(tokenizer, family):
+    """Prompts of very different lengths under budgets that bind (a small context, observation
+    and completion budget): each episode's contexts, budgets and tokens are the same whether it
+    is played alone or with the others."""
+    protocol, config = binding_budgets(family)
     prompts = [
         tokenizer.encode("question " + "word " * length, add_special_tokens=False)
         for length in (3, 60, 17, 110)
@@ -584,17 +591,7 @@ def test_the_continuous_scheduler_plays_the_same_episodes(tokenizer, family, see
     """Under budgets that bind, with requests finishing out of order: every field of every
     episode equals the turn-synchronous scheduler's, and episodes went on before others ended
     their turn."""
-    from research_r1.evaluation.families import get_family
-
-    if family == "ours":
-        protocol, settings = SEARCH_R1, {"max_completion_tokens": 90}
-    else:
-        audited = get_family(family)
-        protocol, settings = audited.template.protocol, dict(audited.rollout)
-        settings |= {"max_context": 160} if settings.get("max_context") else {"max_turns": 3}
-    config = RolloutConfig(
-        **{**settings, "k": 2, "max_new_tokens": 64, "max_observation_tokens": 30}
-    )
+    protocol, config = binding_budgets(family)
     prompts = [
         tokenizer.encode("question " + "word " * length, add_special_tokens=False)
         for length in (3, 60, 17, 110, 8, 33)
