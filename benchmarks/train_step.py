@@ -8,8 +8,15 @@ Its wall time is split into:
 - generation: the rollout less its retrieval calls (model decoding, plus the rollout's own
   bookkeeping: detokenising turns, parsing tags, inserting observations);
 - retrieval: the time spent inside `Retriever.search` (BM25 over the passages, in process);
-- fwd/bwd: the rest of the step: rewards, the log-probability passes TRL makes for the loss,
-  the forward and backward passes and the optimizer step.
+- scoring: inside the reward functions (the reward and the episode metrics);
+- fwd/bwd: the rest of the step: the log-probability passes TRL makes for the loss, the forward
+  and backward passes and the optimizer step;
+- weight sync: pushing the trained weights into vLLM before the rollout (vLLM only: with
+  transformers generation the policy generates itself, and the column says so).
+
+`--schedulers turn continuous` runs every setup with each rollout scheduler (the recipe key
+`rollout_scheduler`): `turn`, the turn-synchronous one this benchmark measured before, and
+`continuous`, each episode on its own (with transformers, over `BatchEngine`).
 
 Peak memory is the process's peak resident set on CPU, and the peak allocated CUDA memory of
 the step on a GPU.
@@ -30,6 +37,7 @@ of every turn running to its token budget.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import math
@@ -101,6 +109,7 @@ class StepTiming:
     total: float
     rollout: float
     retrieval: float
+    scoring: float
     peak_bytes: int
 
 
@@ -125,8 +134,21 @@ class StepTimer(TrainerCallback):
     def __init__(self, retriever: TimedRetriever, device: str) -> None:
         self.retriever = retriever
         self.device = device
-        self.rollout_seconds = 0.0
+        self.rollout_seconds = self.scoring_seconds = 0.0
         self.steps: list[StepTiming] = []
+
+    def timed_reward(self, reward: Callable) -> Callable:
+        """`reward`, adding its time to the step's scoring (its name kept for TRL's logs)."""
+
+        @functools.wraps(reward)
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return reward(*args, **kwargs)
+            finally:
+                self.scoring_seconds += time.perf_counter() - start
+
+        return timed
 
     def timed(self, rollout: Callable) -> Callable:
         def rollout_func(prompts: list, trainer) -> dict:
@@ -147,7 +169,7 @@ class StepTimer(TrainerCallback):
         self._sync()
         if self.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        self.retriever.seconds = self.rollout_seconds = 0.0
+        self.retriever.seconds = self.rollout_seconds = self.scoring_seconds = 0.0
         self.start = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -161,6 +183,7 @@ class StepTimer(TrainerCallback):
                 time.perf_counter() - self.start,
                 self.rollout_seconds,
                 self.retriever.seconds,
+                self.scoring_seconds,
                 peak,
             )
         )
@@ -230,7 +253,14 @@ def build_model(setup: Setup, texts: list[str], folder: Path):
     return model, tokenizer
 
 
-def run(setup: Setup, questions: Dataset, retriever: Retriever, texts: list[str], steps: int):
+def run(
+    setup: Setup,
+    questions: Dataset,
+    retriever: Retriever,
+    texts: list[str],
+    steps: int,
+    scheduler: str,
+):
     """Train `steps + 1` steps (the first warms up and is dropped); the timings of the rest."""
     from peft import LoraConfig
     from trl import GRPOConfig, GRPOTrainer
@@ -276,10 +306,14 @@ def run(setup: Setup, questions: Dataset, retriever: Retriever, texts: list[str]
             max_new_tokens=setup.max_new_tokens,
             max_observation_tokens=setup.max_observation_tokens,
             generate_batch_size=episodes,
+            scheduler=scheduler,
         )
         trainer = GRPOTrainer(
             model=model,
-            reward_funcs=[search_r1_em, make_episode_metrics(SEARCH_R1)],
+            reward_funcs=[
+                timer.timed_reward(search_r1_em),
+                timer.timed_reward(make_episode_metrics(SEARCH_R1)),
+            ],
             args=config,
             train_dataset=questions,
             processing_class=tokenizer,
@@ -344,6 +378,9 @@ def main() -> None:
         "--data", type=Path, help="folder with test.jsonl and corpus.jsonl (default: synthetic)"
     )
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument(
+        "--schedulers", nargs="+", choices=["turn", "continuous"], default=["turn", "continuous"]
+    )
     args = parser.parse_args()
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     torch.set_num_threads(args.threads)
@@ -358,27 +395,32 @@ def main() -> None:
         texts += corpus.contents(0, len(corpus))
         rows = []
         for setup in setups(torch.cuda.is_available()):
-            timings, trainable, total, episode = run(setup, questions, retriever, texts, args.steps)
-            rows.append((setup, timings, trainable, total, episode))
+            for scheduler in args.schedulers:
+                measured = run(setup, questions, retriever, texts, args.steps, scheduler)
+                rows.append((setup, scheduler, *measured))
 
     print(f"\nGRPO step, mean of {args.steps} steps after a warm-up step, {args.threads} threads")
     print(
-        "| setup | device | trainable / total params | episodes | sampled tokens / episode "
-        "| searches / episode | step s | generation s | retrieval s | fwd/bwd s | peak GiB |"
+        "| setup | scheduler | device | trainable / total params | episodes "
+        "| sampled tokens / episode | searches / episode | step s | generation s | retrieval s "
+        "| scoring s | fwd/bwd s | weight sync s | peak GiB |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for setup, timings, trainable, total, episode in rows:
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for setup, scheduler, timings, trainable, total, episode in rows:
         step = statistics.mean(t.total for t in timings)
         rollout = statistics.mean(t.rollout for t in timings)
         retrieval = statistics.mean(t.retrieval for t in timings)
+        scoring = statistics.mean(t.scoring for t in timings)
         peak = max(t.peak_bytes for t in timings) / 2**30
         device = "cpu" if setup.device == "cpu" else torch.cuda.get_device_name()
         print(
-            f"| {setup.name} | {device} | {trainable / 1e6:.2f}M / {total / 1e6:.1f}M "
+            f"| {setup.name} | {scheduler} | {device} "
+            f"| {trainable / 1e6:.2f}M / {total / 1e6:.1f}M "
             f"| {setup.num_generations * setup.prompts_per_step} "
             f"| {episode['completions/mean_length']:.1f} "
             f"| {episode['rollout/searches_per_episode']:.2f} | {step:.2f} "
-            f"| {rollout - retrieval:.2f} | {retrieval:.3f} | {step - rollout:.2f} | {peak:.2f} |"
+            f"| {rollout - retrieval:.2f} | {retrieval:.3f} | {scoring:.3f} "
+            f"| {step - rollout - scoring:.2f} | none (transformers generates) | {peak:.2f} |"
         )
 
 
