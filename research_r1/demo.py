@@ -483,8 +483,8 @@ class Measured:
 
 # The same code and package versions train to different numbers on different CPUs, pinned
 # kernels or not, and GRPO amplifies the difference: these runs, not one table, are what to
-# expect. The first is the README's table. A new CPU or seed measured goes here (and in
-# docs/demo.md's table of them, which a test holds to this one).
+# expect. docs/demo.md lists every run (a test holds its table to this one); the README's table
+# is the AVX-512 "all three" run. A new CPU or seed measured goes here and there.
 MEASURED_STEPS = 60
 MEASURED = (
     Measured("AMD EPYC (Zen 3), AVX2", "all three", 0, 40.0, 82.8),
