@@ -124,6 +124,19 @@ def fast(monkeypatch):
     monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")
 
 
+def killed_after_first_checkpoint(argv: list[str], monkeypatch) -> None:
+    """Train `argv`, the process dying right after it saves its first checkpoint."""
+    save = GRPOTrainer._save_checkpoint
+
+    def save_then_die(self, model, trial):
+        save(self, model, trial)
+        raise Killed
+
+    with monkeypatch.context() as patch, pytest.raises(Killed):
+        patch.setattr(GRPOTrainer, "_save_checkpoint", save_then_die)
+        train.train(argv)
+
+
 def recipe(world: SimpleNamespace, output_dir: Path, *overrides: str) -> list[str]:
     """The tiny CPU recipe pointed at the test world: LoRA, 2 prompts x 4 rollouts per step,
     2 steps, a checkpoint every step, a decaying learning rate and a KL term (both restored or
@@ -241,15 +254,7 @@ def test_train_kill_resume_and_push(world, hub, tmp_path, caplog, capsys, monkey
 
     # The same run killed right after its first checkpoint...
     resumed = tmp_path / "resumed"
-    save = GRPOTrainer._save_checkpoint
-
-    def save_then_die(self, model, trial):
-        save(self, model, trial)
-        raise Killed
-
-    with monkeypatch.context() as patch, pytest.raises(Killed):
-        patch.setattr(GRPOTrainer, "_save_checkpoint", save_then_die)
-        train.train(recipe(world, resumed))
+    killed_after_first_checkpoint(recipe(world, resumed), monkeypatch)
     assert [p.name for p in resumed.glob("checkpoint-*")] == ["checkpoint-1"]
 
     # ...and resumed from the newest checkpoint; its checkpoint push fails for good.
@@ -333,15 +338,7 @@ def test_skipping_zero_std_prompts_logs_its_shares_and_resumes_as_it_ran(
 
     straight_records, records[:] = list(records), []
     resumed = tmp_path / "resumed"
-    save = GRPOTrainer._save_checkpoint
-
-    def save_then_die(self, model, trial):
-        save(self, model, trial)
-        raise Killed
-
-    with monkeypatch.context() as patch, pytest.raises(Killed):
-        patch.setattr(GRPOTrainer, "_save_checkpoint", save_then_die)
-        train.train(recipe(world, resumed, *skip))
+    killed_after_first_checkpoint(recipe(world, resumed, *skip), monkeypatch)
     train.train(recipe(world, resumed, *skip, "--resume_from_checkpoint"))
     assert records == straight_records
     assert (resumed / "checkpoint-4" / "sampler_state.json").read_text() == (
