@@ -14,6 +14,12 @@ and passes extra sampling fields (such as `stop`) through `generation_kwargs`, b
 server generator therefore posts the same `/v1/completions` request the client builds, through
 the client's own HTTP session, once per distinct token budget, and reads those two fields itself.
 
+Prefix-cache hits come from the in-process engine only (`RequestOutput.num_cached_tokens`, per
+request). Server mode reports none: vLLM 0.32's `/v1/completions` answers with a cached count
+(`usage.prompt_tokens_details`) only when the server runs with `--enable-prompt-tokens-details`,
+which `trl vllm-serve` does not pass, and then gives the last prompt's count for the whole
+request.
+
 On a machine where vLLM runs on the CPU, `prepare_cpu_colocate` must run before TRL starts its
 colocate engine: it gives the engine a KV cache size, lets it start next to numba and keeps its
 weights open to TRL's sync.
@@ -21,6 +27,7 @@ weights open to TRL's sync.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 from collections.abc import Mapping, Sequence
@@ -38,7 +45,7 @@ from research_r1.generators import Engine, Generation, Generator
 
 if TYPE_CHECKING:  # vLLM is an optional extra, imported where it is used
     from vllm import LLM
-    from vllm.outputs import CompletionOutput
+    from vllm.outputs import CompletionOutput, RequestOutput
 
 Finish = Literal["stop", "eos", "length"]
 
@@ -72,6 +79,14 @@ def to_generation(output: CompletionOutput) -> Generation:
         for token_id, position in zip(token_ids, output.logprobs, strict=True)
     ]
     return Generation(token_ids, logprobs, _finish(output.finish_reason, output.stop_reason))
+
+
+def _request_to_generation(output: RequestOutput) -> Generation:
+    """A finished one-completion request as a `Generation`, with the prompt ids vLLM served from
+    its prefix cache (`num_cached_tokens`: counted per request by the scheduler whether or not
+    the engine logs stats, which `LLM` turns off)."""
+    generation = to_generation(output.outputs[0])
+    return dataclasses.replace(generation, cached_tokens=output.num_cached_tokens)
 
 
 def _sampling_settings(
@@ -149,7 +164,7 @@ class VLLMGenerator:
         prompts = [TokensPrompt(prompt_token_ids=context) for context, _ in rows]
         params = [self._params(budget, stop) for _, budget in rows]
         outputs = self.llm.generate(prompts=prompts, sampling_params=params, use_tqdm=False)
-        return [to_generation(output.outputs[0]) for output in outputs]
+        return [_request_to_generation(output) for output in outputs]
 
     def submit(
         self, key: int, context: Sequence[int], max_new_tokens: int, stop: Sequence[str]
@@ -170,7 +185,7 @@ class VLLMGenerator:
         """One engine step; the requests it finished, with their keys."""
         outputs = self.llm.llm_engine.step()
         return [
-            (self._keys.pop(output.request_id), to_generation(output.outputs[0]))
+            (self._keys.pop(output.request_id), _request_to_generation(output))
             for output in outputs
             if output.finished
         ]

@@ -15,11 +15,14 @@ from typing import Literal, Protocol
 @dataclass(frozen=True)
 class Generation:
     """One continuation: sampled ids (including those that complete a stop string, and EOS when
-    the model emitted it), their sampling log-probabilities, and why it ended."""
+    the model emitted it), their sampling log-probabilities, and why it ended. `cached_tokens`:
+    how many of the context's ids the backend served from its prefix cache instead of computing
+    them, or None where it does not say (transformers, vLLM server mode)."""
 
     token_ids: list[int]
     logprobs: list[float]
     finish: Literal["stop", "eos", "length"]
+    cached_tokens: int | None = None
 
 
 class Generator(Protocol):

@@ -98,7 +98,9 @@ class Episode:
     and logs (`queries[i]` returned the passages `retrieved_ids[i]`). `turns` holds each model
     turn as the loop kept it; `text` protocols keep the transcript in `completion_text`;
     `finish` is how the last call ended; `spent` counts the context and output tokens of the
-    calls so far, for `after_call(s)` budgets."""
+    calls so far, for `after_call(s)` budgets. `context_tokens` counts the ids sent to the
+    backend over all calls, `cached_tokens` how many of them its prefix cache served (None when
+    the backend does not report it), for the prefix-cache hit rate."""
 
     prompt_ids: list[int]
     prompt_text: str = ""
@@ -115,6 +117,14 @@ class Episode:
     invalid_steps: int = 0
     finish: str = ""
     spent: int = 0
+    context_tokens: int = 0
+    cached_tokens: int | None = None
+
+    def count_call(self, context: Sequence[int], generation: Generation) -> None:
+        """Add one call's context, and what the backend served of it from its prefix cache."""
+        self.context_tokens += len(context)
+        if generation.cached_tokens is not None:
+            self.cached_tokens = (self.cached_tokens or 0) + generation.cached_tokens
 
     def add_sampled(self, generation: Generation) -> None:
         self.completion_ids += generation.token_ids
@@ -450,6 +460,7 @@ class _Play:
         cumulative = config.context == "after_calls"
         spent = len(context) + len(generation.token_ids)
         episode.spent = episode.spent + spent if cumulative else spent
+        episode.count_call(context, generation)
         episode.finish = generation.finish
         if last_turn and config.last_turn == "ignored":
             return None

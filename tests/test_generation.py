@@ -121,6 +121,9 @@ def test_transformers_episodes_have_consistent_masks_and_logprobs(model, tokeniz
     )
     assert len(retriever.calls) <= 2 and sum(e.num_searches for e in episodes) > 0
     assert any(0 in e.env_mask for e in episodes) and any(e.answered for e in episodes)
+    # transformers has no prefix cache to report on: None, never a made-up 0
+    assert all(e.context_tokens >= len(e.prompt_ids) > 0 for e in episodes)
+    assert all(e.cached_tokens is None for e in episodes)
     eos = tokenizer.eos_token_id
     for episode in episodes:
         ids, mask, logprobs = episode.completion_ids, episode.env_mask, episode.logprobs

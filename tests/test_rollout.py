@@ -5,6 +5,7 @@ The transformers backend that plays real episodes is in test_generation.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import subprocess
 import sys
@@ -641,6 +642,55 @@ def test_the_continuous_scheduler_over_a_batch_engine_calls_as_the_synchronous_o
     continuous = run_rollout_continuous(prompts, engine=engine, retriever=retriever, **common)
     assert [fields_of(e) for e in continuous] == [fields_of(e) for e in sync]
     assert policy.calls == sync_policy.calls and retriever.calls == sync_retriever.calls
+
+
+class CachingPolicy(ScriptedPolicy):
+    """`ScriptedPolicy` reporting the first half of each context as served from a prefix cache,
+    as vLLM's engine reports its hits per request."""
+
+    def generate(self, contexts, max_new_tokens, stop) -> list[Generation]:
+        generations = super().generate(contexts, max_new_tokens, stop)
+        return [
+            dataclasses.replace(generation, cached_tokens=len(context) // 2)
+            for generation, context in zip(generations, contexts, strict=True)
+        ]
+
+
+@pytest.mark.parametrize("scheduler", ["turn", "continuous"])
+@pytest.mark.parametrize("policy_class", [CachingPolicy, ScriptedPolicy])
+def test_each_episode_adds_up_its_calls_contexts_and_the_cache_hits_reported(
+    tokenizer, scheduler, policy_class
+):
+    """Context ids sent and prefix-cache hits, summed over each episode's own calls; None, not
+    0, from a backend that reports no hits (`ScriptedPolicy`, as transformers)."""
+    turn1 = "<search> hamlet </search>"
+    scripts = {
+        "who wrote hamlet?": [turn1, "<answer> Shakespeare </answer>" + EOS],
+        "capital of france?": ["<answer> Paris </answer>" + EOS],
+    }
+    prompts = [encode(tokenizer, prompt) for prompt in scripts]
+    common = {
+        "tokenizer": tokenizer,
+        "retriever": RecordingRetriever(),
+        "protocol": SEARCH_R1,
+        "config": RolloutConfig(k=2, max_new_tokens=40),
+    }
+    policy = policy_class(tokenizer, scripts)
+    if scheduler == "turn":
+        episodes = run_rollout(prompts, generator=policy, **common)
+    else:
+        episodes = run_rollout_continuous(prompts, engine=BatchEngine(policy), **common)
+
+    searched = len(prompts[0]) + len(
+        encode(tokenizer, turn1) + observation_ids(tokenizer, "hamlet")
+    )
+    assert [episode.context_tokens for episode in episodes] == [
+        len(prompts[0]) + searched,
+        len(prompts[1]),
+    ]
+    reported = [len(prompts[0]) // 2 + searched // 2, len(prompts[1]) // 2]
+    expected = reported if policy_class is CachingPolicy else [None, None]
+    assert [episode.cached_tokens for episode in episodes] == expected
 
 
 def test_an_outage_in_the_search_thread_stops_the_continuous_run(tokenizer, monkeypatch):

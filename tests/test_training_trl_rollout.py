@@ -20,6 +20,7 @@ from research_r1.training.trl_rollout import (
     episodes_to_trl,
     make_episode_metrics,
     make_rollout_func,
+    prefix_cache_hit_rate,
 )
 
 QUESTIONS = ["who wrote hamlet?", "capital of france?"]
@@ -112,6 +113,30 @@ def test_episode_metrics_report_the_batch_through_log_metric():
     assert logged["rollout/valid_format_rate"] == 1.0
 
 
+def test_the_prefix_cache_hit_rate_is_cached_over_sent_ids_where_every_episode_reports():
+    assert prefix_cache_hit_rate([100, 300], [0, 256]) == 0.64
+    assert prefix_cache_hit_rate([100, 300], [0, None]) is None  # one backend did not say
+    assert prefix_cache_hit_rate([100], [None]) is None
+    assert prefix_cache_hit_rate([], []) is None
+    assert prefix_cache_hit_rate([0], [0]) is None
+    assert prefix_cache_hit_rate([0, 100], [None, 50]) == 0.5  # one episode made no call
+
+    tokenizer = build_tokenizer(["a x"], SEARCH_R1.tags)
+    answered = [("<answer> x </answer>", 1), (tokenizer.eos_token, 0)]
+    reported = [
+        episode(tokenizer, answered, context_tokens=300, cached_tokens=256),
+        episode(tokenizer, answered, context_tokens=100, cached_tokens=0),
+    ]
+    _, logged = score_episodes(tokenizer, reported, SEARCH_R1, [["x"], ["x"]])
+    assert logged["rollout/prefix_cache_hit_rate"] == 0.64
+
+    # transformers reports no hits: nothing is logged rather than a made-up 0
+    unreported = [episode(tokenizer, answered, context_tokens=300)]
+    _, logged = score_episodes(tokenizer, unreported, SEARCH_R1, [["x"]])
+    assert "rollout/prefix_cache_hit_rate" not in logged
+    assert "rollout/answered_rate" in logged
+
+
 def test_episodes_become_one_column_per_field():
     tokenizer = build_tokenizer(["a b q x doc"], SEARCH_R1.tags)
     answered = episode(
@@ -139,6 +164,7 @@ def test_episodes_become_one_column_per_field():
     assert trl["truncated"] == [False, True]
     assert trl["inserted_tokens"] == [len(e.env_mask) - sum(e.env_mask) for e in episodes]
     assert trl["inserted_tokens"][0] == 1  # the EOS the environment added after </answer>
+    assert trl["context_tokens"] == [0, 0] and trl["cached_tokens"] == [None, None]
 
 
 def searching_model(tmp_path):
@@ -295,6 +321,9 @@ def test_grpo_step_masks_inserted_tokens_and_updates_weights(tmp_path, monkeypat
     for key in ("truncated", "answered", "num_searches", "queries", "retrieved_ids"):
         assert fields[key] == output[key]
     assert "env_mask" not in fields
+    # transformers generated: ids were sent, no prefix-cache hits reported
+    assert all(sent > 0 for sent in fields["context_tokens"])
+    assert fields["cached_tokens"] == [None] * 8
 
     changed = [name for name, p in model.named_parameters() if not torch.equal(p, before[name])]
     assert changed

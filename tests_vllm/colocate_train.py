@@ -4,10 +4,10 @@
 `prepare_cpu_colocate` first: TRL's engine would otherwise size no KV cache of its own and, where
 vLLM repacks its linear weights (AVX-512 hosts), refuse TRL's weight sync.
 
-It trains two steps and writes `OUT_DIR/report.json`: the trainer's log, what
-`vllm_generator_for` built from the trainer, and how far the engine's weights were from the
-trained model's before and after TRL's weight sync, the engine's weight dtype, KV cache size and
-whether its linear layers kept their weights.
+It trains two steps, with the episode metrics training adds to every run (weight 0), and writes
+`OUT_DIR/report.json`: the trainer's log, what `vllm_generator_for` built from the trainer, and
+how far the engine's weights were from the trained model's before and after TRL's weight sync,
+the engine's weight dtype, KV cache size and whether its linear layers kept their weights.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def main() -> None:
 
     from research_r1.generation_vllm import prepare_cpu_colocate, vllm_generator_for
     from research_r1.protocol import SEARCH_R1
-    from research_r1.training.trl_rollout import make_rollout_func
+    from research_r1.training.trl_rollout import make_episode_metrics, make_rollout_func
 
     model_dir, out_dir = sys.argv[1:]
     args = GRPOConfig(
@@ -59,6 +59,7 @@ def main() -> None:
         num_generations=2,
         max_completion_length=48,
         max_steps=2,
+        reward_weights=[1.0, 0.0],  # as training weighs its episode metrics
         learning_rate=5e-2,
         temperature=0.9,
         logging_steps=1,
@@ -71,9 +72,9 @@ def main() -> None:
     trainer = GRPOTrainer(
         model=AutoModelForCausalLM.from_pretrained(model_dir),
         processing_class=AutoTokenizer.from_pretrained(model_dir),
-        reward_funcs=alternate,
+        reward_funcs=[alternate, make_episode_metrics(SEARCH_R1)],
         args=args,
-        train_dataset=Dataset.from_dict({"prompt": prompts}),
+        train_dataset=Dataset.from_dict({"prompt": prompts, "golden_answers": [["x"]] * 4}),
         rollout_func=make_rollout_func(
             FixedRetriever(), SEARCH_R1, k=2, max_turns=2, max_new_tokens=12
         ),

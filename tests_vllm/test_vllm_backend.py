@@ -267,3 +267,70 @@ def test_the_engine_stepped_directly_plays_the_episodes_generate_plays(llm, tiny
             theirs.finish,
         )
     assert not llm.llm_engine.has_unfinished_requests() and not generator._keys
+
+
+def prompt_of_length(tokenizer, low: int, high: int) -> str:
+    """Words of the tiny model's texts, enough for `low` to `high` prompt ids."""
+    words = ["paris", "is", "the", "capital", "of", "france"]
+    text = ""
+    while len(tokenizer.encode(text)) < low:
+        text += words[len(text.split()) % len(words)] + " "
+    assert len(tokenizer.encode(text)) <= high
+    return text
+
+
+@pytest.mark.parametrize("scheduler", ["turn", "continuous"])
+def test_a_later_turn_reports_the_block_aligned_prefix_the_engine_had_cached(
+    llm, tiny, tmp_path, scheduler
+):
+    """Two-turn episodes through `rollout_func` on the colocated engine (its default settings,
+    as TRL's: prefix caching on, stats off): a turn's context is the previous call's context
+    and sampled ids plus an inserted text, and vLLM serves the full KV blocks it computed for
+    them (every id but the last sampled one) from its cache. The first prompt is shorter than a
+    block, so its hit exists only if the engine reused the sampled turn's blocks; the second
+    prompt and turn never fill a block. The hit rate reaches the episode metrics."""
+    from research_r1.training.trl_rollout import make_episode_metrics, make_rollout_func
+
+    block = llm.llm_engine.vllm_config.cache_config.block_size
+    assert llm.llm_engine.vllm_config.cache_config.enable_prefix_caching
+    turn = 16  # ids per model turn: one allowed token, so every turn runs to its budget
+    assert block >= 4 * turn
+    prompts = [
+        prompt_of_length(tiny.tokenizer, block - turn + 4, block - 1),
+        prompt_of_length(tiny.tokenizer, turn, block // 2),
+    ]
+    filler = tiny.tokenizer.encode("paris", add_special_tokens=False)[0]
+    trainer = grpo_trainer_view(
+        llm, tmp_path, max_completion_length=400, generation_kwargs={"allowed_token_ids": [filler]}
+    )
+    trainer.processing_class = tiny.tokenizer
+    rollout_func = make_rollout_func(
+        FixedRetriever(), SEARCH_R1, max_turns=1, max_new_tokens=turn, scheduler=scheduler
+    )
+    assert llm.reset_prefix_cache()  # as TRL does after each weight sync
+    columns = rollout_func(prompts, trainer)
+
+    # turn 1 cut at its budget, the invalid-step notice inserted, turn 2 cut: the second call
+    # saw the prompt and everything but the last turn
+    lengths = [len(ids) for ids in columns["prompt_ids"]]
+    completions = columns.pop("completion_ids")
+    for mask in columns["env_mask"]:
+        assert mask[:turn] == mask[-turn:] == [1] * turn and 0 in mask
+    assert columns["context_tokens"] == [
+        2 * length + len(completion) - turn
+        for length, completion in zip(lengths, completions, strict=True)
+    ]
+    expected = [block * ((length + turn - 1) // block) for length in lengths]
+    assert expected == [block, 0]
+    assert columns["cached_tokens"] == expected
+
+    logged: dict[str, float] = {}
+    make_episode_metrics(SEARCH_R1)(
+        prompts,
+        tiny.tokenizer.batch_decode(completions),
+        completions,
+        golden_answers=[["x"], ["x"]],
+        log_metric=logged.__setitem__,
+        **columns,
+    )
+    assert logged["rollout/prefix_cache_hit_rate"] == block / sum(columns["context_tokens"])

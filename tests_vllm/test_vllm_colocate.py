@@ -31,6 +31,9 @@ def test_grpo_trainer_trains_on_episodes_from_its_colocated_engine(tiny, tmp_pat
     assert [entry["step"] for entry in steps] == [1, 2]
     # TRL logs this only when the completions and their log-probabilities came from vLLM.
     assert all("sampling/sampling_logp_difference/mean" in entry for entry in steps)
+    # the episodes' prefix-cache hits, from the engine's own per-request counts (these prompts
+    # and turns are shorter than the CPU engine's 128-id blocks, so nothing is served: 0)
+    assert all(entry["rollout/prefix_cache_hit_rate"] == 0.0 for entry in steps)
     assert report["generator_uses_trainer_engine"] is True
     assert report["generator_sampling"] == {
         "temperature": 0.9,

@@ -104,14 +104,27 @@ def episodes_to_trl(episodes: Sequence[Episode]) -> dict[str, list]:
     """The dict a TRL `rollout_func` returns: one list per field, one entry per episode.
 
     Besides `prompt_ids`, `completion_ids`, `logprobs` and `env_mask`, every per-episode field
-    (`num_searches`, `queries`, `retrieved_ids`, `answered`, `truncated`, `invalid_steps`) and
-    `inserted_tokens` (how many completion ids the environment inserted) reach the reward
-    functions as keyword arguments.
+    (`num_searches`, `queries`, `retrieved_ids`, `answered`, `truncated`, `invalid_steps`,
+    `context_tokens`, `cached_tokens`) and `inserted_tokens` (how many completion ids the
+    environment inserted) reach the reward functions as keyword arguments.
     """
     rows = [asdict(episode) for episode in episodes]
     columns = {f.name: [row[f.name] for row in rows] for f in fields(Episode)}
     columns["inserted_tokens"] = [len(e.env_mask) - sum(e.env_mask) for e in episodes]
     return columns
+
+
+def prefix_cache_hit_rate(
+    context_tokens: Sequence[int], cached_tokens: Sequence[int | None]
+) -> float | None:
+    """The share of the ids sent to the engine that its prefix cache served, over a batch of
+    episodes; None when nothing was sent or the backend did not report hits for every episode
+    that sent some (transformers, vLLM server mode), so that no made-up 0 is logged. An episode
+    that made no call (a budget ended it first) reports nothing and counts for nothing."""
+    sent = [(ids, cached) for ids, cached in zip(context_tokens, cached_tokens, strict=True) if ids]
+    if not sent or any(cached is None for _, cached in sent):
+        return None
+    return sum(cached for _, cached in sent) / sum(ids for ids, _ in sent)
 
 
 def make_episode_metrics(protocol: Protocol) -> Callable[..., list[float]]:
@@ -120,8 +133,9 @@ def make_episode_metrics(protocol: Protocol) -> Callable[..., list[float]]:
     reports the batch's episodes through TRL's `log_metric`, averaged per logging step (and over
     processes): `rollout/searches_per_episode`, `rollout/answered_rate`,
     `rollout/truncated_rate`, `rollout/invalid_steps_per_episode`, `rollout/valid_format_rate`
-    (the rewards' grammar check on the text they read) and `rollout/masked_token_share`
-    (inserted ids over all completion ids, i.e. what the loss skips)."""
+    (the rewards' grammar check on the text they read), `rollout/masked_token_share`
+    (inserted ids over all completion ids, i.e. what the loss skips) and, where the backend
+    reports it (vLLM in process), `rollout/prefix_cache_hit_rate` (`prefix_cache_hit_rate`)."""
 
     def em(
         prompts: list,
@@ -134,6 +148,8 @@ def make_episode_metrics(protocol: Protocol) -> Callable[..., list[float]]:
         truncated: list[bool],
         invalid_steps: list[int],
         inserted_tokens: list[int],
+        context_tokens: list[int] | None = None,
+        cached_tokens: list[int | None] | None = None,
         log_metric: Callable[[str, float], None] | None = None,
         **columns: Any,
     ) -> list[float]:
@@ -148,6 +164,10 @@ def make_episode_metrics(protocol: Protocol) -> Callable[..., list[float]]:
             log_metric("rollout/valid_format_rate", valid / count)
             total = sum(len(ids) for ids in completion_ids)
             log_metric("rollout/masked_token_share", sum(inserted_tokens) / max(1, total))
+            reported = context_tokens is not None and cached_tokens is not None
+            hit_rate = prefix_cache_hit_rate(context_tokens, cached_tokens) if reported else None
+            if hit_rate is not None:
+                log_metric("rollout/prefix_cache_hit_rate", hit_rate)
         return [
             exact_match(extract_answer(text, protocol), gold)
             for text, gold in zip(texts, golden_answers, strict=True)
