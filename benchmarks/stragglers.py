@@ -12,9 +12,11 @@ Two workloads of `--episodes` episodes, each episode's turns planned in advance:
 The engine really decodes each planned turn: a random tiny Qwen2 (`--hidden`, `--layers`) is held
 to a filler token (transformers: a +100 sequence bias; vLLM: `allowed_token_ids`), so each turn
 costs exactly its planned number of decoding steps, batched as the backend batches them. The
-planned turn's text (`<think>` filler `</think><search> q </search>`, or an answer and EOS) then
-replaces the decoded ids, with the same length, before the rollout reads it: the time is the
-engine's, the episode is the plan's. Searches go to BM25 over the demo world's passages, in
+planned turn's text (filler `</think><search> q </search>`, or filler `</think><answer> a
+</answer>` and EOS) then replaces the decoded ids, with the same length, before the rollout reads
+it: the time is the engine's, the episode is the plan's. Only the turn's tail differs from what
+the engine decoded, so the next turn's context shares all but those few ids with what the engine
+holds (a real turn shares all of them). Searches go to BM25 over the demo world's passages, in
 process, plus `--search-latency-ms` of sleep per retriever call, standing in for a retrieval
 server's round trip.
 
@@ -27,8 +29,12 @@ searches under either scheduler; continuous scheduling then only ends the other 
 Both schedulers play the same episodes (checked: the same completion ids); per scheduler the
 script reports episodes per second, p50 and p99 episode time (from the start of the rollout to the
 end of the episode's last turn), and the engine's idle share (the part of the wall time spent
-outside `generate` / `step`: retrieval, orchestration, waiting). Each (workload, scheduler) runs
-`--repeats` times after one untimed warm-up; figures are medians.
+outside `generate` / `step`: retrieval, orchestration, waiting) and, on vLLM, the prefix-cache
+hits: the share of the context ids sent to the engine that it served from its prefix cache
+(`RequestOutput.num_cached_tokens`, as training logs it; transformers has no prefix cache: n/a).
+vLLM's prefix cache is emptied before every run, as TRL empties it after each weight sync, so
+hits come from the run's own earlier turns. Each (workload, scheduler) runs `--repeats` times
+after one untimed warm-up; figures are medians.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ import random
 import statistics
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +58,7 @@ from research_r1.retrieval.config import load_retriever
 from research_r1.retrieval.corpus import load_corpus
 from research_r1.rollout import RolloutConfig, run_rollout, run_rollout_continuous
 from research_r1.tiny import build_tiny_model
+from research_r1.training.trl_rollout import prefix_cache_hit_rate
 from research_r1.world import build_world, write_corpus
 
 STRAGGLER_SHARE = 0.1
@@ -114,13 +121,12 @@ class Planned:
                 [*encode("</think><answer> a </answer>"), self.tokenizer.eos_token_id],
                 "eos",
             )
-        head = encode("<think>")
-        ids = head + [self.filler] * (len(decoded.token_ids) - len(head) - len(tail)) + tail
+        ids = [self.filler] * (len(decoded.token_ids) - len(tail)) + tail
         if len(ids) != len(decoded.token_ids):
-            raise SystemExit(f"--short and --long must be at least {len(head) + len(tail)}")
+            raise SystemExit(f"--short and --long must be at least {len(tail)}")
         if self.played[row] == len(self.plans[row]):
             self.ended[row] = time.perf_counter() - self.start
-        return Generation(ids, [0.0] * len(ids), finish)
+        return Generation(ids, [0.0] * len(ids), finish, decoded.cached_tokens)
 
 
 class PlannedGenerator:
@@ -201,8 +207,11 @@ def build(args: argparse.Namespace, folder: Path) -> tuple[Any, Any, Retriever, 
     return model, tokenizer, SlowRetriever(retriever, args.search_latency_ms / 1000), prompts
 
 
-def backends(args: argparse.Namespace, model: Any, tokenizer: Any, filler: int, folder: Path):
-    """The turn-synchronous `Generator` and the continuous `Engine` of `--backend`."""
+def backends(
+    args: argparse.Namespace, model: Any, tokenizer: Any, filler: int, folder: Path
+) -> tuple[Generator, Engine, Callable[[], object]]:
+    """The turn-synchronous `Generator` and the continuous `Engine` of `--backend`, and what
+    empties its prefix cache (nothing to empty with transformers)."""
     if args.backend == "vllm":
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in this process, as TRL's
         from vllm import LLM
@@ -225,14 +234,14 @@ def backends(args: argparse.Namespace, model: Any, tokenizer: Any, filler: int, 
         )
         forced = {"allowed_token_ids": [filler], "ignore_eos": True}
         generator = VLLMGenerator(llm, temperature=0.0, generation_kwargs=forced)
-        return generator, generator
+        return generator, generator, llm.reset_prefix_cache
     from transformers import GenerationConfig
 
     from research_r1.generation import TransformersGenerator
 
     config = GenerationConfig(do_sample=False, sequence_bias={(filler,): 100.0})
     generator = TransformersGenerator(model, tokenizer, config, batch_size=args.concurrency)
-    return generator, BatchEngine(generator)
+    return generator, BatchEngine(generator), lambda: None
 
 
 @dataclass
@@ -243,6 +252,7 @@ class Run:
     episode_s: list[float]
     idle: float
     completions: list[list[int]]
+    hit_rate: float | None  # None: the backend reports no prefix-cache hits
 
 
 def play(scheduler: str, backend: Any, planned: Planned, retriever, tokenizer, config) -> Run:
@@ -262,9 +272,11 @@ def play(scheduler: str, backend: Any, planned: Planned, retriever, tokenizer, c
         episodes = run_rollout_continuous(planned.prompts, engine=engine, **common)
     wall = time.perf_counter() - planned.start
     ends = [planned.ended[row] for row in range(len(episodes))]
-    return Run(
-        "", scheduler, wall, ends, 1 - planned.busy / wall, [e.completion_ids for e in episodes]
+    hit_rate = prefix_cache_hit_rate(
+        [e.context_tokens for e in episodes], [e.cached_tokens for e in episodes]
     )
+    completions = [e.completion_ids for e in episodes]
+    return Run("", scheduler, wall, ends, 1 - planned.busy / wall, completions, hit_rate)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -303,16 +315,18 @@ def main() -> None:
         folder = Path(name)
         model, tokenizer, retriever, prompts = build(args, folder)
         filler = tokenizer.encode(" born", add_special_tokens=False)[0]
-        generator, engine = backends(args, model, tokenizer, filler, folder)
+        generator, engine, empty_cache = backends(args, model, tokenizer, filler, folder)
+
+        def run(scheduler: str, backend: Any, planned: Planned) -> Run:
+            empty_cache()  # as TRL does after each weight sync
+            return play(scheduler, backend, planned, retriever, tokenizer, config)
+
         for workload in ("uniform", "straggler"):
             planned = Planned(prompts, plan(workload, len(prompts), args), tokenizer, filler)
             results: dict[str, list[Run]] = {}
             for scheduler, backend in (("turn", generator), ("continuous", engine)):
-                play(scheduler, backend, planned, retriever, tokenizer, config)  # warm-up
-                results[scheduler] = [
-                    play(scheduler, backend, planned, retriever, tokenizer, config)
-                    for _ in range(args.repeats)
-                ]
+                run(scheduler, backend, planned)  # warm-up
+                results[scheduler] = [run(scheduler, backend, planned) for _ in range(args.repeats)]
             if results["turn"][0].completions != results["continuous"][0].completions:
                 raise SystemExit(f"{workload}: the schedulers played different episodes")
             for scheduler, runs in results.items():
@@ -327,9 +341,16 @@ def print_table(rows, args: argparse.Namespace) -> None:
         f"max_turns {args.max_turns}, search latency {args.search_latency_ms:g} ms; "
         f"medians of {args.repeats} runs\n"
     )
-    columns = ["episodes/s", "p50 episode s", "p99 episode s", "engine idle", "speed-up"]
+    columns = [
+        "episodes/s",
+        "p50 episode s",
+        "p99 episode s",
+        "engine idle",
+        "prefix-cache hits",
+        "speed-up",
+    ]
     print("| workload | scheduler | " + " | ".join(columns) + " |")
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|" + "---|" * len(columns))
     base: dict[str, float] = {}
     for workload, scheduler, runs in rows:
         rate = statistics.median(len(r.episode_s) / r.seconds for r in runs)
@@ -339,8 +360,16 @@ def print_table(rows, args: argparse.Namespace) -> None:
         base.setdefault(workload, rate)
         print(
             f"| {workload} | {scheduler} | {rate:.1f} | {p50:.2f} | {p99:.2f} | {idle:.0%} "
-            f"| {rate / base[workload]:.2f}x |"
+            f"| {hits(runs)} | {rate / base[workload]:.2f}x |"
         )
+
+
+def hits(runs: list[Run]) -> str:
+    """The median prefix-cache hit rate of `runs`, or n/a where the backend reports none."""
+    rates = [r.hit_rate for r in runs]
+    if None in rates:
+        return "n/a"
+    return f"{statistics.median(rates):.0%}"
 
 
 if __name__ == "__main__":
