@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 import yaml
+from datasets import Dataset
 from huggingface_hub import ModelCard
 from matplotlib.figure import Figure
 from rich.console import Console
@@ -156,13 +157,20 @@ def write_world(world: World, out: Path) -> dict[str, Path]:
     for split, questions in (("train", world.train), ("test", world.test)):
         sources[split] = write_questions(questions, out / "questions" / f"{split}.jsonl")
         dataset, _ = prepare([f"world={sources[split]}"], split, load_template(template))
-        write_split(dataset, out / "data", split)
+        write_split(with_kinds(dataset, questions, split), out / "data", split)
     return {
         "retriever": retriever,
         "template": template,
         "data": out / "data",
         "questions": sources["test"],
     }
+
+
+def with_kinds(dataset: Dataset, questions: Sequence[Question], split: str) -> Dataset:
+    """The split with each question's kind in a `kind` column, beside prepare-data's columns
+    (whose ids are `world-{split}-{question id}`): what `skip_zero_std_by: kind` groups by."""
+    kinds = {f"world-{split}-{q.id}": q.kind for q in questions}
+    return dataset.add_column("kind", [kinds[row_id] for row_id in dataset["id"]])
 
 
 def name_own_setting(model_dir: Path, paths: dict[str, Path]) -> None:

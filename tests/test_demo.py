@@ -41,8 +41,10 @@ def test_written_splits_follow_prepare_data_layout(demo_world):
             "data_source",
             "prompt",
             "template",
+            "kind",  # beside prepare-data's columns: what `skip_zero_std_by: kind` groups by
         ]
         assert rows["question"] == [q.question for q in questions]
+        assert rows["kind"] == [q.kind for q in questions]
         assert rows["golden_answers"] == [[q.answer] for q in questions]
         assert set(rows["template"]) == {"demo"}
     assert sum(1 for _ in (out / "corpus.jsonl").open()) == len(world.passages)

@@ -20,6 +20,7 @@ from research_r1.training.sampler import (
     INDEX_COLUMN,
     STATE_FILE,
     ZeroStdSkipSampler,
+    group_column,
     with_prompt_index,
     zero_std_groups,
 )
@@ -112,6 +113,62 @@ def test_a_prompt_is_skipped_after_its_zero_std_streak_with_a_decaying_probabili
     assert s.skip == {0: 1.0}
     s.record([0], [False])  # rewards that differ: sampled as any other prompt
     assert s.skip == {} and s.streak == {}
+
+
+def test_prompts_of_one_group_share_its_streak_and_its_skips():
+    # Prompts 0-3 are kind "a", 4-7 kind "b". Pass 0 of seed 0 is 2 4 3 6 | 5 0 1 7 with coins
+    # .81 .91 .61 .73 | .54 .94 .82 .003; pass 1 is 1 3 7 6 ... with coins .06 .24 .79 ...
+    s = sampler(8, after=2, probability=1.0, decay=0.5, groups=["a"] * 4 + ["b"] * 4)
+    first = s.next_chunk()
+    assert first == [2, 4, 3, 6]
+    s.record(first, [True, True, False, True])  # a: flat, then not; b: two flat in a row
+    assert s.streak == {"b": 2} and s.skip == {"b": 1.0}
+    # 5 (b) is skipped, b: 1.0 -> 0.5; 0 and 1 (a) are taken; 7 (b) is skipped (.003 < .5),
+    # b -> 0.25; pass 1 gives 1 (in the batch already), 3 (a), then 7 (b, .79 >= .25).
+    second = s.next_chunk()
+    assert second == [0, 1, 3, 7] and s.skip == {"b": 0.25}
+    assert s.record(second, [True, True, True, False]) == 2 / 6
+    assert s.streak == {"a": 3} and s.skip == {"a": 1.0}  # 6 (b) had variance: b is reset
+
+
+def test_a_group_sampled_less_still_comes_back_and_the_others_fill_the_batch():
+    groups = ["solved"] * 10 + ["open"] * 10
+    s = sampler(20, batch_size=4, probability=1.0, decay=0.5, groups=groups)
+    drawn = []
+    for _ in range(25):  # every "solved" group stays flat, every "open" one has variance
+        chunk = s.next_chunk()
+        s.record(chunk, [groups[i] == "solved" for i in chunk])
+        drawn += chunk
+    solved = sum(groups[i] == "solved" for i in drawn)
+    # Half the prompts, a third of the draws: after each of its flat groups a "solved" prompt is
+    # skipped for sure, the next one with probability 1/2, then 1/4...
+    assert (solved, len(drawn)) == (34, 100)
+
+
+def test_a_resumed_run_keeps_the_groups_statistics(tmp_path):
+    def outcome(prompt: int, step: int) -> bool:
+        return prompt < 6 or step % 2 == 0
+
+    options = dict(batch_size=4, probability=0.8, decay=0.5, seed=7, groups=["x", "y", "z"] * 4)
+    straight, shares = train(sampler(12, **options), outcome, steps=8)
+    assert any(shares)
+    interrupted = sampler(12, **options)
+    train(interrupted, outcome, steps=5)
+    interrupted.save(tmp_path)
+    resumed = sampler(12, **options)
+    assert resumed.load(tmp_path) and resumed.skip == interrupted.skip
+    assert train(resumed, outcome, 3, first_step=5) == (straight[5:], shares[5:])
+
+
+def test_groups_come_from_a_named_column_of_plain_values():
+    dataset = Dataset.from_dict({"kind": ["a", "b", "a"], "answers": [["x"], ["y"], ["z"]]})
+    assert group_column(dataset, "kind") == ["a", "b", "a"]
+    with pytest.raises(InputError, match=r"^skip_zero_std_by: .* no column 'source' \(it has "):
+        group_column(dataset, "source")
+    with pytest.raises(InputError, match=r"^skip_zero_std_by: row 0's 'answers' is \['x'\]"):
+        group_column(dataset, "answers")
+    with pytest.raises(ValueError, match="2 groups for 3 prompts"):
+        ZeroStdSkipSampler([0, 1, 2], mini_repeat_count=2, groups=["a", "b"])
 
 
 def test_batches_keep_trls_shape_however_many_prompts_are_skipped():

@@ -400,6 +400,11 @@ START_UP_FAILURES = [
     (["--space_repo", "not a repo"], r"^space_repo: 'not a repo' is not a repo id"),
     (["--no_such_key", "1"], r"^recipe: .*--no_such_key"),
     (["--skip_zero_std_decay", "1"], r"^skip_zero_std_decay: must be in \[0, 1\) so skipped"),
+    (["--skip_zero_std_by", "kind"], r"^skip_zero_std_by: 'kind' needs skip_zero_std_prompts"),
+    (
+        ["--skip_zero_std_prompts", "true", "--skip_zero_std_by", "kind"],
+        r"^skip_zero_std_by: the training split has no column 'kind' \(it has \['id', ",
+    ),
 ]
 
 

@@ -153,6 +153,14 @@ class SearchGRPOConfig(GRPOConfig):
             "sampler/skipped_prompts per step (research_r1.training.sampler)."
         },
     )
+    skip_zero_std_by: str | None = field(
+        default=None,
+        metadata={
+            "help": "A training-split column (e.g. data_source) whose values share the "
+            "statistics: prompts of a value whose groups keep zero std are skipped, before "
+            "each of them has come up again. Default: each prompt its own."
+        },
+    )
     skip_zero_std_after: int = field(
         default=1, metadata={"help": "Zero-std groups in a row before a prompt may be skipped."}
     )
@@ -171,6 +179,10 @@ class SearchGRPOConfig(GRPOConfig):
         if self.skip_zero_std_after < 1:
             raise InputError(
                 f"skip_zero_std_after: must be at least 1, got {self.skip_zero_std_after}"
+            )
+        if self.skip_zero_std_by and not self.skip_zero_std_prompts:
+            raise InputError(
+                f"skip_zero_std_by: {self.skip_zero_std_by!r} needs skip_zero_std_prompts: true"
             )
         if not 0.0 <= self.skip_zero_std_probability <= 1.0:
             value = self.skip_zero_std_probability

@@ -9,6 +9,13 @@ skipped prompt comes back; a group of it whose rewards differ resets it. A skipp
 replaced by the next one in the order, so every batch has TRL's shape (and, as TRL's, no prompt
 twice).
 
+With `groups` (the `skip_zero_std_by` recipe key: a dataset column such as `data_source`), the
+statistics are kept per value of that column instead of per prompt, so prompts of a kind the
+policy has solved are sampled less before each of them has come up again: in a run of one pass
+over the data, as most are, no prompt's own history exists when it is drawn. A kind whose groups
+keep zero std is skipped with probability `probability`, decaying at each skip, so its prompts
+are sampled at a fraction of their share rather than not at all.
+
 The order is a sequence of passes over the dataset, each a permutation with one coin per
 position, both a function of the seed and the pass number alone: every process builds the same
 sampler, records the same gathered rewards, and so draws the same prompts. A batch is drawn with
@@ -23,7 +30,7 @@ draw further ahead).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +46,9 @@ INDEX_COLUMN = "prompt_index"
 
 
 class ZeroStdSkipSampler(RepeatSampler):
-    """TRL's `RepeatSampler` that skips prompts whose last `after` groups all had zero reward
-    std, with a probability that starts at `probability` and decays by `decay` at each skip."""
+    """TRL's `RepeatSampler` that skips prompts whose last `after` groups (of the prompt, or of
+    its value in `groups`) all had zero reward std, with a probability that starts at
+    `probability` and decays by `decay` at each skip."""
 
     def __init__(
         self,
@@ -54,17 +62,25 @@ class ZeroStdSkipSampler(RepeatSampler):
         after: int = 1,
         probability: float = 1.0,
         decay: float = 0.5,
+        groups: Sequence[Hashable] | None = None,
     ) -> None:
         super().__init__(data_source, mini_repeat_count, batch_size, repeat_count, shuffle, seed)
         self.after, self.probability, self.decay = after, probability, decay
-        self.streak: dict[int, int] = {}  # zero-std groups in a row, per prompt
-        self.skip: dict[int, float] = {}  # current skip probability, per prompt
+        if groups is not None and len(groups) != self.num_samples:
+            raise ValueError(f"{len(groups)} groups for {self.num_samples} prompts")
+        self.groups = groups
+        self.streak: dict[Hashable, int] = {}  # zero-std groups in a row, per key
+        self.skip: dict[Hashable, float] = {}  # current skip probability, per key
         self.passes, self.position = 0, 0  # where in the order the next prompt comes from
         self.epoch_chunks: list[list[int]] = []  # the chunks drawn in the epoch being iterated
         self.iterating = False
         self.replay: list[list[int]] = []  # chunks a resumed run draws again
         self.considered = self.skipped = 0  # since the last `record`
         self._order: tuple[int, np.ndarray, np.ndarray] | None = None
+
+    def key(self, index: int) -> Hashable:
+        """Whose statistics prompt `index` reads and updates: its group's, or its own."""
+        return index if self.groups is None else self.groups[index]
 
     def _pass(self, number: int) -> tuple[np.ndarray, np.ndarray]:
         """Pass `number`'s order and coins, from the seed and the pass number alone."""
@@ -88,9 +104,10 @@ class ZeroStdSkipSampler(RepeatSampler):
             if index in chunk:  # drawn from the previous pass's end: once per chunk
                 continue
             self.considered += 1
-            probability = self.skip.get(index, 0.0)
+            key = self.key(index)
+            probability = self.skip.get(key, 0.0)
             if coin < probability:
-                self.skip[index] = probability * self.decay
+                self.skip[key] = probability * self.decay
                 self.skipped += 1
             else:
                 chunk.append(index)
@@ -111,14 +128,14 @@ class ZeroStdSkipSampler(RepeatSampler):
         """Update each prompt's statistics from its group's outcome, in order; returns the share
         of prompts skipped since the previous call (0 when none was considered)."""
         for index, flat in zip(prompts, zero_std, strict=True):
-            index = int(index)
+            key = self.key(int(index))
             if flat:
-                self.streak[index] = self.streak.get(index, 0) + 1
-                if self.streak[index] >= self.after:
-                    self.skip[index] = self.probability
+                self.streak[key] = self.streak.get(key, 0) + 1
+                if self.streak[key] >= self.after:
+                    self.skip[key] = self.probability
             else:
-                self.streak.pop(index, None)
-                self.skip.pop(index, None)
+                self.streak.pop(key, None)
+                self.skip.pop(key, None)
         share = self.skipped / self.considered if self.considered else 0.0
         self.considered = self.skipped = 0
         return share
@@ -127,8 +144,8 @@ class ZeroStdSkipSampler(RepeatSampler):
         return {
             "passes": self.passes,
             "position": self.position,
-            "streak": sorted(self.streak.items()),
-            "skip": sorted(self.skip.items()),
+            "streak": list(self.streak.items()),
+            "skip": list(self.skip.items()),
             # An epoch whose chunks are all handed out is over: the resumed run starts the next.
             "replay": self.epoch_chunks if self.iterating else [],
             "considered": self.considered,
@@ -137,8 +154,8 @@ class ZeroStdSkipSampler(RepeatSampler):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.passes, self.position = state["passes"], state["position"]
-        self.streak = {int(i): int(n) for i, n in state["streak"]}
-        self.skip = {int(i): float(p) for i, p in state["skip"]}
+        self.streak = {key: int(n) for key, n in state["streak"]}
+        self.skip = {key: float(p) for key, p in state["skip"]}
         self.replay = [list(chunk) for chunk in state["replay"]]
         self.considered, self.skipped = state["considered"], state["skipped"]
 
@@ -160,6 +177,24 @@ def with_prompt_index(dataset: Any) -> Any:
     if INDEX_COLUMN in dataset.column_names:
         raise InputError(f"skip_zero_std_prompts: the dataset already has a {INDEX_COLUMN} column")
     return dataset.add_column(INDEX_COLUMN, range(len(dataset)))
+
+
+def group_column(dataset: Any, column: str) -> list[Hashable]:
+    """Each row's value in `column`, the `skip_zero_std_by` recipe key; a clear error when the
+    split has no such column or its values are not plain strings or numbers."""
+    if column not in dataset.column_names:
+        raise InputError(
+            f"skip_zero_std_by: the training split has no column {column!r} (it has "
+            f"{dataset.column_names})"
+        )
+    values = dataset[column]
+    for row, value in enumerate(values):
+        if not isinstance(value, str | int | bool):
+            raise InputError(
+                f"skip_zero_std_by: row {row}'s {column!r} is {value!r}; prompts are grouped by "
+                f"a string or integer column"
+            )
+    return values
 
 
 def zero_std_groups(

@@ -58,6 +58,7 @@ from research_r1.training.publish import EVAL_FOLDER, model_card, read_evaluatio
 from research_r1.training.sampler import (
     INDEX_COLUMN,
     ZeroStdSkipSampler,
+    group_column,
     with_prompt_index,
     zero_std_groups,
 )
@@ -113,6 +114,11 @@ class SearchGRPOTrainer(GRPOTrainer):
             after=self.args.skip_zero_std_after,
             probability=self.args.skip_zero_std_probability,
             decay=self.args.skip_zero_std_decay,
+            groups=(
+                group_column(sampler.data_source, self.args.skip_zero_std_by)
+                if self.args.skip_zero_std_by
+                else None
+            ),
         )
         checkpoint = self.resume_from
         if checkpoint is True:
@@ -161,6 +167,8 @@ def train(argv: list[str], extra_callbacks: Sequence[Any] = ()) -> SearchGRPOTra
 
     template = load_template(script.template)
     train_set = prepared_split(script, "dataset_train_split", template)
+    if args.skip_zero_std_by:
+        group_column(train_set, args.skip_zero_std_by)  # refused here, before anything is written
     eval_set = None
     if args.eval_strategy != "no":
         eval_set = prepared_split(script, "dataset_test_split", template)
