@@ -1,54 +1,67 @@
-"""Time and peak memory of one GRPO step with the search rollout, split into its parts.
+"""Where a GRPO step's time goes, per shipped recipe and rollout scheduler, and its peak memory.
 
-    .venv/bin/python benchmarks/train_step.py [--steps 3] [--data DIR] [--threads N]
+    .venv/bin/python benchmarks/train_step.py [--recipes NAME ...] [--schedulers turn continuous]
+        [--processes 1 2] [--steps 3] [--threads N] [--data DIR]
+    PYTHONPATH=. VLLM_VENV/bin/python benchmarks/train_step.py --generation vllm [...]
 
-A step is one rollout (every episode of the step, turn by turn) and one optimizer step on it.
-Its wall time is split into:
+A row is one setup or recipe, one rollout scheduler (the recipe key `rollout_scheduler`: `turn`,
+the turn-synchronous one, or `continuous`, each episode on its own), one generation backend and a
+number of training processes, trained for a warm-up step and `--steps` timed steps in processes of
+its own (so its peak memory is its own). A step's wall time (on the first process) is split into:
 
 - generation: the rollout less its retrieval calls (model decoding, plus the rollout's own
   bookkeeping: detokenising turns, parsing tags, inserting observations);
-- retrieval: the time spent inside `Retriever.search` (BM25 over the passages, in process);
-- scoring: inside the reward functions (the reward and the episode metrics);
+- retrieval: the time spent inside the retriever's `search` (BM25 in process, called between
+  engine steps by both schedulers, so it never overlaps generation);
+- scoring: inside the reward functions (the recipe's rewards and the episode metrics);
+- weight sync: TRL's `VLLMGeneration.sync_weights`, which loads the trained weights (LoRA merged)
+  into the colocated vLLM engine before each step's rollout; with transformers the policy
+  generates itself and there is nothing to sync;
 - fwd/bwd: the rest of the step: the log-probability passes TRL makes for the loss, the forward
-  and backward passes and the optimizer step;
-- weight sync: pushing the trained weights into vLLM before the rollout (vLLM only: with
-  transformers generation the policy generates itself, and the column says so).
+  and backward passes and the optimizer step; with several processes also DDP's gradient
+  all-reduce and the wait for the slowest process's rollout at the first collective after it.
 
-`--schedulers turn continuous` runs every setup with each rollout scheduler (the recipe key
-`rollout_scheduler`): `turn`, the turn-synchronous one this benchmark measured before, and
-`continuous`, each episode on its own (with transformers, over `BatchEngine`).
+Rows (`--recipes`, all by default):
+- `tiny`, `tiny+lora`: this script's own random tiny model (hidden 128, 2 layers) with the tiny
+  recipe's episode settings, on the demo world (or `--data DIR`: a FlashRAG `test.jsonl` and a
+  Search-R1 `corpus.jsonl`); on a GPU (only when torch sees one) also bf16 models shaped like
+  Qwen2.5-0.5B and 3B. An output bias makes tags and EOS likely, so episodes search and stop.
+- `tiny_cpu_grpo`: the CPU recipe as shipped, on what `make demo` wrote to outputs/demo (its
+  cold-started model, data and BM25 index).
+- every GPU recipe, through the function `research-r1 train` runs in each training process, at
+  the reduced shape of `research_r1.training.reduced` (the recipe's architecture at 2 layers of
+  64-wide heads, the demo world, the shape keys `SHAPE`; every other key as shipped) with the
+  CPU's device and precision flags. `--processes 2` adds rows for the recipes that train data
+  parallel (TRL's multi_gpu preset), started as `research-r1 train --num_processes 2` starts
+  them (torchrun, DDP over gloo), the cores shared between the processes. With `--generation
+  transformers` (the default) a vLLM recipe generates with transformers (`use_vllm false`); with
+  `--generation vllm` (vLLM's CPU build importable) only the vLLM recipes run, on TRL's
+  colocated engine (one per process), as shipped. Shipped settings a CPU cannot run get a row
+  that says why (vLLM server mode, the 8-GPU runs).
 
-Peak memory is the process's peak resident set on CPU, and the peak allocated CUDA memory of
-the step on a GPU.
-
-Questions and passages come from the demo's synthetic world (`research_r1.world`: one-sentence
-passages), or with `--data DIR` from a FlashRAG `test.jsonl` and a Search-R1 `corpus.jsonl`,
-e.g. the Bamboogle mini set (real questions, real Wikipedia passages of about 100 words, so
-observations as long as in training on wiki-18).
-
-Models are random, so nothing is downloaded: on CPU the tiny model of the demo recipe (hidden
-128, 2 layers), fully fine-tuned and with LoRA; on a GPU (only when torch sees one) bf16 models
-shaped like Qwen2.5-0.5B and Qwen2.5-3B (with their real vocabulary size, so the output layer
-costs what it does in training) with LoRA on every linear layer. A random model rarely writes a
-tag, so an output bias makes tags and EOS likely: episodes then search, answer and stop, instead
-of every turn running to its token budget.
+Peak memory is the first process's peak resident set on CPU (with vLLM, the engine and its KV
+cache are in it), and the peak allocated CUDA memory of the step on a GPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
-import gc
 import json
 import math
 import os
 import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
 import torch
 from datasets import Dataset
@@ -61,7 +74,27 @@ from research_r1.retrieval.corpus import load_corpus
 from research_r1.rewards import search_r1_em
 from research_r1.rollout import FINAL_TURN_NOTICE
 from research_r1.tiny import build_tiny_model, build_tokenizer
+from research_r1.training.reduced import CPU_FLAGS, read_recipe, reduce_recipe
 from research_r1.training.trl_rollout import make_episode_metrics, make_rollout_func
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU_RECIPE = ROOT / "recipes" / "tiny_cpu_grpo.yaml"
+GPU_RECIPES = sorted(
+    path for path in (ROOT / "recipes").glob("*.yaml") if not read_recipe(path).get("use_cpu")
+)
+PARTS = ("rollout", "retrieval", "scoring", "weight_sync")
+# vLLM's CPU backend traces the model once and runs it eagerly rather than compiling it with
+# inductor (as tests_vllm runs the recipes: a reduced qwen3b run took 90 s instead of 230 s).
+VLLM_CPU_ENV = {"VLLM_CPU_CI_ENV": "1"}
+# Why some shipped settings get no numbers here.
+SERVER_REASON = (
+    "not run: TRL syncs weights to a vLLM server over NCCL only ('needs a CUDA device', "
+    "VLLMClient.init_communicator), so no weight sync can be timed on a CPU"
+)
+DATA_PARALLEL_REASON = (
+    "not run as shipped: 8 processes on 8 GPUs (TRL's multi_gpu preset: DDP over NCCL, bf16); "
+    "no GPU here: `--processes 2` runs its DDP over gloo on the CPU"
+)
 
 # How likely a random model is made to write each tag and EOS, whatever the vocabulary size: a
 # share s gets the probability mass of s x (vocabulary size) ordinary tokens.
@@ -87,7 +120,7 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 @dataclass(frozen=True)
 class Setup:
-    """One benchmarked configuration: a model and the episode and GRPO settings it runs with."""
+    """One of this script's own configurations: a model and its episode and GRPO settings."""
 
     name: str
     device: str
@@ -105,16 +138,85 @@ class Setup:
 
 
 @dataclass(frozen=True)
-class StepTiming:
-    total: float
-    rollout: float
-    retrieval: float
-    scoring: float
-    peak_bytes: int
+class Measured:
+    """What a row's worker process reports: per timed step, the wall time and its parts."""
+
+    steps: list[dict[str, float]]
+    trainable: int
+    total: int
+    episodes: int
+    tokens_per_episode: float
+    searches_per_episode: float
+    training: str  # where the policy trained: device, precision, processes
+    generation: str  # what generated the episodes
+
+
+# ---------------------------------------------------------------------------------------------
+# The clock: one accumulator per measured part, one record per optimizer step
+
+
+class Clock(TrainerCallback):
+    """Seconds spent in each part (`PARTS`) during each optimizer step, the step's wall time
+    and the process's peak memory at its end."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.parts = dict.fromkeys(PARTS, 0.0)
+        self.steps: list[dict[str, float]] = []
+
+    @contextlib.contextmanager
+    def measure(self, part: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._sync()
+            self.parts[part] += time.perf_counter() - start
+
+    def timed(self, part: str, function: Callable) -> Callable:
+        """`function`, its calls' time added to `part` (its name kept for TRL's logs)."""
+
+        @functools.wraps(function)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            with self.measure(part):
+                return function(*args, **kwargs)
+
+        return timed
+
+    def _sync(self) -> None:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._sync()
+        if self.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        self.parts = dict.fromkeys(PARTS, 0.0)
+        self.start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._sync()
+        if self.device == "cuda":
+            peak = torch.cuda.max_memory_allocated()
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+        step = time.perf_counter() - self.start
+        self.steps.append({"step": step, **self.parts, "peak_bytes": peak})
+
+
+# ---------------------------------------------------------------------------------------------
+# The measured pieces
+
+
+def time_generation(rollout_func: Callable, clock: Clock) -> Callable:
+    """The rollout (generation with its retrieval calls inside: `time_retrieval` tells them)."""
+    return clock.timed("rollout", rollout_func)
 
 
 class TimedRetriever:
-    """A retriever that adds the time spent in `search` to `seconds`."""
+    """A retriever that adds the time spent in `search` to `seconds` (benchmarks/rollout.py
+    charges it per turn); other attributes are the wrapped one's (the rollout asks whether it
+    `waits_on_network`)."""
 
     def __init__(self, retriever: Retriever) -> None:
         self.retriever = retriever
@@ -127,66 +229,52 @@ class TimedRetriever:
         finally:
             self.seconds += time.perf_counter() - start
 
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.retriever, name)
 
-class StepTimer(TrainerCallback):
-    """Wall time, rollout time, retrieval time and peak memory of every optimizer step."""
 
-    def __init__(self, retriever: TimedRetriever, device: str) -> None:
-        self.retriever = retriever
-        self.device = device
-        self.rollout_seconds = self.scoring_seconds = 0.0
-        self.steps: list[StepTiming] = []
+def time_retrieval(retriever: Retriever, clock: Clock) -> TimedRetriever:
+    """Retrieval: every `search` call of the rollout's retriever."""
+    timed = TimedRetriever(retriever)
+    timed.search = clock.timed("retrieval", timed.search)
+    return timed
 
-    def timed_reward(self, reward: Callable) -> Callable:
-        """`reward`, adding its time to the step's scoring (its name kept for TRL's logs)."""
 
-        @functools.wraps(reward)
-        def timed(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return reward(*args, **kwargs)
-            finally:
-                self.scoring_seconds += time.perf_counter() - start
+def time_scoring(reward_funcs: list[Callable], clock: Clock) -> list[Callable]:
+    """The reward functions (and the episode metrics, one of them), each call timed. Not TRL's
+    `_calculate_rewards` around them: its gather is the first collective after the rollout, so
+    with several processes it would also hold the wait for the slowest one's rollout."""
+    return [clock.timed("scoring", reward) for reward in reward_funcs]
 
-        return timed
 
-    def timed(self, rollout: Callable) -> Callable:
-        def rollout_func(prompts: list, trainer) -> dict:
-            start = time.perf_counter()
-            try:
-                return rollout(prompts, trainer)
-            finally:
-                self._sync()
-                self.rollout_seconds += time.perf_counter() - start
+def time_weight_sync(trainer: Any, clock: Clock) -> None:
+    """TRL's own weight sync into its vLLM engine, wrapped on the trainer's `vllm_generation`
+    (TRL calls it before each step's rollout); nothing with transformers generation."""
+    if trainer.use_vllm:
+        generation = trainer.vllm_generation
+        generation.sync_weights = clock.timed("weight_sync", generation.sync_weights)
 
-        return rollout_func
 
-    def _sync(self) -> None:
-        if self.device == "cuda":
-            torch.cuda.synchronize()
+def timed_trainer(trainer_class: type, clock: Clock) -> type:
+    """`trainer_class` with every measured piece of its step timed on `clock`."""
 
-    def on_step_begin(self, args, state, control, **kwargs):
-        self._sync()
-        if self.device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        self.retriever.seconds = self.rollout_seconds = self.scoring_seconds = 0.0
-        self.start = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self._sync()
-        if self.device == "cuda":
-            peak = torch.cuda.max_memory_allocated()
-        else:
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-        self.steps.append(
-            StepTiming(
-                time.perf_counter() - self.start,
-                self.rollout_seconds,
-                self.retriever.seconds,
-                self.scoring_seconds,
-                peak,
+    class Timed(trainer_class):
+        def __init__(
+            self, *args: Any, rollout_func: Callable, reward_funcs: list[Callable], **kwargs: Any
+        ) -> None:
+            super().__init__(
+                *args,
+                rollout_func=time_generation(rollout_func, clock),
+                reward_funcs=time_scoring(reward_funcs, clock),
+                **kwargs,
             )
-        )
+            time_weight_sync(self, clock)
+
+    return Timed
+
+
+# ---------------------------------------------------------------------------------------------
+# This script's own setups (tiny random models, and Qwen-shaped ones on a GPU)
 
 
 def load_data(data: Path | None, folder: Path) -> tuple[Dataset, Path]:
@@ -253,89 +341,6 @@ def build_model(setup: Setup, texts: list[str], folder: Path):
     return model, tokenizer
 
 
-def run(
-    setup: Setup,
-    questions: Dataset,
-    retriever: Retriever,
-    texts: list[str],
-    steps: int,
-    scheduler: str,
-):
-    """Train `steps + 1` steps (the first warms up and is dropped); the timings of the rest."""
-    from peft import LoraConfig
-    from trl import GRPOConfig, GRPOTrainer
-
-    timed = TimedRetriever(retriever)
-    timer = StepTimer(timed, setup.device)
-    with tempfile.TemporaryDirectory() as folder:
-        model, tokenizer = build_model(setup, texts, Path(folder) / "model")
-        episodes = setup.num_generations * setup.prompts_per_step
-        config = GRPOConfig(
-            output_dir=str(Path(folder) / "run"),
-            use_cpu=setup.device == "cpu",
-            bf16=setup.device == "cuda",
-            activation_checkpointing=setup.device == "cuda",
-            per_device_train_batch_size=setup.micro_batch,
-            gradient_accumulation_steps=episodes // setup.micro_batch,
-            num_generations=setup.num_generations,
-            max_completion_length=setup.max_completion_length,
-            learning_rate=setup.learning_rate,
-            beta=setup.beta,
-            temperature=1.0,
-            max_steps=steps + 1,
-            save_strategy="no",
-            report_to="none",
-            logging_steps=1,
-            disable_tqdm=True,
-            seed=0,
-            reward_weights=[1.0, 0.0],  # the episode metrics only log, as in training
-        )
-        peft = None
-        if setup.lora_rank:
-            peft = LoraConfig(
-                r=setup.lora_rank,
-                lora_alpha=2 * setup.lora_rank,
-                target_modules=LORA_TARGETS,
-                task_type="CAUSAL_LM",
-            )
-        rollout = make_rollout_func(
-            timed,
-            SEARCH_R1,
-            k=setup.k,
-            max_turns=setup.max_turns,
-            max_new_tokens=setup.max_new_tokens,
-            max_observation_tokens=setup.max_observation_tokens,
-            generate_batch_size=episodes,
-            scheduler=scheduler,
-        )
-        trainer = GRPOTrainer(
-            model=model,
-            reward_funcs=[
-                timer.timed_reward(search_r1_em),
-                timer.timed_reward(make_episode_metrics(SEARCH_R1)),
-            ],
-            args=config,
-            train_dataset=questions,
-            processing_class=tokenizer,
-            peft_config=peft,
-            callbacks=[timer],
-            rollout_func=timer.timed(rollout),
-        )
-        trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in trainer.model.parameters())
-        trainer.train()
-        timed_logs = trainer.state.log_history[1:-1]  # the warm-up step and the summary dropped
-        del trainer, model  # free the setup's memory before the next one is measured
-        gc.collect()
-        if setup.device == "cuda":
-            torch.cuda.empty_cache()
-    episode = {
-        key: statistics.mean(row[key] for row in timed_logs)
-        for key in ("completions/mean_length", "rollout/searches_per_episode")
-    }
-    return timer.steps[1:], trainable, total, episode
-
-
 def setups(cuda: bool) -> list[Setup]:
     """The tiny recipe's episode settings on CPU; Search-R1's (shorter turns) on a GPU."""
     tiny = dict(
@@ -371,57 +376,366 @@ def setups(cuda: bool) -> list[Setup]:
     return found
 
 
+def run_setup(
+    setup: Setup, scheduler: str, steps: int, data: Path | None, folder: Path, clock: Clock
+) -> Any:
+    """Train `setup` for `steps + 1` steps on `clock`; the trainer."""
+    from peft import LoraConfig
+    from trl import GRPOConfig, GRPOTrainer
+
+    questions, corpus_file = load_data(data, folder)
+    corpus = load_corpus(corpus_file, cache_dir=folder)
+    retriever = BM25Retriever(corpus, build_bm25_index(corpus, folder / "bm25"))
+    texts = [m["content"] for p in questions["prompt"] for m in p]
+    texts += [SEARCH_R1.invalid_notice, FINAL_TURN_NOTICE, *corpus.contents(0, len(corpus))]
+    model, tokenizer = build_model(setup, texts, folder / "model")
+    episodes = setup.num_generations * setup.prompts_per_step
+    config = GRPOConfig(
+        output_dir=str(folder / "run"),
+        use_cpu=setup.device == "cpu",
+        bf16=setup.device == "cuda",
+        activation_checkpointing=setup.device == "cuda",
+        per_device_train_batch_size=setup.micro_batch,
+        gradient_accumulation_steps=episodes // setup.micro_batch,
+        num_generations=setup.num_generations,
+        max_completion_length=setup.max_completion_length,
+        learning_rate=setup.learning_rate,
+        beta=setup.beta,
+        temperature=1.0,
+        max_steps=steps + 1,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=1,
+        disable_tqdm=True,
+        seed=0,
+        reward_weights=[1.0, 0.0],  # the episode metrics only log, as in training
+    )
+    peft = None
+    if setup.lora_rank:
+        peft = LoraConfig(
+            r=setup.lora_rank,
+            lora_alpha=2 * setup.lora_rank,
+            target_modules=LORA_TARGETS,
+            task_type="CAUSAL_LM",
+        )
+    rollout = make_rollout_func(
+        time_retrieval(retriever, clock),
+        SEARCH_R1,
+        k=setup.k,
+        max_turns=setup.max_turns,
+        max_new_tokens=setup.max_new_tokens,
+        max_observation_tokens=setup.max_observation_tokens,
+        generate_batch_size=episodes,
+        scheduler=scheduler,
+    )
+    trainer = timed_trainer(GRPOTrainer, clock)(
+        model=model,
+        reward_funcs=[search_r1_em, make_episode_metrics(SEARCH_R1)],
+        args=config,
+        train_dataset=questions,
+        processing_class=tokenizer,
+        peft_config=peft,
+        callbacks=[clock],
+        rollout_func=rollout,
+    )
+    trainer.train()
+    return trainer
+
+
+# ---------------------------------------------------------------------------------------------
+# The shipped recipes, through the training function `research-r1 train` runs
+
+
+def recipe_flags(row: Row, steps: int, folder: Path) -> list[str]:
+    """`research-r1 train` flags for the row's recipe: tiny_cpu_grpo as shipped (on make demo's
+    outputs), a GPU recipe at reduced shape (written under `folder`) with the CPU's flags and
+    the row's generation backend and processes; `steps + 1` steps, no checkpoints, the row's
+    scheduler."""
+    recipe = ROOT / "recipes" / f"{row.name}.yaml"
+    keys: dict[str, Any] = {
+        "max_steps": steps + 1,
+        "save_strategy": "no",
+        "rollout_scheduler": row.scheduler,
+        "logging_steps": 1,
+        "report_to": "none",
+    }
+    if recipe == CPU_RECIPE:
+        keys["output_dir"] = folder / "run"
+        flags = [str(recipe.relative_to(ROOT))]
+        return flags + [item for key, value in keys.items() for item in (f"--{key}", str(value))]
+    reduced = reduce_recipe(recipe, folder)
+    keys["use_vllm"] = row.generation == "vllm"
+    processes = ["--num_processes", str(row.processes)]
+    return [str(recipe.relative_to(ROOT)), *reduced.overrides(**keys), *CPU_FLAGS, *processes]
+
+
+def run_recipe(flags: list[str], clock: Clock) -> Any:
+    """Train the recipe through `research_r1.training.train.train` (what `research-r1 train`
+    runs in each process) with its trainer class and retriever loader timed on `clock`; the
+    trainer."""
+    from research_r1.retrieval.config import load_retriever
+    from research_r1.training import train as training
+    from research_r1.training.launch import launch_args
+
+    argv = launch_args(flags).training_script_args
+    trainer_class = timed_trainer(training.SearchGRPOTrainer, clock)
+    with (
+        mock.patch.object(training, "SearchGRPOTrainer", trainer_class),
+        mock.patch.object(
+            training, "load_retriever", lambda spec: time_retrieval(load_retriever(spec), clock)
+        ),
+    ):
+        return training.train(argv, extra_callbacks=[clock])
+
+
+def launch_ranks(flags: list[str], worker_argv: list[str]) -> None:
+    """This script's worker in every process the recipe's flags ask for, started as `research-r1
+    train` starts the training processes (accelerate's launcher, the recipe's config: torchrun
+    and DDP over gloo on a CPU)."""
+    from accelerate.commands.launch import launch_command
+
+    from research_r1.training.launch import launch_args
+
+    launch = launch_args(flags)
+    launch.module, launch.training_script = False, __file__
+    launch.training_script_args = worker_argv
+    launch_command(launch)
+
+
+def where_trained(trainer: Any) -> str:
+    """The device the policy trained on, its precision, processes and threads per process."""
+    args = trainer.args
+    dtype = "bf16" if args.bf16 else str(trainer.model.dtype).removeprefix("torch.")
+    if any(hasattr(p, "quant_state") for p in trainer.model.parameters()):
+        dtype += " over a 4-bit base"
+    processes = "1 process" if args.world_size == 1 else f"{args.world_size} processes, gloo"
+    return f"{args.device.type}, {dtype}, {processes} x {torch.get_num_threads()} threads"
+
+
+def generation_backend(trainer: Any) -> str:
+    """What generated the episodes: transformers (the policy itself) or TRL's colocated vLLM
+    engine, with the dtype it runs in."""
+    if not trainer.use_vllm:
+        return "transformers"
+    import vllm
+
+    config = trainer.vllm_generation.llm.llm_engine.vllm_config.model_config
+    return f"vLLM {vllm.__version__} colocate, {str(config.dtype).removeprefix('torch.')}"
+
+
+# ---------------------------------------------------------------------------------------------
+# One row, in worker processes of its own
+
+
+@dataclass(frozen=True)
+class Row:
+    """One measured row: a setup or recipe, a rollout scheduler, a generation backend
+    (`transformers` or `vllm`) and training processes."""
+
+    name: str
+    scheduler: str
+    generation: str
+    processes: int = 1
+
+
+def parameter_count(parameter: torch.nn.Parameter) -> int:
+    """Its elements, a 4-bit weight's unpacked (bitsandbytes keeps the shape in quant_state)."""
+    state = getattr(parameter, "quant_state", None)
+    return state.shape.numel() if state is not None else parameter.numel()
+
+
+def measure_row(row: Row, steps: int, data: Path | None, flags: list[str] | None) -> Measured:
+    """Train the row (a recipe: with `flags`) and report its timed steps, the warm-up step
+    dropped."""
+    own = {setup.name: setup for setup in setups(torch.cuda.is_available())}
+    clock = Clock(own[row.name].device if row.name in own else "cpu")
+    with tempfile.TemporaryDirectory() as folder:
+        if flags is None:
+            trainer = run_setup(own[row.name], row.scheduler, steps, data, Path(folder), clock)
+        else:
+            trainer = run_recipe(flags, clock)
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry][1:]
+    args = trainer.args
+    episodes = args.per_device_train_batch_size * args.gradient_accumulation_steps
+    parameters = list(trainer.model.parameters())
+    return Measured(
+        steps=clock.steps[1:],
+        trainable=sum(parameter_count(p) for p in parameters if p.requires_grad),
+        total=sum(parameter_count(p) for p in parameters),
+        episodes=episodes * args.world_size,
+        tokens_per_episode=statistics.mean(entry["completions/mean_length"] for entry in logs),
+        searches_per_episode=statistics.mean(
+            entry["rollout/searches_per_episode"] for entry in logs
+        ),
+        training=where_trained(trainer),
+        generation=generation_backend(trainer),
+    )
+
+
+def worker(args: argparse.Namespace) -> None:
+    """A row's worker: launch the row's processes, or (in each of them) measure the row; the
+    first process writes what it measured to `args.worker`."""
+    row = Row(args.recipes[0], args.schedulers[0], args.generation, args.processes[0])
+    flags = json.loads(args.flags.read_text()) if args.flags else None
+    if row.processes > 1 and "LOCAL_RANK" not in os.environ:
+        launch_ranks(flags, sys.argv[1:])
+        return
+    torch.set_num_threads(max(1, args.threads // row.processes))  # the cores, shared
+    measured = measure_row(row, args.steps, args.data, flags)
+    if int(os.environ.get("RANK", "0")) == 0:
+        args.worker.write_text(json.dumps(asdict(measured)))
+
+
+def run_worker(row: Row, args: argparse.Namespace, log: Path) -> Measured | str:
+    """The row's worker in a fresh process of this interpreter (a recipe reduced here first);
+    what it measured, or why it did not (the last line of its output, kept in `log`)."""
+    if row.name == CPU_RECIPE.stem and not (ROOT / "outputs" / "demo" / "model").is_dir():
+        return "not run: tiny_cpu_grpo trains on outputs/demo; run `make demo` first"
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "measured.json"
+        argv = [sys.executable, __file__, "--worker", str(out), "--recipes", row.name]
+        argv += ["--schedulers", row.scheduler, "--generation", row.generation]
+        argv += ["--processes", str(row.processes)]
+        argv += ["--steps", str(args.steps), "--threads", str(args.threads)]
+        argv += ["--data", str(args.data)] if args.data else []
+        if row.name in recipe_names():
+            flags = Path(folder) / "flags.json"
+            flags.write_text(json.dumps(recipe_flags(row, args.steps, Path(folder))))
+            argv += ["--flags", str(flags)]
+        env = {**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1"}
+        env |= VLLM_CPU_ENV if row.generation == "vllm" else {}
+        with log.open("w") as output:
+            done = subprocess.run(argv, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
+        if done.returncode != 0:
+            lines = [line for line in log.read_text().splitlines() if line.strip()]
+            return f"failed ({log}): {lines[-1] if lines else done.returncode}"
+        return Measured(**json.loads(out.read_text()))
+
+
+# ---------------------------------------------------------------------------------------------
+# The rows and the table
+
+
+def recipe_names() -> list[str]:
+    return [CPU_RECIPE.stem, *(path.stem for path in GPU_RECIPES)]
+
+
+def row_names() -> list[str]:
+    """This script's own setups (the Qwen-shaped ones where torch sees a GPU), then the
+    recipes."""
+    return [setup.name for setup in setups(torch.cuda.is_available())] + recipe_names()
+
+
+def data_parallel(name: str) -> bool:
+    """Whether the recipe trains data parallel as shipped (TRL's multi_gpu preset)."""
+    path = ROOT / "recipes" / f"{name}.yaml"
+    return path in GPU_RECIPES and read_recipe(path).get("accelerate_config") == "multi_gpu"
+
+
+def uses_vllm(name: str) -> bool:
+    path = ROOT / "recipes" / f"{name}.yaml"
+    return path in GPU_RECIPES and bool(read_recipe(path).get("use_vllm"))
+
+
+def selected_rows(args: argparse.Namespace) -> list[Row]:
+    """The rows asked for that run with this generation backend (vLLM: the vLLM recipes); more
+    than one process only for the recipes that train data parallel."""
+    names = [name for name in args.recipes if args.generation == "transformers" or uses_vllm(name)]
+    return [
+        Row(name, scheduler, args.generation, processes)
+        for name in names
+        for processes in args.processes
+        if processes == 1 or data_parallel(name)
+        for scheduler in args.schedulers
+    ]
+
+
+def unmeasured_rows(rows: list[Row]) -> list[tuple[Row, str]]:
+    """Settings of the measured recipes that cannot run on this CPU, with the reason."""
+    found = []
+    for name in dict.fromkeys(row.name for row in rows if row.generation == "vllm"):
+        found.append((Row(name, "both", "vLLM server"), SERVER_REASON))
+    for name in dict.fromkeys(row.name for row in rows if data_parallel(row.name)):
+        found.append((Row(name, "both", "as shipped"), DATA_PARALLEL_REASON))
+    return found
+
+
+def row_cells(row: Row, measured: Measured | str) -> str:
+    """One markdown row: the measured step and its parts, or why it was not measured."""
+    if isinstance(measured, str):
+        return f"| {row.name} | {row.scheduler} | {row.generation} | | | | | | {measured} |" + (
+            " |" * 6
+        )
+    steps = measured.steps
+    mean = {part: statistics.mean(s[part] for s in steps) for part in ("step", *PARTS)}
+    fwd_bwd = mean["step"] - mean["rollout"] - mean["scoring"] - mean["weight_sync"]
+    vllm = measured.generation.startswith("vLLM")
+    sync = f"{mean['weight_sync']:.3f}" if vllm else "none (policy generates)"
+    peak = max(s["peak_bytes"] for s in steps) / 2**30
+    return (
+        f"| {row.name} | {row.scheduler} | {measured.generation} | {measured.training} "
+        f"| {measured.trainable / 1e6:.2f}M / {measured.total / 1e6:.2f}M | {measured.episodes} "
+        f"| {measured.tokens_per_episode:.1f} | {measured.searches_per_episode:.2f} "
+        f"| {mean['step']:.2f} | {mean['rollout'] - mean['retrieval']:.2f} "
+        f"| {mean['retrieval']:.3f} | {mean['scoring']:.3f} | {fwd_bwd:.2f} | {sync} "
+        f"| {peak:.2f} |"
+    )
+
+
+def print_table(results: list[tuple[Row, Measured | str]], args: argparse.Namespace) -> None:
+    print(
+        f"\nGRPO step, mean of {args.steps} steps after a warm-up step, torch "
+        f"{torch.__version__}; GPU recipes at reduced shape on CPU"
+    )
+    print(
+        "| recipe | scheduler | generation | training | trainable / total params | episodes "
+        "| sampled tokens / episode | searches / episode | step s | generation s | retrieval s "
+        "| scoring s | fwd/bwd s | weight sync s | peak GiB (rank 0) |"
+    )
+    print("|" + "---|" * 15)
+    for row, measured in results:
+        print(row_cells(row, measured))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per setup (default 3)")
-    parser.add_argument(
-        "--data", type=Path, help="folder with test.jsonl and corpus.jsonl (default: synthetic)"
-    )
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per row (default 3)")
+    parser.add_argument("--recipes", nargs="+", choices=row_names(), default=row_names())
     parser.add_argument(
         "--schedulers", nargs="+", choices=["turn", "continuous"], default=["turn", "continuous"]
     )
-    args = parser.parse_args()
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    torch.set_num_threads(args.threads)
-
-    with tempfile.TemporaryDirectory() as folder:
-        questions, corpus_file = load_data(args.data, Path(folder))
-        corpus = load_corpus(corpus_file, cache_dir=folder)
-        index = build_bm25_index(corpus, Path(folder) / "bm25")
-        retriever = BM25Retriever(corpus, index)
-        texts = [m["content"] for p in questions["prompt"] for m in p]
-        texts += [SEARCH_R1.invalid_notice, FINAL_TURN_NOTICE]
-        texts += corpus.contents(0, len(corpus))
-        rows = []
-        for setup in setups(torch.cuda.is_available()):
-            for scheduler in args.schedulers:
-                measured = run(setup, questions, retriever, texts, args.steps, scheduler)
-                rows.append((setup, scheduler, *measured))
-
-    print(f"\nGRPO step, mean of {args.steps} steps after a warm-up step, {args.threads} threads")
-    print(
-        "| setup | scheduler | device | trainable / total params | episodes "
-        "| sampled tokens / episode | searches / episode | step s | generation s | retrieval s "
-        "| scoring s | fwd/bwd s | weight sync s | peak GiB |"
+    parser.add_argument(
+        "--generation",
+        choices=["transformers", "vllm"],
+        default="transformers",
+        help="vllm: the vLLM recipes on TRL's colocated engine (vLLM's CPU build installed)",
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for setup, scheduler, timings, trainable, total, episode in rows:
-        step = statistics.mean(t.total for t in timings)
-        rollout = statistics.mean(t.rollout for t in timings)
-        retrieval = statistics.mean(t.retrieval for t in timings)
-        scoring = statistics.mean(t.scoring for t in timings)
-        peak = max(t.peak_bytes for t in timings) / 2**30
-        device = "cpu" if setup.device == "cpu" else torch.cuda.get_device_name()
-        print(
-            f"| {setup.name} | {scheduler} | {device} "
-            f"| {trainable / 1e6:.2f}M / {total / 1e6:.1f}M "
-            f"| {setup.num_generations * setup.prompts_per_step} "
-            f"| {episode['completions/mean_length']:.1f} "
-            f"| {episode['rollout/searches_per_episode']:.2f} | {step:.2f} "
-            f"| {rollout - retrieval:.2f} | {retrieval:.3f} | {scoring:.3f} "
-            f"| {step - rollout - scoring:.2f} | none (transformers generates) | {peak:.2f} |"
-        )
+    parser.add_argument(
+        "--processes",
+        nargs="+",
+        type=int,
+        default=[1],
+        help="training processes for the data-parallel recipes (DDP over gloo); default 1",
+    )
+    parser.add_argument(
+        "--data", type=Path, help="folder with test.jsonl and corpus.jsonl, for the tiny setups"
+    )
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--flags", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args)
+        return
+
+    rows = selected_rows(args)
+    logs = Path(tempfile.mkdtemp(prefix="train_step_logs_"))  # kept: a failed row names its log
+    results: list[tuple[Row, Measured | str]] = []
+    for row in rows:
+        log = logs / f"{row.name}.{row.scheduler}.{row.generation}.{row.processes}.log"
+        results.append((row, run_worker(row, args, log)))
+        print(f"{row}: {log}", file=sys.stderr, flush=True)
+    print_table(results + unmeasured_rows(rows), args)
 
 
 if __name__ == "__main__":
