@@ -150,6 +150,15 @@ class Measured:
     training: str  # where the policy trained: device, precision, processes
     generation: str  # what generated the episodes
 
+    def mean(self, part: str) -> float:
+        """Mean seconds per step of `part` (`step`, one of `PARTS`, `generation`, `fwd_bwd`)."""
+        if part == "generation":
+            return self.mean("rollout") - self.mean("retrieval")
+        if part == "fwd_bwd":
+            timed = ("rollout", "scoring", "weight_sync")
+            return self.mean("step") - sum(self.mean(other) for other in timed)
+        return statistics.mean(step[part] for step in self.steps)
+
 
 # ---------------------------------------------------------------------------------------------
 # The clock: one accumulator per measured part, one record per optimizer step
@@ -661,23 +670,23 @@ def unmeasured_rows(rows: list[Row]) -> list[tuple[Row, str]]:
 
 
 def row_cells(row: Row, measured: Measured | str) -> str:
-    """One markdown row: the measured step and its parts, or why it was not measured."""
+    """One markdown row: the measured step (mean, min-max over the steps) and its parts, or why
+    it was not measured."""
     if isinstance(measured, str):
-        return f"| {row.name} | {row.scheduler} | {row.generation} | | | | | | {measured} |" + (
-            " |" * 6
-        )
-    steps = measured.steps
-    mean = {part: statistics.mean(s[part] for s in steps) for part in ("step", *PARTS)}
-    fwd_bwd = mean["step"] - mean["rollout"] - mean["scoring"] - mean["weight_sync"]
-    vllm = measured.generation.startswith("vLLM")
-    sync = f"{mean['weight_sync']:.3f}" if vllm else "none (policy generates)"
-    peak = max(s["peak_bytes"] for s in steps) / 2**30
+        cells = [row.name, row.scheduler, row.generation, *[""] * 5, measured, *[""] * 6]
+        return "| " + " | ".join(cells) + " |"
+    steps = [s["step"] for s in measured.steps]
+    sync = "none (policy generates)"
+    if measured.generation.startswith("vLLM"):
+        sync = f"{measured.mean('weight_sync'):.3f}"
+    peak = max(s["peak_bytes"] for s in measured.steps) / 2**30
     return (
         f"| {row.name} | {row.scheduler} | {measured.generation} | {measured.training} "
         f"| {measured.trainable / 1e6:.2f}M / {measured.total / 1e6:.2f}M | {measured.episodes} "
         f"| {measured.tokens_per_episode:.1f} | {measured.searches_per_episode:.2f} "
-        f"| {mean['step']:.2f} | {mean['rollout'] - mean['retrieval']:.2f} "
-        f"| {mean['retrieval']:.3f} | {mean['scoring']:.3f} | {fwd_bwd:.2f} | {sync} "
+        f"| {measured.mean('step'):.2f} ({min(steps):.2f}-{max(steps):.2f}) "
+        f"| {measured.mean('generation'):.2f} | {measured.mean('retrieval'):.3f} "
+        f"| {measured.mean('scoring'):.3f} | {measured.mean('fwd_bwd'):.2f} | {sync} "
         f"| {peak:.2f} |"
     )
 
@@ -689,17 +698,41 @@ def print_table(results: list[tuple[Row, Measured | str]], args: argparse.Namesp
     )
     print(
         "| recipe | scheduler | generation | training | trainable / total params | episodes "
-        "| sampled tokens / episode | searches / episode | step s | generation s | retrieval s "
-        "| scoring s | fwd/bwd s | weight sync s | peak GiB (rank 0) |"
+        "| sampled tokens / episode | searches / episode | step s (min-max) | generation s "
+        "| retrieval s | scoring s | fwd/bwd s | weight sync s | peak GiB (rank 0) |"
     )
     print("|" + "---|" * 15)
     for row, measured in results:
         print(row_cells(row, measured))
 
 
+def print_before_after(results: list[tuple[Row, Measured | str]]) -> None:
+    """Turn (the scheduler before issue 23) against continuous (its change), for each recipe,
+    generation backend and processes measured with both."""
+    pairs: dict[tuple[str, str, str], dict[str, Measured]] = {}
+    for row, measured in results:
+        if isinstance(measured, Measured):
+            key = (row.name, measured.generation, measured.training)
+            pairs.setdefault(key, {})[row.scheduler] = measured
+    print(
+        "\n| recipe | generation | training | step s: turn -> continuous | continuous / turn "
+        "| generation s: turn -> continuous |"
+    )
+    print("|" + "---|" * 6)
+    for (name, generation, training), by in pairs.items():
+        if {"turn", "continuous"} <= by.keys():
+            turn, continuous = by["turn"], by["continuous"]
+            print(
+                f"| {name} | {generation} | {training} "
+                f"| {turn.mean('step'):.2f} -> {continuous.mean('step'):.2f} "
+                f"| {continuous.mean('step') / turn.mean('step'):.2f} "
+                f"| {turn.mean('generation'):.2f} -> {continuous.mean('generation'):.2f} |"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per row (default 3)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per row (default 5)")
     parser.add_argument("--recipes", nargs="+", choices=row_names(), default=row_names())
     parser.add_argument(
         "--schedulers", nargs="+", choices=["turn", "continuous"], default=["turn", "continuous"]
@@ -736,6 +769,7 @@ def main() -> None:
         results.append((row, run_worker(row, args, log)))
         print(f"{row}: {log}", file=sys.stderr, flush=True)
     print_table(results + unmeasured_rows(rows), args)
+    print_before_after(results)
 
 
 if __name__ == "__main__":
