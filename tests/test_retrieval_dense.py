@@ -359,33 +359,79 @@ def test_saved_index_reloads_memory_mapped_with_the_same_results(corpus, tmp_pat
         load_faiss_index(tmp_path / "broken.index")
 
 
-def test_interrupted_build_resumes_from_saved_chunks(corpus: Corpus, tmp_path: Path) -> None:
-    dying = FakeModel(fail_on_call=3)  # killed while encoding the second chunk (batches of 64)
+@pytest.mark.parametrize(
+    ("factory", "sample_calls"), [("Flat", 0), ("IVF4,PQ4x4", 5)]
+)  # a trained index first encodes its sample: 300 passages, 5 batches of 64
+def test_killed_build_resumes_from_its_checkpoint(corpus, tmp_path, factory, sample_calls) -> None:
+    """Killed while encoding the second chunk, a build keeps the first chunk's index (and the
+    trained quantiser); run again, it encodes only what is left (no sample, no first chunk) and
+    ends with the bytes of an uninterrupted build."""
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    dying = FakeModel(fail_on_call=sample_calls + 3)  # batches of 64: call 3 is chunk 2's first
+    build = {"factory": factory, "chunk_size": 128, "checkpoint_every_s": 0}
     with pytest.raises(RuntimeError, match="killed"):
-        build_dense_index(corpus, fake_encoder(dying), tmp_path, chunk_size=128)
-    chunks = tmp_path / "embeddings"
-    assert sorted(path.name for path in chunks.glob("chunk_*")) == ["chunk_00000.npy"]
-    assert not (tmp_path / "faiss.index").exists()
+        build_dense_index(corpus, fake_encoder(dying), killed, **build)
+    assert faiss.read_index(str(killed / "checkpoint" / "partial.index")).ntotal == 128
+    assert not (killed / "faiss.index").exists()
 
     resumed = FakeModel()
-    build_dense_index(corpus, fake_encoder(resumed), tmp_path, chunk_size=128, save_embeddings=True)
+    build_dense_index(corpus, fake_encoder(resumed), killed, **build)
     assert sorted(resumed.seen) == sorted("passage: " + t for t in corpus.contents(128, 300))
-    assert sorted(path.name for path in chunks.glob("chunk_*.npy")) == [
-        "chunk_00000.npy",
-        "chunk_00001.npy",
-        "chunk_00002.npy",
-    ]
-    saved = np.concatenate([np.load(path) for path in sorted(chunks.glob("chunk_*.npy"))])
-    np.testing.assert_allclose(saved, fake_encoder().encode_passages(corpus.contents(0, 300)))
+    build_dense_index(corpus, fake_encoder(), whole, **build)
+    assert (killed / "faiss.index").read_bytes() == (whole / "faiss.index").read_bytes()
+    assert not (killed / "checkpoint").exists() and not (killed / "embeddings").exists()
     queries = [f"q{i}" for i in range(10)]
-    rows, _ = brute_force(corpus, queries, 5)
-    retriever = DenseRetriever(corpus, load_faiss_index(tmp_path / "faiss.index"), fake_encoder())
-    assert [[int(p.id) for p in r] for r in retriever.search(queries, 5)] == rows.tolist()
+    if factory == "Flat":
+        rows, _ = brute_force(corpus, queries, 5)
+        retriever = DenseRetriever(corpus, load_faiss_index(killed / "faiss.index"), fake_encoder())
+        assert [[int(p.id) for p in r] for r in retriever.search(queries, 5)] == rows.tolist()
 
+
+def test_a_checkpoint_is_resumed_only_by_the_same_build(corpus: Corpus, tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="killed"):
+        build_dense_index(
+            corpus,
+            fake_encoder(FakeModel(fail_on_call=3)),
+            tmp_path,
+            chunk_size=128,
+            checkpoint_every_s=0,
+        )
+    with pytest.raises(InputError, match=r"checkpoint holds a build of .*'chunk_size': 128"):
+        build_dense_index(corpus, fake_encoder(), tmp_path, chunk_size=100)
+    with pytest.raises(InputError, match="train_size must be between 1 and the 300 vectors"):
+        build_dense_index(corpus, fake_encoder(), tmp_path / "big", factory="SQ8", train_size=301)
+
+
+def test_checkpoints_wait_for_their_interval(corpus: Corpus, tmp_path: Path) -> None:
+    """With the default interval a quick build saves no chunk: only the trained quantiser,
+    which a rerun reuses instead of encoding the sample again."""
+    with pytest.raises(RuntimeError, match="killed"):
+        build_dense_index(
+            corpus,
+            fake_encoder(FakeModel(fail_on_call=8)),
+            tmp_path,
+            factory="SQ8",
+            chunk_size=128,
+        )
+    saved = faiss.read_index(str(tmp_path / "checkpoint" / "partial.index"))
+    assert saved.is_trained and saved.ntotal == 0
+    resumed = FakeModel()
+    build_dense_index(corpus, fake_encoder(resumed), tmp_path, factory="SQ8", chunk_size=128)
+    assert len(resumed.seen) == len(corpus)  # the chunks, not the sample
+
+
+def test_saved_embeddings_are_reused_and_checked(corpus: Corpus, tmp_path: Path) -> None:
+    build_dense_index(corpus, fake_encoder(), tmp_path, chunk_size=128, save_embeddings=True)
+    chunks = sorted((tmp_path / "embeddings").glob("chunk_*.npy"))
+    assert [path.name for path in chunks] == [f"chunk_0000{n}.npy" for n in range(3)]
+    saved = np.concatenate([np.load(path) for path in chunks])
+    np.testing.assert_allclose(saved, fake_encoder().encode_passages(corpus.contents(0, 300)))
     with pytest.raises(InputError, match="holds embeddings made with"):
         build_dense_index(corpus, fake_encoder(), tmp_path, chunk_size=100)
-    build_dense_index(corpus, fake_encoder(), tmp_path, chunk_size=128)  # all chunks reused
-    assert not chunks.exists()  # no --save-embeddings: removed after the build
+    unused = FakeModel()
+    build_dense_index(corpus, fake_encoder(unused), tmp_path, chunk_size=128)  # all reused
+    assert unused.seen == []
+    assert not (tmp_path / "embeddings").exists()  # no --save-embeddings: removed after the build
 
 
 def encoding_updates(monkeypatch: pytest.MonkeyPatch, build: Callable[[], object]) -> list[int]:

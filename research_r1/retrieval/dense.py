@@ -6,16 +6,16 @@ with fixed text prefixes (e5: `query: ` / `passage: `; bge: an instruction befor
 model's own configured default prompt never stacks on top.
 
 Building a wiki-scale index must survive interruptions and not hold 21M x 768 floats in RAM: the
-corpus is encoded in chunks, each saved as `.npy` (a restart skips chunks already on disk), and
-the FAISS index (any factory string: Flat, HNSW32, SQ8, IVF4096,PQ64, ...) is trained on a random
-sample of the chunks and filled chunk by chunk. Saved indexes load memory-mapped.
+FAISS index (any factory string: Flat, HNSW32, SQ8, IVF4096,PQ64, ...) is trained on a random
+sample of passages, then filled a chunk at a time (encode, add, checkpoint), and a killed build
+resumes from its last checkpoint (research_r1.retrieval.streaming). Saved indexes load
+memory-mapped.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -33,6 +33,16 @@ from research_r1.errors import InputError
 from research_r1.hub import resolve, resolve_split
 from research_r1.retrieval import Passage
 from research_r1.retrieval.corpus import INFO_FILE, Corpus, read_info, write_info
+from research_r1.retrieval.recall import RECALL_FILE
+from research_r1.retrieval.streaming import (
+    CHECKPOINT_DIR,
+    DEFAULT_TRAIN_SIZE,
+    Checkpoint,
+    add_in_chunks,
+    index_parts,
+    sample_rows,
+    train_index,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -119,31 +129,57 @@ def build_dense_index(
     out_dir: str | os.PathLike,
     factory: str = "Flat",
     chunk_size: int = 100_000,
-    train_size: int = 200_000,
+    train_size: int | None = None,
     save_embeddings: bool = False,
     corpus_uri: str | None = None,
+    checkpoint_every_s: float = 600.0,
 ) -> Path:
-    """Encode the corpus in chunks (resuming from chunks already in `out_dir/embeddings`), build
-    the FAISS index named by `factory`, and save it as `out_dir/faiss.index` with its build info.
+    """Encode the corpus a chunk at a time into the FAISS index named by `factory`, trained first
+    on `train_size` passages drawn at random (default 200,000, or all when fewer), and save it as
+    `out_dir/faiss.index` with its build info. Returns `out_dir`.
 
-    The chunk files are deleted afterwards unless `save_embeddings`. Returns `out_dir`.
+    Streamed and resumable (research_r1.retrieval.streaming): each chunk is encoded and added,
+    and the index so far saved to out_dir/checkpoint at most every `checkpoint_every_s` seconds,
+    so a rerun of a killed build continues after the last saved chunk. Peak memory: the index
+    being filled (up to twice its final size, as FAISS doubles an array that grows) + the
+    training sample (train_size x dimension x 4 bytes, and its texts) + one chunk (chunk_size x
+    dimension x 4 bytes, and its texts) + the encoder; the pages of the corpus's memory-mapped
+    Arrow file that were read also count as resident, but the kernel drops them as it needs.
+    With `save_embeddings` each chunk's vectors are also kept in out_dir/embeddings; chunks found
+    there (same encoder, prompt and chunk size) are read instead of encoded.
     """
-    if chunk_size < 1 or train_size < 1:
-        raise InputError(f"chunk size and train size must be >= 1, got {chunk_size}, {train_size}")
+    if chunk_size < 1:
+        raise InputError(f"chunk size must be >= 1, got {chunk_size}")
     if encoder.batch_size < 1:
         raise InputError(f"encoder batch size must be >= 1, got {encoder.batch_size}")
     index = make_index(factory, encoder.dimension)
     out = Path(out_dir)
-    chunks = _encode_chunks(corpus, encoder, out / EMBEDDINGS_DIR, chunk_size)
-    if not index.is_trained:
-        sample = _training_sample(chunks, chunk_size, min(train_size, len(corpus)))
-        logger.info("training %s on %d vectors", factory, len(sample))
-        index.train(sample)
-    for path in tqdm(chunks, desc=f"adding to {factory}", unit="chunk"):
-        index.add(np.load(path))
-    tmp = out / f".{INDEX_FILE}.{os.getpid()}.tmp"
-    faiss.write_index(index, str(tmp))
-    os.replace(tmp, out / INDEX_FILE)
+    size = min(DEFAULT_TRAIN_SIZE, len(corpus)) if train_size is None else train_size
+    built_with = {
+        "encoder": encoder.name,
+        "passage_prompt": encoder.passage_prompt,
+        "num_passages": len(corpus),
+        "factory": factory,
+        "chunk_size": chunk_size,
+        "train_size": size,
+    }
+    checkpoint = Checkpoint(out / CHECKPOINT_DIR, built_with, checkpoint_every_s)
+    resumed = checkpoint.resume()
+    if resumed is not None:
+        index = resumed
+    elif not index.is_trained:
+        rows = sample_rows(len(corpus), size, "--train_size", seed=0)
+        logger.info("training %s on %d passages", factory, len(rows))
+        train_index(index, _encode_rows(corpus, encoder, rows), factory)
+        checkpoint.save(index, force=True)
+    desc = f"encoding with {encoder.name}"
+    with tqdm(total=len(corpus), initial=index.ntotal, unit="passages", desc=desc) as bar:
+        chunks = EncodedChunks(
+            corpus, encoder, out / EMBEDDINGS_DIR, chunk_size, bar.update, save_embeddings
+        )
+        add_in_chunks(
+            index, chunks.read, len(corpus), chunk_size, checkpoint, f"adding to {factory}"
+        )
     write_info(
         out,
         {
@@ -157,8 +193,9 @@ def build_dense_index(
             "dimension": encoder.dimension,
         },
     )
+    checkpoint.finish(out / INDEX_FILE)
     if not save_embeddings:
-        shutil.rmtree(out / EMBEDDINGS_DIR)
+        shutil.rmtree(out / EMBEDDINGS_DIR, ignore_errors=True)
     return out
 
 
@@ -176,65 +213,77 @@ def make_index(factory: str, dimension: int) -> Any:
         raise InputError(
             f"FAISS factory string {factory!r} is not valid for dimension {dimension}: {message}"
         ) from error
-    for part in _parts(index):
+    for part in index_parts(index):
         if hasattr(part, "do_polysemous_training"):
             part.do_polysemous_training = False
     return index
 
 
-def _parts(index: Any) -> list[Any]:
-    """The index and every index it wraps (pre-transforms, refine stages), downcast."""
-    parts = []
-    while index is not None:
-        index = faiss.downcast_index(index)
-        parts.append(index)
-        index = getattr(index, "base_index", None) or getattr(index, "index", None)
-    return parts
+class EncodedChunks:
+    """A corpus's vectors by chunk, for `add_in_chunks`: read from `folder` where an earlier build
+    saved them (`--save_embeddings`), else encoded batch by batch, `progress` hearing of every
+    batch, and saved there when `save`.
 
-
-def _encode_chunks(
-    corpus: Corpus, encoder: Encoder, chunk_dir: Path, chunk_size: int
-) -> list[Path]:
-    """Encode every chunk of `chunk_size` rows not yet saved in `chunk_dir`; return all paths.
-
-    A manifest pins what the chunks were made with, so a restart with another encoder, prompt or
-    chunk size fails loudly instead of mixing vectors.
+    A manifest pins what the saved chunks were made with, so a build with another encoder,
+    prompt or chunk size fails loudly instead of mixing vectors.
     """
-    chunk_dir.mkdir(parents=True, exist_ok=True)
-    manifest = {
-        "encoder": encoder.name,
-        "passage_prompt": encoder.passage_prompt,
-        "chunk_size": chunk_size,
-        "num_passages": len(corpus),
-    }
-    manifest_path = chunk_dir / "manifest.json"
-    if manifest_path.exists():
-        saved = json.loads(manifest_path.read_text())
-        if saved != manifest:
-            raise InputError(
-                f"{chunk_dir} holds embeddings made with {saved}, not {manifest}: delete that "
-                "folder or build into another --output_dir"
-            )
-    else:
-        manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
-    paths = []
-    with tqdm(total=len(corpus), unit="passages", desc=f"encoding with {encoder.name}") as bar:
-        for number in range(math.ceil(len(corpus) / chunk_size)):
-            start, stop = number * chunk_size, min((number + 1) * chunk_size, len(corpus))
-            path = chunk_dir / f"chunk_{number:05d}.npy"
-            if path.exists():
-                bar.update(stop - start)
-            else:
-                vectors = _encode_batches(encoder, corpus.contents(start, stop), bar.update)
-                tmp = path.with_name(f".{path.name}.tmp")
-                with tmp.open("wb") as sink:
-                    np.save(sink, vectors)
-                os.replace(tmp, path)
-            rows = np.load(path, mmap_mode="r").shape[0]
-            if rows != stop - start:
-                raise InputError(f"{path} has {rows} vectors, expected {stop - start}: delete it")
-            paths.append(path)
-    return paths
+
+    def __init__(
+        self,
+        corpus: Corpus,
+        encoder: Encoder,
+        folder: Path,
+        chunk_size: int,
+        progress: Callable[[int], object],
+        save: bool,
+    ) -> None:
+        self.corpus = corpus
+        self.encoder = encoder
+        self.folder = folder
+        self.chunk_size = chunk_size
+        self.progress = progress
+        self.save = save
+        manifest = {
+            "encoder": encoder.name,
+            "passage_prompt": encoder.passage_prompt,
+            "chunk_size": chunk_size,
+            "num_passages": len(corpus),
+        }
+        path = folder / "manifest.json"
+        if path.exists():
+            saved = json.loads(path.read_text())
+            if saved != manifest:
+                raise InputError(
+                    f"{folder} holds embeddings made with {saved}, not {manifest}: delete that "
+                    "folder or build into another --output_dir"
+                )
+        elif save:
+            folder.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(manifest, indent=2) + "\n")
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows `start..stop`'s vectors; `start` is a multiple of the chunk size."""
+        path = self.folder / f"chunk_{start // self.chunk_size:05d}.npy"
+        if path.exists():
+            vectors = np.load(path)
+            if len(vectors) != stop - start:
+                raise InputError(f"{path} has {len(vectors)} vectors, expected {stop - start}")
+            self.progress(stop - start)
+            return vectors
+        vectors = _encode_batches(self.encoder, self.corpus.contents(start, stop), self.progress)
+        if self.save:
+            tmp = path.with_name(f".{path.name}.tmp")
+            with tmp.open("wb") as sink:
+                np.save(sink, vectors)
+            os.replace(tmp, path)
+        return vectors
+
+
+def _encode_rows(corpus: Corpus, encoder: Encoder, rows: np.ndarray) -> np.ndarray:
+    """The vectors of the passages at `rows` (a training sample), with a progress bar."""
+    texts = [passage.contents for passage in corpus.passages(rows.tolist(), [0.0] * len(rows))]
+    with tqdm(total=len(texts), unit="passages", desc="training sample") as bar:
+        return _encode_batches(encoder, texts, bar.update)
 
 
 def _encode_batches(
@@ -255,18 +304,6 @@ def _encode_batches(
     return vectors
 
 
-def _training_sample(chunks: Sequence[Path], chunk_size: int, size: int) -> np.ndarray:
-    """`size` vectors drawn uniformly (fixed seed) from the chunk files, read memory-mapped."""
-    total = sum(np.load(path, mmap_mode="r").shape[0] for path in chunks)
-    rows = np.sort(np.random.default_rng(0).choice(total, size=size, replace=False))
-    parts = []
-    for number, path in enumerate(chunks):
-        mine = rows[(rows >= number * chunk_size) & (rows < (number + 1) * chunk_size)]
-        if len(mine):
-            parts.append(np.load(path, mmap_mode="r")[mine - number * chunk_size])
-    return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
-
-
 def resolve_index(
     uri_or_path: str | os.PathLike, token: str | bool | None = None
 ) -> tuple[Path, dict[str, Any]]:
@@ -275,7 +312,9 @@ def resolve_index(
     Accepts an index file, a `build-index` output folder, or a folder of Search-R1's published
     parts (`part_aa`, `part_ab`, ...), which are concatenated into `e5_Flat.index`.
     """
-    path = resolve(uri_or_path, allow_patterns=[INFO_FILE, "*.index", "part_*"], token=token)
+    path = resolve(
+        uri_or_path, allow_patterns=[INFO_FILE, RECALL_FILE, "*.index", "part_*"], token=token
+    )
     if path.is_file():
         return path, {}
     if (path / INDEX_FILE).is_file():
