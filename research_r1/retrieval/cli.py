@@ -26,7 +26,7 @@ from rich.table import Table
 
 from research_r1 import outputs
 from research_r1.errors import InputError
-from research_r1.hub import is_hub_uri, push_folder
+from research_r1.hub import is_hub_uri, push_folder, resolve
 from research_r1.retrieval.bm25 import build_bm25_index
 from research_r1.retrieval.config import (
     DenseConfig,
@@ -36,7 +36,7 @@ from research_r1.retrieval.config import (
     parse_config,
 )
 from research_r1.retrieval.convert import convert_index, read_queries
-from research_r1.retrieval.corpus import load_corpus, read_info
+from research_r1.retrieval.corpus import INFO_FILE, load_corpus, read_info
 from research_r1.retrieval.dense import EMBEDDINGS_DIR, Encoder, build_dense_index, resolve_index
 from research_r1.retrieval.recall import card_section, describe, read_report
 from research_r1.retrieval.streaming import CHECKPOINT_DIR
@@ -52,9 +52,10 @@ class BuildIndexArguments:
     """Build a BM25 or dense (FAISS) index of a corpus, or convert a Flat index to a compressed
     one; each option says which kinds it applies to.
 
-    convert's peak memory: the new index (up to its final size) + the training sample
-    (train_size x d x 4 bytes) + 2 chunks (chunk_size x d x 4 bytes) + the queries; never the
-    Flat's size. dense's: the index + the sample + one chunk + the encoder."""
+    convert's peak memory: 2 x the new index's final size (FAISS doubles a growing array) + the
+    training sample (train_size x d x 4 bytes) + 2 chunks (chunk_size x d x 4 bytes) + the
+    queries + a few MB; never the Flat's size. dense's: 2 x the index + the sample + one chunk
+    + the encoder."""
 
     kind: str = field(
         metadata={
@@ -250,7 +251,7 @@ def _convert(args: BuildIndexArguments) -> tuple[Path, dict[str, object]]:
     given = {key: value for key, value in given.items() if value is not None}
     if given.get("corpus") and not is_hub_uri(given["corpus"]):
         given["corpus"] = str(Path(given["corpus"]).resolve())
-    info = {**resolve_index(args.index)[1], **given}
+    info = {**_recorded_info(args.index), **given}
     for key in ("corpus", "encoder"):
         if not info.get(key):
             raise InputError(f"--index {args.index} records no {key}: give --{key}")
@@ -281,6 +282,13 @@ def _convert(args: BuildIndexArguments) -> tuple[Path, dict[str, object]]:
     return out, {**config, **{key: value for key, value in parameters.items() if value is not None}}
 
 
+def _recorded_info(index: str) -> dict[str, object]:
+    """The build info an index folder records, fetched without its index (which may be 60 GB
+    to download and reassemble); {} for an index file or a folder without one."""
+    path = resolve(index, allow_patterns=[INFO_FILE])
+    return read_info(path) if path.is_dir() else {}
+
+
 def index_card(folder: Path, repo_id: str) -> str:
     """The dataset card of an index pushed to `repo_id`: what it holds, a retriever config that
     searches it and, for a converted index, its recall against the Flat."""
@@ -303,7 +311,7 @@ def index_card(folder: Path, repo_id: str) -> str:
         "```",
         "",
     ]
-    return "\n".join(lines) + (card_section(report) if report else "")
+    return "\n".join(lines) + ("\n" + card_section(report) if report else "")
 
 
 @dataclass

@@ -111,7 +111,7 @@ def describe(report: Mapping[str, Any]) -> str:
     return (
         f"{report['factory']} index, recall vs Flat {recall} on {report['queries']['count']} "
         f"{report['queries']['from']}{_parameters(report)}; {_size(report['size_bytes'])} "
-        f"({report['bytes_per_vector']:.1f} B/vector), built in {report['build_time_s']:.0f} s"
+        f"({report['bytes_per_vector']:.1f} B/vector), built in {report['build_time_s']:.1f} s"
     )
 
 
@@ -133,7 +133,7 @@ def card_section(report: Mapping[str, Any]) -> str:
             f"- vectors: {report['num_vectors']} of dimension {report['dimension']}",
             f"- size: {report['size_bytes']} bytes ({report['bytes_per_vector']:.1f} per vector; "
             f"the Flat index: {report['flat_size_bytes']} bytes)",
-            f"- build time: {report['build_time_s']:.0f} s (training and adding)",
+            f"- build time: {report['build_time_s']:.1f} s (training and adding)",
             "",
         ]
     )
