@@ -149,7 +149,7 @@ def build_dense_index(
     there (same encoder, prompt and chunk size) are read instead of encoded.
     """
     if chunk_size < 1:
-        raise InputError(f"chunk size must be >= 1, got {chunk_size}")
+        raise InputError(f"--chunk_size must be >= 1, got {chunk_size}")
     if encoder.batch_size < 1:
         raise InputError(f"encoder batch size must be >= 1, got {encoder.batch_size}")
     index = make_index(factory, encoder.dimension)
