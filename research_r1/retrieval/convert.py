@@ -77,7 +77,8 @@ class FlatVectors:
                 f"{path} is a FAISS {kind!r} index, not a Flat one: convert reads Flat"
             )
         if metric != faiss.METRIC_INNER_PRODUCT:
-            raise InputError(f"{path} is a Flat index by L2 distance, not inner product")
+            name = "L2 distance" if metric == faiss.METRIC_L2 else f"FAISS metric {metric}"
+            raise InputError(f"{path} is a Flat index by {name}, not inner product")
         (floats,) = _COUNT.unpack_from(head, _HEADER.size)
         self.offset = _HEADER.size + _COUNT.size
         if floats != count * dimension or path.stat().st_size != self.offset + 4 * floats:
