@@ -115,6 +115,8 @@ def test_one_process_generates_through_trl_client(server_url, llm, tiny):
     assert [len(g.token_ids) for g in generations] == [4, 4, 2]
     assert_same(generations, expected(llm, rows))
     assert generator.generate([], [], STOP) == []
+    # the server's reply carries no prefix-cache count per prompt: unknown, not 0
+    assert [g.cached_tokens for g in generations] == [None, None, None]
 
 
 def test_each_request_posted_alone_comes_back_with_its_key(server_url, llm, tiny):
@@ -135,6 +137,7 @@ def test_each_request_posted_alone_comes_back_with_its_key(server_url, llm, tiny
         done.update(engine.step())
     assert engine.step() == []
     assert_same([done[key] for key in range(len(rows))], expected(llm, rows))
+    assert all(generation.cached_tokens is None for generation in done.values())
 
 
 def test_two_ranks_with_uneven_batches_get_their_own_rows_back(server_url, llm, tiny, tmp_path):
