@@ -150,14 +150,18 @@ class Measured:
     training: str  # where the policy trained: device, precision, processes
     generation: str  # what generated the episodes
 
-    def mean(self, part: str) -> float:
-        """Mean seconds per step of `part` (`step`, one of `PARTS`, `generation`, `fwd_bwd`)."""
+    def median(self, part: str) -> float:
+        """The median over the timed steps of the seconds `part` took (`step`, one of `PARTS`,
+        `generation`, `fwd_bwd`): other processes on the same cores slow some steps down."""
+        return statistics.median(self.seconds(step, part) for step in self.steps)
+
+    @staticmethod
+    def seconds(step: dict[str, float], part: str) -> float:
         if part == "generation":
-            return self.mean("rollout") - self.mean("retrieval")
+            return step["rollout"] - step["retrieval"]
         if part == "fwd_bwd":
-            timed = ("rollout", "scoring", "weight_sync")
-            return self.mean("step") - sum(self.mean(other) for other in timed)
-        return statistics.mean(step[part] for step in self.steps)
+            return step["step"] - step["rollout"] - step["scoring"] - step["weight_sync"]
+        return step[part]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -670,7 +674,7 @@ def unmeasured_rows(rows: list[Row]) -> list[tuple[Row, str]]:
 
 
 def row_cells(row: Row, measured: Measured | str) -> str:
-    """One markdown row: the measured step (mean, min-max over the steps) and its parts, or why
+    """One markdown row: the measured step (median, min-max over the steps) and its parts, or why
     it was not measured."""
     if isinstance(measured, str):
         cells = [row.name, row.scheduler, row.generation, *[""] * 5, measured, *[""] * 6]
@@ -678,22 +682,22 @@ def row_cells(row: Row, measured: Measured | str) -> str:
     steps = [s["step"] for s in measured.steps]
     sync = "none (policy generates)"
     if measured.generation.startswith("vLLM"):
-        sync = f"{measured.mean('weight_sync'):.3f}"
+        sync = f"{measured.median('weight_sync'):.3f}"
     peak = max(s["peak_bytes"] for s in measured.steps) / 2**30
     return (
         f"| {row.name} | {row.scheduler} | {measured.generation} | {measured.training} "
         f"| {measured.trainable / 1e6:.2f}M / {measured.total / 1e6:.2f}M | {measured.episodes} "
         f"| {measured.tokens_per_episode:.1f} | {measured.searches_per_episode:.2f} "
-        f"| {measured.mean('step'):.2f} ({min(steps):.2f}-{max(steps):.2f}) "
-        f"| {measured.mean('generation'):.2f} | {measured.mean('retrieval'):.3f} "
-        f"| {measured.mean('scoring'):.3f} | {measured.mean('fwd_bwd'):.2f} | {sync} "
+        f"| {measured.median('step'):.2f} ({min(steps):.2f}-{max(steps):.2f}) "
+        f"| {measured.median('generation'):.2f} | {measured.median('retrieval'):.3f} "
+        f"| {measured.median('scoring'):.3f} | {measured.median('fwd_bwd'):.2f} | {sync} "
         f"| {peak:.2f} |"
     )
 
 
 def print_table(results: list[tuple[Row, Measured | str]], args: argparse.Namespace) -> None:
     print(
-        f"\nGRPO step, mean of {args.steps} steps after a warm-up step, torch "
+        f"\nGRPO step, medians over {args.steps} steps after a warm-up step, torch "
         f"{torch.__version__}; GPU recipes at reduced shape on CPU"
     )
     print(
@@ -724,9 +728,9 @@ def print_before_after(results: list[tuple[Row, Measured | str]]) -> None:
             turn, continuous = by["turn"], by["continuous"]
             print(
                 f"| {name} | {generation} | {training} "
-                f"| {turn.mean('step'):.2f} -> {continuous.mean('step'):.2f} "
-                f"| {continuous.mean('step') / turn.mean('step'):.2f} "
-                f"| {turn.mean('generation'):.2f} -> {continuous.mean('generation'):.2f} |"
+                f"| {turn.median('step'):.2f} -> {continuous.median('step'):.2f} "
+                f"| {continuous.median('step') / turn.median('step'):.2f} "
+                f"| {turn.median('generation'):.2f} -> {continuous.median('generation'):.2f} |"
             )
 
 
@@ -761,6 +765,7 @@ def main() -> None:
         worker(args)
         return
 
+    os.environ.setdefault("TQDM_DISABLE", "1")  # the table alone on stdout (logs keep the rest)
     rows = selected_rows(args)
     logs = Path(tempfile.mkdtemp(prefix="train_step_logs_"))  # kept: a failed row names its log
     results: list[tuple[Row, Measured | str]] = []
