@@ -1,13 +1,15 @@
 """Where a GRPO step's time goes, per shipped recipe and rollout scheduler, and its peak memory.
 
     .venv/bin/python benchmarks/train_step.py [--recipes NAME ...] [--schedulers turn continuous]
-        [--processes 1 2] [--steps 3] [--threads N] [--data DIR]
+        [--processes 1 2] [--steps 5] [--repeats 1] [--threads N] [--data DIR]
     PYTHONPATH=. VLLM_VENV/bin/python benchmarks/train_step.py --generation vllm [...]
 
 A row is one setup or recipe, one rollout scheduler (the recipe key `rollout_scheduler`: `turn`,
 the turn-synchronous one, or `continuous`, each episode on its own), one generation backend and a
 number of training processes, trained for a warm-up step and `--steps` timed steps in processes of
-its own (so its peak memory is its own). A step's wall time (on the first process) is split into:
+its own (so its peak memory is its own), `--repeats` times, a recipe's schedulers alternating (other
+processes on the same cores slow some spells down: alternating puts them on both schedulers); the
+table gives medians over the steps. A step's wall time (on the first process) is split into:
 
 - generation: the rollout less its retrieval calls (model decoding, plus the rollout's own
   bookkeeping: detokenising turns, parsing tags, inserting observations);
@@ -48,6 +50,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import itertools
 import json
 import math
 import os
@@ -58,7 +61,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -663,6 +666,28 @@ def selected_rows(args: argparse.Namespace) -> list[Row]:
     ]
 
 
+def schedule(rows: list[Row], repeats: int) -> list[Row]:
+    """The order to run the rows in: each recipe's rows `repeats` times over, its schedulers
+    alternating, so that a slow spell of other processes on the cores falls on both."""
+    order: list[Row] = []
+    for _, group in itertools.groupby(rows, key=lambda row: (row.name, row.processes)):
+        order += list(group) * repeats
+    return order
+
+
+def pooled(runs: list[Measured | str]) -> Measured | str:
+    """A row's runs as one: their timed steps together; the first failure if one failed."""
+    failed = [run for run in runs if isinstance(run, str)]
+    if failed:
+        return failed[0]
+    return replace(
+        runs[0],
+        steps=[step for run in runs for step in run.steps],
+        tokens_per_episode=statistics.mean(run.tokens_per_episode for run in runs),
+        searches_per_episode=statistics.mean(run.searches_per_episode for run in runs),
+    )
+
+
 def unmeasured_rows(rows: list[Row]) -> list[tuple[Row, str]]:
     """Settings of the measured recipes that cannot run on this CPU, with the reason."""
     found = []
@@ -697,8 +722,8 @@ def row_cells(row: Row, measured: Measured | str) -> str:
 
 def print_table(results: list[tuple[Row, Measured | str]], args: argparse.Namespace) -> None:
     print(
-        f"\nGRPO step, medians over {args.steps} steps after a warm-up step, torch "
-        f"{torch.__version__}; GPU recipes at reduced shape on CPU"
+        f"\nGRPO step, medians over {args.repeats} x {args.steps} steps (each run's warm-up step "
+        f"dropped), torch {torch.__version__}; GPU recipes at reduced shape on CPU"
     )
     print(
         "| recipe | scheduler | generation | training | trainable / total params | episodes "
@@ -757,6 +782,12 @@ def main() -> None:
     parser.add_argument(
         "--data", type=Path, help="folder with test.jsonl and corpus.jsonl, for the tiny setups"
     )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="runs of each row, a recipe's schedulers alternating; their steps pooled",
+    )
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--flags", type=Path, help=argparse.SUPPRESS)
@@ -768,11 +799,13 @@ def main() -> None:
     os.environ.setdefault("TQDM_DISABLE", "1")  # the table alone on stdout (logs keep the rest)
     rows = selected_rows(args)
     logs = Path(tempfile.mkdtemp(prefix="train_step_logs_"))  # kept: a failed row names its log
-    results: list[tuple[Row, Measured | str]] = []
-    for row in rows:
-        log = logs / f"{row.name}.{row.scheduler}.{row.generation}.{row.processes}.log"
-        results.append((row, run_worker(row, args, log)))
+    runs: dict[Row, list[Measured | str]] = {}
+    for row in schedule(rows, args.repeats):
+        done = runs.setdefault(row, [])
+        log = logs / f"{row.name}.{row.scheduler}.{row.generation}.{row.processes}.{len(done)}.log"
+        done.append(run_worker(row, args, log))
         print(f"{row}: {log}", file=sys.stderr, flush=True)
+    results = [(row, pooled(measured)) for row, measured in runs.items()]
     print_table(results + unmeasured_rows(rows), args)
     print_before_after(results)
 
