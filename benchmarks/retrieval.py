@@ -3,6 +3,8 @@
     .venv/bin/python benchmarks/retrieval.py                        # Bamboogle mini, all indexes
     .venv/bin/python benchmarks/retrieval.py --synthetic 200000     # scaled to 200k passages
     .venv/bin/python benchmarks/retrieval.py --indexes bm25 Flat SQ8 --server-indexes Flat
+    .venv/bin/python benchmarks/retrieval.py --indexes bm25 Flat --no-sweep \
+        --search-r1 path/to/Search-R1          # beside Search-R1's own server (no network)
 
 Indexes are `bm25` and FAISS factory strings (`{nlist}` and `{m}` are filled in: IVF lists for
 the corpus size, and the largest PQ code that fits 1/20 of the flat index). For each it reports:
@@ -24,6 +26,12 @@ the corpus size, and the largest PQ code that fits 1/20 of the flat index). For 
   the same ids; and one client sending batches of 64 with `RemoteRetriever`, timed alternately
   with the same batch in process. The three modes are served at once and take turns, so all of
   them see the same load from other processes.
+- side by side, in one run: 64 single-query clients against Search-R1's own server
+  (`--search-r1 PATH`: its `retrieval_server.py` or a checkout, run on the Flat index with the
+  same corpus and encoder, patched at run time only where it needs a GPU, binds 0.0.0.0:8000
+  or runs the encoder in fp16; the changed lines are printed) and against ours (default
+  settings), and `Retriever.search` in process in batches of 64, taking turns; PASS/FAIL for
+  ours >= 4x Search-R1's and >= 90% of in process.
 
 Then an IVF-PQ sweep (code size x nprobe; OPQ; PQ plus an exact re-rank; each also with its
 codebooks trained on one half of the vectors and the other half indexed) and PASS/FAIL for the
@@ -39,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import hashlib
 import itertools
 import json
@@ -92,6 +101,29 @@ SERVER_MODES = {
 }
 DEFAULT_MODE, _, OFF_MODE = SERVER_MODES
 TARGET_SPEEDUP = 3.0
+TARGET_VS_SEARCH_R1 = 4.0  # ours over Search-R1's own server, 64 single-query clients
+TARGET_VS_IN_PROCESS = 0.90  # ours over Retriever.search in batches of 64, in process
+IN_PROCESS = "in process"  # the side-by-side run's own target, beside the servers
+SEARCH_R1_SERVER = Path("search_r1") / "search" / "retrieval_server.py"
+# Search-R1's server, as run here: (its line, ours, why). Nothing else is changed.
+SEARCH_R1_PATCH = (
+    ("    model.cuda()\n", "    model.cpu()\n", "no GPU"),
+    (
+        "inputs = {k: v.cuda() for k, v in inputs.items()}",
+        "inputs = {k: v.cpu() for k, v in inputs.items()}",
+        "no GPU",
+    ),
+    (
+        "retrieval_use_fp16=True,",
+        "retrieval_use_fp16=False,",
+        "the encoder in fp32, as ours runs it on a CPU (its fp16 is for GPUs)",
+    ),
+    (
+        'uvicorn.run(app, host="0.0.0.0", port=8000)',
+        'uvicorn.run(app, host="127.0.0.1", port={port})',
+        "loopback only, on a free port",
+    ),
+)
 TARGET_OVERHEAD_MS = 2.0
 TARGET_SQ8 = (0.99, 1 / 4)
 TARGET_IVFPQ = (0.90, 1 / 20)
@@ -104,6 +136,7 @@ TARGET_IVFPQ = (0.90, 1 / 20)
 @dataclass
 class Workload:
     corpus: Corpus
+    corpus_jsonl: Path  # the source Search-R1's server loads (row i is corpus row i)
     vectors: np.ndarray  # row i embeds corpus row i
     vectors_note: str
     questions: list[str]
@@ -188,6 +221,7 @@ def load_workload(args: argparse.Namespace) -> Workload:
     encoder = Encoder(args.encoder, device="cpu")
     source = args.corpus.resolve()
     corpus = real = load_corpus(source, cache_dir=cache / "corpora")
+    corpus_jsonl = source
     # "contents as stored": vectors cached before passages were encoded from their stored
     # contents (rather than a title and text joined again) are not reused
     stat = source.stat()
@@ -200,6 +234,7 @@ def load_workload(args: argparse.Namespace) -> Workload:
             real, args.synthetic, cache / "corpora" / f"{key}-{args.synthetic}.jsonl"
         )
         corpus = load_corpus(jsonl, cache_dir=cache / "corpora")
+        corpus_jsonl = jsonl
         if args.synthetic <= len(real):
             vectors = real_vectors[: args.synthetic]
             note = f"the first {args.synthetic} real passage vectors"
@@ -218,7 +253,7 @@ def load_workload(args: argparse.Namespace) -> Workload:
     if not query_path.is_file():
         np.save(query_path, encoder.encode_queries(questions))
     query_vectors = np.load(query_path)
-    return Workload(corpus, vectors, note, questions, golds, query_vectors, encoder)
+    return Workload(corpus, corpus_jsonl, vectors, note, questions, golds, query_vectors, encoder)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -392,23 +427,25 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(config: Path, flags: list[str], log: Path, timeout_s: float = 180.0) -> Iterator[str]:
-    """`research-r1 serve-retriever` in a subprocess on 127.0.0.1; its url until the block ends."""
-    port = free_port()
-    command = [
-        *(sys.executable, "-m", "research_r1.cli", "serve-retriever"),
-        *("--retriever", str(config), "--host", "127.0.0.1", "--port", str(port), *flags),
-    ]
-    url = f"http://127.0.0.1:{port}"
+def running(
+    command: list[str],
+    url: str,
+    ready_path: str,
+    log: Path,
+    timeout_s: float = 180.0,
+    **popen: Any,
+) -> Iterator[str]:
+    """`command` in a subprocess, logging to `log`; `url` once GET `ready_path` answers 200,
+    until the block ends."""
     with log.open("wb") as sink:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, **popen)
         try:
             deadline = time.monotonic() + timeout_s
             while True:
                 if process.poll() is not None:
                     raise RuntimeError(f"the server exited with {process.returncode}; see {log}")
                 try:
-                    if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
+                    if httpx.get(f"{url}{ready_path}", timeout=1.0).status_code == 200:
                         break
                 except httpx.TransportError:
                     pass
@@ -425,19 +462,77 @@ def serving(config: Path, flags: list[str], log: Path, timeout_s: float = 180.0)
                 process.wait()
 
 
+def serving(config: Path, flags: list[str], log: Path) -> Any:
+    """`research-r1 serve-retriever` in a subprocess on 127.0.0.1; its url until the block ends."""
+    port = free_port()
+    command = [
+        *(sys.executable, "-m", "research_r1.cli", "serve-retriever"),
+        *("--retriever", str(config), "--host", "127.0.0.1", "--port", str(port), *flags),
+    ]
+    return running(command, f"http://127.0.0.1:{port}", "/health", log)
+
+
+def patch_search_r1(source: str, port: int) -> str:
+    """Search-R1's server with `SEARCH_R1_PATCH` applied; each line it changes must appear
+    exactly once, so a changed upstream fails here rather than running something else."""
+    for old, new, _ in SEARCH_R1_PATCH:
+        if source.count(old) != 1:
+            raise InputError(f"Search-R1's server no longer holds {old!r} exactly once")
+        source = source.replace(old, new.replace("{port}", str(port)))
+    return source
+
+
+def patch_lines(original: str, patched: str) -> list[str]:
+    """The lines the patch changed, as a unified diff without context."""
+    diff = difflib.unified_diff(
+        original.splitlines(), patched.splitlines(), "upstream", "run here", n=0, lineterm=""
+    )
+    return list(diff)
+
+
+@contextmanager
+def serving_search_r1(
+    script: Path, built: Built, work: Workload, k: int, folder: Path, log: Path
+) -> Iterator[tuple[str, list[str]]]:
+    """Search-R1's own server, patched to run on a CPU on 127.0.0.1, over `built`'s FAISS file,
+    the corpus jsonl and the benchmark's encoder; its url and the diff of what was changed.
+    Offline: the encoder and corpus are local files, and the hub is told not to connect."""
+    port = free_port()
+    original = script.read_text()
+    patched = patch_search_r1(original, port)
+    copy = folder / "retrieval_server.py"
+    copy.write_text(patched)
+    command = [
+        *(sys.executable, str(copy), "--index_path", str(built.folder / INDEX_FILE)),
+        *("--corpus_path", str(work.corpus_jsonl), "--topk", str(k)),
+        # the name only picks prompts ("e5", "bge" in it) as our Encoder does from the path
+        *("--retriever_name", Path(work.encoder.name).name, "--retriever_model", work.encoder.name),
+    ]
+    env = os.environ | {
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_DATASETS_CACHE": str(folder / "datasets"),
+    }
+    url = f"http://127.0.0.1:{port}"
+    with running(command, url, "/docs", log, env=env, cwd=folder):
+        yield url, patch_lines(original, patched)
+
+
 @dataclass
 class Load:
     """What one server mode did for one number of clients, summed over the rounds."""
 
-    latencies: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)  # per request, or per batch in process
     wall: float = 0.0
     answers: dict[int, set[tuple[str, ...]]] = field(default_factory=dict)  # question -> ids
     batches: int = 0
     batched_queries: int = 0
+    queries: int = 0  # in process; a request to a server carries one
 
     @property
     def throughput(self) -> float:
-        return len(self.latencies) / self.wall
+        return (self.queries or len(self.latencies)) / self.wall
 
 
 async def post_json(
@@ -480,7 +575,6 @@ async def client_load(
     `seconds` passed."""
     numbers = itertools.count()
     host, port = url.removeprefix("http://").split(":")
-    before = httpx.get(f"{url}/metrics").json()
     stop = time.perf_counter() + seconds
 
     async def client() -> None:
@@ -500,12 +594,39 @@ async def client_load(
     start = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(clients)))
     load.wall += time.perf_counter() - start
+
+
+def counted_load(load: Load, url: str, *args: Any) -> None:
+    """`client_load(load, url, *args)` against our server, adding the search calls it made and
+    the queries they held (from `/metrics`) to `load`."""
+    before = httpx.get(f"{url}/metrics").json()
+    asyncio.run(client_load(load, url, *args))
     after = httpx.get(f"{url}/metrics").json()
     load.batches += after["batches"] - before["batches"]
     load.batched_queries += round(
         after["mean_batch_queries"] * after["batches"]
         - before["mean_batch_queries"] * before["batches"]
     )
+
+
+def in_process_load(
+    load: Load, retriever: Retriever, questions: Sequence[str], k: int, size: int, seconds: float
+) -> None:
+    """Add to `load` `retriever.search` on successive batches of `size` questions (cycling
+    through them) for `seconds`; a latency is a whole batch's."""
+    start = time.perf_counter()
+    stop = start + seconds
+    number = 0
+    while time.perf_counter() < stop:
+        rows = [(number * size + i) % len(questions) for i in range(size)]
+        began = time.perf_counter()
+        results = retriever.search([questions[row] for row in rows], k)
+        load.latencies.append(time.perf_counter() - began)
+        load.queries += size
+        for row, found in zip(rows, ids(results), strict=True):
+            load.answers.setdefault(row, set()).add(found)
+        number += 1
+    load.wall += time.perf_counter() - start
 
 
 @dataclass
@@ -683,6 +804,8 @@ class Report:
     overheads: dict[str, Overhead] = field(default_factory=dict)  # default server settings
     quality: dict[str, tuple[float, float]] = field(default_factory=dict)  # (recall, marginal B)
     qps: dict[tuple[str, int], float] = field(default_factory=dict)  # (index, batch) in process
+    side: dict[str, SideBySide] = field(default_factory=dict)
+    search_r1_patch: list[str] = field(default_factory=list)  # the diff of what was run
     sweep: list[SweepRow] = field(default_factory=list)
 
 
@@ -758,16 +881,14 @@ def measure_server(
             requests = max(args.requests, 4 * clients) // args.rounds
             for _ in range(args.rounds):
                 for mode, url in urls.items():
-                    asyncio.run(
-                        client_load(
-                            loads[mode][clients],
-                            url,
-                            work.questions,
-                            args.top_k,
-                            clients,
-                            requests,
-                            args.server_seconds / args.rounds,
-                        )
+                    counted_load(
+                        loads[mode][clients],
+                        url,
+                        work.questions,
+                        args.top_k,
+                        clients,
+                        requests,
+                        args.server_seconds / args.rounds,
                     )
     for mode, result in timed.items():
         report.overhead.append(
@@ -813,6 +934,82 @@ def measure_server(
             )
     on, off = loads[DEFAULT_MODE][max(CLIENTS)], loads[OFF_MODE][max(CLIENTS)]
     report.speedups[built.name] = (on.throughput / off.throughput, agrees(on))
+
+
+@dataclass
+class SideBySide:
+    """One index under 64 single-query clients against each server, and in process in batches
+    of 64; `search_r1` is None where Search-R1's server was not run, `why_not` says why."""
+
+    ours: Load
+    in_process: Load
+    search_r1: Load | None
+    why_not: str = ""
+
+
+def search_r1_absence(built: Built, script: Path | None) -> str:
+    """Why Search-R1's server is not run on `built` ("" where it is)."""
+    if script is None:
+        return "not run (pass --search-r1)"
+    if built.spec == "bm25":
+        return "not run (its BM25 retriever needs pyserini and a Lucene index)"
+    if built.name != "Flat":
+        return "not run (it sets no nprobe or ef_search: run on Flat only)"
+    return ""
+
+
+def measure_side_by_side(
+    built: Built,
+    retriever: Retriever,
+    work: Workload,
+    args: argparse.Namespace,
+    report: Report,
+) -> None:
+    """Search-R1's server, ours (default settings) and `retriever.search` in batches of the
+    same size, in one run: each takes a turn per round, in an order rotated every round, so
+    all three see the same load from the machine's other users. Each server is warmed up
+    with one untimed round first."""
+    clients, k = max(CLIENTS), args.top_k
+    why_not = search_r1_absence(built, args.search_r1)
+    config = built.folder / "retriever.yaml"
+    config.write_text(yaml.safe_dump(built.config))
+    logs = args.cache_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        urls = {"ours": stack.enter_context(serving(config, [], logs / "server-default.log"))}
+        if not why_not:
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="search-r1-")))
+            urls["search_r1"], report.search_r1_patch = stack.enter_context(
+                serving_search_r1(args.search_r1, built, work, k, folder, logs / "search-r1.log")
+            )
+        for url in urls.values():
+            asyncio.run(client_load(Load(), url, work.questions, k, clients, 2 * clients, 60.0))
+        loads = {target: Load() for target in [*urls, IN_PROCESS]}
+        seconds = args.side_seconds / args.rounds
+
+        def take_turn(target: str) -> None:
+            if target == IN_PROCESS:
+                in_process_load(loads[target], retriever, work.questions, k, clients, seconds)
+                return
+            load = client_load(
+                loads[target],
+                url=urls[target],
+                questions=work.questions,
+                k=k,
+                clients=clients,
+                requests=sys.maxsize,
+                seconds=seconds,
+            )
+            asyncio.run(load)
+
+        order = list(loads)
+        for number in range(args.rounds):
+            shift = number % len(order)
+            for target in order[shift:] + order[:shift]:
+                take_turn(target)
+    report.side[built.name] = SideBySide(
+        loads["ours"], loads[IN_PROCESS], loads.get("search_r1"), why_not
+    )
 
 
 def print_report(work: Workload, args: argparse.Namespace, report: Report, load: float) -> None:
@@ -884,6 +1081,31 @@ def print_report(work: Workload, args: argparse.Namespace, report: Report, load:
             report.overhead,
             fmt,
         )
+    if report.side:
+        render(
+            f"Side by side, one run: {max(CLIENTS)} concurrent closed-loop clients, one question "
+            "per request, against Search-R1's own server and ours (default settings), and "
+            f"Retriever.search in process in batches of {max(CLIENTS)}; the three take turns "
+            f"({args.rounds} rounds of {args.side_seconds / args.rounds:.0f} s each)",
+            [
+                "index",
+                "target",
+                "queries",
+                "p50 ms (a request; in process a batch)",
+                "p99 ms",
+                "queries/s",
+                "× in process",
+                "ids = in process",
+            ],
+            side_rows(report.side),
+            fmt,
+        )
+    if report.search_r1_patch:
+        print(f"\nSearch-R1's server ({args.search_r1}) as run here; only these lines changed:\n")
+        print("```diff" if fmt == "markdown" else "", *report.search_r1_patch, sep="\n")
+        print("```" if fmt == "markdown" else "")
+        for old, _, why in SEARCH_R1_PATCH:
+            print(f"- `{old.strip()}`: {why}")
     if report.sweep:
         probes = list(report.sweep[0].recall)
         render(
@@ -919,8 +1141,79 @@ def print_report(work: Workload, args: argparse.Namespace, report: Report, load:
         print(f"  {line}")
 
 
+def side_rows(sides: dict[str, SideBySide]) -> list[list[Any]]:
+    """The side-by-side table: per index, Search-R1's server, ours and in process."""
+    rows = []
+    for name, side in sides.items():
+        local = side.in_process.throughput
+        targets = [("Search-R1's server", side.search_r1), ("ours", side.ours)]
+        for target, load in [*targets, (f"in process, batch {max(CLIENTS)}", side.in_process)]:
+            if load is None:
+                rows.append([name, target, side.why_not, "", "", "", "", ""])
+                continue
+            rows.append(
+                [
+                    name,
+                    target,
+                    load.queries or len(load.latencies),
+                    ms(quantile(load.latencies, 0.5)),
+                    ms(quantile(load.latencies, 0.99)),
+                    f"{load.throughput:.0f}",
+                    f"{load.throughput / local:.2f}",
+                    agreement(load, side.in_process),
+                ]
+            )
+    return rows
+
+
+def agreement(load: Load, reference: Load) -> str:
+    """ "yes" when every question `load` answered got one id list, the one `reference` gave;
+    else how many did not."""
+    wrong = sum(
+        len(found) != 1 or found != reference.answers.get(question, found)
+        for question, found in load.answers.items()
+    )
+    return "yes" if not wrong else f"NO ({wrong} of {len(load.answers)} questions)"
+
+
+def side_target_lines(name: str, side: SideBySide) -> list[str]:
+    """Ours against Search-R1's server (>= 4x) and against in process (>= 90%)."""
+    clients, ours, local = max(CLIENTS), side.ours.throughput, side.in_process.throughput
+    same = agreement(side.ours, side.in_process)
+    lines = []
+    if side.search_r1 is None:
+        lines.append(
+            f"N/A   {name}: {clients} single-query clients, ours vs Search-R1's server (target "
+            f">= {TARGET_VS_SEARCH_R1:.0f}x): Search-R1's server {side.why_not}"
+        )
+    else:
+        theirs = side.search_r1.throughput
+        ok = ours >= TARGET_VS_SEARCH_R1 * theirs and same == "yes"
+        lines.append(
+            f"{verdict(ok)}  {name}: {clients} single-query clients, ours {ours:.0f} q/s vs "
+            f"Search-R1's server {theirs:.0f} q/s: {ours / theirs:.2f}x (target >= "
+            f"{TARGET_VS_SEARCH_R1:.0f}x); ids = in process: ours {same}, Search-R1's "
+            f"{agreement(side.search_r1, side.in_process)}"
+        )
+    line = (
+        f"{name}: {clients} single-query clients, ours {ours:.0f} q/s vs in process in batches "
+        f"of {clients} {local:.0f} q/s: {ours / local:.0%} (target >= {TARGET_VS_IN_PROCESS:.0%})"
+        f"; ids = in process: {same}"
+    )
+    if name == "bm25":
+        lines.append(
+            f"INFO  {line}; one BM25 query (well under a millisecond) costs less than the HTTP "
+            "request carrying it, so no server of single-query requests comes near"
+        )
+    else:
+        lines.append(f"{verdict(ours >= TARGET_VS_IN_PROCESS * local and same == 'yes')}  {line}")
+    return lines
+
+
 def target_lines(report: Report, k: int, flat_bytes: float) -> list[str]:
     lines = []
+    for name, side in report.side.items():
+        lines += side_target_lines(name, side)
     for name, (speedup, same) in report.speedups.items():
         gain = report.qps[name, max(CLIENTS)] / report.qps[name, 1]
         line = (
@@ -1026,6 +1319,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--overhead-reps", type=int, default=40, help="batches of 64, each way")
     parser.add_argument("--no-sweep", action="store_true", help="skip the IVF-PQ sweep")
     parser.add_argument(
+        "--search-r1",
+        type=Path,
+        metavar="PATH",
+        help="Search-R1's retrieval_server.py (or a checkout holding it), run beside ours on "
+        "the Flat index (patched to run on a CPU; the patch is printed)",
+    )
+    parser.add_argument(
+        "--side-seconds",
+        type=float,
+        default=24.0,
+        help="seconds per target in the side-by-side run, split over --rounds",
+    )
+    parser.add_argument(
         "--cache-dir",
         type=Path,
         default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
@@ -1038,6 +1344,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     unknown = set(args.server_indexes) - set(args.indexes)
     if unknown:
         parser.error(f"--server-indexes {sorted(unknown)} are not in --indexes")
+    if args.search_r1 is not None:
+        script = args.search_r1 / SEARCH_R1_SERVER if args.search_r1.is_dir() else args.search_r1
+        if not script.is_file():
+            parser.error(f"--search-r1 {args.search_r1}: no {SEARCH_R1_SERVER} there")
+        args.search_r1 = script
     if min(args.top_k, args.rounds, args.synthetic or 1) < 1:
         parser.error("-k, --rounds and --synthetic must be >= 1")
     return args
@@ -1057,6 +1368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             retriever = measure_index(built, work, kth, args, report)
             if spec in args.server_indexes:
                 measure_server(built, retriever, work, args, report)
+                measure_side_by_side(built, retriever, work, args, report)
     if not args.no_sweep:
         report.sweep = sweep_ivfpq(work, args.top_k, kth, args)
     print_report(work, args, report, load)
