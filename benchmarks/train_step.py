@@ -1,15 +1,17 @@
 """Where a GRPO step's time goes, per shipped recipe and rollout scheduler, and its peak memory.
 
     .venv/bin/python benchmarks/train_step.py [--recipes NAME ...] [--schedulers turn continuous]
-        [--processes 1 2] [--steps 5] [--repeats 1] [--threads N] [--data DIR]
+        [--processes 1 2] [--steps 5] [--threads N] [--data DIR]
     PYTHONPATH=. VLLM_VENV/bin/python benchmarks/train_step.py --generation vllm [...]
 
-A row is one setup or recipe, one rollout scheduler (the recipe key `rollout_scheduler`: `turn`,
-the turn-synchronous one, or `continuous`, each episode on its own), one generation backend and a
-number of training processes, trained for a warm-up step and `--steps` timed steps in processes of
-its own (so its peak memory is its own), `--repeats` times, a recipe's schedulers alternating (other
-processes on the same cores slow some spells down: alternating puts them on both schedulers); the
-table gives medians over the steps. A step's wall time (on the first process) is split into:
+Each setup or recipe, with one generation backend and a number of training processes, trains in
+processes of its own (so its peak memory is its own) with the rollout schedulers (both by
+default) taking turns from step to step: `turn`, the turn-synchronous one, and `continuous`,
+each episode on its own (the rollout functions the recipe key `rollout_scheduler` picks between).
+Taking turns puts both under the same spells of load from other processes on the cores, and the
+same weights to within a step. Each scheduler's first step warms up; the table gives the medians
+over its `--steps` next ones, a row per scheduler. A step's wall time (on the first process) is
+split into:
 
 - generation: the rollout less its retrieval calls (model decoding, plus the rollout's own
   bookkeeping: detokenising turns, parsing tags, inserting observations);
@@ -41,8 +43,9 @@ Rows (`--recipes`, all by default):
   colocated engine (one per process), as shipped. Shipped settings a CPU cannot run get a row
   that says why (vLLM server mode, the 8-GPU runs).
 
-Peak memory is the first process's peak resident set on CPU (with vLLM, the engine and its KV
-cache are in it), and the peak allocated CUDA memory of the step on a GPU.
+Peak memory, one figure for a run's schedulers, is the first process's peak resident set on CPU
+(with vLLM, the engine and its KV cache are in it), and the most CUDA memory a step allocated on
+a GPU.
 """
 
 from __future__ import annotations
@@ -142,24 +145,32 @@ class Setup:
 
 @dataclass(frozen=True)
 class Measured:
-    """What a row's worker process reports: per timed step, the wall time and its parts."""
+    """What a row's worker process reports: its timed steps (each with the scheduler that played
+    its rollout, its wall time and parts, its peak memory, and its episodes' sampled tokens and
+    searches) and the run's settings."""
 
-    steps: list[dict[str, float]]
+    steps: list[dict[str, Any]]
     trainable: int
     total: int
     episodes: int
-    tokens_per_episode: float
-    searches_per_episode: float
     training: str  # where the policy trained: device, precision, processes
     generation: str  # what generated the episodes
 
+    def of(self, scheduler: str) -> Measured:
+        """The steps whose rollout `scheduler` played."""
+        return replace(self, steps=[step for step in self.steps if step["scheduler"] == scheduler])
+
     def median(self, part: str) -> float:
-        """The median over the timed steps of the seconds `part` took (`step`, one of `PARTS`,
+        """The median over the steps of the seconds `part` took (`step`, one of `PARTS`,
         `generation`, `fwd_bwd`): other processes on the same cores slow some steps down."""
         return statistics.median(self.seconds(step, part) for step in self.steps)
 
+    def average(self, key: str) -> float:
+        """The mean over the steps of an episode statistic (`tokens`, `searches`)."""
+        return statistics.mean(step[key] for step in self.steps)
+
     @staticmethod
-    def seconds(step: dict[str, float], part: str) -> float:
+    def seconds(step: dict[str, Any], part: str) -> float:
         if part == "generation":
             return step["rollout"] - step["retrieval"]
         if part == "fwd_bwd":
@@ -178,7 +189,8 @@ class Clock(TrainerCallback):
     def __init__(self, device: str) -> None:
         self.device = device
         self.parts = dict.fromkeys(PARTS, 0.0)
-        self.steps: list[dict[str, float]] = []
+        self.scheduler = ""  # the scheduler playing this step's rollout (`alternate` sets it)
+        self.steps: list[dict[str, Any]] = []
 
     @contextlib.contextmanager
     def measure(self, part: str) -> Iterator[None]:
@@ -217,7 +229,9 @@ class Clock(TrainerCallback):
         else:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
         step = time.perf_counter() - self.start
-        self.steps.append({"step": step, **self.parts, "peak_bytes": peak})
+        self.steps.append(
+            {"scheduler": self.scheduler, "step": step, **self.parts, "peak_bytes": peak}
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,6 +241,25 @@ class Clock(TrainerCallback):
 def time_generation(rollout_func: Callable, clock: Clock) -> Callable:
     """The rollout (generation with its retrieval calls inside: `time_retrieval` tells them)."""
     return clock.timed("rollout", rollout_func)
+
+
+def alternate(make_rollout_func: Callable, schedulers: Sequence[str], clock: Clock) -> Callable:
+    """`make_rollout_func` building one rollout function per scheduler, which take turns from
+    step to step (a step's rollout is one call), so both meet the same spells of load from other
+    processes on the cores and the same weights to within a step; the clock learns which one
+    played each step."""
+
+    def build(*args: Any, **kwargs: Any) -> Callable:
+        rollouts = {s: make_rollout_func(*args, **{**kwargs, "scheduler": s}) for s in schedulers}
+        order = itertools.cycle(rollouts.items())
+
+        def rollout_func(prompts: list, trainer: Any) -> dict:
+            clock.scheduler, rollout = next(order)
+            return rollout(prompts, trainer)
+
+        return rollout_func
+
+    return build
 
 
 class TimedRetriever:
@@ -393,9 +426,14 @@ def setups(cuda: bool) -> list[Setup]:
 
 
 def run_setup(
-    setup: Setup, scheduler: str, steps: int, data: Path | None, folder: Path, clock: Clock
+    setup: Setup,
+    schedulers: Sequence[str],
+    steps: int,
+    data: Path | None,
+    folder: Path,
+    clock: Clock,
 ) -> Any:
-    """Train `setup` for `steps + 1` steps on `clock`; the trainer."""
+    """Train `setup` for `steps` steps on `clock`, the schedulers taking turns; the trainer."""
     from peft import LoraConfig
     from trl import GRPOConfig, GRPOTrainer
 
@@ -418,7 +456,7 @@ def run_setup(
         learning_rate=setup.learning_rate,
         beta=setup.beta,
         temperature=1.0,
-        max_steps=steps + 1,
+        max_steps=steps,
         save_strategy="no",
         report_to="none",
         logging_steps=1,
@@ -434,7 +472,7 @@ def run_setup(
             target_modules=LORA_TARGETS,
             task_type="CAUSAL_LM",
         )
-    rollout = make_rollout_func(
+    rollout = alternate(make_rollout_func, schedulers, clock)(
         time_retrieval(retriever, clock),
         SEARCH_R1,
         k=setup.k,
@@ -442,7 +480,6 @@ def run_setup(
         max_new_tokens=setup.max_new_tokens,
         max_observation_tokens=setup.max_observation_tokens,
         generate_batch_size=episodes,
-        scheduler=scheduler,
     )
     trainer = timed_trainer(GRPOTrainer, clock)(
         model=model,
@@ -465,13 +502,11 @@ def run_setup(
 def recipe_flags(row: Row, steps: int, folder: Path) -> list[str]:
     """`research-r1 train` flags for the row's recipe: tiny_cpu_grpo as shipped (on make demo's
     outputs), a GPU recipe at reduced shape (written under `folder`) with the CPU's flags and
-    the row's generation backend and processes; `steps + 1` steps, no checkpoints, the row's
-    scheduler."""
+    the row's generation backend and processes; `steps` steps, no checkpoints."""
     recipe = ROOT / "recipes" / f"{row.name}.yaml"
     keys: dict[str, Any] = {
-        "max_steps": steps + 1,
+        "max_steps": steps,
         "save_strategy": "no",
-        "rollout_scheduler": row.scheduler,
         "logging_steps": 1,
         "report_to": "none",
     }
@@ -485,10 +520,11 @@ def recipe_flags(row: Row, steps: int, folder: Path) -> list[str]:
     return [str(recipe.relative_to(ROOT)), *reduced.overrides(**keys), *CPU_FLAGS, *processes]
 
 
-def run_recipe(flags: list[str], clock: Clock) -> Any:
+def run_recipe(flags: list[str], schedulers: Sequence[str], clock: Clock) -> Any:
     """Train the recipe through `research_r1.training.train.train` (what `research-r1 train`
-    runs in each process) with its trainer class and retriever loader timed on `clock`; the
-    trainer."""
+    runs in each process) with its trainer class and retriever loader timed on `clock` and a
+    rollout function per scheduler (what the recipe key `rollout_scheduler` picks), taking
+    turns; the trainer."""
     from research_r1.retrieval.config import load_retriever
     from research_r1.training import train as training
     from research_r1.training.launch import launch_args
@@ -497,6 +533,9 @@ def run_recipe(flags: list[str], clock: Clock) -> Any:
     trainer_class = timed_trainer(training.SearchGRPOTrainer, clock)
     with (
         mock.patch.object(training, "SearchGRPOTrainer", trainer_class),
+        mock.patch.object(
+            training, "make_rollout_func", alternate(make_rollout_func, schedulers, clock)
+        ),
         mock.patch.object(
             training, "load_retriever", lambda spec: time_retrieval(load_retriever(spec), clock)
         ),
@@ -545,11 +584,10 @@ def generation_backend(trainer: Any) -> str:
 
 @dataclass(frozen=True)
 class Row:
-    """One measured row: a setup or recipe, a rollout scheduler, a generation backend
-    (`transformers` or `vllm`) and training processes."""
+    """One measured run: a setup or recipe, a generation backend (`transformers` or `vllm`) and
+    training processes; a table row per scheduler."""
 
     name: str
-    scheduler: str
     generation: str
     processes: int = 1
 
@@ -560,29 +598,41 @@ def parameter_count(parameter: torch.nn.Parameter) -> int:
     return state.shape.numel() if state is not None else parameter.numel()
 
 
-def measure_row(row: Row, steps: int, data: Path | None, flags: list[str] | None) -> Measured:
-    """Train the row (a recipe: with `flags`) and report its timed steps, the warm-up step
-    dropped."""
+def all_steps(steps: int, schedulers: Sequence[str]) -> int:
+    """The steps a row trains: a warm-up step and `steps` timed ones per scheduler."""
+    return (steps + 1) * len(schedulers)
+
+
+def measure_row(
+    row: Row, schedulers: Sequence[str], steps: int, data: Path | None, flags: list[str] | None
+) -> Measured:
+    """Train the row (a recipe: with `flags`, which hold its step count) for a warm-up step and
+    `steps` timed steps per scheduler, the schedulers taking turns; the timed steps."""
     own = {setup.name: setup for setup in setups(torch.cuda.is_available())}
     clock = Clock(own[row.name].device if row.name in own else "cpu")
     with tempfile.TemporaryDirectory() as folder:
         if flags is None:
-            trainer = run_setup(own[row.name], row.scheduler, steps, data, Path(folder), clock)
+            total = all_steps(steps, schedulers)
+            trainer = run_setup(own[row.name], schedulers, total, data, Path(folder), clock)
         else:
-            trainer = run_recipe(flags, clock)
-    logs = [entry for entry in trainer.state.log_history if "loss" in entry][1:]
+            trainer = run_recipe(flags, schedulers, clock)
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    timed = [
+        {
+            **step,
+            "tokens": entry["completions/mean_length"],
+            "searches": entry["rollout/searches_per_episode"],
+        }
+        for step, entry in zip(clock.steps, logs, strict=True)
+    ]
     args = trainer.args
     episodes = args.per_device_train_batch_size * args.gradient_accumulation_steps
     parameters = list(trainer.model.parameters())
     return Measured(
-        steps=clock.steps[1:],
+        steps=timed[len(schedulers) :],  # each scheduler's first step warms up
         trainable=sum(parameter_count(p) for p in parameters if p.requires_grad),
         total=sum(parameter_count(p) for p in parameters),
         episodes=episodes * args.world_size,
-        tokens_per_episode=statistics.mean(entry["completions/mean_length"] for entry in logs),
-        searches_per_episode=statistics.mean(
-            entry["rollout/searches_per_episode"] for entry in logs
-        ),
         training=where_trained(trainer),
         generation=generation_backend(trainer),
     )
@@ -591,13 +641,13 @@ def measure_row(row: Row, steps: int, data: Path | None, flags: list[str] | None
 def worker(args: argparse.Namespace) -> None:
     """A row's worker: launch the row's processes, or (in each of them) measure the row; the
     first process writes what it measured to `args.worker`."""
-    row = Row(args.recipes[0], args.schedulers[0], args.generation, args.processes[0])
+    row = Row(args.recipes[0], args.generation, args.processes[0])
     flags = json.loads(args.flags.read_text()) if args.flags else None
     if row.processes > 1 and "LOCAL_RANK" not in os.environ:
         launch_ranks(flags, sys.argv[1:])
         return
     torch.set_num_threads(max(1, args.threads // row.processes))  # the cores, shared
-    measured = measure_row(row, args.steps, args.data, flags)
+    measured = measure_row(row, args.schedulers, args.steps, args.data, flags)
     if int(os.environ.get("RANK", "0")) == 0:
         args.worker.write_text(json.dumps(asdict(measured)))
 
@@ -610,13 +660,14 @@ def run_worker(row: Row, args: argparse.Namespace, log: Path) -> Measured | str:
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "measured.json"
         argv = [sys.executable, __file__, "--worker", str(out), "--recipes", row.name]
-        argv += ["--schedulers", row.scheduler, "--generation", row.generation]
+        argv += ["--schedulers", *args.schedulers, "--generation", row.generation]
         argv += ["--processes", str(row.processes)]
         argv += ["--steps", str(args.steps), "--threads", str(args.threads)]
         argv += ["--data", str(args.data)] if args.data else []
         if row.name in recipe_names():
             flags = Path(folder) / "flags.json"
-            flags.write_text(json.dumps(recipe_flags(row, args.steps, Path(folder))))
+            total = all_steps(args.steps, args.schedulers)
+            flags.write_text(json.dumps(recipe_flags(row, total, Path(folder))))
             argv += ["--flags", str(flags)]
         env = {**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1"}
         env |= VLLM_CPU_ENV if row.generation == "vllm" else {}
@@ -658,112 +709,98 @@ def selected_rows(args: argparse.Namespace) -> list[Row]:
     than one process only for the recipes that train data parallel."""
     names = [name for name in args.recipes if args.generation == "transformers" or uses_vllm(name)]
     return [
-        Row(name, scheduler, args.generation, processes)
+        Row(name, args.generation, processes)
         for name in names
         for processes in args.processes
         if processes == 1 or data_parallel(name)
-        for scheduler in args.schedulers
     ]
 
 
-def schedule(rows: list[Row], repeats: int) -> list[Row]:
-    """The order to run the rows in: each recipe's rows `repeats` times over, its schedulers
-    alternating, so that a slow spell of other processes on the cores falls on both."""
-    order: list[Row] = []
-    for _, group in itertools.groupby(rows, key=lambda row: (row.name, row.processes)):
-        order += list(group) * repeats
-    return order
-
-
-def pooled(runs: list[Measured | str]) -> Measured | str:
-    """A row's runs as one: their timed steps together; the first failure if one failed."""
-    failed = [run for run in runs if isinstance(run, str)]
-    if failed:
-        return failed[0]
-    return replace(
-        runs[0],
-        steps=[step for run in runs for step in run.steps],
-        tokens_per_episode=statistics.mean(run.tokens_per_episode for run in runs),
-        searches_per_episode=statistics.mean(run.searches_per_episode for run in runs),
-    )
-
-
-def unmeasured_rows(rows: list[Row]) -> list[tuple[Row, str]]:
-    """Settings of the measured recipes that cannot run on this CPU, with the reason."""
+def unmeasured_rows(rows: list[Row]) -> list[tuple[str, str, str]]:
+    """Settings of the measured recipes that cannot run on this CPU: (recipe, setting, why)."""
     found = []
     for name in dict.fromkeys(row.name for row in rows if row.generation == "vllm"):
-        found.append((Row(name, "both", "vLLM server"), SERVER_REASON))
+        found.append((name, "vLLM server", SERVER_REASON))
     for name in dict.fromkeys(row.name for row in rows if data_parallel(row.name)):
-        found.append((Row(name, "both", "as shipped"), DATA_PARALLEL_REASON))
+        found.append((name, "as shipped", DATA_PARALLEL_REASON))
     return found
 
 
-def row_cells(row: Row, measured: Measured | str) -> str:
-    """One markdown row: the measured step (median, min-max over the steps) and its parts, or why
-    it was not measured."""
-    if isinstance(measured, str):
-        cells = [row.name, row.scheduler, row.generation, *[""] * 5, measured, *[""] * 6]
-        return "| " + " | ".join(cells) + " |"
+def reason_cells(name: str, setting: str, reason: str) -> str:
+    """A markdown row that says why a row has no numbers."""
+    return "| " + " | ".join([name, "both", setting, *[""] * 5, reason, *[""] * 6]) + " |"
+
+
+def row_cells(name: str, scheduler: str, measured: Measured, peak_bytes: int) -> str:
+    """One markdown row: the scheduler's steps (median, min-max) and their parts."""
     steps = [s["step"] for s in measured.steps]
     sync = "none (policy generates)"
     if measured.generation.startswith("vLLM"):
         sync = f"{measured.median('weight_sync'):.3f}"
-    peak = max(s["peak_bytes"] for s in measured.steps) / 2**30
     return (
-        f"| {row.name} | {row.scheduler} | {measured.generation} | {measured.training} "
+        f"| {name} | {scheduler} | {measured.generation} | {measured.training} "
         f"| {measured.trainable / 1e6:.2f}M / {measured.total / 1e6:.2f}M | {measured.episodes} "
-        f"| {measured.tokens_per_episode:.1f} | {measured.searches_per_episode:.2f} "
+        f"| {measured.average('tokens'):.1f} | {measured.average('searches'):.2f} "
         f"| {measured.median('step'):.2f} ({min(steps):.2f}-{max(steps):.2f}) "
         f"| {measured.median('generation'):.2f} | {measured.median('retrieval'):.3f} "
         f"| {measured.median('scoring'):.3f} | {measured.median('fwd_bwd'):.2f} | {sync} "
-        f"| {peak:.2f} |"
+        f"| {peak_bytes / 2**30:.2f} |"
     )
 
 
-def print_table(results: list[tuple[Row, Measured | str]], args: argparse.Namespace) -> None:
+def print_table(
+    results: list[tuple[Row, Measured | str]],
+    unmeasured: list[tuple[str, str, str]],
+    args: argparse.Namespace,
+) -> None:
     print(
-        f"\nGRPO step, medians over {args.repeats} x {args.steps} steps (each run's warm-up step "
-        f"dropped), torch {torch.__version__}; GPU recipes at reduced shape on CPU"
+        f"\nGRPO step: medians over {args.steps} steps per scheduler, the schedulers taking turns "
+        f"after a warm-up step each; torch {torch.__version__}; GPU recipes at reduced shape"
     )
     print(
         "| recipe | scheduler | generation | training | trainable / total params | episodes "
         "| sampled tokens / episode | searches / episode | step s (min-max) | generation s "
-        "| retrieval s | scoring s | fwd/bwd s | weight sync s | peak GiB (rank 0) |"
+        "| retrieval s | scoring s | fwd/bwd s | weight sync s | peak GiB (process) |"
     )
     print("|" + "---|" * 15)
     for row, measured in results:
-        print(row_cells(row, measured))
+        if isinstance(measured, str):
+            print(reason_cells(row.name, row.generation, measured))
+            continue
+        peak = max(step["peak_bytes"] for step in measured.steps)
+        for scheduler in args.schedulers:
+            print(row_cells(row.name, scheduler, measured.of(scheduler), peak))
+    for cells in unmeasured:
+        print(reason_cells(*cells))
 
 
 def print_before_after(results: list[tuple[Row, Measured | str]]) -> None:
     """Turn (the scheduler before issue 23) against continuous (its change), for each recipe,
-    generation backend and processes measured with both. The scheduler leaves fwd/bwd alone: how
-    far its two medians differ shows how far other processes on the cores moved the numbers."""
-    pairs: dict[tuple[str, str, str], dict[str, Measured]] = {}
-    for row, measured in results:
-        if isinstance(measured, Measured):
-            key = (row.name, measured.generation, measured.training)
-            pairs.setdefault(key, {})[row.scheduler] = measured
+    generation backend and processes. The scheduler leaves fwd/bwd alone (up to the episodes'
+    lengths): how far its two medians differ shows how far the rest of the machine moved them."""
     print(
         "\n| recipe | generation | training | step s: turn -> continuous | continuous / turn "
         "| generation s: turn -> continuous | fwd/bwd s: turn -> continuous |"
     )
     print("|" + "---|" * 7)
-    for (name, generation, training), by in pairs.items():
-        if {"turn", "continuous"} <= by.keys():
-            turn, continuous = by["turn"], by["continuous"]
-            print(
-                f"| {name} | {generation} | {training} "
-                f"| {turn.median('step'):.2f} -> {continuous.median('step'):.2f} "
-                f"| {continuous.median('step') / turn.median('step'):.2f} "
-                f"| {turn.median('generation'):.2f} -> {continuous.median('generation'):.2f} "
-                f"| {turn.median('fwd_bwd'):.2f} -> {continuous.median('fwd_bwd'):.2f} |"
-            )
+    for row, measured in results:
+        if isinstance(measured, str):
+            continue
+        turn, continuous = measured.of("turn"), measured.of("continuous")
+        print(
+            f"| {row.name} | {measured.generation} | {measured.training} "
+            f"| {turn.median('step'):.2f} -> {continuous.median('step'):.2f} "
+            f"| {continuous.median('step') / turn.median('step'):.2f} "
+            f"| {turn.median('generation'):.2f} -> {continuous.median('generation'):.2f} "
+            f"| {turn.median('fwd_bwd'):.2f} -> {continuous.median('fwd_bwd'):.2f} |"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per row (default 5)")
+    parser.add_argument(
+        "--steps", type=int, default=5, help="timed steps per row and scheduler (default 5)"
+    )
     parser.add_argument("--recipes", nargs="+", choices=row_names(), default=row_names())
     parser.add_argument(
         "--schedulers", nargs="+", choices=["turn", "continuous"], default=["turn", "continuous"]
@@ -784,12 +821,6 @@ def main() -> None:
     parser.add_argument(
         "--data", type=Path, help="folder with test.jsonl and corpus.jsonl, for the tiny setups"
     )
-    parser.add_argument(
-        "--repeats",
-        type=int,
-        default=1,
-        help="runs of each row, a recipe's schedulers alternating; their steps pooled",
-    )
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--flags", type=Path, help=argparse.SUPPRESS)
@@ -801,15 +832,14 @@ def main() -> None:
     os.environ.setdefault("TQDM_DISABLE", "1")  # the table alone on stdout (logs keep the rest)
     rows = selected_rows(args)
     logs = Path(tempfile.mkdtemp(prefix="train_step_logs_"))  # kept: a failed row names its log
-    runs: dict[Row, list[Measured | str]] = {}
-    for row in schedule(rows, args.repeats):
-        done = runs.setdefault(row, [])
-        log = logs / f"{row.name}.{row.scheduler}.{row.generation}.{row.processes}.{len(done)}.log"
-        done.append(run_worker(row, args, log))
+    results: list[tuple[Row, Measured | str]] = []
+    for row in rows:
+        log = logs / f"{row.name}.{row.generation}.{row.processes}.log"
+        results.append((row, run_worker(row, args, log)))
         print(f"{row}: {log}", file=sys.stderr, flush=True)
-    results = [(row, pooled(measured)) for row, measured in runs.items()]
-    print_table(results + unmeasured_rows(rows), args)
-    print_before_after(results)
+    print_table(results, unmeasured_rows(rows), args)
+    if {"turn", "continuous"} <= set(args.schedulers):
+        print_before_after(results)
 
 
 if __name__ == "__main__":
