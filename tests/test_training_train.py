@@ -861,3 +861,15 @@ def test_a_hub_model_without_network_is_one_line_naming_it(world, no_hub, tmp_pa
         "there), set HF_HUB_OFFLINE=1 to use it"
     ]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_finished_run_leaves_its_process_group(tmp_path):
+    """gloo's threads may still hold a collective's tensors when Python shuts down, which aborts
+    a process whose run went well; `main` destroys the group first."""
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1
+    )
+    assert torch.distributed.is_initialized()
+    train.leave_process_group()
+    assert not torch.distributed.is_initialized()
+    train.leave_process_group()  # nothing to leave: no error

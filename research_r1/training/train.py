@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import torch
 import transformers
 from accelerate import PartialState
 from accelerate.utils import gather_object
@@ -243,8 +244,17 @@ def main(argv: list[str] | None = None) -> int:
 
     def run() -> None:
         train(sys.argv[1:] if argv is None else argv)
+        leave_process_group()
 
     return report(run, hub.user_error)
+
+
+def leave_process_group() -> None:
+    """Destroy the process group before the interpreter exits: gloo's worker threads can still
+    hold a collective's tensors, and freeing them while Python shuts down aborts the process
+    after a run that went well (seen with tests_vllm/server_ranks.py's ranks)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 # ---------------------------------------------------------------------------------------------
