@@ -1,11 +1,13 @@
 """Micro-batching (research_r1.retrieval.batching), through the server: concurrent requests
-gathered into one search with the results of separate ones, one call per k, a full queue
-refused, and a dead worker failing fast."""
+gathered into one search with the results of separate ones, one call per k, a batch of fewer
+requests than the last one regrouping with those, a full queue refused, and a dead worker
+failing fast."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -15,6 +17,7 @@ from fastapi import FastAPI
 from helpers import BERLIN, PARIS, RHINE, TOWER, OverlapRetriever, serving
 from live_server import LiveServer, wait_until
 
+from research_r1.retrieval import Passage
 from research_r1.retrieval.server import ServerSettings, create_app
 
 
@@ -84,6 +87,48 @@ def test_a_batch_with_different_k_makes_one_call_per_k(http: httpx.Client) -> No
         {"result": [[TOWER, PARIS, BERLIN]]},
         {"result": [[TOWER, PARIS, BERLIN]]},
     ]
+
+
+class SlowRetriever(OverlapRetriever):
+    """Every search takes `seconds` (then waits for the gate, if any), so the regrouping hold
+    after it (that share of it) is long enough for a test's requests to arrive within it."""
+
+    def __init__(self, seconds: float, gate: threading.Event | None = None) -> None:
+        super().__init__(gate=gate)
+        self.seconds = seconds
+
+    def search(self, queries: Sequence[str], k: int) -> list[list[Passage]]:
+        time.sleep(self.seconds)
+        return super().search(queries, k)
+
+
+def test_a_batch_of_fewer_requests_than_the_last_waits_for_as_many_then_no_longer(
+    http: httpx.Client,
+) -> None:
+    """Three requests answered together: of the next three, sent together, the first waits for
+    the other two rather than being searched alone, and each gets what a search of its own
+    gives; a lone request after them waits at most the hold, then is searched alone."""
+    gate = threading.Event()
+    retriever = SlowRetriever(seconds=0.5, gate=gate)
+    post = lambda query: http.post(f"{url}/retrieve", json={"queries": [query], "topk": 1})  # noqa: E731
+    with serving(retriever, regroup_share=1.0) as url, ThreadPoolExecutor(4) as pool:
+        first = pool.submit(post, "Paris")
+        assert retriever.entered.wait(10)
+        waiting = [pool.submit(post, query) for query in ("Berlin", "Rhine", "Eiffel Tower")]
+        wait_until(lambda: http.get(f"{url}/metrics").json()["queue_depth"] == 3)
+        gate.set()
+        answers = [first.result(), *(future.result() for future in waiting)]
+        regrouped = list(pool.map(post, ["capital of France", "Rhine Germany", "Berlin"]))
+        alone = post("Paris")
+    calls = [sorted(queries) for queries, _ in retriever.calls]
+    assert calls == [
+        ["Paris"],
+        ["Berlin", "Eiffel Tower", "Rhine"],
+        ["Berlin", "Rhine Germany", "capital of France"],
+        ["Paris"],
+    ]
+    ids = [r.json()["result"][0][0]["id"] for r in [*answers, *regrouped, alone]]
+    assert ids == ["p1", "p2", "p4", "p3", "p1", "p4", "p2", "p1"]
 
 
 def test_full_queue_gets_503_and_the_waiting_requests_still_succeed(http: httpx.Client) -> None:

@@ -1,13 +1,16 @@
 """The retrieval server (research_r1.retrieval.server) over real HTTP on 127.0.0.1, with an
-in-test retriever: both APIs' exact JSON, the bearer token, health and metrics, the requests
-Search-R1's trainer and ReSearch send, a bug's 500, `research-r1 serve-retriever`, and malformed
-corpus rows served exactly as stored.
+in-test retriever: both APIs' exact JSON, the same from the fast path as from FastAPI's
+endpoints, the bearer token, health and metrics, the requests Search-R1's trainer and ReSearch
+send, a bug's 500, `research-r1 serve-retriever`, and malformed corpus rows served exactly as
+stored.
 
 Its batching, request validation, settings and client have test files of their own."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
+from typing import Any
 
 import httpx
 import pytest
@@ -22,13 +25,14 @@ from helpers import (
     serving,
     write_bm25,
 )
+from live_server import LiveServer
 
 from research_r1 import cli
 from research_r1.errors import InputError
 from research_r1.retrieval import Passage, RetrieverUnavailable
 from research_r1.retrieval.client import RemoteRetriever, RetrievalError
 from research_r1.retrieval.config import load_retriever
-from research_r1.retrieval.server import ServerSettings, run_serve_retriever
+from research_r1.retrieval.server import ServerSettings, create_app, run_serve_retriever
 
 
 def test_search_r1_api_exact_json(http: httpx.Client) -> None:
@@ -62,6 +66,73 @@ def test_research_api_exact_json(http: httpx.Client) -> None:
     assert batch_scored.json() == [[[PARIS], [TOWER]], [[3.0], [3.0]]]
     assert one.json() == [PARIS, BERLIN]
     assert one_scored.json() == [[TOWER], [3.0]]
+
+
+SEARCHES = [
+    ("/retrieve", {"queries": QUERIES, "topk": 2, "return_scores": True}),
+    ("/retrieve", {"queries": ["capital of France", " ", "Rhine"]}),
+    ("/retrieve", {"queries": []}),
+    ("/batch_search", {"query": QUERIES, "top_n": 2}),
+    ("/batch_search", {"query": ["", "Rhine"], "top_n": 1, "return_score": True}),
+    ("/search", {"query": "capital of France", "top_n": 2}),
+    ("/search", {"query": "Eiffel Tower Paris", "return_score": True}),
+]
+
+
+def test_fast_path_answers_exactly_as_fastapis_endpoints(http: httpx.Client) -> None:
+    """A well-formed `application/json` search is answered before FastAPI's routing (it still
+    is with the search routes gone), byte for byte as FastAPI's endpoint answers it (reached
+    here through another JSON content type, which only FastAPI takes)."""
+    app = create_app(OverlapRetriever())
+
+    def post(path: str, body: dict[str, Any], content_type: str) -> httpx.Response:
+        return http.post(f"{url}{path}", json=body, headers={"Content-Type": content_type})
+
+    with LiveServer(app) as server:
+        url = server.url
+        fast = [post(path, body, "application/json") for path, body in SEARCHES]
+        fastapi = [post(path, body, "application/vnd.api+json") for path, body in SEARCHES]
+        searches = {path for path, _ in SEARCHES}
+        app.router.routes = [r for r in app.router.routes if getattr(r, "path", "") not in searches]
+        without_routes = [post(path, body, "application/json") for path, body in SEARCHES]
+        unrouted = post(*SEARCHES[0], "application/vnd.api+json")
+        metrics = http.get(f"{url}/metrics").json()
+    answers = [(r.status_code, r.headers["content-type"], r.content) for r in fast]
+    assert answers == [(r.status_code, r.headers["content-type"], r.content) for r in fastapi]
+    assert [(r.status_code, r.content) for r in without_routes] == [a[::2] for a in answers]
+    assert [status for status, _, _ in answers] == [200] * len(SEARCHES)
+    assert unrouted.status_code == 404
+    assert (metrics["requests"], metrics["failed"]) == (3 * len(SEARCHES), 0)
+
+
+def test_a_client_gone_before_its_body_is_read_gets_no_answer() -> None:
+    """No answer and no failure counted: nobody is left to read either."""
+    app = create_app(OverlapRetriever())
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/retrieve",
+        "raw_path": b"/retrieve",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json")],
+        "server": ("127.0.0.1", 8000),
+        "client": ("127.0.0.1", 50000),
+    }
+    asyncio.run(app(scope, receive, send))
+    assert sent == []
+    assert app.state.stats.failed == 0
 
 
 def test_default_k_applies_when_the_request_names_none(http: httpx.Client) -> None:

@@ -28,6 +28,10 @@ def test_bad_settings_name_the_field() -> None:
             {"max_wait_ms": -1.0},
             "key 'max_wait_ms': Input should be greater than or equal to 0, got -1.0",
         ),
+        (
+            {"regroup_share": 1.5},
+            "key 'regroup_share': Input should be less than or equal to 1, got 1.5",
+        ),
         ({"max_k": True}, "key 'max_k': Input should be a valid integer, got True"),
         ({"token": ""}, "key 'token': String should have at least 1 character, got ''"),
     ]:

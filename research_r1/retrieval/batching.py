@@ -40,6 +40,14 @@ class MicroBatcher:
     A batch takes whole requests in arrival order until `max_batch_queries` is reached or the
     first request has waited `max_wait_ms`; requests with different k go to separate calls, so
     every request gets exactly what a search of its own would return.
+
+    It also regroups: a batch of fewer requests than the last search answered waits for as
+    many, for at most `regroup_share` of that search's time after it ended. Clients that send
+    their next request as soon as they have an answer (rollouts, benchmarks) otherwise split
+    into two groups for good: one early request is searched alone while the others' answers
+    are on their way, so every other search is a batch of one, paying a whole search's fixed
+    cost. A lone client is never held (one request answered, one awaited), nor is a trainer
+    sending a whole turn's queries in one request.
     """
 
     def __init__(self, retriever: Retriever, settings: ServerSettings) -> None:
@@ -52,6 +60,8 @@ class MicroBatcher:
         self.failure: str | None = None  # why `run` stopped, once it has
         self.batches = 0  # search calls made, and the queries they held, for /metrics
         self.batched_queries = 0
+        self._regroup_requests = 0  # requests the last search answered
+        self._regroup_until = 0.0  # loop time until which a batch of fewer waits for as many
 
     async def search(self, queries: list[str], k: int) -> list[list[Passage]]:
         if self.failure is not None:
@@ -103,16 +113,20 @@ class MicroBatcher:
         if not self._settings.batching:
             return
         size = len(self._batch[0].queries)
+        limit = self._settings.max_batch_queries
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._settings.max_wait_ms / 1000.0
-        while size < self._settings.max_batch_queries:
+        while size < limit:
             if self._pending:
-                if size + len(self._pending[0].queries) > self._settings.max_batch_queries:
+                if size + len(self._pending[0].queries) > limit:
                     break
                 self._take()
                 size += len(self._batch[-1].queries)
                 continue
-            remaining = deadline - loop.time()
+            until = deadline
+            if len(self._batch) < self._regroup_requests:
+                until = max(until, self._regroup_until)
+            remaining = until - loop.time()
             if remaining <= 0:
                 break
             self._arrived.clear()
@@ -122,6 +136,16 @@ class MicroBatcher:
                 break
 
     async def _dispatch(self, batch: list[_Pending]) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await self._search(batch)
+        ended = loop.time()
+        self._regroup_requests = len(batch)
+        self._regroup_until = ended + self._settings.regroup_share * (ended - started)
+
+    async def _search(self, batch: list[_Pending]) -> None:
+        """One `retriever.search` call per k; each request's future gets its results, or the
+        call's error."""
         by_k: dict[int, list[_Pending]] = {}
         for item in batch:
             by_k.setdefault(item.k, []).append(item)

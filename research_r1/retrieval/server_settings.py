@@ -18,7 +18,8 @@ class ServerSettings(BaseModel):
     With `batching=False` every request is its own search call; calls still run one at a time,
     so the two modes differ only in batching. With `max_wait_ms=0` (the default) a batch is
     whatever arrived while the previous search ran: an idle server answers at once, a busy one
-    batches by itself.
+    batches by itself; and one of fewer requests than the last waits up to `regroup_share` of
+    that search's time for as many.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
@@ -26,6 +27,9 @@ class ServerSettings(BaseModel):
     batching: bool = True
     max_batch_queries: int = Field(256, ge=1)  # queries gathered into one search call
     max_wait_ms: float = Field(0.0, ge=0)  # how long the first request of a batch waits for company
+    # a batch of fewer requests than the last search answered waits for as many, at most this
+    # share of that search's time (0: never); see batching.MicroBatcher
+    regroup_share: float = Field(0.1, ge=0, le=1)
     # queries waiting for the retriever before new requests get 503
     max_queue: int = Field(16384, ge=1)
     # Search-R1's trainer sends a whole turn in one request: 2,560 queries with its script

@@ -88,6 +88,11 @@ async def reject_unencodable_values(request: Request) -> None:
         raise HTTPException(422, error_detail(itertools.chain([first], errors)))
 
 
+def has_unencodable_values(body: Any) -> bool:
+    """Whether a parsed body holds a value `reject_unencodable_values` refuses."""
+    return next(_unencodable_values(body), None) is not None
+
+
 async def validation_failed(request: Request, error: RequestValidationError) -> Response:
     """The 422 of a body that fails its model. FastAPI's own handler echoes each error's input:
     a 30 MB request got a 30 MB 422."""
