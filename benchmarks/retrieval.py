@@ -1012,6 +1012,14 @@ def measure_side_by_side(
     )
 
 
+def scheduling() -> str:
+    """This process's autogroup and its nice, where the kernel groups processes by session: a
+    process's own nice then only ranks it within its session, and the autogroup's ranks the
+    session against the others'."""
+    autogroup = Path("/proc/self/autogroup")
+    return f"; scheduling {autogroup.read_text().strip()}" if autogroup.is_file() else ""
+
+
 def print_report(work: Workload, args: argparse.Namespace, report: Report, load: float) -> None:
     k, fmt = args.top_k, args.format
     flat_bytes = 4.0 * work.vectors.shape[1]
@@ -1022,7 +1030,7 @@ def print_report(work: Workload, args: argparse.Namespace, report: Report, load:
         f"k={k}; encoder {work.encoder.name}. {os.cpu_count()} CPUs, load average {load:.1f} "
         f"at start and {os.getloadavg()[0]:.1f} at end (a shared machine: other processes "
         f"compete for the cores); FAISS threads {faiss.omp_get_max_threads()}, "
-        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}."
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}{scheduling()}."
     )
     render(
         "Indexes (B/passage: index file / N; marginal: file less the empty trained index, / N; "
