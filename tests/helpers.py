@@ -342,3 +342,21 @@ def summary(history: list[dict]) -> list[tuple[str, str | None, str]]:
         )
         for message in history
     ]
+
+
+def asgi_post(path: str, headers: Sequence[tuple[bytes, bytes]]) -> dict:
+    """The ASGI scope of a POST to `path` on 127.0.0.1, for driving an app by hand."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": list(headers),
+        "server": ("127.0.0.1", 8000),
+        "client": ("127.0.0.1", 50000),
+    }

@@ -22,6 +22,7 @@ from helpers import (
     RHINE,
     TOWER,
     OverlapRetriever,
+    asgi_post,
     serving,
     write_bm25,
 )
@@ -116,20 +117,7 @@ def test_a_client_gone_before_its_body_is_read_gets_no_answer() -> None:
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/retrieve",
-        "raw_path": b"/retrieve",
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(b"content-type", b"application/json")],
-        "server": ("127.0.0.1", 8000),
-        "client": ("127.0.0.1", 50000),
-    }
+    scope = asgi_post("/retrieve", [(b"content-type", b"application/json")])
     asyncio.run(app(scope, receive, send))
     assert sent == []
     assert app.state.stats.failed == 0

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from helpers import JSON, PARIS, OverlapRetriever, serving
+from helpers import JSON, PARIS, OverlapRetriever, asgi_post, serving
 
 from research_r1.retrieval.server import ServerSettings, create_app
 
@@ -189,20 +189,9 @@ def test_body_guard_stops_reading_once_past_the_limit() -> None:
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/retrieve",
-        "raw_path": b"/retrieve",
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(b"content-type", b"application/json"), (b"transfer-encoding", b"chunked")],
-        "server": ("127.0.0.1", 8000),
-        "client": ("127.0.0.1", 50000),
-    }
+    scope = asgi_post(
+        "/retrieve", [(b"content-type", b"application/json"), (b"transfer-encoding", b"chunked")]
+    )
     asyncio.run(app(scope, receive, send))
     assert sent[0]["status"] == 413
     assert orjson.loads(sent[1]["body"]) == {
