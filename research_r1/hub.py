@@ -630,6 +630,10 @@ def _download_folder(
         )
     )
     folder = snapshot / location.path
+    if not location.path and not _offline():
+        # The repo was found (else snapshot_download raised) and none of its files matched:
+        # an empty folder, e.g. Search-R1's published Flat, which holds no index_info.json.
+        folder.mkdir(parents=True, exist_ok=True)
     if not folder.is_dir():
         if _offline():
             raise _not_cached_offline(location)

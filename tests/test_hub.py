@@ -154,6 +154,19 @@ def test_space_files_resolve(hub, tmp_path) -> None:
     assert resolve(f"hf://spaces/{repo_id}/app.py").read_bytes() == b"import gradio\n"
 
 
+def test_a_repo_without_matching_files_is_an_empty_folder(hub) -> None:
+    """As Search-R1's published Flat, which has parts but no index_info.json; a missing repo
+    is still an error."""
+    repo_id = hub.new_repo_id("parts-only")
+    create_repo(repo_id, token=hub.token)
+    upload_file(b"flat", "part_aa", repo_id, token=hub.token)
+    folder = resolve(f"hf://{repo_id}", allow_patterns=["index_info.json"])
+    assert folder.is_dir() and list(folder.iterdir()) == []
+    assert resolve(f"hf://{repo_id}", allow_patterns=["part_*"]).joinpath("part_aa").is_file()
+    with pytest.raises(InputError, match="not-there"):
+        resolve(f"hf://{hub.new_repo_id('not-there')}", allow_patterns=["index_info.json"])
+
+
 def test_old_revisions_keep_their_bytes(hub) -> None:
     repo_id = hub.new_repo_id("checkpoints")
     create_repo(repo_id, token=hub.token)

@@ -129,9 +129,9 @@ class BuildIndexArguments:
     queries: str | None = field(
         default=None,
         metadata={
-            "help": "convert: queries to measure recall with: a .npy of vectors, or one query a "
-            "line (or a FlashRAG jsonl's question), encoded with the index's encoder (default: "
-            "passages, each left out of its own results)",
+            "help": "convert: queries to measure recall with, local or hf://: a .npy of "
+            "vectors, or one query a line (or a FlashRAG jsonl's question), encoded with the "
+            "index's encoder (default: passages, each left out of its own results)",
             "metavar": "FILE",
         },
     )

@@ -31,6 +31,7 @@ import faiss
 import numpy as np
 
 from research_r1.errors import InputError
+from research_r1.hub import is_hub_uri, resolve
 from research_r1.retrieval.corpus import write_info
 from research_r1.retrieval.dense import (
     INDEX_FILE,
@@ -220,10 +221,12 @@ def _query_set(
     return flat.take(rows), rows, PASSAGE_QUERIES
 
 
-def read_queries(path: str | os.PathLike, encoder: Callable[[], Encoder]) -> np.ndarray:
-    """Query vectors from a file: a .npy array as it is, else one query a line (a JSON line's
-    `question`, as in FlashRAG's QA files, or the line itself) encoded by `encoder()`."""
-    path = Path(path)
+def read_queries(path_or_uri: str | os.PathLike, encoder: Callable[[], Encoder]) -> np.ndarray:
+    """Query vectors from a file, local or `hf://` (e.g. FlashRAG's
+    `hf://datasets/RUC-NLPIR/FlashRAG_datasets/nq/test.jsonl`): a .npy array as it is, else one
+    query a line (a JSON line's `question`, as in FlashRAG's QA files, or the line itself)
+    encoded by `encoder()`."""
+    path = resolve(path_or_uri) if is_hub_uri(path_or_uri) else Path(path_or_uri)
     if not path.is_file():
         raise InputError(f"--queries {path} does not exist")
     if path.suffix == ".npy":
