@@ -66,7 +66,12 @@ DENSE_KEYS = (
         ({"type": "dense", "index": 3}, "key 'index': Input should be a valid string, got 3"),
         (
             {"type": "dense", "index": "x", "device": "gpu"},
-            r"key 'device': String should match pattern '^(cpu|auto|cuda(:\d+)?)$', got 'gpu'",
+            "key 'device': must be cpu, cuda, cuda:N, cuda:N,M,... (one index split over those "
+            "GPUs) or cuda:all (a retriever config also takes auto), got 'gpu'",
+        ),
+        (
+            {"type": "dense", "index": "x", "device": "cuda:0,1,0"},
+            "key 'device': lists a GPU twice, got 'cuda:0,1,0'",
         ),
         ({"type": "remote"}, "key 'url': Field required"),
         (
@@ -114,10 +119,10 @@ def test_config_types_are_strict_and_devices_checked() -> None:
     """A YAML `8` is a number where a number goes, but no other type is read as one."""
     remote = parse_config({"type": "remote", "url": "u", "timeout_s": 5})
     assert remote.timeout_s == 5.0
-    for device in ("cpu", "auto", "cuda", "cuda:12"):
+    for device in ("cpu", "auto", "cuda", "cuda:12", "cuda:0,1", "cuda:3,1,2", "cuda:all"):
         assert parse_config({"type": "dense", "index": "x", "device": device}).device == device
-    for device in ("gpu", "cuda:", "cuda:x", "cuda\n", " cpu"):
-        with pytest.raises(InputError, match="key 'device': String should match pattern"):
+    for device in ("gpu", "cuda:", "cuda:x", "cuda\n", " cpu", "cuda:0,", "cuda:0 1", "cuda:al"):
+        with pytest.raises(InputError, match="key 'device': must be cpu, cuda, cuda:N, "):
             parse_config({"type": "dense", "index": "x", "device": device})
 
 

@@ -30,6 +30,7 @@ from research_r1.retrieval.dense import (
     load_faiss_index,
     make_index,
     make_searcher,
+    query_device,
     resolve_index,
     set_search_parameters,
 )
@@ -246,11 +247,11 @@ def test_gpu_requests_without_a_gpu(corpus: Corpus, tmp_path: Path, caplog) -> N
 
 
 class FakeGpus:
-    """faiss-gpu's entry points for `count` GPUs, recording which GPU each clone was asked for;
+    """faiss-gpu's entry points for `count` GPUs, recording the GPUs each copy was asked for;
     the "GPU index" is a CPU clone, so its results are the CPU index's."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, count: int, fail: str = "") -> None:
-        self.asked: list[int] = []
+        self.asked: list[list[int]] = []
         self.resources: list[object] = []
         self.fail = fail
         gpus = self
@@ -259,74 +260,110 @@ class FakeGpus:
             def __init__(self) -> None:
                 gpus.resources.append(self)
 
-        class GpuClonerOptions:
+        class GpuMultipleClonerOptions:
             useFloat16 = False
+            shard = False
 
-        def index_cpu_to_all_gpus(*args, **kwargs) -> None:
-            pytest.fail("the index was sharded over every GPU")
+        def everything(*args, **kwargs) -> None:
+            pytest.fail("the index was copied to GPUs it was not given")
 
         monkeypatch.setattr(faiss, "get_num_gpus", lambda: count)
         monkeypatch.setattr(faiss, "StandardGpuResources", StandardGpuResources, raising=False)
-        monkeypatch.setattr(faiss, "GpuClonerOptions", GpuClonerOptions, raising=False)
-        monkeypatch.setattr(faiss, "index_cpu_to_gpu", self.index_cpu_to_gpu, raising=False)
-        monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", index_cpu_to_all_gpus)
+        monkeypatch.setattr(
+            faiss, "GpuMultipleClonerOptions", GpuMultipleClonerOptions, raising=False
+        )
+        monkeypatch.setattr(faiss, "index_cpu_to_gpu_multiple_py", self.index_cpu_to_gpus)
+        monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", everything)
+        monkeypatch.setattr(faiss, "index_cpu_to_gpus_list", everything)
 
-    def index_cpu_to_gpu(self, resources: object, gpu: int, index, options) -> object:
-        assert resources is self.resources[-1] and options.useFloat16
-        self.asked.append(gpu)
+    def index_cpu_to_gpus(self, resources: list[object], index, options, gpus: list[int]):
+        assert resources == self.resources[-len(gpus) :]  # one per GPU, made for this copy
+        assert options.useFloat16 and options.shard
+        self.asked.append(list(gpus))
         if self.fail:
             raise RuntimeError(self.fail)
         return faiss.clone_index(index)
 
 
-@pytest.mark.parametrize(("device", "gpu"), [("cuda", 0), ("cuda:0", 0), ("cuda:2", 2)])
-def test_faiss_gpu_search_uses_only_the_configured_gpu(corpus, tmp_path, monkeypatch, device, gpu):
+@pytest.mark.parametrize(
+    ("device", "gpus"),
+    [
+        ("cuda", [0]),
+        ("cuda:0", [0]),
+        ("cuda:2", [2]),
+        ("cuda:2,0", [2, 0]),
+        ("cuda:all", [0, 1, 2]),
+    ],
+)
+def test_faiss_gpu_search_uses_only_the_configured_gpus(
+    corpus, tmp_path, monkeypatch, device, gpus
+):
+    """One GPU holds the whole index; several share it in shards, in fp16 (FakeGpus checks the
+    cloner options), with one set of GPU resources each."""
     if device == "cuda" and torch.cuda.is_available():
-        gpu = torch.cuda.current_device()
+        gpus = [torch.cuda.current_device()]
     build_dense_index(corpus, fake_encoder(), tmp_path, factory="IVF4,Flat")
     index = load_faiss_index(tmp_path / "faiss.index")
     set_search_parameters(index, nprobe=2, ef_search=None)
-    gpus = FakeGpus(monkeypatch, count=3)
+    fake = FakeGpus(monkeypatch, count=3)
     search = make_searcher(index, device)
-    assert gpus.asked == [gpu]
-    assert search.resources is gpus.resources[0]  # the clone's GPU memory outlives the call
+    assert fake.asked == [gpus]
+    assert search.resources == fake.resources  # the copy's GPU memory outlives the call
     queries = fake_encoder().encode_queries([f"q{i}" for i in range(10)])
     assert search(queries, 5)[1].tolist() == index.search(queries, 5)[1].tolist()
 
 
 def test_gpu_numbers_beyond_the_gpus_faiss_sees_are_refused(corpus, tmp_path, monkeypatch):
     build_dense_index(corpus, fake_encoder(), tmp_path)
+    index = load_faiss_index(tmp_path / "faiss.index")
     gpus = FakeGpus(monkeypatch, count=2)
-    with pytest.raises(InputError, match=r"device 'cuda:2' names GPU 2 but faiss sees 2 GPUs"):
-        make_searcher(load_faiss_index(tmp_path / "faiss.index"), "cuda:2")
+    for device, error in [
+        ("cuda:2", r"device 'cuda:2' names GPU 2 but faiss sees 2 GPUs"),
+        ("cuda:0,2", r"device 'cuda:0,2' names GPU 2 but faiss sees 2 GPUs"),
+        ("cuda:1,1", r"device 'cuda:1,1' lists a GPU twice"),
+        ("gpu1", r"device 'gpu1' must be cpu, cuda, cuda:N, cuda:N,M,\.\.\. \(one index split"),
+    ]:
+        with pytest.raises(InputError, match=error):
+            make_searcher(index, device)
     assert gpus.asked == []
-    with pytest.raises(InputError, match=r"device must be cpu, cuda or cuda:N, got 'gpu1'"):
-        make_searcher(load_faiss_index(tmp_path / "faiss.index"), "gpu1")
 
 
-def test_gpu_fallbacks_keep_the_configured_device(corpus, tmp_path, monkeypatch, caplog) -> None:
+def test_gpu_fallbacks_keep_the_configured_devices(corpus, tmp_path, monkeypatch, caplog) -> None:
     """An index type faiss-gpu cannot hold falls back to the CPU; without faiss-gpu, a flat
-    index is searched with torch on the same GPU that faiss would have used."""
+    index is searched with torch on the same GPUs that faiss would have used."""
     build_dense_index(corpus, fake_encoder(), tmp_path / "hnsw", factory="HNSW16")
     hnsw = load_faiss_index(tmp_path / "hnsw" / "faiss.index")
     gpus = FakeGpus(monkeypatch, count=2, fail="HNSW not implemented on GPU")
     assert make_searcher(hnsw, "cuda:1") == hnsw.search
-    assert gpus.asked == [1]
+    assert make_searcher(hnsw, "cuda:all") == hnsw.search
+    assert gpus.asked == [[1], [0, 1]]
     assert "faiss-gpu cannot hold this index (HNSW not implemented on GPU)" in caplog.text
 
     build_dense_index(corpus, fake_encoder(), tmp_path / "flat")
     flat = load_faiss_index(tmp_path / "flat" / "faiss.index")
     FakeGpus(monkeypatch, count=0)
-    made: list[str] = []
+    made: list[list[str]] = []
     monkeypatch.setattr(
         "research_r1.retrieval.dense.TorchFlatSearch",
-        lambda index, device, dtype: made.append(device) or "torch search",
+        lambda index, devices, dtype: made.append(devices) or "torch search",
     )
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    assert make_searcher(flat, "cuda:1") == "torch search"
-    assert made == ["cuda:1"]
+    for device in ("cuda:1", "cuda:1,0", "cuda:all"):
+        assert make_searcher(flat, device) == "torch search"
+    assert made == [["cuda:1"], ["cuda:1", "cuda:0"], ["cuda:0", "cuda:1"]]
     with pytest.raises(InputError, match=r"device 'cuda:2' names GPU 2 but torch sees 2 GPUs"):
         make_searcher(flat, "cuda:2")
+
+
+def test_the_query_encoder_runs_on_the_first_gpu_of_several() -> None:
+    for device, encoder in [
+        ("cpu", "cpu"),
+        ("cuda", "cuda"),
+        ("cuda:3", "cuda:3"),
+        ("cuda:2,0", "cuda:2"),
+        ("cuda:all", "cuda:0"),
+    ]:
+        assert query_device(device) == encoder
 
 
 def test_bad_factory_fails_before_encoding(corpus: Corpus, tmp_path: Path) -> None:
@@ -488,14 +525,17 @@ def test_torch_flat_search_equals_brute_force() -> None:
     flat = faiss.IndexFlatIP(8)
     flat.add(vectors)
     queries = np.random.default_rng(2).standard_normal((4, 8)).astype(np.float32)
-    search = TorchFlatSearch(flat, "cpu", torch.float32, block_rows=7)
-    scores, rows = search(queries, 5)
     expected = np.argsort(-(queries @ vectors.T), axis=1)[:, :5]
-    assert rows.tolist() == expected.tolist()
-    np.testing.assert_allclose(
-        scores, np.take_along_axis(queries @ vectors.T, expected, 1), rtol=1e-5
-    )
-    assert search(queries, 80)[1].shape == (4, 50)
+    for devices in (["cpu"], ["cpu:0", "cpu:1", "cpu:2"]):  # torch takes cpu:N as the CPU
+        search = TorchFlatSearch(flat, devices, torch.float32, block_rows=7)
+        scores, rows = search(queries, 5)
+        assert rows.tolist() == expected.tolist()
+        np.testing.assert_allclose(
+            scores, np.take_along_axis(queries @ vectors.T, expected, 1), rtol=1e-5
+        )
+        assert search(queries, 80)[1].shape == (4, 50)
+    # 8 blocks of up to 7 rows, consecutive blocks on each device in turn
+    assert search.placed == ["cpu:0"] * 3 + ["cpu:1"] * 3 + ["cpu:2"] * 2
 
 
 # --- a real encoder and Search-R1's split index ----------------------------------------------

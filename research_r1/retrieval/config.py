@@ -16,7 +16,8 @@ when the index was made by `build-index`, which records its corpus):
 A dense `index` is an index file, a `build-index` folder, or a folder of Search-R1's published
 parts. `encoder` defaults to the one recorded with the index, and `query_prompt` to the one it
 was built with (else the known prompt of the encoder's family). `device` is cpu (default), cuda,
-cuda:N or auto.
+cuda:N, auto, or several GPUs to split the index over: cuda:N,M,... or cuda:all (queries are
+encoded on the first).
 
 Each type is a pydantic model. Types are strict, so a YAML `retries: true` or `nprobe: "8"` is
 an error rather than 1 or 8, and unknown keys are errors that name the key.
@@ -42,11 +43,14 @@ from research_r1.retrieval.corpus import Corpus, load_corpus, read_info
 from research_r1.retrieval.dense import (
     DenseRetriever,
     Encoder,
+    listed_gpus,
     load_faiss_index,
+    query_device,
     resolve_index,
     set_search_parameters,
 )
 from research_r1.retrieval.hybrid import HybridRetriever
+from research_r1.retrieval.recall import read_report
 
 logger = logging.getLogger(__name__)
 
@@ -68,10 +72,17 @@ class DenseConfig(_Config):
     nprobe: int | None = Field(None, ge=1)
     ef_search: int | None = Field(None, ge=1)
     k_factor: int | None = Field(None, ge=1)
-    device: str = Field("cpu", pattern=r"^(cpu|auto|cuda(:\d+)?)$")
+    device: str = "cpu"
     batch_size: int = Field(64, ge=1)
     max_length: int | None = Field(None, ge=1)  # query tokens the encoder reads
     fp16: bool = False  # half-precision encoder on a GPU (a CPU keeps float32)
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        if device != "auto":
+            listed_gpus(device)
+        return device
 
 
 class HybridConfig(_Config):
@@ -172,14 +183,14 @@ def _dense(config: DenseConfig, default_corpus: str | None) -> Retriever:
         name,
         query_prompt=query_prompt,
         passage_prompt=info.get("passage_prompt"),
-        device=device,
+        device=query_device(device),
         batch_size=config.batch_size,
         max_length=config.max_length,
         fp16=config.fp16,
     )
     index = load_faiss_index(path)
     set_search_parameters(index, config.nprobe, config.ef_search, config.k_factor)
-    return DenseRetriever(corpus, index, encoder, device)
+    return DenseRetriever(corpus, index, encoder, device, path, read_report(path))
 
 
 def _corpus(uri: str | None, info: Mapping[str, Any], index: str) -> Corpus:

@@ -367,89 +367,137 @@ def set_search_parameters(
 
 def make_searcher(index: Any, device: str) -> Searcher:
     """A function (queries, k) -> (scores, rows) for `index` on `device`: "cpu", "cuda" (torch's
-    current device, GPU 0 unless the process chose another) or "cuda:N" (GPU N).
+    current device, GPU 0 unless the process chose another), "cuda:N" (GPU N), "cuda:N,M,..."
+    (those GPUs) or "cuda:all" (every GPU).
 
-    On a GPU the index uses that one GPU only, never the others, so processes pinned to
-    different GPUs do not each fill every GPU: a copy in fp16 when faiss-gpu is installed and
-    supports the index type; otherwise, for a flat index, exact search with torch; otherwise the
-    CPU, with a warning. A GPU number the machine does not have is an InputError. Neither GPU
-    path has run on a real GPU here: tests stand in for faiss-gpu and CUDA.
+    On GPUs the index uses the GPUs named only, so processes pinned to different GPUs do not
+    each fill every GPU; over several, it is split between them (each holds a shard of the
+    vectors, as Search-R1's server holds its Flat). The GPU copy is in fp16 when faiss-gpu is
+    installed and supports the index type; otherwise, for a flat index, exact search with
+    torch, its blocks spread over the GPUs; otherwise the CPU, with a warning. A GPU number the
+    machine does not have is an InputError. None of these GPU paths has run on a real GPU
+    here: tests stand in for faiss-gpu and CUDA.
     """
     if device == "cpu":
         return index.search
-    gpu = _gpu_number(device)
-    gpus = faiss.get_num_gpus()
-    if gpus > 0:
-        _check_gpu(device, gpu, gpus, "faiss")
+    try:
+        listed_gpus(device)
+    except ValueError as error:
+        raise InputError(f"device {device!r} {error}") from None
+    faiss_gpus = faiss.get_num_gpus()
+    if faiss_gpus > 0:
+        gpus = _gpu_numbers(device, faiss_gpus, "faiss")
         try:
-            return FaissGpuSearch(index, gpu)
+            return FaissGpuSearch(index, gpus)
         except RuntimeError as error:  # e.g. HNSW, which faiss-gpu does not implement
             logger.warning("faiss-gpu cannot hold this index (%s)", str(error).strip())
     flat = faiss.downcast_index(index)
     if isinstance(flat, faiss.IndexFlatIP):
-        _check_gpu(device, gpu, torch.cuda.device_count(), "torch")
-        return TorchFlatSearch(flat, f"cuda:{gpu}", torch.float16)
+        gpus = _gpu_numbers(device, torch.cuda.device_count(), "torch")
+        return TorchFlatSearch(flat, [f"cuda:{gpu}" for gpu in gpus], torch.float16)
     logger.warning("no GPU search for %s here: searching on the CPU", type(flat).__name__)
     return index.search
 
 
-def _gpu_number(device: str) -> int:
-    """N of "cuda:N"; for "cuda", torch's current device (0 when torch sees no GPU)."""
-    match = re.fullmatch(r"cuda(?::(\d+))?", device)
+DEVICES = (
+    "cpu, cuda, cuda:N, cuda:N,M,... (one index split over those GPUs) or cuda:all (a "
+    "retriever config also takes auto)"
+)
+_DEVICE = re.compile(r"cpu|cuda(?::(all|\d+(?:,\d+)*))?")
+
+
+def listed_gpus(device: str) -> list[int] | None:
+    """The GPU numbers `device` lists ("cuda:N" or "cuda:N,M,..."), None where it lists none
+    ("cpu", "cuda", "cuda:all"); a ValueError for any other form or a GPU listed twice."""
+    match = _DEVICE.fullmatch(device)
     if match is None:
-        raise InputError(f"device must be cpu, cuda or cuda:N, got {device!r}")
-    if match[1] is not None:
-        return int(match[1])
-    return torch.cuda.current_device() if torch.cuda.is_available() else 0
+        raise ValueError(f"must be {DEVICES}")
+    if match[1] in (None, "all"):
+        return None
+    gpus = [int(number) for number in match[1].split(",")]
+    if len(set(gpus)) < len(gpus):
+        raise ValueError("lists a GPU twice")
+    return gpus
 
 
-def _check_gpu(device: str, gpu: int, count: int, seen_by: str) -> None:
-    if gpu >= count:
-        raise InputError(f"device {device!r} names GPU {gpu} but {seen_by} sees {count} GPUs")
+def query_device(device: str) -> str:
+    """Where the query encoder runs for a search on `device`: the first GPU of several."""
+    if device == "cuda:all":
+        return "cuda:0"
+    gpus = listed_gpus(device)
+    return f"cuda:{gpus[0]}" if gpus else device
+
+
+def _gpu_numbers(device: str, count: int, seen_by: str) -> list[int]:
+    """The GPUs a valid `device` names, of the `count` that `seen_by` (faiss or torch) sees."""
+    gpus = listed_gpus(device)
+    if gpus is None:
+        if device == "cuda:all":
+            gpus = list(range(count))
+        else:
+            gpus = [torch.cuda.current_device() if torch.cuda.is_available() else 0]
+    if not gpus or max(gpus) >= count:
+        named = f"GPU {max(gpus)}" if gpus else "every GPU"
+        raise InputError(f"device {device!r} names {named} but {seen_by} sees {count} GPUs")
+    return gpus
 
 
 class FaissGpuSearch:
-    """A copy of a CPU index on one GPU, vectors in fp16, searched by faiss-gpu.
+    """A copy of a CPU index on one GPU, or split over several (each GPU holds a shard of the
+    vectors and searches it, and the shards' results are merged), vectors in fp16, searched by
+    faiss-gpu: Search-R1's server's `GpuMultipleClonerOptions` (useFloat16, shard) over the GPUs
+    named rather than all of them.
 
-    It holds the GPU resources (memory pools, streams) that the copy uses, since they must live
-    as long as it does. This path has never run on a real GPU here: tests stand in for
-    faiss-gpu's entry points, which faiss-cpu lacks.
+    It holds the GPU resources (memory pools, streams) that the copy uses, one per GPU, since
+    they must live as long as it does (`faiss.index_cpu_to_gpus_list` makes its own and drops
+    them). This path has never run on a real GPU here: tests stand in for faiss-gpu's entry
+    points, which faiss-cpu lacks.
     """
 
-    def __init__(self, index: Any, gpu: int) -> None:
-        self.resources = faiss.StandardGpuResources()
-        options = faiss.GpuClonerOptions()
+    def __init__(self, index: Any, gpus: list[int]) -> None:
+        self.resources = [faiss.StandardGpuResources() for _ in gpus]
+        options = faiss.GpuMultipleClonerOptions()
         options.useFloat16 = True
-        self.index = faiss.index_cpu_to_gpu(self.resources, gpu, index, options)
+        options.shard = True
+        self.index = faiss.index_cpu_to_gpu_multiple_py(self.resources, index, options, gpus)
 
     def __call__(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return self.index.search(queries, k)
 
 
 class TorchFlatSearch:
-    """Exact inner-product search over a flat index's vectors copied to a torch device.
+    """Exact inner-product search over a flat index's vectors copied to torch devices.
 
-    The vectors are uploaded block by block (never all in host RAM at once), and each block
-    yields its own top k before the blocks' candidates are merged.
+    The vectors are uploaded block by block (never all in host RAM at once), consecutive blocks
+    to each device in turn, as evenly as the blocks allow; each block yields its own top k on
+    its device before the blocks' candidates are merged on the first device. Over several GPUs
+    this has never run on a real GPU here: tests spread it over CPU devices.
     """
 
-    def __init__(self, flat: Any, device: str, dtype: Any, block_rows: int = 1 << 20) -> None:
+    def __init__(
+        self, flat: Any, devices: list[str], dtype: Any, block_rows: int = 1 << 20
+    ) -> None:
         vectors = faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * flat.d)
         vectors = vectors.reshape(flat.ntotal, flat.d)
-        self.device = device
+        starts = range(0, flat.ntotal, block_rows)
+        self.devices = devices
         self.dtype = dtype
+        self.placed = [devices[i * len(devices) // len(starts)] for i in range(len(starts))]
         self.blocks = [
             torch.from_numpy(np.array(vectors[start : start + block_rows])).to(device, dtype)
-            for start in range(0, flat.ntotal, block_rows)
+            for start, device in zip(starts, self.placed, strict=True)
         ]
 
     def __call__(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        query = torch.from_numpy(queries).to(self.device, self.dtype)
+        query = {
+            device: torch.from_numpy(queries).to(device, self.dtype) for device in set(self.placed)
+        }
+        home = self.devices[0]
         scores, rows, offset = [], [], 0
-        for block in self.blocks:
-            block_scores, block_rows = (query @ block.T).float().topk(min(k, len(block)), dim=1)
-            scores.append(block_scores)
-            rows.append(block_rows + offset)
+        for device, block in zip(self.placed, self.blocks, strict=True):
+            found = (query[device] @ block.T).float().topk(min(k, len(block)), dim=1)
+            scores.append(found.values.to(home))
+            rows.append(found.indices.to(home) + offset)
             offset += len(block)
         merged, position = torch.cat(scores, dim=1).topk(min(k, offset), dim=1)
         return merged.cpu().numpy(), torch.cat(rows, dim=1).gather(1, position).cpu().numpy()
@@ -458,7 +506,17 @@ class TorchFlatSearch:
 class DenseRetriever:
     """Encodes queries and searches a FAISS index whose row `i` is corpus row `i`."""
 
-    def __init__(self, corpus: Corpus, index: Any, encoder: Encoder, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        corpus: Corpus,
+        index: Any,
+        encoder: Encoder,
+        device: str = "cpu",
+        index_path: Path | None = None,
+        recall: dict[str, Any] | None = None,
+    ) -> None:
+        """`index_path` (the file `index` was read from) and `recall` (its recall report, None
+        when it has none) are carried for the server to show."""
         if index.ntotal != len(corpus):
             raise InputError(
                 f"the FAISS index has {index.ntotal} vectors but corpus {corpus.path} has "
@@ -471,6 +529,8 @@ class DenseRetriever:
             )
         self.corpus = corpus
         self.encoder = encoder
+        self.index_path = index_path
+        self.recall = recall
         self._search = make_searcher(index, device)
 
     def search(self, queries: Sequence[str], k: int) -> list[list[Passage]]:
