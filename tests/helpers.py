@@ -117,6 +117,23 @@ def write_bm25(root: Path, contents: Sequence[str]) -> Path:
     return config
 
 
+# A converted index's recall.json (research_r1.retrieval.convert writes these keys)
+RECALL_REPORT = {
+    "factory": "SQ8",
+    "source": "/indexes/flat/faiss.index",
+    "num_vectors": 12,
+    "dimension": 384,
+    "size_bytes": 5000,
+    "bytes_per_vector": 416.7,
+    "flat_size_bytes": 18500,
+    "build_time_s": 0.25,
+    "train_size": 12,
+    "search_parameters": {"nprobe": None, "ef_search": None, "k_factor": None},
+    "queries": {"count": 12, "from": "passages"},
+    "recall": {"1": 1.0, "3": 0.972, "5": 0.95},
+}
+
+
 def write_config(path: Path, config: dict) -> Path:
     """`config` as YAML (a retriever config, a template)."""
     path.write_text(yaml.safe_dump(config))

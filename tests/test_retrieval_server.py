@@ -9,7 +9,10 @@ Its batching, request validation, settings and client have test files of their o
 from __future__ import annotations
 
 import asyncio
+import logging
+import shutil
 import socket
+import sys
 from typing import Any
 
 import httpx
@@ -19,6 +22,7 @@ from helpers import (
     MALFORMED_CONTENTS,
     PARIS,
     QUERIES,
+    RECALL_REPORT,
     RHINE,
     TOWER,
     OverlapRetriever,
@@ -33,6 +37,8 @@ from research_r1.errors import InputError
 from research_r1.retrieval import Passage, RetrieverUnavailable
 from research_r1.retrieval.client import RemoteRetriever, RetrievalError
 from research_r1.retrieval.config import load_retriever
+from research_r1.retrieval.footprint import process_memory, served_indexes
+from research_r1.retrieval.recall import describe, write_report
 from research_r1.retrieval.server import ServerSettings, create_app, run_serve_retriever
 
 
@@ -152,6 +158,31 @@ def test_bearer_token_is_required_when_configured(http: httpx.Client) -> None:
     assert len(retriever.calls) == 2
 
 
+def test_health_reports_memory_files_and_recall(http, minilm_index, tmp_path, caplog) -> None:
+    """/health: this process's resident memory as /proc/self/status has it now, and the index
+    and corpus files behind the retriever with the index's recall report, which the server also
+    logs once at start-up."""
+    _, built = minilm_index
+    converted = shutil.copytree(built, tmp_path / "converted")
+    write_report(converted, RECALL_REPORT)
+    retriever = load_retriever({"type": "dense", "index": str(converted)})
+    caplog.set_level(logging.INFO, logger="research_r1.retrieval.server")
+    with LiveServer(create_app(retriever)) as server:
+        body = http.get(f"{server.url}/health").json()
+        now = process_memory()
+    assert body["status"] == "ok"
+    assert body["indexes"] == served_indexes(retriever)
+    assert body["indexes"][0]["recall"] == RECALL_REPORT
+    memory = body["memory"]
+    if sys.platform.startswith("linux"):  # the server runs in this process
+        assert abs(memory["resident_bytes"] - now["resident_bytes"]) < 64 * 2**20
+        parts = ("anonymous_bytes", "file_backed_bytes", "shared_memory_bytes")
+        assert memory["resident_bytes"] == sum(memory[part] for part in parts)
+    started = [r.getMessage() for r in caplog.records if r.name == "research_r1.retrieval.server"]
+    assert f"{converted / 'faiss.index'}: {describe(RECALL_REPORT)}" in started
+    assert any(line.startswith("memory at start: resident ") for line in started)
+
+
 def test_health_and_metrics(http: httpx.Client) -> None:
     with serving(OverlapRetriever()) as url:
         health = http.get(f"{url}/health")
@@ -160,7 +191,9 @@ def test_health_and_metrics(http: httpx.Client) -> None:
         http.post(f"{url}/search", json={"query": "Rhine", "top_n": 2})
         http.post(f"{url}/search", json={"query": "", "top_n": 2})
         metrics = http.get(f"{url}/metrics").json()
-    assert health.json() == {"status": "ok"}
+    body = health.json()
+    assert (body["status"], body["indexes"]) == ("ok", [])  # an in-test retriever maps nothing
+    assert set(body["memory"]) >= {"resident_bytes", "anonymous_bytes", "file_backed_bytes"}
     latency = metrics.pop("latency_ms")
     assert metrics == {
         "batching": True,

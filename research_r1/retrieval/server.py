@@ -8,8 +8,12 @@ Endpoints:
 - `POST /batch_search` (ReSearch): `{"query": [str], "top_n": int, "return_score": bool}` →
   `[[{"id", "contents"}, ...] per query]`, or `[documents, scores]` when `return_score` is true.
 - `POST /search` (ReSearch): `{"query": str, "top_n": int, "return_score": bool}` → one list.
-- `GET /health` (503 with the reason once the batching worker has died), and `GET /metrics`
-  (JSON: counters, queue depth, latency quantiles).
+- `GET /health`: `{"status": "ok", "memory": {...}, "indexes": [...]}`, this process's
+  resident memory (anonymous and file-backed; `footprint`) and each index behind the retriever
+  (its file's and its corpus's path and size, its recall report or null), or 503 with
+  `{"status": "down", "detail"}` once the batching worker has died. The recall report is here
+  rather than at an endpoint of its own: what the server holds is one answer, and it is
+  small. `GET /metrics` (JSON: counters, queue depth, latency quantiles).
 
 Well-formed search requests are answered by `FastSearch`, before FastAPI's routing; FastAPI's
 endpoints answer the rest, identically, and every refusal.
@@ -56,6 +60,7 @@ from research_r1.ports import check_port
 from research_r1.retrieval import Passage, Retriever
 from research_r1.retrieval.batching import MicroBatcher, QueueFull, WorkerDown
 from research_r1.retrieval.config import load_retriever
+from research_r1.retrieval.footprint import process_memory, recall_lines, served_indexes
 from research_r1.retrieval.server_settings import ServerSettings
 from research_r1.retrieval.validation import (
     RequestGuard,
@@ -78,6 +83,9 @@ def create_app(retriever: Retriever, settings: ServerSettings | None = None) -> 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        for line in recall_lines(app.state.indexes):
+            logger.info("%s", line)
+        logger.info("memory at start: %s", _memory_line(process_memory()))
         app.state.batcher = MicroBatcher(retriever, settings)
         app.state.worker = asyncio.create_task(app.state.batcher.run())
         yield
@@ -90,6 +98,7 @@ def create_app(retriever: Retriever, settings: ServerSettings | None = None) -> 
     )
     app.state.settings = settings
     app.state.stats = ServerStats()
+    app.state.indexes = served_indexes(retriever)
     answers = {
         "/retrieve": (RetrieveRequest, answer_retrieve),
         "/batch_search": (BatchSearchRequest, answer_batch_search),
@@ -226,7 +235,19 @@ async def health(request: Request) -> Response:
     failure = request.app.state.batcher.failure
     if failure is not None:
         return json_response({"status": "down", "detail": failure}, 503)
-    return json_response({"status": "ok"})
+    return json_response(
+        {"status": "ok", "memory": process_memory(), "indexes": request.app.state.indexes}
+    )
+
+
+def _memory_line(memory: dict[str, Any]) -> str:
+    if memory["resident_bytes"] is None:
+        return memory["absent"]
+    parts = {"anonymous": "anonymous_bytes", "file-backed": "file_backed_bytes"}
+    split = ", ".join(
+        f"{name} {memory[key] / 2**20:.0f} MiB" for name, key in parts.items() if memory[key]
+    )
+    return f"resident {memory['resident_bytes'] / 2**20:.0f} MiB ({split})"
 
 
 async def metrics(request: Request) -> dict[str, Any]:
