@@ -391,6 +391,9 @@ def test_saved_index_reloads_memory_mapped_with_the_same_results(corpus, tmp_pat
     wider.model.get_embedding_dimension = lambda: 2 * DIM
     with pytest.raises(InputError, match="has dimension 16 but encoder wider gives 32"):
         DenseRetriever(corpus, load_faiss_index(path), wider)
+    build_dense_index(corpus, fake_encoder(), tmp_path / "fs", factory="IVF4,PQ4x4fs")
+    load_faiss_index(tmp_path / "fs" / "faiss.index")
+    assert "FAISS maps no fast-scan index (IndexIVFPQFastScan): read into RAM" in caplog.text
     (tmp_path / "broken.index").write_bytes(b"not an index")
     with pytest.raises(InputError, match=r"broken\.index is not a readable FAISS index"):
         load_faiss_index(tmp_path / "broken.index")
