@@ -189,10 +189,10 @@ def rollup(pid: int) -> dict[str, int]:
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/smaps")
 def test_two_processes_mapping_one_index_share_its_pages(big_indexes) -> None:
-    """Each process has the whole 64 MB Flat resident after a search, but as pages shared with
+    """Each process has the whole 61 MiB Flat resident after a search, but as pages shared with
     the other: its proportional share (Pss) is half, and nothing of it is private. Measured (2
-    cores, faiss 1.15.1): per process Rss 64.0 MB, Shared 64.0 MB, Pss 32.0 MB, Private 0;
-    RssAnon grew 8 kB in each, RssFile 65.0 MB. The shared pages count as Shared_Dirty while
+    cores, faiss 1.15.1): per process Rss 61.0 MiB, Shared 61.0 MiB, Pss 30.5 MiB, Private 0;
+    RssAnon grew 8 kB in each, RssFile 62.0 MiB. The shared pages count as Shared_Dirty while
     the page cache has not yet written back the file this test just wrote, Shared_Clean after:
     dirty there is the file's state, not a write of ours (the map is read-only)."""
     path = big_indexes["Flat"]
@@ -212,11 +212,12 @@ def test_two_processes_mapping_one_index_share_its_pages(big_indexes) -> None:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
 def test_mapped_indexes_cost_no_anonymous_memory_where_a_ram_read_does(big_indexes) -> None:
     """load_faiss_index maps SQ8 and IVF-SQ8 indexes: searching every page of them grows RssAnon
-    by under 4 MB, where reading the same files into RAM grows it by their size. Measured (2
-    cores, faiss 1.15.1, 64-68 MB files, RssAnon growth mapped / read into RAM): Flat 0.0 / 61.0
-    MB, SQ8 0.0 / 61.0, IVF64,SQ8 0.8 / 64.6; not built here (slow to build at this size):
-    IVF16,PQ64 3.4 / 54.9 (57.7 MB), IVF16,PQ128x4 4.1 / 68.5 (72.0 MB), HNSW16,SQ8 2.1 / 51.7
-    (54.5 MB: the graph maps too; only its levels and offsets, 12 B a vector, are read)."""
+    by under 4 MiB, where reading the same files into RAM grows it by their size. Measured (2
+    cores, faiss 1.15.1; RssAnon growth mapped / read into RAM, file size; in MiB): Flat 0.0 /
+    61.0 (61.0), SQ8 0.0 / 61.0 (61.0), IVF64,SQ8 0.8 / 64.6 (64.9); not built here (slow to
+    build at this size): IVF16,PQ64 3.4 / 55.0 (55.1), IVF16,PQ128x4 4.1 / 68.5 (68.7),
+    IVF16,PQ16,RFlat 0.1 / 51.1 (51.3), HNSW16,SQ8 2.2 / 51.9 (51.9: the graph maps too; only its
+    levels and offsets, 12 B a vector, are read)."""
     names = ("SQ8", "IVF64,SQ8")
     specs = [f"mmap:{big_indexes[n]}" for n in names] + [f"ram:{big_indexes[n]}" for n in names]
     with workers(specs) as ((_, grown),):
