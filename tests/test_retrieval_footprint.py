@@ -21,10 +21,14 @@ from helpers import RECALL_REPORT, write_bm25
 
 from research_r1.retrieval.client import RemoteRetriever
 from research_r1.retrieval.config import load_retriever
-from research_r1.retrieval.footprint import process_memory, recall_lines, served_indexes
+from research_r1.retrieval.footprint import (
+    MIB,
+    memory_line,
+    process_memory,
+    recall_lines,
+    served_indexes,
+)
 from research_r1.retrieval.recall import describe, write_report
-
-MIB = 2**20
 
 
 def test_process_memory_reads_the_resident_split(tmp_path: Path) -> None:
@@ -39,10 +43,15 @@ def test_process_memory_reads_the_resident_split(tmp_path: Path) -> None:
         "file_backed_bytes": 196 * 1024,
         "shared_memory_bytes": 4 * 1024,
     }
+    status.write_text("VmRSS:\t  3072 kB\nRssAnon:\t  1024 kB\nRssFile:\t  2048 kB\n")
+    assert memory_line(process_memory(status)) == (
+        "resident 3 MiB (anonymous 1 MiB, file-backed 2 MiB)"
+    )
     status.write_text("VmRSS:\t  300 kB\n")  # a kernel before 4.5
     old = process_memory(status)
     assert old["resident_bytes"] == 300 * 1024 and old["anonymous_bytes"] is None
     assert old["absent"] == f"{status} has no RssAnon, RssFile, RssShmem (Linux before 4.5?)"
+    assert memory_line(old) == "resident 0 MiB"
 
 
 def test_process_memory_says_what_is_absent_without_proc(tmp_path: Path) -> None:
@@ -54,6 +63,7 @@ def test_process_memory_says_what_is_absent_without_proc(tmp_path: Path) -> None
         "shared_memory_bytes": None,
     }
     assert "resident memory is reported on Linux only" in memory["absent"]
+    assert memory_line(memory) == memory["absent"]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc is Linux's")

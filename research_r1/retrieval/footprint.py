@@ -30,6 +30,7 @@ MEMORY_FIELDS = {
     "file_backed_bytes": "RssFile",
     "shared_memory_bytes": "RssShmem",
 }
+MIB = 2**20
 _FIELD = re.compile(r"^(\w+):\s+(\d+) kB$", re.MULTILINE)
 
 
@@ -52,6 +53,15 @@ def process_memory(status: Path = STATUS) -> dict[str, Any]:
     if missing:
         memory["absent"] = f"{status} has no {', '.join(missing)} (Linux before 4.5?)"
     return memory
+
+
+def memory_line(memory: dict[str, Any]) -> str:
+    """`process_memory()` as a log line, in MiB."""
+    if memory["resident_bytes"] is None:
+        return memory["absent"]
+    parts = {"anonymous": memory["anonymous_bytes"], "file-backed": memory["file_backed_bytes"]}
+    split = ", ".join(f"{name} {size / MIB:.0f} MiB" for name, size in parts.items() if size)
+    return f"resident {memory['resident_bytes'] / MIB:.0f} MiB" + (f" ({split})" if split else "")
 
 
 def served_indexes(retriever: Retriever) -> list[dict[str, Any]]:

@@ -60,7 +60,12 @@ from research_r1.ports import check_port
 from research_r1.retrieval import Passage, Retriever
 from research_r1.retrieval.batching import MicroBatcher, QueueFull, WorkerDown
 from research_r1.retrieval.config import load_retriever
-from research_r1.retrieval.footprint import process_memory, recall_lines, served_indexes
+from research_r1.retrieval.footprint import (
+    memory_line,
+    process_memory,
+    recall_lines,
+    served_indexes,
+)
 from research_r1.retrieval.server_settings import ServerSettings
 from research_r1.retrieval.validation import (
     RequestGuard,
@@ -85,7 +90,7 @@ def create_app(retriever: Retriever, settings: ServerSettings | None = None) -> 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for line in recall_lines(app.state.indexes):
             logger.info("%s", line)
-        logger.info("memory at start: %s", _memory_line(process_memory()))
+        logger.info("memory at start: %s", memory_line(process_memory()))
         app.state.batcher = MicroBatcher(retriever, settings)
         app.state.worker = asyncio.create_task(app.state.batcher.run())
         yield
@@ -238,16 +243,6 @@ async def health(request: Request) -> Response:
     return json_response(
         {"status": "ok", "memory": process_memory(), "indexes": request.app.state.indexes}
     )
-
-
-def _memory_line(memory: dict[str, Any]) -> str:
-    if memory["resident_bytes"] is None:
-        return memory["absent"]
-    parts = {"anonymous": "anonymous_bytes", "file-backed": "file_backed_bytes"}
-    split = ", ".join(
-        f"{name} {memory[key] / 2**20:.0f} MiB" for name, key in parts.items() if memory[key]
-    )
-    return f"resident {memory['resident_bytes'] / 2**20:.0f} MiB ({split})"
 
 
 async def metrics(request: Request) -> dict[str, Any]:
