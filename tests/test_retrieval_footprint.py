@@ -96,11 +96,16 @@ def test_served_indexes_carry_files_and_recall(minilm_index, tmp_path: Path) -> 
         {"type": "hybrid", "bm25": {"index": str(bm25)}, "dense": {"index": str(built)}}
     )
     bm25_entry, flat_entry = served_indexes(hybrid)
-    assert bm25_entry["kind"] == "bm25" and bm25_entry["index"] is None
+    bm25_files = [f for f in bm25.iterdir() if f.is_file()]
+    assert bm25_entry["kind"] == "bm25" and bm25_entry["index"] == {  # a folder: its files' sum
+        "path": str(bm25),
+        "size_bytes": sum(f.stat().st_size for f in bm25_files),
+    }
+    assert len(bm25_files) > 1 and not any(f.is_dir() for f in bm25.iterdir())
     assert bm25_entry["recall"] is None and bm25_entry["corpus"]["size_bytes"] > 0
     assert flat_entry["recall"] is None  # a Flat has no report
     assert recall_lines([bm25_entry, flat_entry]) == [
-        "bm25 index: no recall report",
+        f"{bm25}: no recall report",
         f"{built / 'faiss.index'}: no recall report",
     ]
     assert served_indexes(RemoteRetriever("http://127.0.0.1:1")) == []

@@ -62,6 +62,7 @@ class BM25Retriever:
                 f"{len(corpus)}: the index must be built from this corpus"
             )
         self.corpus = corpus
+        self.index_dir = index_dir
         self._stemmer = _stemmer()
 
     def search(self, queries: Sequence[str], k: int) -> list[list[Passage]]:

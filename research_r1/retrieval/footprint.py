@@ -79,9 +79,14 @@ def served_indexes(retriever: Retriever) -> list[dict[str, Any]]:
                 "recall": retriever.recall,
             }
         ]
-    if isinstance(retriever, BM25Retriever):  # its index folder is not kept: sizes unknown
+    if isinstance(retriever, BM25Retriever):
         return [
-            {"kind": "bm25", "index": None, "corpus": _file(retriever.corpus.path), "recall": None}
+            {
+                "kind": "bm25",
+                "index": _file(retriever.index_dir),
+                "corpus": _file(retriever.corpus.path),
+                "recall": None,
+            }
         ]
     return []
 
@@ -97,4 +102,8 @@ def recall_lines(indexes: list[dict[str, Any]]) -> list[str]:
 
 
 def _file(path: Path | None) -> dict[str, Any] | None:
-    return None if path is None else {"path": str(path), "size_bytes": path.stat().st_size}
+    """Path and size in bytes of a file, or of a folder's files (a BM25 index is a folder)."""
+    if path is None:
+        return None
+    files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]
+    return {"path": str(path), "size_bytes": sum(f.stat().st_size for f in files)}
