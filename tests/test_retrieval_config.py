@@ -132,7 +132,7 @@ def test_shipped_retriever_configs_parse() -> None:
     assert {"demo_bm25", "e5_wiki18_flat", "e5_wiki18_hnsw", "e5_wiki18_ivfpq"} <= set(configs)
     ivfpq = configs["e5_wiki18_ivfpq"]
     assert isinstance(ivfpq, DenseConfig)
-    assert (ivfpq.nprobe, ivfpq.k_factor, ivfpq.query_prompt) == (64, 4, "query: ")
+    assert (ivfpq.nprobe, ivfpq.k_factor, ivfpq.query_prompt) == (256, None, "query: ")
 
 
 def test_config_yaml_is_parsed_and_errors_name_the_file(tmp_path: Path) -> None:
