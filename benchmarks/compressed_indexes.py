@@ -58,6 +58,7 @@ from retrieval import (
 )
 from tqdm.auto import tqdm
 
+from research_r1.markdown import markdown_table
 from research_r1.retrieval.convert import _COUNT, _HEADER, FlatVectors
 from research_r1.retrieval.corpus import FORMAT_VERSION, SCHEMA, Corpus, load_corpus, write_info
 from research_r1.retrieval.dense import (
@@ -601,11 +602,6 @@ def duration(seconds: float | None) -> str:
     return f"{seconds / 3600:.0f} h" if seconds < 72 * 3600 else f"{seconds / 86400:.0f} days"
 
 
-def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-
-
 def machine() -> str:
     model = next(
         (
@@ -827,14 +823,14 @@ def render(results: dict[str, Any], args: argparse.Namespace) -> list[str]:
                 f"{gb(server['memory']['RssAnon'])} + {gb(server['memory']['RssFile'])}",
             ]
         )
-    lines += table(header, body)
+    lines += markdown_table(header, body).splitlines()
     lines += [
         "",
         "Other search settings (recall@3 as above, computed here against the Flat's exact top 3; "
         "q/s in process, batch 64):",
         "",
     ]
-    lines += table(
+    lines += markdown_table(
         ["index", "search", "recall@3", "q/s batch 64"],
         [
             [
@@ -845,7 +841,7 @@ def render(results: dict[str, Any], args: argparse.Namespace) -> list[str]:
             ]
             for p in results["sweep"]
         ],
-    )
+    ).splitlines()
     stats = results["stats"]
     names = {
         "synthetic": "synthetic (500k sample)",
@@ -878,10 +874,10 @@ def render(results: dict[str, Any], args: argparse.Namespace) -> list[str]:
         ("variance_top100", "variance share, top 100"),
         ("spectrum_exponent", "eigenvalue power-law exponent (2-100)"),
     ]
-    lines += table(
+    lines += markdown_table(
         ["statistic", *(names[name] for name in stats)],
         [[label, *(f"{s[key]:.3f}" for s in stats.values())] for key, label in keys],
-    )
+    ).splitlines()
     if args.real:
         lines += [
             "",
@@ -930,10 +926,10 @@ def wiki18_lines(results: dict[str, Any], args: argparse.Namespace) -> list[str]
                 f"{wiki['recall3']:.3f}" if wiki["recall3"] is not None else "—",
             ]
         )
-    lines += table(
+    lines += markdown_table(
         ["index", "size / RAM", "formula", "peak converting", "est. build here", "est. recall@3"],
         body,
-    )
+    ).splitlines()
     lines += [
         "",
         "## Which wiki-18 index fits which machine",
@@ -968,7 +964,7 @@ def wiki18_lines(results: dict[str, Any], args: argparse.Namespace) -> list[str]
                 f"{row['server']['qps']:.0f} ({row['parameters']})",
             ]
         )
-    lines += table(
+    lines += markdown_table(
         [
             "index",
             "search",
@@ -979,7 +975,7 @@ def wiki18_lines(results: dict[str, Any], args: argparse.Namespace) -> list[str]
             f"q/s at {count:,}, server",
         ],
         fits,
-    )
+    ).splitlines()
     return lines
 
 
